@@ -1,0 +1,48 @@
+# Two entry points for a fresh Linux machine: `make demo` and `make test`.
+# Both create .venv in the checkout and install what they need, system packages included.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# Xvfb + Mesa + Qt's xcb libraries for napari under a real X server; dicom3tools for dciodvfy.
+SYSTEM_PACKAGES := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0 libxcb-icccm4 \
+	libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 \
+	libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 dicom3tools
+
+.PHONY: demo test test-fast system-deps venv clean
+
+system-deps:
+	@if ! command -v dpkg >/dev/null 2>&1; then \
+		echo "not a Debian/Ubuntu system: install Xvfb, Mesa and dicom3tools yourself"; exit 0; fi; \
+	missing=""; for p in $(SYSTEM_PACKAGES); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[gui,test]"
+	touch $@
+
+venv: $(STAMP)
+
+# The whole suite (about 20 minutes on a 2-core CPU). pytest's exit code 5 (no tests ran) fails it.
+test: system-deps venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick loop while developing: everything but the tests marked slow.
+test-fast: system-deps venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: system-deps venv
+	$(VENV)/bin/icnn demo --out demo-output
+
+clean:
+	rm -rf $(VENV) demo-output build *.egg-info .pytest_cache

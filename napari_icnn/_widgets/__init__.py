@@ -1,0 +1,1 @@
+"""napari widgets: thin over the core functions the command line uses."""

@@ -1,0 +1,70 @@
+"""The ``icnn`` command line: one sub-command per module in this package.
+
+Each sub-command module defines ``register(subparsers)`` which adds its parser and sets
+``func`` (called with the parsed arguments, returning an exit code). Errors the user can
+act on (:class:`~napari_icnn.errors.IcnnError`) are printed without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from napari_icnn import __version__
+from napari_icnn.errors import Cancelled, ConfigError, IcnnError
+
+__all__ = ["main", "build_parser"]
+
+# Sub-command modules, in the order ``icnn --help`` lists them.
+SUBCOMMANDS = ("synth", "train", "evaluate", "explain", "infer", "experiment", "benchmark", "demo")
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_CANCELLED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="icnn",
+        description="Interpretable CNNs for retinal fundus photographs (research use only, not for clinical use).",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-icnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"napari_icnn.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"napari_icnn.cli.{name}":
+                continue  # sub-command not present in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except Cancelled as err:
+        print(f"icnn {args.command}: stopped: {err}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        print(f"icnn {args.command}: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+    except ConfigError as err:
+        print(f"icnn {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except IcnnError as err:
+        print(f"icnn {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""DICOM in (tolerant readers) and out (strict writers: OP, SEG, SR)."""

@@ -1,0 +1,49 @@
+"""The project's exception family.
+
+Every error a user can cause (a bad file, a wrong option, a broken bundle) is an
+:class:`IcnnError`; the command line prints its message without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["IcnnError", "InputError", "DeclinedInput", "BundleError", "ConfigError", "Cancelled"]
+
+
+class IcnnError(Exception):
+    """Base class of all errors napari-icnn raises on purpose."""
+
+
+class InputError(IcnnError, ValueError):
+    """An input file cannot be used: unreadable, corrupt, truncated or inconsistent.
+
+    Parameters
+    ----------
+    path
+        The offending file (or folder).
+    reason
+        What is wrong with it, in words a user can act on.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, reason: str):
+        self.path = None if path is None else os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+class DeclinedInput(InputError):
+    """An input file is readable but is not something this model can process
+    (another modality, a red-free image, no pixel data, ...)."""
+
+
+class BundleError(IcnnError, RuntimeError):
+    """A model bundle is missing, incomplete, tampered with or incompatible."""
+
+
+class ConfigError(IcnnError, ValueError):
+    """An option or configuration value is invalid."""
+
+
+class Cancelled(IcnnError):
+    """Long work was stopped on request."""

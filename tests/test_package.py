@@ -1,0 +1,59 @@
+"""The distribution: console command, napari manifest, shared vocabulary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from napari_icnn.errors import DeclinedInput, InputError
+from napari_icnn.parts import PART_KEYS, filter_display_name
+
+
+def test_npe2_manifest_validates_from_installed_package():
+    out = subprocess.run(
+        [sys.executable, "-m", "npe2", "validate", "napari-icnn"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "valid" in (out.stdout + out.stderr)
+
+
+def test_npe2_manifest_is_the_top_level_file():
+    from pathlib import Path
+
+    import napari_icnn
+
+    pkg = Path(napari_icnn.__file__).parent / "napari.yaml"
+    top = Path(napari_icnn.__file__).parent.parent / "napari.yaml"
+    assert pkg.read_text() == top.read_text()
+
+
+def test_console_command_lists_subcommands():
+    out = subprocess.run(["icnn", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "icnn" in out.stdout
+
+
+def test_shared_vocabulary_keys():
+    assert PART_KEYS == ("optic_disc", "fovea", "vessels", "MA", "HE", "EX", "SE", "NV")
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        (dict(clinician_name="cup rim", part_key="optic_disc", category="referable"), "filter 3 · cup rim"),
+        (dict(part_key="EX", category="referable"), "filter 3 · hard exudates"),
+        (dict(category="referable"), "filter 3 · referable"),
+        (dict(), "filter 3 · unnamed"),
+        (dict(clinician_name="  "), "filter 3 · unnamed"),
+    ],
+)
+def test_filter_display_name_precedence(kwargs, expected):
+    assert filter_display_name(3, **kwargs) == expected
+
+
+def test_input_errors_name_the_file():
+    err = DeclinedInput("/data/ct.dcm", "modality CT is not a fundus photograph")
+    assert isinstance(err, InputError) and isinstance(err, ValueError)
+    assert str(err) == "/data/ct.dcm: modality CT is not a fundus photograph"
