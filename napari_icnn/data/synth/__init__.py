@@ -1,0 +1,45 @@
+"""Procedural synthetic fundus photographs with exact part masks and rule-derived ICDR grades.
+
+>>> from napari_icnn.data.synth import generate_fundus
+>>> f = generate_fundus(3, size=128, grade=0)
+>>> f.image.shape, f.labels["grade"], bool(f.masks["optic_disc"].any())
+((128, 128, 3), 0, True)
+"""
+
+from napari_icnn.data.synth.cohort import (
+    COHORT_FORMAT,
+    DICOM_COLUMNS,
+    GENERATOR_VERSION,
+    CohortSummary,
+    generate_cohort,
+    is_cohort,
+    write_cohort,
+)
+from napari_icnn.data.synth.fundus import (
+    EXTRA_COLUMNS,
+    GRADE_MIX,
+    LABEL_COLUMNS,
+    SynthFundus,
+    generate_fundus,
+    image_id,
+)
+from napari_icnn.data.synth.grading import RULES, icdr_grade, is_referable
+
+__all__ = [
+    "SynthFundus",
+    "generate_fundus",
+    "CohortSummary",
+    "generate_cohort",
+    "write_cohort",
+    "is_cohort",
+    "GENERATOR_VERSION",
+    "COHORT_FORMAT",
+    "DICOM_COLUMNS",
+    "image_id",
+    "GRADE_MIX",
+    "LABEL_COLUMNS",
+    "EXTRA_COLUMNS",
+    "RULES",
+    "icdr_grade",
+    "is_referable",
+]

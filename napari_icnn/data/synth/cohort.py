@@ -1,0 +1,387 @@
+"""Writing a synthetic cohort: photographs, part masks, labels and (optionally) OP DICOM files.
+
+Layout of a cohort folder ``OUT``::
+
+    OUT/cohort.json                 generator version, size, n, seed, rules
+    OUT/labels.csv                  one row per image (see LABEL_COLUMNS / EXTRA_COLUMNS)
+    OUT/images/<id>.png             RGB photograph
+    OUT/masks/<part>/<id>.png       0/255 mask for every part key, empty ones included
+    OUT/dicom/<id>.dcm              with dicom=True: Ophthalmic Photography instance
+
+Image ``i`` of seed ``S`` has id ``s{S}_{i:05d}`` and comes from ``SeedSequence([S, i])``: the
+same arguments give byte-identical files whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import os
+import re
+import time
+import zlib
+from collections.abc import Generator, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from napari_icnn import __version__
+from napari_icnn.data.synth.fundus import (
+    EXTRA_COLUMNS,
+    GRADE_MIX,
+    LABEL_COLUMNS,
+    MIN_SIZE,
+    generate_fundus,
+    image_id,
+)
+from napari_icnn.data.synth.grading import RULES
+from napari_icnn.errors import ConfigError, IcnnError, InputError
+from napari_icnn.parts import PART_KEYS
+from napari_icnn.progress import Message, Progress, drain
+
+__all__ = [
+    "CohortSummary",
+    "generate_cohort",
+    "write_cohort",
+    "is_cohort",
+    "GENERATOR_VERSION",
+    "DICOM_COLUMNS",
+    "COHORT_FORMAT",
+]
+
+GENERATOR_VERSION = "1"
+"""Changes whenever the same seed would give different pixels or labels."""
+COHORT_FORMAT = "napari-icnn synthetic fundus cohort"
+DICOM_COLUMNS = ("dicom_path", "sop_instance_uid")
+FOV_DEGREES = 45.0  # nominal camera field, for the DICOM pixel spacing
+FOV_MM = 13.0  # a 45° field spans ≈ 13 mm of retina
+_ID = re.compile(r"s\d+_\d{5}")
+# Fast and still compact: run-length zlib at level 1 (sensor noise defeats stronger settings).
+_PNG_LEVEL = 1
+
+
+@dataclass(frozen=True)
+class CohortSummary:
+    """What :func:`generate_cohort` wrote."""
+
+    out: Path
+    n: int
+    size: int
+    seed: int
+    dicom: bool
+    grade_counts: tuple[int, ...]
+    """Images per ICDR grade 0–4 (derived grades)."""
+    n_referable: int
+    n_dme: int
+    seconds: float
+    """Wall-clock time of the generation."""
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else float("inf")
+
+    def describe(self) -> str:
+        """One paragraph for people."""
+        grades = ", ".join(f"grade {g}: {c}" for g, c in enumerate(self.grade_counts))
+        pct = 100.0 * self.n_referable / max(self.n, 1)
+        extra = " with DICOM copies" if self.dicom else ""
+        return (
+            f"Wrote {self.n} synthetic fundus photographs of {self.size}×{self.size} px{extra} to {self.out} "
+            f"(seed {self.seed}; ids {image_id(self.seed, 0)}…{image_id(self.seed, self.n - 1)}). "
+            f"{grades}; referable {self.n_referable} ({pct:.0f} %), DME {self.n_dme}. "
+            f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s."
+        )
+
+
+def write_cohort(
+    out: str | os.PathLike[str],
+    n: int,
+    *,
+    size: int = 512,
+    seed: int = 0,
+    dicom: bool = False,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> CohortSummary:
+    """Write a cohort and return its summary (:func:`generate_cohort` without progress events)."""
+    return drain(
+        generate_cohort(out, n, size=size, seed=seed, dicom=dicom, workers=workers, overwrite=overwrite)
+    )
+
+
+def generate_cohort(
+    out: str | os.PathLike[str],
+    n: int,
+    *,
+    size: int = 512,
+    seed: int = 0,
+    dicom: bool = False,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> Generator[Progress | Message, None, CohortSummary]:
+    """Write ``n`` synthetic photographs with masks and labels to ``out``, yielding progress.
+
+    Parameters
+    ----------
+    out
+        Cohort folder. It may be new, empty, or a previous cohort (which is replaced: files of
+        ids no longer generated are removed). Any other non-empty folder is refused unless
+        ``overwrite`` is true, in which case only the cohort's own file names are written
+        there and nothing else is touched.
+    n, size, seed
+        Number of images, their side in pixels, and the cohort seed.
+    dicom
+        Also write each photograph as an Ophthalmic Photography DICOM file with deterministic
+        UIDs and synthetic patient ids ``SYNTH-<seed>-<i>``.
+    workers
+        Processes generating in parallel; the files are the same for any value.
+
+    Returns
+    -------
+    CohortSummary
+
+    Raises
+    ------
+    ConfigError
+        An argument is out of range.
+    InputError
+        ``out`` is a file, or a non-empty folder that is not a cohort and ``overwrite`` is false.
+    """
+    n, size, seed, workers = _checked(n, size, seed, workers)
+    if dicom:
+        try:
+            import napari_icnn.dicom.op_writer  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(f"DICOM output needs the OP writer, which cannot be imported: {exc}") from None
+    root = Path(out)
+    previous = _prepare(root, overwrite)
+    for folder in ("images", *(f"masks/{p}" for p in PART_KEYS), *(("dicom",) if dicom else ())):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    meta = _meta(n, size, seed, dicom)
+    _write_json(root / "cohort.json", {**meta, "complete": False})
+
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    yield Progress("synth", 0, n)
+    for row in _rows(root, n, size, seed, dicom, workers):
+        rows.append(row)
+        rate = len(rows) / max(time.perf_counter() - start, 1e-9)
+        yield Progress("synth", len(rows), n, f"{rate:.1f} images/s")
+    seconds = time.perf_counter() - start
+
+    columns = [*LABEL_COLUMNS, *EXTRA_COLUMNS, *(DICOM_COLUMNS if dicom else ())]
+    _atomic(root / "labels.csv", lambda f: _write_csv(f, columns, rows), binary=False)
+    if previous:
+        removed = _remove_stale(root, {r["id"] for r in rows}, dicom)
+        if removed:
+            yield Message(
+                f"removed {removed} files of the previous cohort in {root} that this one does not have"
+            )
+    grades = tuple(sum(1 for r in rows if r["grade"] == g) for g in range(5))
+    n_ref = sum(r["referable"] for r in rows)
+    n_dme = sum(r["dme"] for r in rows)
+    summary_meta = {"grade_counts": list(grades), "referable": n_ref, "dme": n_dme}
+    _write_json(root / "cohort.json", {**meta, **summary_meta, "complete": True})
+    return CohortSummary(root, n, size, seed, dicom, grades, n_ref, n_dme, seconds)
+
+
+# -- checks and folder handling ----------------------------------------------------------------
+
+
+def _checked(n: Any, size: Any, seed: Any, workers: Any) -> tuple[int, int, int, int]:
+    def whole(name: str, v: Any, lo: int) -> int:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ConfigError(f"{name} must be an integer >= {lo}; got {v!r}")
+        return int(v)
+
+    return (
+        whole("n", n, 1),
+        whole("size", size, MIN_SIZE),
+        whole("seed", seed, 0),
+        whole("workers", workers, 1),
+    )
+
+
+def is_cohort(root: Path) -> bool:
+    """Whether ``root`` holds a cohort written by this generator (its ``cohort.json`` says so)."""
+    try:
+        meta = json.loads((root / "cohort.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == COHORT_FORMAT
+
+
+def _prepare(root: Path, overwrite: bool) -> bool:
+    """Check that ``root`` may be written; return whether it holds a previous cohort."""
+    if root.exists() and not root.is_dir():
+        raise InputError(root, "exists and is not a folder; give a folder for the cohort")
+    if not root.exists():
+        try:
+            root.mkdir(parents=True)
+        except OSError as exc:
+            raise InputError(root, f"cannot create the cohort folder ({exc.strerror or exc})") from None
+        return False
+    if is_cohort(root):
+        return True
+    if any(root.iterdir()) and not overwrite:
+        raise InputError(
+            root,
+            "is not empty and holds no synthetic cohort (no cohort.json from `icnn synth`); "
+            "choose a new or empty folder, or pass --overwrite (overwrite=True) to write the cohort "
+            "files into it (other files are left alone)",
+        )
+    return False
+
+
+def _remove_stale(root: Path, keep: set[str], dicom: bool) -> int:
+    """Remove the files of a previous cohort whose ids are not in ``keep``, its DICOM files when
+    this cohort has none, and stray temporaries."""
+    removed = 0
+    folders = [root / "images", root / "dicom", *(root / "masks" / p for p in PART_KEYS)]
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            stem = path.name.split(".")[0]
+            ours = _ID.fullmatch(stem) and path.suffix in (".png", ".dcm")
+            stale = ours and (stem not in keep or (path.suffix == ".dcm" and not dicom))
+            if stale or (path.name.startswith(".s") and path.name.endswith(".tmp")):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def _meta(n: int, size: int, seed: int, dicom: bool) -> dict[str, Any]:
+    return {
+        "format": COHORT_FORMAT,
+        "generator_version": GENERATOR_VERSION,
+        "package_version": __version__,
+        "n": n,
+        "size": size,
+        "seed": seed,
+        "dicom": dicom,
+        "ids": f"{image_id(seed, 0)} ... {image_id(seed, n - 1)}; image i is drawn from numpy SeedSequence([seed, i])",
+        "grade_mix": list(GRADE_MIX),
+        "parts": list(PART_KEYS),
+        "rules": RULES,
+    }
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def _atomic(path: Path, write: Any, binary: bool = True) -> None:
+    """Write through ``write(file)`` to a hidden temporary next to ``path``, then rename over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(
+            tmp, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})
+        ) as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _atomic(path, lambda f: f.write(json.dumps(data, indent=2).encode() + b"\n"))
+
+
+def _write_csv(f: Any, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n", extrasaction="raise")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=_PNG_LEVEL, compress_type=zlib.Z_RLE)
+    return buf.getvalue()
+
+
+def _rows(root: Path, n: int, size: int, seed: int, dicom: bool, workers: int) -> Iterator[dict[str, Any]]:
+    jobs = [(str(root), seed, i, size, dicom) for i in range(n)]
+    if workers == 1 or n == 1:
+        yield from map(_make_one, jobs)
+        return
+    # "spawn": a fresh interpreter per worker, safe whatever threads the parent runs (torch, Qt).
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(workers, n), mp_context=ctx)
+    try:
+        yield from pool.map(_make_one, jobs, chunksize=max(1, min(8, n // (4 * workers))))
+    except BrokenProcessPool as exc:
+        raise IcnnError(
+            f"{root}: a worker process stopped unexpectedly ({exc}); the cohort is incomplete, "
+            "run again (with --workers 1 if memory is short)"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _make_one(job: tuple[str, int, int, int, bool]) -> dict[str, Any]:
+    """Generate image ``i`` and write its files; return its labels row."""
+    out, seed, i, size, dicom = job
+    root = Path(out)
+    f = generate_fundus(np.random.SeedSequence([seed, i]), size)
+    rid = f.labels["id"]
+    _atomic(root / "images" / f"{rid}.png", lambda fh: fh.write(_png(f.image)))
+    for part in PART_KEYS:
+        data = _png(f.masks[part].view(np.uint8) * np.uint8(255))
+        _atomic(root / "masks" / part / f"{rid}.png", lambda fh, d=data: fh.write(d))
+    row = dict(f.labels)
+    if dicom:
+        row["dicom_path"] = f"dicom/{rid}.dcm"
+        row["sop_instance_uid"] = _write_dicom(root / "dicom" / f"{rid}.dcm", f.image, f.labels, seed, i)
+    return row
+
+
+def _write_dicom(path: Path, image: np.ndarray, labels: dict[str, Any], seed: int, i: int) -> str:
+    """Write the photograph as OP DICOM with identifiers derived from (seed, i); return its SOP UID."""
+    import datetime as dt
+
+    from pydicom.uid import generate_uid
+
+    from napari_icnn.dicom.op_writer import write_op
+
+    def uid(kind: str) -> str:
+        return generate_uid(entropy_srcs=["napari-icnn synthetic cohort", str(seed), str(i), kind])
+
+    spacing = FOV_MM / (2.0 * float(labels["fov_radius"]))
+    acquired = dt.datetime(2000, 1, 1, 9, 0, 0) + dt.timedelta(minutes=i)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.w.tmp")
+    try:
+        ds = write_op(
+            tmp,
+            image,
+            laterality=labels["laterality"],
+            patient_id=f"SYNTH-{seed}-{i}",
+            patient_name=f"SYNTHETIC^S{seed}-{i}",
+            study_instance_uid=uid("study"),
+            series_instance_uid=uid("series"),
+            sop_instance_uid=uid("instance"),
+            study_date=acquired.strftime("%Y%m%d"),
+            pixel_spacing=(round(spacing, 6), round(spacing, 6)),
+            horizontal_fov_deg=FOV_DEGREES,
+            acquired=acquired,
+            overwrite=True,
+        )
+        # Attributes the writer stamps from the clock or a random source are pinned, so the
+        # same cohort is byte-identical on every run.
+        ds.InstanceCreationDate = acquired.strftime("%Y%m%d")
+        if "SynchronizationFrameOfReferenceUID" in ds:
+            ds.SynchronizationFrameOfReferenceUID = uid("synchronization")
+        _atomic(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return str(ds.SOPInstanceUID)

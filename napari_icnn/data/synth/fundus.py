@@ -1,0 +1,261 @@
+"""One synthetic fundus photograph with exact part masks and labels derived from them."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFilter
+from scipy import special
+
+from napari_icnn.data.synth.anatomy import (
+    paint_background,
+    paint_disc,
+    paint_field,
+    paint_macula,
+    paint_vessels,
+    sample_palette,
+)
+from napari_icnn.data.synth.geometry import Geometry, sample_geometry
+from napari_icnn.data.synth.grading import QUADRANT_COLUMNS, findings_from, icdr_grade, is_referable
+from napari_icnn.data.synth.lesions import LesionInstance, LesionPainter, draw_lesions
+from napari_icnn.data.synth.vessels import grow_tree
+from napari_icnn.errors import ConfigError
+from napari_icnn.parts import LESION_KEYS, PART_KEYS
+
+__all__ = [
+    "SynthFundus",
+    "generate_fundus",
+    "image_id",
+    "GRADE_MIX",
+    "LABEL_COLUMNS",
+    "EXTRA_COLUMNS",
+    "MIN_SIZE",
+]
+
+GRADE_MIX = (0.35, 0.15, 0.25, 0.15, 0.10)
+"""Default probability of each target ICDR grade 0–4 (about half the cohort referable)."""
+MIN_SIZE = 64
+LABEL_COLUMNS = (
+    "id", "laterality", "grade", "referable", "dme",
+    "n_MA", "n_HE", "n_EX", "n_SE", "n_NV",
+    "disc_x", "disc_y", "fovea_x", "fovea_y",
+)  # fmt: skip
+EXTRA_COLUMNS = (
+    "fov_x", "fov_y", "fov_radius", "disc_diameter", "disc_height",
+    "target_grade", "n_preretinal", *QUADRANT_COLUMNS,
+    "vessel_fraction", "jpeg_quality", "seed", "index", "image_path",
+)  # fmt: skip
+
+# The mean colour inside the FOV is kept within the real photograph's 5th–95th percentiles
+# (R 176–240, G 59–114, B 43–86) with a few grey levels to spare for noise and compression.
+EXPOSURE_RANGE = ((180.0, 236.0), (63.0, 110.0), (47.0, 82.0))
+JPEG_PROBABILITY = 0.35
+
+_NORMAL_LUT = np.asarray(special.ndtri((np.arange(256) + 0.5) / 256), dtype=np.float32)
+
+# Independent random streams, so that e.g. asking for another grade changes only the lesions.
+_STREAMS = {"choice": 0, "geometry": 1, "palette": 2, "vessels": 3, "lesions": 4, "camera": 5}
+
+
+@dataclass(frozen=True, eq=False)
+class SynthFundus:
+    """A synthetic fundus photograph, its part masks and its labels.
+
+    Valid once built: ``image`` is ``(H, W, 3)`` uint8 RGB and ``masks`` holds an ``(H, W)`` bool
+    mask for every part key of :data:`napari_icnn.parts.PART_KEYS` (empty when absent).
+    """
+
+    image: np.ndarray
+    masks: dict[str, np.ndarray]
+    labels: dict[str, Any]
+    """The ``labels.csv`` row of this image (Python scalars, columns :data:`LABEL_COLUMNS` then
+    :data:`EXTRA_COLUMNS`)."""
+    lesions: tuple[LesionInstance, ...] = field(default=(), repr=False)
+    """Every lesion instance drawn, with its mask centroid and area."""
+
+    def __post_init__(self) -> None:
+        img = self.image
+        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(
+                f"image must be (H, W, 3) uint8; got {getattr(img, 'shape', None)} {getattr(img, 'dtype', None)}"
+            )
+        missing = [k for k in PART_KEYS if k not in self.masks]
+        if missing:
+            raise ValueError(f"masks missing for parts {missing}")
+        for k, m in self.masks.items():
+            if m.shape != img.shape[:2] or m.dtype != bool:
+                raise ValueError(f"mask {k!r} must be {img.shape[:2]} bool; got {m.shape} {m.dtype}")
+
+
+def _seed_sequence(seed: int | np.random.SeedSequence) -> np.random.SeedSequence:
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0:
+        return np.random.SeedSequence([int(seed), 0])
+    raise ConfigError(f"seed must be a non-negative integer or a numpy SeedSequence; got {seed!r}")
+
+
+def image_id(seed: int, index: int) -> str:
+    """The id of image ``index`` of the cohort with seed ``seed`` (unique across seeds)."""
+    return f"s{seed}_{index:05d}"
+
+
+def _identity(ss: np.random.SeedSequence) -> tuple[str, int, int]:
+    ent = ss.entropy
+    if isinstance(ent, (list, tuple)) and len(ent) == 2 and not ss.spawn_key:
+        return image_id(int(ent[0]), int(ent[1])), int(ent[0]), int(ent[1])
+    parts = list(ent) if isinstance(ent, (list, tuple)) else [ent]
+    return "ss" + "_".join(str(int(p)) for p in [*parts, *ss.spawn_key]), -1, -1
+
+
+def _stream(ss: np.random.SeedSequence, name: str) -> np.random.Generator:
+    child = np.random.SeedSequence(
+        ss.entropy, spawn_key=(*ss.spawn_key, _STREAMS[name]), pool_size=ss.pool_size
+    )
+    return np.random.default_rng(child)
+
+
+def generate_fundus(
+    seed: int | np.random.SeedSequence,
+    size: int = 512,
+    *,
+    laterality: str | None = None,
+    grade: int | None = None,
+) -> SynthFundus:
+    """Generate one synthetic macula-centred fundus photograph.
+
+    Parameters
+    ----------
+    seed
+        A numpy ``SeedSequence``, or an integer ``S`` meaning ``SeedSequence([S, 0])`` (image 0 of
+        the cohort with seed ``S``). The same seed always gives the same pixels.
+    size
+        Side of the square image in pixels (at least 64).
+    laterality
+        ``"L"`` or ``"R"``; ``None`` draws one at random.
+    grade
+        ICDR grade 0–4 whose typical lesions are drawn; ``None`` draws one from :data:`GRADE_MIX`.
+        The labelled grade is derived from what was drawn and equals the target unless a lesion
+        could not be placed. Anatomy does not depend on the target, so one seed with different
+        grades gives the same eye with different disease.
+
+    Returns
+    -------
+    SynthFundus
+    """
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < MIN_SIZE:
+        raise ConfigError(f"size must be an integer of at least {MIN_SIZE} pixels; got {size!r}")
+    if laterality not in (None, "L", "R"):
+        raise ConfigError(f"laterality must be 'L', 'R' or None; got {laterality!r}")
+    if grade is not None and (
+        not isinstance(grade, (int, np.integer)) or isinstance(grade, bool) or not 0 <= grade <= 4
+    ):
+        raise ConfigError(f"grade must be an ICDR grade 0-4 or None; got {grade!r}")
+    size = int(size)
+    ss = _seed_sequence(seed)
+    ident, cohort_seed, index = _identity(ss)
+    # Both draws always happen, so fixing one of them leaves the other as it was.
+    choice = _stream(ss, "choice")
+    drawn_eye = "L" if choice.random() < 0.5 else "R"
+    drawn_grade = int(choice.choice(5, p=GRADE_MIX))
+    eye = laterality or drawn_eye
+    target = int(grade) if grade is not None else drawn_grade
+
+    geo = sample_geometry(_stream(ss, "geometry"), size, eye)
+    prng = _stream(ss, "palette")
+    pal = sample_palette(prng)
+    img, r = paint_background(prng, geo, pal)
+    paint_macula(prng, img, geo)
+    disc = paint_disc(prng, img, geo)
+    vrng = _stream(ss, "vessels")
+    tree = grow_tree(vrng, geo)
+    vessels = paint_vessels(vrng, img, tree, pal, size)
+
+    painter = LesionPainter(_stream(ss, "lesions"), img, geo, r, disc, tree, pal.rgb())
+    draw_lesions(painter.rng, painter, target)
+
+    fov = paint_field(prng, img, geo, r, pal)
+    image, quality = _camera(_stream(ss, "camera"), img, fov, size)
+
+    yy, xx = np.ogrid[:size, :size]
+    fovea = (xx - geo.fovea_x) ** 2 + (yy - geo.fovea_y) ** 2 <= (0.5 * geo.dd) ** 2
+    masks = {"optic_disc": disc, "fovea": fovea, "vessels": vessels & fov}
+    masks.update(painter.masks)
+    labels = _labels(geo, painter, masks, fov, target, quality, ident, cohort_seed, index)
+    return SynthFundus(image=image, masks=masks, labels=labels, lesions=tuple(painter.instances))
+
+
+def _camera(rng: np.random.Generator, img: np.ndarray, fov: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+    """Exposure, slight optical blur, sensor noise and (sometimes) JPEG compression.
+
+    ``img`` is the ``(3, H, W)`` float canvas; the result is ``(H, W, 3)`` uint8.
+    """
+    sub = fov[::3, ::3]
+    for _ in range(3):
+        mean = np.minimum(img[:, ::3, ::3][:, sub], 255.0).mean(axis=1)
+        target = np.asarray(
+            [min(max(m, lo), hi) for m, (lo, hi) in zip(mean, EXPOSURE_RANGE, strict=True)], dtype=np.float32
+        )
+        if np.allclose(target, mean, atol=0.25):
+            break
+        img *= (target / mean)[:, None, None]
+    planes = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    u8 = np.ascontiguousarray(planes.transpose(1, 2, 0))
+    # A box blur of fractional radius r is the kernel [w, 1-2w, w], w = r/(2r+1): optical blur
+    # of sigma ≈ 0.6–0.75 px at 512 px.
+    pil = Image.fromarray(u8).filter(ImageFilter.BoxBlur(rng.uniform(0.3, 0.6) * size / 512))
+    # Sensor noise: random bytes mapped through the normal quantile function (fast, Gaussian).
+    sd = np.float32(rng.uniform(1.0, 2.6))
+    noise = _NORMAL_LUT[np.frombuffer(rng.bytes(size * size * 3), dtype=np.uint8)].reshape(size, size, 3)
+    out = np.asarray(pil, dtype=np.float32).reshape(-1) + (noise * sd).reshape(-1)
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8).reshape(size, size, 3)
+    quality = 0
+    if rng.random() < JPEG_PROBABILITY:
+        quality = int(rng.integers(72, 96))
+        buf = io.BytesIO()
+        Image.fromarray(out).save(buf, format="JPEG", quality=quality, subsampling=int(rng.integers(0, 3)))
+        buf.seek(0)
+        out = np.asarray(Image.open(buf).convert("RGB"))
+    return np.ascontiguousarray(out), quality
+
+
+def _labels(
+    geo: Geometry,
+    painter: LesionPainter,
+    masks: dict[str, np.ndarray],
+    fov: np.ndarray,
+    target: int,
+    quality: int,
+    ident: str,
+    seed: int,
+    index: int,
+) -> dict[str, Any]:
+    f = findings_from(
+        painter.instances, masks["EX"], geo.fovea_x, geo.fovea_y, geo.dd, geo.laterality, LESION_KEYS
+    )
+    grade = icdr_grade(f)
+    row: dict[str, Any] = {
+        "id": ident,
+        "laterality": geo.laterality,
+        "grade": grade,
+        "referable": int(is_referable(grade, f.dme)),
+        "dme": int(f.dme),
+    }
+    for k in ("MA", "HE", "EX", "SE", "NV"):
+        row[f"n_{k}"] = int(f.counts[k])
+    row.update(
+        disc_x=geo.disc_x, disc_y=geo.disc_y, fovea_x=geo.fovea_x, fovea_y=geo.fovea_y,
+        fov_x=geo.fov_x, fov_y=geo.fov_y, fov_radius=geo.fov_radius,
+        disc_diameter=geo.disc_width, disc_height=geo.disc_height,
+        target_grade=target, n_preretinal=f.n_preretinal,
+    )  # fmt: skip
+    row.update({q: int(f.he_quadrants[q]) for q in QUADRANT_COLUMNS})
+    row["vessel_fraction"] = round(float(masks["vessels"].sum()) / max(int(fov.sum()), 1), 4)
+    row["jpeg_quality"] = quality
+    row["seed"] = seed
+    row["index"] = index
+    row["image_path"] = f"images/{ident}.png"
+    return row
