@@ -264,7 +264,7 @@ def _dataset(
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
-    ds.InstanceCreationDate = dt.date.today().strftime("%Y%m%d")
+    ds.InstanceCreationDate = date  # the acquisition date: the same inputs give the same bytes
     # Patient
     # A single-component name is legal but flagged as the retired form; "^" keeps it identical.
     ds.PatientName = patient_name if "^" in patient_name or not patient_name else patient_name + "^"
@@ -283,7 +283,7 @@ def _dataset(
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
     # Synchronization (the OP IOD has no Frame of Reference module, so no FrameOfReferenceUID)
-    ds.SynchronizationFrameOfReferenceUID = generate_uid()
+    ds.SynchronizationFrameOfReferenceUID = generate_uid(entropy_srcs=[study_uid, sop_uid, "synchronization"])
     ds.SynchronizationTrigger = "NO TRIGGER"
     ds.AcquisitionTimeSynchronized = "N"
     # General Equipment

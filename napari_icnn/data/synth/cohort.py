@@ -358,30 +358,20 @@ def _write_dicom(path: Path, image: np.ndarray, labels: dict[str, Any], seed: in
 
     spacing = FOV_MM / (2.0 * float(labels["fov_radius"]))
     acquired = dt.datetime(2000, 1, 1, 9, 0, 0) + dt.timedelta(minutes=i)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.w.tmp")
-    try:
-        ds = write_op(
-            tmp,
-            image,
-            laterality=labels["laterality"],
-            patient_id=f"SYNTH-{seed}-{i}",
-            patient_name=f"SYNTHETIC^S{seed}-{i}",
-            study_instance_uid=uid("study"),
-            series_instance_uid=uid("series"),
-            sop_instance_uid=uid("instance"),
-            study_date=acquired.strftime("%Y%m%d"),
-            pixel_spacing=(round(spacing, 6), round(spacing, 6)),
-            horizontal_fov_deg=FOV_DEGREES,
-            acquired=acquired,
-            overwrite=True,
-        )
-        # Attributes the writer stamps from the clock or a random source are pinned, so the
-        # same cohort is byte-identical on every run.
-        ds.InstanceCreationDate = acquired.strftime("%Y%m%d")
-        if "SynchronizationFrameOfReferenceUID" in ds:
-            ds.SynchronizationFrameOfReferenceUID = uid("synchronization")
-        _atomic(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # write_op writes atomically and derives everything else from these inputs: same cohort, same bytes
+    ds = write_op(
+        path,
+        image,
+        laterality=labels["laterality"],
+        patient_id=f"SYNTH-{seed}-{i}",
+        patient_name=f"SYNTHETIC^S{seed}-{i}",
+        study_instance_uid=uid("study"),
+        series_instance_uid=uid("series"),
+        sop_instance_uid=uid("instance"),
+        study_date=acquired.strftime("%Y%m%d"),
+        pixel_spacing=(round(spacing, 6), round(spacing, 6)),
+        horizontal_fov_deg=FOV_DEGREES,
+        acquired=acquired,
+        overwrite=True,
+    )
     return str(ds.SOPInstanceUID)
