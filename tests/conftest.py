@@ -23,3 +23,27 @@ def _torch_threads():
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
     torch.set_num_threads(n)
+
+
+def make_bundle(out, *, size: int = 64, n_filters: int = 8, arch: str = "vgg", seed: int = 0, task: str = "referable"):
+    """A small real bundle (untrained weights, fixed seed) for tests that need a model but not a good one."""
+    import torch
+
+    from napari_icnn.bundle import FilterInfo, save_bundle
+    from napari_icnn.engine.train import class_names_for
+    from napari_icnn.icnn.networks import ICNN
+
+    torch.manual_seed(seed)
+    names = class_names_for(task)
+    net = ICNN(arch=arch, n_outputs=len(names), n_filters=n_filters, image_size=size, width=8)
+    parts = ["optic_disc", "fovea", "EX", "HE", None, "vessels", "MA", None]
+    filters = [FilterInfo(id=i, category="free" if i < 2 else names[0], part=parts[i % len(parts)], act_scale=1.0)
+               for i in range(n_filters)]
+    return save_bundle(out, net.state_dict(), network=net.config, task=task, class_names=names, filters=filters,
+                       name="test_model")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """Path of a small real (untrained) bundle shared by the tests of one session. Do not edit it."""
+    return make_bundle(tmp_path_factory.mktemp("bundles") / "tiny")

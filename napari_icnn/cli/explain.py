@@ -1,0 +1,28 @@
+"""``icnn explain``: prediction and named per-filter evidence for one scan (PNG overlays + explanation.json)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="explain one fundus photograph (image file or DICOM)", description=__doc__)
+    p.add_argument("image", help="a JPEG/PNG/TIFF photograph or a DICOM file")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--model", default=None, help="model bundle folder (default: the shipped demo model)")
+    p.add_argument("--top-k", type=int, default=8, help="overlays for the K filters that contribute most")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_icnn.explain import explain_file
+
+    results = explain_file(args.image, args.model, args.out, top_k=args.top_k, device=args.device)
+    for e in results:
+        frame = "" if e.frame is None else f" frame {e.frame}"
+        print(f"{e.source}{frame}: {e.predicted_class} (p = {e.probability:.3f})")
+        for f in e.top(min(args.top_k, 5)):
+            print(f"  {f.name:<40s} contribution {f.contribution:+.3f}  peak ({f.peak_x:.0f}, {f.peak_y:.0f})")
+    print(f"written to {args.out}")
+    return 0

@@ -1,0 +1,83 @@
+"""Baseline explainers scored by the same metric code as the ICNN's filters.
+
+* ``gradcam`` — MONAI's Grad-CAM on the interpretable layer, for the positive class logit (polarity: the
+  class-score gradient, ReLU'd, so bright = evidence *for* the class).
+* ``occlusion`` — occlusion sensitivity: the drop of the class probability when a patch is greyed out
+  (clamped at 0, so bright = evidence for the class), batched over patch positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from napari_icnn.engine.collect import MapBatch, icnn_explainer
+
+__all__ = ["EXPLAINERS", "make_explainer"]
+
+EXPLAINERS = ("icnn", "gradcam", "occlusion")
+
+
+class _Logits(nn.Module):
+    """Expose only the logits so generic tools (MONAI's CAMs) can drive the network."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).logits
+
+
+def _gradcam(net: nn.Module, class_index: int) -> Callable[[torch.Tensor], MapBatch]:
+    from monai.visualize import GradCAM
+
+    wrapped = _Logits(net)
+    cam = GradCAM(nn_module=wrapped, target_layers="net.conv")
+
+    def run(x: torch.Tensor) -> MapBatch:
+        with torch.no_grad():
+            logits = net(x).logits
+        with torch.enable_grad():
+            m = cam(x, class_idx=class_index)  # (B, 1, S, S), upsampled to the input
+        return MapBatch(logits, m.detach().clamp_min(0))
+
+    return run
+
+
+def _occlusion(net: nn.Module, class_index: int, patch: int = 32, stride: int = 16) -> Callable[[torch.Tensor], MapBatch]:
+    @torch.no_grad()
+    def run(x: torch.Tensor) -> MapBatch:
+        b, _, s, _ = x.shape
+        logits = net(x).logits
+        base = torch.sigmoid(logits[:, class_index].float())
+        pos = list(range(0, s - patch + 1, stride))
+        g = len(pos)
+        out = torch.zeros(b, 1, g, g, device=x.device)
+        for bi in range(b):
+            batch = x[bi : bi + 1].repeat(g * g, 1, 1, 1)
+            for k, (i, j) in enumerate((i, j) for i in pos for j in pos):
+                batch[k, :, i : i + patch, j : j + patch] = 0.0  # the normalised image's mean (FOV-standardised)
+            p = torch.sigmoid(net(batch).logits[:, class_index].float())
+            out[bi, 0] = (base[bi] - p).clamp_min(0).view(g, g)
+        # cell (i, j) of the g×g grid is centred on the patch centre; resample to the input grid
+        m = F.interpolate(out, size=(s, s), mode="bilinear", align_corners=False)
+        return MapBatch(logits, m)
+
+    return run
+
+
+def make_explainer(name: str, net: nn.Module, class_index: int = 0) -> Callable[[torch.Tensor], MapBatch]:
+    """An explainer by name; ``icnn`` gives the network's own filter maps."""
+    if name == "icnn":
+        return icnn_explainer(net, masked=getattr(net, "interpretable", True))
+    if name == "gradcam":
+        return _gradcam(net, class_index)
+    if name == "occlusion":
+        return _occlusion(net, class_index)
+    from napari_icnn.errors import ConfigError
+
+    raise ConfigError(f"--explainer: must be one of {', '.join(EXPLAINERS)} (got {name!r})")

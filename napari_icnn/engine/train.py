@@ -1,0 +1,395 @@
+"""The training engine behind ``icnn train``, the napari Train widget and the MONAI bundle config.
+
+:func:`train_iter` is a generator: it yields progress events and returns a :class:`TrainResult`;
+:func:`train` drains it. Closing the generator (the GUI's Stop button) or Ctrl-C keeps the last good
+checkpoint and still writes a usable bundle from the best epoch so far.
+
+Schedule (see the feasibility notes): ``warmup_epochs`` ordinary epochs, then the interpretable epochs with
+the mask on and the template filter loss weighted by ``lam / (t - warmup)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_icnn.bundle import WEIGHTS, FilterInfo, load_bundle, save_bundle
+from napari_icnn.config import TrainConfig
+from napari_icnn.engine import runtime
+from napari_icnn.errors import Cancelled, ConfigError
+from napari_icnn.progress import EpochEnd, Message, Progress
+
+__all__ = ["TrainResult", "train_iter", "train", "class_names_for", "CHECKPOINT_DIR"]
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass
+class TrainResult:
+    bundle: Path
+    best_epoch: int
+    epochs_done: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped: bool = False
+    seconds: float = 0.0
+
+
+def class_names_for(task: str) -> list[str]:
+    from napari_icnn.data.layouts import TASKS
+
+    if task == "referable":
+        return ["referable DR"]
+    return list(TASKS[task])
+
+
+def _build_net(cfg: TrainConfig, n_outputs: int) -> Any:
+    from napari_icnn.icnn.networks import ICNN
+
+    return ICNN(**_net_kwargs(cfg, n_outputs))
+
+
+def _net_kwargs(cfg: TrainConfig, n_outputs: int) -> dict[str, Any]:
+    return dict(
+        arch=cfg.arch,
+        n_outputs=n_outputs,
+        n_filters=cfg.n_filters,
+        image_size=cfg.size,
+        width=cfg.width,
+        dropout=cfg.dropout,
+        beta=cfg.beta,
+        interpretable=cfg.interpretable,
+    )
+
+
+def _load_data(cfg: TrainConfig) -> tuple[Any, Any, Any]:
+    from napari_icnn.data.datasets import split_records
+    from napari_icnn.data.layouts import discover, task_targets
+
+    spec = discover(cfg.data, cfg.format)
+    records = list(spec.records)
+    for r in records:  # fail early, naming the record, when a label the task needs is missing
+        task_targets(r, cfg.task)
+    if cfg.val:
+        vspec = discover(cfg.val, "auto")
+        val = list(vspec.records)
+        for r in val:
+            task_targets(r, cfg.task)
+        train = records
+        has_masks = vspec.has_masks
+    else:
+        train, val = split_records(records, cfg.val_fraction, cfg.seed)
+        has_masks = spec.has_masks
+    if cfg.max_train_images:
+        train = train[: cfg.max_train_images]
+    if len(train) < cfg.batch:
+        raise ConfigError(f"--data {cfg.data}: only {len(train)} training images, fewer than one batch ({cfg.batch})")
+    if len(val) < 2:
+        raise ConfigError(f"--data {cfg.data}: too few validation images ({len(val)}); give --val or more data")
+    return train, val, has_masks
+
+
+def _checkpoint_state(net, opt, sched, assignment, epoch, best, history, cfg) -> dict[str, Any]:
+    return {
+        "model": net.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "assignment": assignment.state_dict(),
+        "epoch": epoch,
+        "best": best,
+        "history": history,
+        "config": cfg.to_dict(),
+        "rng_torch": torch.get_rng_state(),
+        "rng_numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+    }
+
+
+def _check_out(cfg: TrainConfig) -> None:
+    out = Path(cfg.out)
+    if not cfg.out:
+        raise ConfigError("--out: give the folder the model bundle is written to")
+    if cfg.resume:
+        if not (out / CHECKPOINT_DIR / LAST).is_file():
+            raise ConfigError(f"--resume: {out} has no checkpoint to resume ({CHECKPOINT_DIR}/{LAST} is missing)")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(
+            f"--out {out}: the folder exists and is not empty; choose a new folder, or add --resume to "
+            "continue an interrupted run there (nothing was overwritten)"
+        )
+
+
+def train_iter(
+    cfg: TrainConfig, should_stop: Callable[[], bool] | None = None
+) -> Generator[Any, None, TrainResult]:
+    """Train per ``cfg``; yields :mod:`napari_icnn.progress` events, returns a :class:`TrainResult`."""
+    from monai.data import DataLoader
+
+    from napari_icnn.data.datasets import make_dataset
+    from napari_icnn.icnn.assignment import FilterAssignment
+    from napari_icnn.icnn.loss import template_filter_loss
+
+    t0 = time.monotonic()
+    if cfg.resume:
+        _check_out(cfg)
+        saved = torch.load(Path(cfg.out) / CHECKPOINT_DIR / LAST, map_location="cpu", weights_only=True)
+        resumed_cfg = TrainConfig.from_dict({**saved["config"], "resume": True})
+        cfg = resumed_cfg
+    else:
+        _check_out(cfg)
+        saved = None
+    dist = runtime.init_distributed(cfg.device)
+    device = runtime.resolve_device(cfg.device, dist.local_rank)
+    runtime.seed_everything(cfg.seed + dist.rank)
+    out = Path(cfg.out)
+    ckdir = out / CHECKPOINT_DIR
+    if dist.is_main:
+        ckdir.mkdir(parents=True, exist_ok=True)
+        runtime.atomic_write_text(ckdir / "config.json", cfg.to_json())
+
+    yield Message(f"device {device}{f' x{dist.world_size} processes' if dist.enabled else ''}; loading data")
+    train_recs, val_recs, has_masks = _load_data(cfg)
+    names = class_names_for(cfg.task)
+    k = len(names)
+    yield Message(f"{len(train_recs)} training / {len(val_recs)} validation images; task {cfg.task}")
+    cache_dir = out / CHECKPOINT_DIR / "cache" if cfg.cache == "disk" else None
+    train_ds = make_dataset(train_recs, size=cfg.size, task=cfg.task, augment=cfg.augment, cache=cfg.cache,
+                            cache_dir=cache_dir)
+    val_ds = make_dataset(val_recs, size=cfg.size, task=cfg.task, augment=False, cache=cfg.cache,
+                          cache_dir=cache_dir, with_masks=has_masks)
+    sampler = None
+    if dist.enabled:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_ds, num_replicas=dist.world_size, rank=dist.rank, seed=cfg.seed,
+                                     drop_last=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pin = device.type == "cuda"
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler,
+                          drop_last=True, num_workers=cfg.workers, pin_memory=pin, generator=gen,
+                          persistent_workers=cfg.workers > 0)
+    val_dl = DataLoader(val_ds, batch_size=max(cfg.batch, 16), shuffle=False, num_workers=cfg.workers,
+                        pin_memory=pin)
+
+    net = _build_net(cfg, k).to(device)
+    if cfg.init and saved is None:
+        _init_from(net, cfg.init)
+        yield Message(f"initialised from bundle {cfg.init}")
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    n_free = int(round(cfg.free_fraction * cfg.n_filters))
+    assignment = FilterAssignment(cfg.n_filters, k, n_free=n_free).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, len(train_dl))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
+                                                pct_start=0.15)
+    start_epoch, best, history = 1, {"score": -math.inf, "epoch": 0}, []
+    if saved is not None:
+        net.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        assignment.load_state_dict(saved["assignment"])
+        start_epoch = int(saved["epoch"]) + 1
+        best, history = saved["best"], list(saved["history"])
+        torch.set_rng_state(saved["rng_torch"])
+        yield Message(f"resumed after epoch {saved['epoch']} of {cfg.epochs}")
+        del saved
+    model = net
+    if dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    stopped = False
+    epoch = start_epoch - 1
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            gen.manual_seed(cfg.seed * 1000 + epoch)
+            net.set_mask_enabled(cfg.mask_on(epoch))
+            lam = cfg.lambda_at(epoch)
+            model.train()
+            assignment.train()
+            sums = {"loss": 0.0, "cls_loss": 0.0, "filter_loss": 0.0}
+            seen = 0
+            for i, batch in enumerate(train_dl):
+                if should_stop is not None and should_stop():
+                    raise Cancelled("stop requested")
+                x = batch["image"].to(device, non_blocking=True)
+                y = batch["target"].to(device, non_blocking=True).float().view(len(x), -1)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with runtime.autocast_for(device, cfg.amp):
+                    out_ = model(x)
+                    cls = F.binary_cross_entropy_with_logits(out_.logits.float(), y)
+                floss = torch.zeros((), device=device)
+                if cfg.interpretable:
+                    maps = out_.maps.float()
+                    max_act = maps.detach().flatten(2).amax(2)
+                    assignment.update(*_gathered(max_act, y, dist))
+                    if lam > 0:
+                        positive = assignment.positive_mask(y)
+                        floss = template_filter_loss(maps, positive, net.bank, mode=cfg.loss_mode,
+                                                     normalise=cfg.normalise)
+                loss = cls + lam * floss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                b = len(x)
+                seen += b
+                sums["loss"] += float(loss.detach()) * b
+                sums["cls_loss"] += float(cls.detach()) * b
+                sums["filter_loss"] += float(floss.detach()) * b
+                yield Progress(f"epoch {epoch}/{cfg.epochs}", i + 1, steps, f"loss {sums['loss'] / seen:.4f}")
+            metrics = {key: v / max(seen, 1) for key, v in sums.items()}
+            metrics["lambda"] = lam
+            metrics.update(_validate(net, val_dl, device, names, cfg))
+            metrics["epoch"] = epoch
+            metrics["seconds"] = time.monotonic() - t0
+            history.append(metrics)
+            score = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -metrics["val_loss"]
+            eligible = cfg.ordinary or cfg.mask_on(epoch) or cfg.epochs <= cfg.warmup_epochs
+            improved = eligible and (score > best["score"] or best["epoch"] == 0 or not best.get("eligible", True))
+            if improved:
+                best = {"score": float(score), "epoch": epoch, "eligible": True}
+            if dist.is_main:
+                state = _checkpoint_state(net, opt, sched, assignment, epoch, best, history, cfg)
+                if improved:
+                    runtime.atomic_torch_save({"model": net.state_dict(), "epoch": epoch}, ckdir / BEST)
+                runtime.atomic_torch_save(state, ckdir / LAST)
+                runtime.atomic_write_text(ckdir / "history.json", json.dumps(history, indent=2))
+            if dist.enabled:
+                torch.distributed.barrier()
+            yield EpochEnd(epoch, cfg.epochs, {k_: v for k_, v in metrics.items() if k_ not in ("epoch",)})
+    except (GeneratorExit, Cancelled, KeyboardInterrupt):
+        stopped = True
+        epoch -= 1  # the interrupted epoch did not complete
+    result = TrainResult(bundle=out, best_epoch=int(best["epoch"]), epochs_done=max(epoch, 0), history=history,
+                         stopped=stopped)
+    if dist.is_main and best["epoch"] > 0:
+        _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks)
+    if dist.enabled:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    result.seconds = time.monotonic() - t0
+    if stopped:
+        # Inside a closed generator nothing more may be yielded; a drained one reports the stop.
+        return result
+    yield Message(f"bundle written to {out} (best epoch {best['epoch']}, {result.seconds:.0f} s)")
+    return result
+
+
+def _gathered(max_act: torch.Tensor, y: torch.Tensor, dist: runtime.DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    """All processes update the filter assignment from the same (global) batch statistics."""
+    if not dist.enabled:
+        return max_act, y
+    import torch.distributed as tdist
+
+    a = [torch.zeros_like(max_act) for _ in range(dist.world_size)]
+    b = [torch.zeros_like(y) for _ in range(dist.world_size)]
+    tdist.all_gather(a, max_act.contiguous())
+    tdist.all_gather(b, y.contiguous())
+    return torch.cat(a), torch.cat(b)
+
+
+@torch.no_grad()
+def _validate(net, loader, device, names, cfg: TrainConfig) -> dict[str, float]:
+    from napari_icnn.engine.metrics import classification_metrics
+
+    net.eval()
+    probs, targets, loss_sum, n = [], [], 0.0, 0
+    for batch in loader:
+        x = batch["image"].to(device)
+        y = batch["target"].to(device).float().view(len(x), -1)
+        with runtime.autocast_for(device, cfg.amp):
+            logits = net(x).logits.float()
+        loss_sum += float(F.binary_cross_entropy_with_logits(logits, y, reduction="sum")) / y.shape[1]
+        n += len(x)
+        probs.append(torch.sigmoid(logits).cpu().numpy())
+        targets.append(y.cpu().numpy())
+    m = classification_metrics(np.concatenate(probs), np.concatenate(targets), names)
+    return {"val_loss": loss_sum / max(n, 1), "val_auc": float(m["auc"]), "val_accuracy": float(m["accuracy"])}
+
+
+def _init_from(net, bundle: str) -> None:
+    """Fine-tune start: copy every tensor of the bundle whose name and shape fit (the head may differ)."""
+    loaded = load_bundle(bundle, device="cpu")
+    src = loaded.net.state_dict()
+    dst = net.state_dict()
+    fitting = {k: v for k, v in src.items() if k in dst and dst[k].shape == v.shape}
+    if not fitting:
+        raise ConfigError(f"--init {bundle}: none of its weights fit this network (different backbone or size?)")
+    dst.update(fitting)
+    net.load_state_dict(dst)
+
+
+@torch.no_grad()
+def filter_report(net, loader, device, has_masks: bool) -> tuple[list[str | None], np.ndarray, np.ndarray]:
+    """Match each filter to a part on annotated images; also each filter's display scale.
+
+    Returns (part key or None per filter, matching score per filter, act_scale per filter).
+    """
+    from napari_icnn.engine.collect import collect, icnn_explainer
+    from napari_icnn.engine.metrics import match_parts, part_scores
+
+    net.eval()
+    col = collect(icnn_explainer(net, masked=net.interpretable), loader, size=net.image_size, device=device,
+                  stride=net.stride, offset=net.offset,
+                  parts=tuple(getattr(loader.dataset, "mask_parts", ()) or ()) if has_masks else ())
+    act_scale = np.percentile(col.scores, 99, axis=0) if len(col.scores) else np.ones(net.n_filters)
+    act_scale = np.where(act_scale > 1e-6, act_scale, 1.0)
+    if not has_masks or not col.present.any():
+        return [None] * col.maps.shape[1], np.zeros(col.maps.shape[1]), act_scale
+    ps = part_scores(col.iou, col.present, col.parts)
+    parts, score = match_parts(ps)
+    return parts, score, act_scale
+
+
+def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks) -> None:
+    best = torch.load(ckdir / BEST, map_location=device, weights_only=True)
+    net.load_state_dict(best["model"])
+    net.set_mask_enabled(cfg.interpretable)
+    net.eval()
+    parts, scores, act_scale = filter_report(net, val_dl, device, has_masks)
+    cats = assignment.categories.cpu().tolist() if cfg.interpretable else [None] * cfg.n_filters
+    filters = []
+    for f in range(cfg.n_filters):
+        c = cats[f]
+        category = None if c is None else ("free" if c < 0 else names[c])
+        filters.append(FilterInfo(id=f, category=category, part=parts[f],
+                                  part_score=None if parts[f] is None else round(float(scores[f]), 4),
+                                  act_scale=round(float(act_scale[f]), 5)))
+    best_metrics = next((h for h in history if h["epoch"] == best["epoch"]), history[-1] if history else {})
+    save_bundle(
+        cfg.out,
+        net.state_dict(),
+        network=net.config,
+        task=cfg.task,
+        class_names=names,
+        filters=filters,
+        train_config=cfg.to_dict(),
+        metrics={k: v for k, v in best_metrics.items() if isinstance(v, (int, float))},
+        name=Path(cfg.out).name or "fundus_icnn",
+        description=(f"{'Ordinary' if cfg.ordinary else 'Interpretable'} CNN ({cfg.arch}) for {cfg.task} on "
+                     f"{cfg.size} px colour fundus photographs"),
+        extra={"best_epoch": int(best["epoch"]), "history": history},
+    )
+    assert (Path(cfg.out) / WEIGHTS).is_file()
+
+
+def train(cfg: TrainConfig, on_event: Callable[[Any], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Run :func:`train_iter` to the end."""
+    from napari_icnn.progress import drain
+
+    return drain(train_iter(cfg, should_stop=should_stop), on_event)

@@ -1,0 +1,378 @@
+"""Image → prediction + per-filter evidence: the one function the GUI, the CLI and the batch job show.
+
+:func:`explain` runs a loaded bundle on one fundus photograph and returns an :class:`Explanation`: the
+prediction, and for every interpretable filter its (masked) map, its peak on the original scan, its
+activation, its contribution (how much the predicted class's logit drops when the map is zeroed — exact
+ablation through the layers above) and its display name. Maps are kept at the feature-grid resolution and
+resampled onto the scan's pixel grid on request (:meth:`Explanation.map_on_scan`), undoing the
+preprocessing geometry exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_icnn.data.fundus_image import FundusImage
+
+__all__ = ["FilterEvidence", "Explanation", "explain", "explain_batch", "explain_file", "write_explanation"]
+
+
+@dataclass(frozen=True)
+class FilterEvidence:
+    """One interpretable filter's evidence on one scan."""
+
+    id: int
+    name: str
+    """Display name, e.g. "filter 17 · hard exudates"."""
+    part: str | None
+    category: str | None
+    activation: float
+    """Peak of the filter's (masked) map."""
+    strength: float
+    """Activation relative to the filter's typical strong response (``act_scale`` in the bundle)."""
+    contribution: float
+    """Drop of the predicted class's logit when this filter's map is zeroed."""
+    peak_x: float
+    """Peak position on the original scan (pixels, x = column)."""
+    peak_y: float
+    map: np.ndarray = field(repr=False)
+    """(n, n) masked map on the feature grid (raw activations)."""
+    act_scale: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "part": self.part,
+            "category": self.category,
+            "peak_x": round(self.peak_x, 2),
+            "peak_y": round(self.peak_y, 2),
+            "activation": round(self.activation, 6),
+            "strength": round(self.strength, 4),
+            "contribution": round(self.contribution, 6),
+        }
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The prediction for one scan and the evidence of every interpretable filter."""
+
+    source: str
+    scan_shape: tuple[int, int]
+    class_names: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    class_index: int
+    """Index of the class the contributions explain (the predicted or most probable class)."""
+    predicted_class: str
+    """Human-readable decision, e.g. "referable DR" or "no referable DR"."""
+    threshold: float
+    filters: tuple[FilterEvidence, ...]
+    """All filters, by contribution, largest first."""
+    geometry: Any = field(repr=False)
+    model_name: str = ""
+    model_version: str = ""
+    model_sha256: str = ""
+    frame: int | None = None
+    laterality: str | None = None
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[self.class_index]
+
+    def top(self, k: int | None = None, min_contribution: float | None = None) -> list[FilterEvidence]:
+        """The ``k`` filters with the largest contributions (optionally only those above a floor)."""
+        out = [f for f in self.filters if min_contribution is None or f.contribution > min_contribution]
+        return out[:k] if k else out
+
+    def filter(self, fid: int) -> FilterEvidence:
+        for f in self.filters:
+            if f.id == fid:
+                return f
+        raise KeyError(f"no filter {fid} in this explanation")
+
+    def map_on_scan(self, fid: int, normalise: bool = True) -> np.ndarray:
+        """The filter's map on the scan's pixel grid, ``(H, W)`` float32; in [0, 1] when ``normalise``
+        (divided by the filter's typical strong response and clipped)."""
+        f = self.filter(fid)
+        m = f.map / f.act_scale if normalise else f.map
+        out = self.geometry.map_to_scan(m.astype(np.float32), order=1)
+        return np.clip(out, 0.0, 1.0) if normalise else out
+
+    def region_on_scan(self, fid: int, threshold: float = 0.5) -> np.ndarray:
+        """Where the filter fires: its normalised map above ``threshold`` × its own peak, ``(H, W)`` bool."""
+        m = self.map_on_scan(fid, normalise=False)
+        peak = float(m.max())
+        if peak <= 0:
+            return np.zeros(self.scan_shape, bool)
+        return m >= threshold * peak
+
+    def to_json(self, top_k: int | None = None) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "frame": self.frame,
+            "laterality": self.laterality,
+            "scan_shape": list(self.scan_shape),
+            "prediction": {
+                "class": self.predicted_class,
+                "probability": round(self.probability, 6),
+                "threshold": self.threshold,
+                "probabilities": {n: round(p, 6) for n, p in zip(self.class_names, self.probabilities)},
+            },
+            "model": {"name": self.model_name, "version": self.model_version, "sha256": self.model_sha256},
+            "filters": [f.to_json() for f in self.top(top_k)],
+            "note": "Research use only. Not for clinical use.",
+        }
+
+
+def _as_fundus(image: FundusImage | np.ndarray, source: str = "<array>") -> FundusImage:
+    if isinstance(image, FundusImage):
+        return image
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        hi = float(arr.max()) if arr.size else 1.0
+        arr = np.clip(arr.astype(np.float32) * (255.0 / (hi if hi > 255 else (255.0 if hi > 1 else 1.0))), 0, 255)
+        arr = arr.astype(np.uint8)
+    return FundusImage(pixels=np.ascontiguousarray(arr), source=source)
+
+
+def explain(image: FundusImage | np.ndarray, model: Any, *, check: bool = True) -> Explanation:
+    """Explain one photograph with a loaded bundle (:func:`napari_icnn.bundle.load_bundle`).
+
+    Raises
+    ------
+    DeclinedInput
+        The image does not look like a colour fundus photograph (when ``check``).
+    """
+    import torch
+
+    from napari_icnn.data.fov import check_fundus, find_fov
+    from napari_icnn.data.transforms import preprocess
+    from napari_icnn.engine.collect import cell_centres
+
+    img = _as_fundus(image)
+    fov = check_fundus(img.pixels, img.source) if check else find_fov(img.pixels)
+    x, geom, _ = preprocess(img.pixels, model.size, fov)
+    net = model.net
+    with torch.no_grad():
+        xt = torch.from_numpy(x)[None].to(model.device)
+        out = net(xt)
+        logits = out.logits.float()[0]
+        probs = torch.sigmoid(logits).cpu().numpy().astype(float)
+        if len(probs) == 1:
+            cls = 0
+            positive = probs[0] >= model.threshold
+            sign = 1.0 if positive else -1.0
+            decision = model.class_names[0] if positive else f"no {model.class_names[0]}"
+        else:
+            cls = int(np.argmax(probs))
+            sign = 1.0
+            found = [n for n, p in zip(model.class_names, probs) if p >= model.threshold]
+            decision = ", ".join(found) if found else "none"
+        target = torch.tensor([cls], device=model.device)
+        contrib = (net.contributions(out.masked, target)[0] * sign).float().cpu().numpy()
+        masked = out.masked[0].float().cpu().numpy()
+    n = masked.shape[-1]
+    flat = masked.reshape(len(masked), -1)
+    peak_idx = flat.argmax(axis=1)
+    # cell centres on the same tiling map_on_scan uses, so the marker sits on the displayed peak
+    centres = cell_centres(n, n, model.size)[peak_idx]
+    peaks_scan = geom.to_scan(centres.astype(np.float64))
+    filters = []
+    for f, info in enumerate(model.filters):
+        act = float(flat[f].max())
+        filters.append(
+            FilterEvidence(
+                id=f,
+                name=info.display_name,
+                part=info.part,
+                category=info.category,
+                activation=act,
+                strength=act / info.act_scale,
+                contribution=float(contrib[f]),
+                peak_x=float(peaks_scan[f, 0]),
+                peak_y=float(peaks_scan[f, 1]),
+                map=masked[f],
+                act_scale=info.act_scale,
+            )
+        )
+    filters.sort(key=lambda e: (-e.contribution, -e.activation, e.id))
+    return Explanation(
+        source=img.source,
+        scan_shape=img.shape,
+        class_names=tuple(model.class_names),
+        probabilities=tuple(float(p) for p in probs),
+        class_index=cls,
+        predicted_class=decision,
+        threshold=model.threshold,
+        filters=tuple(filters),
+        geometry=geom,
+        model_name=model.name,
+        model_version=model.version,
+        model_sha256=model.sha256,
+        frame=img.frame,
+        laterality=img.laterality,
+    )
+
+
+def explain_batch(
+    images: Sequence[FundusImage | np.ndarray],
+    model: Any,
+    *,
+    check: bool = True,
+    prepared: Sequence[tuple[np.ndarray, Any]] | None = None,
+) -> list[Explanation]:
+    """Explain several photographs with one batched forward pass; the same result as :func:`explain`
+    on each (up to float32 round-off of the batched convolutions).
+
+    Parameters
+    ----------
+    images
+        The photographs (or frames) to explain.
+    model
+        A loaded bundle (:func:`napari_icnn.bundle.load_bundle`).
+    check
+        Refuse images that are not colour fundus photographs (ignored with ``prepared``).
+    prepared
+        ``(input, geometry)`` per image as :func:`~napari_icnn.data.transforms.preprocess` returns them,
+        when preprocessing already ran elsewhere (in worker processes): ``images`` then only supply
+        the scans' source, shape, frame and laterality.
+
+    Raises
+    ------
+    DeclinedInput
+        An image does not look like a colour fundus photograph (when ``check`` and not ``prepared``).
+    """
+    import torch
+
+    from napari_icnn.data.fov import check_fundus, find_fov
+    from napari_icnn.data.transforms import preprocess
+    from napari_icnn.engine.collect import cell_centres
+
+    imgs = [_as_fundus(im) for im in images]
+    if not imgs:
+        return []
+    if prepared is None:
+        prepared = []
+        for img in imgs:
+            fov = check_fundus(img.pixels, img.source) if check else find_fov(img.pixels)
+            x, geom, _ = preprocess(img.pixels, model.size, fov)
+            prepared.append((x, geom))
+    elif len(prepared) != len(imgs):
+        raise ValueError(f"prepared holds {len(prepared)} inputs for {len(imgs)} images")
+    net = model.net
+    with torch.no_grad():
+        xt = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x, _ in prepared])).to(model.device)
+        out = net(xt)
+        probs_all = torch.sigmoid(out.logits.float()).cpu().numpy().astype(float)
+        classes, signs, decisions = [], [], []
+        for probs in probs_all:
+            if len(probs) == 1:
+                positive = probs[0] >= model.threshold
+                classes.append(0)
+                signs.append(1.0 if positive else -1.0)
+                decisions.append(model.class_names[0] if positive else f"no {model.class_names[0]}")
+            else:
+                found = [n for n, p in zip(model.class_names, probs) if p >= model.threshold]
+                classes.append(int(np.argmax(probs)))
+                signs.append(1.0)
+                decisions.append(", ".join(found) if found else "none")
+        target = torch.tensor(classes, device=model.device)
+        contrib_all = net.contributions(out.masked, target).float().cpu().numpy()
+        masked_all = out.masked.float().cpu().numpy()
+    results = []
+    for i, (img, (_, geom)) in enumerate(zip(imgs, prepared)):
+        masked = masked_all[i]
+        contrib = contrib_all[i] * signs[i]
+        n = masked.shape[-1]
+        flat = masked.reshape(len(masked), -1)
+        peak_idx = flat.argmax(axis=1)
+        centres = cell_centres(n, n, model.size)[peak_idx]
+        peaks_scan = geom.to_scan(centres.astype(np.float64))
+        filters = []
+        for f, info in enumerate(model.filters):
+            act = float(flat[f].max())
+            filters.append(
+                FilterEvidence(
+                    id=f,
+                    name=info.display_name,
+                    part=info.part,
+                    category=info.category,
+                    activation=act,
+                    strength=act / info.act_scale,
+                    contribution=float(contrib[f]),
+                    peak_x=float(peaks_scan[f, 0]),
+                    peak_y=float(peaks_scan[f, 1]),
+                    map=masked[f],
+                    act_scale=info.act_scale,
+                )
+            )
+        filters.sort(key=lambda e: (-e.contribution, -e.activation, e.id))
+        results.append(
+            Explanation(
+                source=img.source,
+                scan_shape=img.shape,
+                class_names=tuple(model.class_names),
+                probabilities=tuple(float(p) for p in probs_all[i]),
+                class_index=classes[i],
+                predicted_class=decisions[i],
+                threshold=model.threshold,
+                filters=tuple(filters),
+                geometry=geom,
+                model_name=model.name,
+                model_version=model.version,
+                model_sha256=model.sha256,
+                frame=img.frame,
+                laterality=img.laterality,
+            )
+        )
+    return results
+
+
+def _safe_stem(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    return keep.strip("._")[:80] or "image"
+
+
+def write_explanation(expl: Explanation, image: FundusImage, out_dir: str | os.PathLike[str], top_k: int = 8) -> list[Path]:
+    """Write one PNG overlay per top filter and ``explanation.json`` into ``out_dir``; return the paths."""
+    from napari_icnn.engine.runtime import atomic_write_text
+    from napari_icnn.render import overlay_png
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for rank, f in enumerate(expl.top(top_k), start=1):
+        png = out / f"{rank:02d}_filter{f.id:03d}_{_safe_stem(f.part or f.category or 'unnamed')}.png"
+        overlay_png(image.pixels, expl.map_on_scan(f.id), f"{f.name}  contribution {f.contribution:+.3f}",
+                    (f.peak_x, f.peak_y), png)
+        written.append(png)
+    doc = expl.to_json(top_k)
+    doc["overlays"] = [p.name for p in written]
+    written.append(atomic_write_text(out / "explanation.json", json.dumps(doc, indent=2)))
+    return written
+
+
+def explain_file(image_path: str | os.PathLike[str], bundle: str | os.PathLike[str] | None = None,
+                 out_dir: str | os.PathLike[str] = "explanations", top_k: int = 8, device: str = "auto") -> list[Explanation]:
+    """Explain every image (every frame) in a file; write overlays + JSON (one sub-folder per frame)."""
+    from napari_icnn.bundle import default_bundle_path, load_bundle
+    from napari_icnn.data.image_io import load_image
+
+    model = load_bundle(bundle or default_bundle_path(), device=device)
+    images = load_image(image_path)
+    results = []
+    for img in images:
+        expl = explain(img, model)
+        target = Path(out_dir) if len(images) == 1 else Path(out_dir) / f"frame{(img.frame or 0):04d}"
+        write_explanation(expl, img, target, top_k)
+        results.append(expl)
+    return results

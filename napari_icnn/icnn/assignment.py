@@ -1,0 +1,127 @@
+"""Which category each interpretable filter serves.
+
+A filter belongs to the category on whose positive images it fires most: an exponential moving
+average of its mean per-image max activation over each category's positive images (the official
+code's ``sliceMag``), updated after training steps only. Images of its category must fit the
+positive template at the filter's peak; all others must fit T⁻. "Free" filters are label-free:
+every image is positive for them, so they settle on parts present in every image (the optic disc).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from napari_icnn.errors import ConfigError
+
+__all__ = ["FilterAssignment"]
+
+
+class FilterAssignment(nn.Module):
+    """Filter-to-category assignment by a running mean of peak activations.
+
+    Parameters
+    ----------
+    n_filters
+        Interpretable filters C.
+    n_categories
+        Categories K (label columns). With K = 1 every non-free filter belongs to that category.
+    n_free
+        Filters ``[0, n_free)`` are free (label-free; every image is positive).
+    momentum
+        Weight of the old average in each update.
+
+    Attributes
+    ----------
+    ema : Tensor
+        ``(C, K)`` running mean of each filter's per-image max activation on each category's positives.
+    initialised : Tensor
+        ``(K,)`` bool, whether a category has had positive images yet.
+
+    Notes
+    -----
+    Until a category has been seen it takes part in no argmax; before any update the non-free
+    filters are dealt round-robin over the categories so that every category starts with filters.
+    The first observation of a category sets its average directly (the official code floors it at
+    0.1, a constant tied to its own activation scale), and a category absent from a batch keeps its
+    average (the official code's column-1 replacement is a quirk, not a rule).
+    """
+
+    def __init__(self, n_filters: int, n_categories: int, n_free: int = 0, momentum: float = 0.9):
+        super().__init__()
+        if n_filters < 1 or n_categories < 1:
+            raise ConfigError(
+                f"filter assignment needs >= 1 filter and >= 1 category (got {n_filters} filters, {n_categories} categories)"
+            )
+        if not 0 <= n_free <= n_filters:
+            raise ConfigError(f"free filters must be between 0 and {n_filters} (got {n_free})")
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"filter assignment momentum must be in [0, 1) (got {momentum!r})")
+        self.n_filters, self.n_categories, self.n_free = n_filters, n_categories, n_free
+        self.momentum = float(momentum)
+        self.register_buffer("ema", torch.zeros(n_filters, n_categories))
+        self.register_buffer("initialised", torch.zeros(n_categories, dtype=torch.bool))
+
+    def _labels(self, labels: Tensor, batch: int | None = None) -> Tensor:
+        if labels.ndim == 1 and self.n_categories == 1:
+            labels = labels[:, None]
+        if (
+            labels.ndim != 2
+            or labels.shape[1] != self.n_categories
+            or (batch is not None and labels.shape[0] != batch)
+        ):
+            raise ValueError(
+                f"labels must have shape (B, {self.n_categories})"
+                + (f" with B = {batch}" if batch is not None else "")
+                + f", got {tuple(labels.shape)}"
+            )
+        return labels.to(device=self.ema.device) > 0.5
+
+    @torch.no_grad()
+    def update(self, max_act: Tensor, labels: Tensor) -> None:
+        """Fold one batch into the running means (no-op unless in training mode).
+
+        Parameters
+        ----------
+        max_act
+            ``(B, C)`` per-image max activation of each filter (pre-mask maps).
+        labels
+            ``(B, K)`` in {0, 1} (``(B,)`` accepted when K = 1).
+        """
+        if not self.training:
+            return
+        if max_act.ndim != 2 or max_act.shape[1] != self.n_filters:
+            raise ValueError(
+                f"max activations must have shape (B, {self.n_filters}), got {tuple(max_act.shape)}"
+            )
+        pos = self._labels(labels, max_act.shape[0]).to(self.ema.dtype)  # (B, K)
+        # no host-device synchronisation here: categories absent from the batch are left as they are
+        count = pos.sum(dim=0)  # (K,)
+        seen = count > 0
+        mean = (max_act.detach().to(self.ema.dtype).T @ pos) / count.clamp(min=1)  # (C, K)
+        blended = self.momentum * self.ema + (1.0 - self.momentum) * mean
+        new = torch.where(self.initialised, blended, mean)
+        self.ema.copy_(torch.where(seen, new, self.ema))
+        self.initialised.logical_or_(seen)
+
+    @property
+    def categories(self) -> Tensor:
+        """``(C,)`` long: each filter's category, -1 for free filters."""
+        device = self.ema.device
+        n_rest = self.n_filters - self.n_free
+        learnt = self.ema[self.n_free :].masked_fill(~self.initialised, float("-inf")).argmax(dim=1)
+        dealt = torch.arange(n_rest, device=device) % self.n_categories
+        # tensor-side choice (no .item()), so training on a GPU never waits for it
+        rest = torch.where(self.initialised.any(), learnt, dealt)
+        return torch.cat([torch.full((self.n_free,), -1, dtype=torch.long, device=device), rest])
+
+    def positive_mask(self, labels: Tensor) -> Tensor:
+        """``(B, C)`` bool: image b is a positive for filter c (always, for free filters)."""
+        cats = self.categories
+        return self._labels(labels)[:, cats.clamp(min=0)] | (cats < 0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_filters={self.n_filters}, n_categories={self.n_categories}, n_free={self.n_free}, "
+            f"momentum={self.momentum:g}"
+        )

@@ -1,0 +1,203 @@
+"""The template filter loss: -MI(X; T) between a filter's maps and the part templates.
+
+Every quantity comes from one product of the flattened maps with the template bank,
+``S = x_flat @ templates.T`` (the element-wise "trace" tr(x·T) = sum_ij x_ij t_ij of every map
+with every template; :meth:`TemplateBank.scores` computes it block-wise), followed by gathers and
+log-sum-exps over that ``(B, C, n²+1)`` tensor. Nothing of size B·C·n²·n² is ever built.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from napari_icnn.errors import ConfigError
+from napari_icnn.icnn.masked import locate_peaks
+from napari_icnn.icnn.templates import TemplateBank
+
+__all__ = ["template_filter_loss", "template_scores", "RunningLogZ", "LOSS_MODES"]
+
+LOSS_MODES = ("paper", "mi")
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class RunningLogZ(nn.Module):
+    """Running estimate of each filter's partition functions Z_T, the paper's "gradually updated" Z.
+
+    It keeps, per filter and template, an exponential moving average of the per-image mean of
+    ``exp(tr(x·T))``, held in log space so it neither overflows nor underflows. Updated in
+    training mode only; the state is a buffer, so it is checkpointed with the model.
+
+    Parameters
+    ----------
+    n_filters
+        Interpretable filters C.
+    n_templates
+        n² + 1 (``TemplateBank.n_templates``).
+    momentum
+        Weight of the old estimate in each update.
+
+    Notes
+    -----
+    Pass it as ``log_z=`` to :func:`template_filter_loss`: the loss updates it from the scores it
+    computes anyway and uses the estimate, scaled to the batch size, as a constant Z.
+    """
+
+    def __init__(self, n_filters: int, n_templates: int, momentum: float = 0.9):
+        super().__init__()
+        if n_filters < 1 or n_templates < 2:
+            raise ConfigError(
+                f"running log Z needs >= 1 filter and >= 2 templates (got {n_filters}, {n_templates})"
+            )
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"running log Z momentum must be in [0, 1) (got {momentum!r})")
+        self.momentum = float(momentum)
+        self.register_buffer("log_mean_z", torch.zeros(n_filters, n_templates))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, scores: Tensor) -> None:
+        """Fold one batch of scores ``(B, C, n²+1)`` into the estimate (no-op outside training)."""
+        if not self.training:
+            return
+        if scores.shape[1:] != self.log_mean_z.shape:
+            raise ValueError(
+                f"scores of shape {tuple(scores.shape)} do not match the running log Z {tuple(self.log_mean_z.shape)}"
+            )
+        batch = torch.logsumexp(scores.detach().to(self.log_mean_z.dtype), dim=0) - math.log(scores.shape[0])
+        m = self.momentum
+        if m > 0:
+            blended = torch.logaddexp(self.log_mean_z + math.log(m), batch + math.log1p(-m))
+            # tensor-side choice (no .item()), so training on a GPU never waits for it
+            batch = torch.where(self.initialised, blended, batch)
+        self.log_mean_z.copy_(batch)
+        self.initialised.fill_(True)
+
+    def forward(self, scores: Tensor) -> Tensor:
+        """Update from ``scores`` (training only) and return the constant log Z for this batch, ``(C, n²+1)``.
+
+        Before the first update it falls back to the batch's own log Z (detached).
+        """
+        self.update(scores)
+        running = self.log_mean_z.to(scores.dtype) + math.log(scores.shape[0])
+        if self.training:  # just updated
+            return running
+        return torch.where(self.initialised, running, torch.logsumexp(scores.detach(), dim=0))
+
+
+def template_scores(x: Tensor, bank: TemplateBank, normalise: bool = True) -> Tensor:
+    """tr(x·T) of every map with every template: ``(B, C, n, n)`` -> ``(B, C, n²+1)``.
+
+    Computed in float32 (float64 maps stay float64; exact with a float64 bank) with autocast off.
+    With ``normalise`` the maps are first divided by a detached per-filter scale
+    ``max(1, batch-mean of per-image max)``.
+    """
+    b, c, h, w = x.shape
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        maps = x.to(dtype).contiguous()  # one copy for channels-last maps, then only views
+        if normalise:
+            # Detached: with tau = 0.5/n² the loss is almost linear in the fit and would otherwise
+            # reward inflating activations instead of shaping them.
+            scale = maps.detach().reshape(b, c, h * w).amax(dim=-1).mean(dim=0).clamp(min=1.0)
+            maps = maps / scale[:, None, None]
+        return bank.scores(maps)
+
+
+def template_filter_loss(
+    x: Tensor,
+    positive: Tensor | None,
+    bank: TemplateBank,
+    *,
+    mode: str = "paper",
+    normalise: bool = True,
+    log_z: Tensor | RunningLogZ | None = None,
+    reduction: str = "mean",
+    mu: Tensor | None = None,
+) -> Tensor:
+    """Template filter loss of the interpretable filters on one batch.
+
+    Parameters
+    ----------
+    x
+        ``(B, C, n, n)`` maps of the interpretable filters after ReLU and before the mask.
+    positive
+        ``(B, C)`` bool: image b belongs to filter c's category, so its map must fit the positive
+        template at its peak; otherwise it must fit T⁻. ``None`` means every image is positive.
+        Ignored by ``mode="mi"``.
+    bank
+        The templates of this n.
+    mode
+        ``"paper"``: the label-aware form the paper optimises (Eq. 4's T̂), per filter
+        ``-sum_b p(T̂_b) p(x_b|T̂_b) log[p(x_b|T̂_b) / p(x_b)]``.
+        ``"mi"``: the exact label-free ``-MI(X;T) = -sum_T p(T) sum_b p(x_b|T) log[p(x_b|T) / p(x_b)]``.
+    normalise
+        Divide the maps by a detached per-filter scale first (see :func:`template_scores`).
+    log_z
+        ``(C, n²+1)`` log Z_T to use as a constant, or a :class:`RunningLogZ` (updated here in
+        training mode). ``None``: Z_T = sum over the batch of exp(tr(x·T)), differentiated through.
+    reduction
+        ``"mean"`` or ``"sum"`` over filters, or ``"none"`` for the ``(C,)`` per-filter losses.
+    mu
+        ``(B, C)`` flat peak index defining T̂ (e.g. the mask's, when it locates by centroid);
+        default: the argmax of each map.
+
+    Returns
+    -------
+    Tensor
+        The loss in float32 (float64 for float64 maps), whatever the autocast state.
+    """
+    if mode not in LOSS_MODES:
+        raise ConfigError(f"filter-loss mode must be one of {', '.join(LOSS_MODES)} (got {mode!r})")
+    if reduction not in _REDUCTIONS:
+        raise ConfigError(
+            f"filter-loss reduction must be one of {', '.join(_REDUCTIONS)} (got {reduction!r})"
+        )
+    if x.ndim != 4 or x.shape[-2:] != (bank.n, bank.n):
+        raise ValueError(
+            f"filter loss expects (B, C, {bank.n}, {bank.n}) maps for this template bank, got {tuple(x.shape)}"
+        )
+    b, c = x.shape[:2]
+    for name, t in (("positive", positive), ("mu", mu)):
+        if t is not None and tuple(t.shape) != (b, c):
+            raise ValueError(
+                f"filter loss: {name} must have shape {(b, c)} like the maps, got {tuple(t.shape)}"
+            )
+
+    s = template_scores(x, bank, normalise)  # (B, C, K)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        if isinstance(log_z, RunningLogZ):
+            lz = log_z(s)
+        elif log_z is not None:
+            if tuple(log_z.shape) != (c, bank.n_templates):
+                raise ValueError(f"log_z must have shape {(c, bank.n_templates)}, got {tuple(log_z.shape)}")
+            lz = log_z.to(device=s.device, dtype=s.dtype)
+        else:
+            lz = torch.logsumexp(s, dim=0)
+        log_prior = bank.log_prior.to(s.dtype)
+        # log p(x_b) = logsumexp_T [log p(T) + s_bT - log Z_T]
+        log_px = torch.logsumexp(s + (log_prior - lz), dim=-1)  # (B, C)
+
+        if mode == "mi":
+            log_p = s - lz  # log p(x_b | T)
+            pointwise = torch.exp(log_p + log_prior) * (log_p - log_px[..., None])
+            per_filter = -pointwise.sum(dim=(0, 2))
+        else:
+            if mu is None:
+                mu = locate_peaks(x, "argmax")
+            hat = mu.to(device=s.device, dtype=torch.long)
+            if positive is not None:
+                hat = torch.where(positive.to(device=s.device, dtype=torch.bool), hat, bank.negative)
+            # only T̂ of each image is needed: gather before subtracting log Z
+            idx = hat[..., None]
+            log_p_hat = (s.gather(-1, idx) - lz.expand_as(s).gather(-1, idx)).squeeze(-1)
+            pointwise = torch.exp(log_prior[hat] + log_p_hat) * (log_p_hat - log_px)
+            per_filter = -pointwise.sum(dim=0)
+
+    if reduction == "mean":
+        return per_filter.mean()
+    if reduction == "sum":
+        return per_filter.sum()
+    return per_filter

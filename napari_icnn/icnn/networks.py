@@ -1,0 +1,262 @@
+"""Networks carrying one interpretable layer on top of a MONAI backbone.
+
+backbone (VGG-style stack or MONAI ResNet) -> new 3x3 conv + ReLU (the interpretable filters, the
+``maps``) -> template mask (``masked``) -> global max- and mean-pool -> dropout -> linear (logits).
+The same class with ``interpretable=False`` is the ordinary CNN it is compared with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from napari_icnn.errors import ConfigError
+from napari_icnn.icnn.masked import LOCATE_MODES, InterpretableMask, locate_peaks
+from napari_icnn.icnn.templates import TemplateBank
+
+__all__ = ["ICNN", "ICNNOutput", "ARCHS"]
+
+ARCHS = ("vgg", "resnet")
+
+
+@dataclass(frozen=True)
+class ICNNOutput:
+    """What one forward pass of :class:`ICNN` gives."""
+
+    logits: Tensor
+    """``(B, n_outputs)`` class logits."""
+    maps: Tensor
+    """``(B, C, n, n)`` interpretable filter maps after ReLU, before the mask (what the filter loss scores)."""
+    masked: Tensor
+    """``(B, C, n, n)`` maps after the mask (what the head sees; equal to ``maps`` when the mask is off)."""
+    mu: Tensor
+    """``(B, C)`` long flat index ``i * n + j`` of each map's peak."""
+
+    def __post_init__(self) -> None:
+        if (
+            self.maps.ndim != 4
+            or self.masked.shape != self.maps.shape
+            or self.mu.shape != self.maps.shape[:2]
+        ):
+            raise ValueError(
+                f"inconsistent ICNN output: maps {tuple(self.maps.shape)}, masked {tuple(self.masked.shape)}, "
+                f"mu {tuple(self.mu.shape)}"
+            )
+
+
+def _vgg(width: int) -> tuple[nn.Module, int, int, float]:
+    """Plain conv-BN-ReLU stack of stride 8: (module, out channels, stride, offset)."""
+    from monai.networks.blocks import Convolution
+
+    def block(cin: int, cout: int, **kw: Any) -> nn.Module:
+        # bias is redundant before batch norm
+        return Convolution(2, cin, cout, act="RELU", norm="BATCH", bias=False, **kw)
+
+    w = width
+    net = nn.Sequential(
+        block(3, w, strides=2, kernel_size=5),
+        nn.MaxPool2d(2),
+        block(w, 2 * w),
+        nn.MaxPool2d(2),
+        block(2 * w, 3 * w),
+        block(3 * w, 4 * w),
+    )
+    # Receptive-field centre of output cell k, in input pixels: each conv/pool of kernel K,
+    # stride S and padding P maps (offset, stride) to (offset + stride * ((K-1)/2 - P), stride * S).
+    # stem 5/2/2: (0, 2); pool 2/2/0: (1, 4); 3x3 convs keep it; pool: (3, 8).
+    return net, 4 * w, 8, 3.0
+
+
+class _ResNetFeatures(nn.Module):
+    """MONAI's 2D ResNet (basic blocks) up to layer4; stride 16 with ``conv1_t_stride=1``."""
+
+    def __init__(self, width: int, layers: tuple[int, ...]):
+        super().__init__()
+        from monai.networks.nets import ResNet
+
+        self.net = ResNet(
+            block="basic",
+            layers=list(layers),
+            block_inplanes=[width, 2 * width, 4 * width, 8 * width],
+            spatial_dims=2,
+            n_input_channels=3,
+            conv1_t_size=7,
+            conv1_t_stride=1,
+            feed_forward=False,
+        )
+        self.out_channels = 8 * width
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.net
+        x = n.maxpool(n.act(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
+
+class ICNN(nn.Module):
+    """A CNN whose top filters are interpretable (Zhang, Wu & Zhu, CVPR 2018).
+
+    Parameters
+    ----------
+    arch
+        ``"vgg"``: a VGG-style plain stack of MONAI conv-BN-ReLU blocks, stride 8, widths
+        w, 2w, 3w, 4w. ``"resnet"``: MONAI's 2D ResNet with basic blocks up to layer4, first conv
+        at stride 1, so stride 16 (a finer top map than the usual 32, for lesion-level parts).
+    n_outputs
+        Logits K (1 for a binary task).
+    n_filters
+        Interpretable filters C.
+    image_size
+        Input side in pixels; must be a multiple of the stride. Sets the template grid n.
+    width
+        Base channel width w of the backbone.
+    dropout
+        Dropout probability before the classifier.
+    beta
+        Template slope.
+    locate
+        How the mask finds each map's part: ``"argmax"`` or ``"centroid"``.
+    interpretable
+        ``False`` builds the ordinary CNN: the same layers with the mask permanently off.
+    resnet_layers
+        Basic blocks in layer1..layer4 (``arch="resnet"`` only).
+
+    Attributes
+    ----------
+    n : int
+        Side of the top map (``image_size // stride``).
+    stride : int
+        Input pixels per map cell.
+    offset : float
+        Cell ``(i, j)`` is centred on input pixel ``offset + stride * (i, j)`` (row, column).
+    bank : TemplateBank
+        The templates of this n (for the filter loss).
+    mask : InterpretableMask
+        The forward mask.
+    """
+
+    def __init__(
+        self,
+        arch: str = "vgg",
+        n_outputs: int = 1,
+        n_filters: int = 64,
+        image_size: int = 256,
+        width: int = 32,
+        dropout: float = 0.3,
+        beta: float = 4.0,
+        locate: str = "argmax",
+        interpretable: bool = True,
+        resnet_layers: tuple[int, ...] | list[int] = (1, 1, 1, 1),
+    ):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ConfigError(f"network arch must be one of {', '.join(ARCHS)} (got {arch!r})")
+        for name, value in (("n_outputs", n_outputs), ("n_filters", n_filters), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"network {name} must be a positive integer (got {value!r})")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ConfigError(f"network dropout must be in [0, 1) (got {dropout!r})")
+        if locate not in LOCATE_MODES:
+            raise ConfigError(f"peak location must be one of {', '.join(LOCATE_MODES)} (got {locate!r})")
+        resnet_layers = tuple(int(v) for v in resnet_layers)
+        if len(resnet_layers) != 4 or min(resnet_layers) < 1:
+            raise ConfigError(f"resnet_layers must be 4 positive block counts (got {resnet_layers!r})")
+
+        if arch == "vgg":
+            self.backbone, channels, self.stride, self.offset = _vgg(width)
+        else:
+            self.backbone = _ResNetFeatures(width, resnet_layers)
+            channels, self.stride, self.offset = self.backbone.out_channels, 16, 0.0
+        if (
+            isinstance(image_size, bool)
+            or not isinstance(image_size, int)
+            or image_size < 2 * self.stride
+            or image_size % self.stride
+        ):
+            raise ConfigError(
+                f"image size must be a multiple of {self.stride} and at least {2 * self.stride} for arch {arch!r} "
+                f"(got {image_size!r})"
+            )
+        self.n = image_size // self.stride
+        self._config = dict(
+            arch=arch,
+            n_outputs=n_outputs,
+            n_filters=n_filters,
+            image_size=image_size,
+            width=width,
+            dropout=float(dropout),
+            beta=float(beta),
+            locate=locate,
+            interpretable=bool(interpretable),
+            resnet_layers=list(resnet_layers),
+        )
+        self.n_filters, self.n_outputs, self.image_size = n_filters, n_outputs, image_size
+        self.interpretable = bool(interpretable)
+
+        self.conv = nn.Conv2d(channels, n_filters, kernel_size=3, padding=1, bias=True)
+        self.bank = TemplateBank(self.n, beta)
+        self.mask = InterpretableMask(self.n, beta, locate)
+        self.mask.enabled = self.interpretable
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(2 * n_filters, n_outputs)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (JSON-ready), so ``ICNN(**net.config)`` rebuilds the architecture."""
+        return dict(self._config)
+
+    def set_mask_enabled(self, on: bool) -> None:
+        """Switch the mask on or off (warm-up epochs); the ordinary CNN (interpretable=False) stays off."""
+        self.mask.enabled = bool(on) and self.interpretable
+
+    def forward(self, x: Tensor) -> ICNNOutput:
+        """Run the network on ``(B, 3, H, W)`` images."""
+        maps = F.relu(self.conv(self.backbone(x)))
+        if self.interpretable:
+            masked, mu = self.mask(maps)
+        else:
+            masked, mu = maps, locate_peaks(maps, self.mask.locate)
+        return ICNNOutput(logits=self.head(masked), maps=maps, masked=masked, mu=mu)
+
+    @staticmethod
+    def _pool(masked: Tensor) -> Tensor:
+        # (B, 2C): max then mean of every map; zeroing a map zeroes exactly its two entries.
+        return torch.cat([masked.amax(dim=(2, 3)), masked.mean(dim=(2, 3))], dim=1)
+
+    def head(self, masked: Tensor) -> Tensor:
+        """Logits from (masked) maps ``(B, C, h, w)``: the layers above the interpretable one."""
+        return self.fc(self.drop(self._pool(masked)))
+
+    def contributions(self, masked: Tensor, target: Tensor | int) -> Tensor:
+        """How much ``logit[b, target[b]]`` drops when filter c's map is zeroed.
+
+        Exact ablation through the head with dropout off (eval behaviour whatever the module's
+        mode), all filters at once: the pooled features are replicated C times with one filter's
+        entries zeroed in each copy.
+
+        Parameters
+        ----------
+        masked
+            ``(B, C, h, w)`` maps as the head receives them.
+        target
+            ``(B,)`` class index per image (or one int for all); 0 for a single-logit model.
+
+        Returns
+        -------
+        Tensor
+            ``(B, C)``; positive where the filter supports the target logit.
+        """
+        b, c = masked.shape[:2]
+        target = torch.as_tensor(target, device=masked.device, dtype=torch.long).expand(b)
+        feats = self._pool(masked)  # (B, 2C)
+        keep = 1.0 - torch.eye(c, device=masked.device, dtype=feats.dtype)
+        ablated = feats[:, None, :] * torch.cat([keep, keep], dim=1)  # (B, C, 2C)
+        full = F.linear(feats, self.fc.weight, self.fc.bias).gather(1, target[:, None])  # (B, 1)
+        without = F.linear(ablated, self.fc.weight, self.fc.bias)  # (B, C, K)
+        return full - without.gather(2, target[:, None, None].expand(b, c, 1)).squeeze(2)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, stride={self.stride}, offset={self.offset:g}, interpretable={self.interpretable}"

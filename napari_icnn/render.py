@@ -1,0 +1,101 @@
+"""Rendering of evidence for quick review (PNG overlays, evidence sheets); no GUI toolkit involved."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["heat_rgba", "blend", "overlay_png", "evidence_sheet", "PART_COLOURS"]
+
+# One colour per part key (also used by the napari layers and the legend).
+PART_COLOURS: dict[str | None, tuple[int, int, int]] = {
+    "optic_disc": (255, 255, 0),
+    "fovea": (0, 200, 255),
+    "vessels": (255, 0, 255),
+    "MA": (170, 60, 255),
+    "HE": (255, 140, 0),
+    "EX": (0, 255, 120),
+    "SE": (180, 180, 255),
+    "NV": (255, 255, 255),
+    None: (200, 200, 200),
+}
+
+
+def heat_rgba(m: np.ndarray, colour: tuple[int, int, int] | None = None) -> np.ndarray:
+    """(H, W) map in [0, 1] -> (H, W, 4) uint8: a colormap (``inferno``) or one colour, alpha ∝ value."""
+    m = np.clip(np.nan_to_num(m), 0, 1).astype(np.float32)
+    if colour is None:
+        from matplotlib import colormaps
+
+        rgba = (colormaps["inferno"](m) * 255).astype(np.uint8)
+    else:
+        rgba = np.empty(m.shape + (4,), np.uint8)
+        rgba[..., :3] = colour
+    rgba[..., 3] = (np.sqrt(m) * 200).astype(np.uint8)
+    return rgba
+
+
+def blend(rgb: np.ndarray, rgba: np.ndarray) -> np.ndarray:
+    a = rgba[..., 3:4].astype(np.float32) / 255.0
+    return (rgb.astype(np.float32) * (1 - a) + rgba[..., :3].astype(np.float32) * a).astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _annotate(img: Image.Image, label: str, peak: tuple[float, float] | None) -> None:
+    d = ImageDraw.Draw(img)
+    w, h = img.size
+    fs = max(12, h // 40)
+    if peak is not None:
+        r = max(4, h // 80)
+        x, y = peak
+        d.ellipse([x - r, y - r, x + r, y + r], outline=(255, 255, 255), width=max(1, r // 3))
+    d.rectangle([0, 0, w, fs + 8], fill=(0, 0, 0))
+    d.text((6, 4), label, fill=(255, 255, 255), font=_font(fs))
+
+
+def overlay_png(rgb: np.ndarray, heat: np.ndarray, label: str, peak: tuple[float, float] | None,
+                path: str | os.PathLike[str]) -> Path:
+    """Write the scan with a heat map, a peak marker and a label as PNG (atomically)."""
+    from napari_icnn.engine.runtime import atomic_write_bytes
+
+    img = Image.fromarray(blend(rgb, heat_rgba(heat)))
+    _annotate(img, label, peak)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=3)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def evidence_sheet(rgb: np.ndarray, panels: Sequence[tuple[str, np.ndarray, tuple[float, float] | None]],
+                   title: str, tile: int = 384) -> np.ndarray:
+    """A review sheet: the scan and one tile per filter (label, map in [0,1] on the scan grid, peak)."""
+    h, w = rgb.shape[:2]
+    s = tile / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+
+    def small(a: np.ndarray) -> Image.Image:
+        return Image.fromarray(a).resize(size, Image.BILINEAR)
+
+    tiles = [(title, small(rgb))]
+    for label, m, peak in panels:
+        im = small(blend(rgb, heat_rgba(m)))
+        _annotate(im, label, None if peak is None else (peak[0] * s, peak[1] * s))
+        tiles.append(("", im))
+    first = tiles[0][1]
+    _annotate(first, title, None)
+    cols = min(4, len(tiles))
+    rows = (len(tiles) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * size[0], rows * size[1]), (0, 0, 0))
+    for i, (_, im) in enumerate(tiles):
+        sheet.paste(im, ((i % cols) * size[0], (i // cols) * size[1]))
+    return np.asarray(sheet)

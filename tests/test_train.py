@@ -1,0 +1,151 @@
+"""The training engine: real MONAI training steps on small synthetic cohorts, resume after kill -9, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_icnn.bundle import load_bundle, read_metadata
+from napari_icnn.config import TrainConfig
+from napari_icnn.data.synth import write_cohort
+from napari_icnn.engine.train import train
+from napari_icnn.errors import ConfigError
+
+SMALL = dict(size=64, batch=8, n_filters=8, width=8, cache="memory", augment=True)
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohorts")
+    write_cohort(root / "train", 48, size=128, seed=101)
+    write_cohort(root / "val", 16, size=128, seed=102)
+    return root
+
+
+def _cfg(cohorts, out, **kw):
+    return TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(out),
+                       **{**SMALL, "epochs": 2, "warmup_epochs": 1, **kw})
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "napari_icnn", "train", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_icnn_training_writes_a_loadable_bundle_with_filter_metadata(cohorts, tmp_path):
+    events = []
+    result = train(_cfg(cohorts, tmp_path / "m"), on_event=events.append)
+    assert result.epochs_done == 2 and not result.stopped
+    assert result.best_epoch == 2  # only mask-on epochs are eligible for an ICNN
+    hist = result.history
+    assert hist[0]["lambda"] == 0 and hist[1]["lambda"] == pytest.approx(100.0)
+    assert hist[0]["filter_loss"] == 0 and hist[1]["filter_loss"] != 0
+    m = load_bundle(result.bundle, device="cpu")
+    assert m.net.interpretable and m.net.mask.enabled
+    cats = [f.category for f in m.filters]
+    assert cats.count("free") == 2 and cats.count("referable DR") == 6
+    assert any(f.part for f in m.filters)  # matched on the annotated validation cohort
+    meta = read_metadata(result.bundle)
+    assert meta["icnn"]["best_epoch"] == 2
+    assert json.loads((result.bundle / "configs" / "train.json").read_text())["epochs"] == 2
+    assert any(type(e).__name__ == "EpochEnd" for e in events)
+
+
+def test_ordinary_training_has_no_mask_and_no_filter_loss(cohorts, tmp_path):
+    result = train(_cfg(cohorts, tmp_path / "o", ordinary=True))
+    assert all(h["filter_loss"] == 0 and h["lambda"] == 0 for h in result.history)
+    m = load_bundle(result.bundle, device="cpu")
+    assert not m.net.interpretable and not m.net.mask.enabled
+    assert all(f.category is None for f in m.filters)
+
+
+def test_cpu_runs_are_reproducible_for_a_seed(cohorts, tmp_path):
+    a = train(_cfg(cohorts, tmp_path / "a", epochs=1, warmup_epochs=0))
+    b = train(_cfg(cohorts, tmp_path / "b", epochs=1, warmup_epochs=0))
+    sa = load_bundle(a.bundle, device="cpu").net.state_dict()
+    sb = load_bundle(b.bundle, device="cpu").net.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_existing_output_is_never_overwritten(cohorts, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not empty"):
+        train(_cfg(cohorts, out))
+    assert (out / "precious.txt").read_text() == "keep"
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train(TrainConfig(out=str(tmp_path / "nothing"), resume=True))
+
+
+def test_fine_tuning_starts_from_a_bundle(cohorts, tmp_path):
+    base = train(_cfg(cohorts, tmp_path / "base", epochs=1, warmup_epochs=0)).bundle
+    w0 = load_bundle(base, device="cpu").net.state_dict()
+    tuned = train(_cfg(cohorts, tmp_path / "tuned", epochs=1, warmup_epochs=0, init=str(base), lr=1e-9))
+    w1 = load_bundle(tuned.bundle, device="cpu").net.state_dict()
+    # with a vanishing learning rate the fine-tuned weights stay at the initial bundle's
+    conv = "conv.weight"
+    assert torch.allclose(w0[conv], w1[conv], atol=1e-5)
+
+
+def test_cli_rejects_bad_options_with_a_message(cohorts, tmp_path):
+    p = _cli("--data", cohorts / "train", "--out", tmp_path / "x", "--size", "100")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "--size" in err and "Traceback" not in err
+    p = _cli("--data", tmp_path / "missing", "--out", tmp_path / "y")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0 and "missing" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_then_resume_finishes_the_run(cohorts, tmp_path):
+    out = tmp_path / "run"
+    args = ["--data", cohorts / "train", "--val", cohorts / "val", "--out", out, "--epochs", "4",
+            "--warmup-epochs", "1", "--size", "64", "--batch", "8", "--filters", "8"]
+    proc = _cli(*args, start_new_session=True)
+    history = out / "checkpoints" / "history.json"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if history.exists() and len(json.loads(history.read_text() or "[]")) >= 2:
+            break
+        if proc.poll() is not None:
+            pytest.fail("training ended before it could be killed: " + proc.stderr.read()[-2000:])
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(json.loads(history.read_text()))
+    assert 2 <= done < 4
+    resumed = _cli("--out", out, "--resume")
+    stdout, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-2000:]
+    assert f"resumed after epoch {done}" in stdout + stderr
+    hist = json.loads(history.read_text())
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    load_bundle(out, device="cpu")
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_trains(cohorts, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "napari_icnn",
+         "train", "--data", str(cohorts / "train"), "--val", str(cohorts / "val"), "--out", str(out),
+         "--epochs", "2", "--warmup-epochs", "1", "--size", "64", "--batch", "8", "--filters", "8"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x2 processes" in proc.stdout + proc.stderr
+    hist = json.loads((out / "checkpoints" / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2]
+    m = load_bundle(out, device="cpu")
+    assert m.net.interpretable
+    assert Path(out / "models" / "model.pt").is_file()
