@@ -1,0 +1,114 @@
+"""Make ``docs/explain.png``: napari with the Explain widget docked, a synthetic fundus explained by
+the demo model, the named per-filter evidence layers, the result panel and the legend.
+
+Needs a display; on a headless machine run it under Xvfb from the repository root:
+``xvfb-run -a -s "-screen 0 1700x1000x24" python docs/scripts/make_explain_screenshot.py [--model DIR] [--out PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("NAPARI_ICNN_NOPERSIST", "1")  # a screenshot must not change the user's settings
+# Only errors pop up over the canvas (napari's start-up notices say nothing about the plugin); an
+# environment setting, so the user's napari preferences are left as they are.
+os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
+
+import napari  # noqa: E402
+from qtpy.QtCore import Qt  # noqa: E402
+from qtpy.QtGui import QCursor  # noqa: E402
+from qtpy.QtWidgets import QApplication, QDockWidget, QMainWindow  # noqa: E402
+
+OUT = Path(__file__).resolve().parents[1] / "explain.png"
+WINDOW = (1600, 940)
+LEFT_DOCK_WIDTH = 390
+RIGHT_DOCK_WIDTH = 430
+"""Room for the legend's editable names and contributions."""
+TOP_K = 6
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from napari_icnn._sample_data import SYNTHETIC_SEED, synthetic_fundus
+    from napari_icnn._widgets.explain_widget import ExplainWidget
+    from napari_icnn.bundle import default_bundle_path
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="bundle folder (default: the demo bundle)")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"PNG to write (default {OUT})")
+    parser.add_argument("--side-by-side", action="store_true", help="show napari's grid: scan | evidence")
+    parser.add_argument("--heat-maps", action="store_true", help="show the filters' heat maps too")
+    args = parser.parse_args(argv)
+
+    viewer = napari.Viewer(title="napari-icnn: Explain", show=True)
+    try:
+        viewer.window.resize(*WINDOW)
+        scan_data, scan_kwargs, _ = synthetic_fundus()[0]  # the scan only; its ground-truth masks stay out
+        viewer.add_image(scan_data, **scan_kwargs)
+        widget = ExplainWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="Explain", area="right")
+        widget.model_edit.setText(str(args.model or default_bundle_path()))
+        widget.top_k_spin.setValue(TOP_K)
+        widget.heat_check.setChecked(args.heat_maps)
+        if widget.model_message.text():
+            raise SystemExit(widget.model_message.text())
+        _wait_for(widget)
+        if widget.side_check.isChecked() != args.side_by_side:
+            widget.side_check.setChecked(args.side_by_side)
+        # Select the strongest filter's layer so the layer controls show a Labels layer's settings.
+        top = next(reversed([la for la in viewer.layers if type(la).__name__ == "Labels"]))
+        viewer.layers.selection.active = top
+        _size_docks()
+        QCursor.setPos(0, 0)  # no hover tooltip in the picture
+        viewer.reset_view()
+        QApplication.processEvents()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside the target, then renamed, so an interrupted run never leaves half a PNG.
+        tmp = args.out.with_name(f".{args.out.stem}.tmp.png")
+        viewer.screenshot(str(tmp), canvas_only=False)
+        tmp.replace(args.out)
+        print(f"wrote {args.out} (synthetic fundus seed {SYNTHETIC_SEED}; {widget.time_label.text()})")
+    finally:
+        viewer.close()
+    return args.out
+
+
+def _wait_for(widget, timeout: float = 300.0) -> None:
+    if widget.run() is None:
+        raise SystemExit(
+            widget.scan_message.text() or widget.model_message.text() or "Explain could not start"
+        )
+    start = time.monotonic()
+    while widget.running:
+        QApplication.processEvents()
+        time.sleep(0.02)
+        if time.monotonic() - start > timeout:
+            raise SystemExit("Explain did not finish in time")
+    QApplication.processEvents()
+    if not widget.legend.rows:
+        raise SystemExit(f"Explain produced no evidence: {widget.status.text()}")
+
+
+def _size_docks() -> None:
+    """Give the layer list and the Explain dock room for whole names (Qt's public API only)."""
+    QApplication.processEvents()
+    for window in QApplication.topLevelWidgets():
+        if not isinstance(window, QMainWindow):
+            continue
+        for area, width in (
+            (Qt.DockWidgetArea.LeftDockWidgetArea, LEFT_DOCK_WIDTH),
+            (Qt.DockWidgetArea.RightDockWidgetArea, RIGHT_DOCK_WIDTH),
+        ):
+            docks = [
+                d
+                for d in window.findChildren(QDockWidget)
+                if d.isVisible() and window.dockWidgetArea(d) == area
+            ]
+            window.resizeDocks(docks, [width] * len(docks), Qt.Orientation.Horizontal)
+    QApplication.processEvents()
+
+
+if __name__ == "__main__":
+    main()

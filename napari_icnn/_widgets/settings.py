@@ -1,0 +1,124 @@
+"""The Explain widget's settings, remembered between sessions.
+
+A small JSON file in the user's config folder (platformdirs) holds the model path, top-K, the
+region threshold and the heat-map toggle. ``NAPARI_ICNN_NOPERSIST=1`` turns remembering off
+(tests, kiosks): defaults are read and nothing is written. A damaged or foreign file is ignored
+value by value, never fatal: the widget must always open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ExplainSettings",
+    "TOP_K_RANGE",
+    "THRESHOLD_RANGE",
+    "persist_enabled",
+    "settings_path",
+    "load_settings",
+    "save_settings",
+]
+
+_log = logging.getLogger(__name__)
+
+TOP_K_RANGE = (1, 32)
+"""Filters shown per scan: one is the least that explains anything; beyond ~30 the layer list is unreadable."""
+THRESHOLD_RANGE = (0.05, 0.95)
+"""Region threshold as a fraction of each filter's own peak; 0 or 1 would give the whole scan or one pixel."""
+_FILE = "explain.json"
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """What the Explain widget remembers. Valid once built (values inside their ranges)."""
+
+    model_path: str | None = None
+    """Bundle folder; ``None`` means the default bundle (:func:`napari_icnn.bundle.default_bundle_path`)."""
+    top_k: int = 5
+    threshold: float = 0.5
+    heat_maps: bool = False
+
+    def __post_init__(self) -> None:
+        lo, hi = TOP_K_RANGE
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not lo <= self.top_k <= hi:
+            raise ValueError(f"top_k must be an integer in [{lo}, {hi}]; got {self.top_k!r}")
+        lo_t, hi_t = THRESHOLD_RANGE
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
+            raise ValueError(f"threshold must be a number; got {self.threshold!r}")
+        if not lo_t <= float(self.threshold) <= hi_t:
+            raise ValueError(f"threshold must lie in [{lo_t}, {hi_t}]; got {self.threshold!r}")
+        if not isinstance(self.heat_maps, bool):
+            raise ValueError(f"heat_maps must be true or false; got {self.heat_maps!r}")
+        if self.model_path is not None and (
+            not isinstance(self.model_path, str) or not self.model_path.strip()
+        ):
+            raise ValueError(f"model_path must be a non-empty path or None; got {self.model_path!r}")
+        object.__setattr__(self, "threshold", float(self.threshold))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ExplainSettings:
+        """Settings from a parsed JSON document, keeping every valid value and defaulting the rest."""
+        out = cls()
+        if not isinstance(data, dict):
+            return out
+        for f in fields(cls):
+            if f.name in data:
+                try:
+                    out = replace(out, **{f.name: data[f.name]})
+                except ValueError as err:
+                    _log.info("ignoring remembered Explain setting: %s", err)
+        return out
+
+
+def persist_enabled() -> bool:
+    return os.environ.get("NAPARI_ICNN_NOPERSIST", "").strip().lower() not in {"1", "true", "yes", "on"}
+
+
+def settings_path() -> Path:
+    """The settings file (``NAPARI_ICNN_CONFIG_DIR`` overrides the platform's config folder)."""
+    override = os.environ.get("NAPARI_ICNN_CONFIG_DIR")
+    if override:
+        return Path(override) / _FILE
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("napari-icnn", appauthor=False)) / _FILE
+
+
+def load_settings() -> ExplainSettings:
+    """The remembered settings, or the defaults (persistence off, no file, unreadable file)."""
+    if not persist_enabled():
+        return ExplainSettings()
+    path = settings_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return ExplainSettings()
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        _log.warning("%s: unreadable, Explain settings start from the defaults (%s)", path, err)
+        return ExplainSettings()
+    return ExplainSettings.from_dict(data)
+
+
+def save_settings(settings: ExplainSettings) -> Path | None:
+    """Remember ``settings`` (atomically); returns the file, or ``None`` when persistence is off or
+    the folder cannot be written (a settings file is never worth an error dialog)."""
+    if not persist_enabled():
+        return None
+    path = settings_path()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(asdict(settings), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        _log.warning("%s: Explain settings not saved (%s)", path, err)
+        return None
+    return path

@@ -1,0 +1,461 @@
+"""The Explain widget in a real napari viewer (Xvfb): named per-filter Labels layers aligned with the
+scan, re-runs that replace, renaming into a copy of the model, input checks, errors as
+notifications, side-by-side grid, legend, persisted settings, and saving the evidence as DICOM SEG."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_bundle
+
+from napari_icnn._widgets.explain_widget import ExplainWidget
+from napari_icnn._widgets.layers import EVIDENCE_KEY, HEAT, REGION, UNDERLAY, evidence_info
+from napari_icnn.bundle import METADATA, WEIGHTS, load_bundle, shipped_bundle_path
+from napari_icnn.data.synth import generate_fundus
+from napari_icnn.explain import explain
+from napari_icnn.render import PART_COLOURS
+
+pytestmark = pytest.mark.gui
+
+SHIPPED = shipped_bundle_path()
+SCALE, TRANSLATE = (0.8, 1.25), (12.0, -30.0)
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def fundus():
+    return generate_fundus(8, size=192)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_ICNN_DATA_DIR", str(tmp_path / "data"))
+    viewer = make_napari_viewer()
+    w = ExplainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Explain")
+    w.model_edit.setText(str(tiny_bundle))
+    return w
+
+
+def _add_scan(viewer, fundus, name="scan", **kw):
+    kw = {"scale": SCALE, "translate": TRANSLATE, **kw}
+    return viewer.add_image(fundus.image, rgb=True, name=name, **kw)
+
+
+def _run(qtbot, w):
+    assert w.run_button.isEnabled(), (w.scan_message.text(), w.model_message.text())
+    worker = w.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    return worker
+
+
+def _evidence(viewer, role=None):
+    out = []
+    for layer in viewer.layers:
+        info = evidence_info(layer.metadata)
+        if info is not None and (role is None or info.role == role):
+            out.append(layer)
+    return out
+
+
+class _Notes:
+    def __init__(self):
+        from napari.utils.notifications import notification_manager
+
+        self.manager = notification_manager
+        self.seen = []
+        notification_manager.notification_ready.connect(self.seen.append)
+
+    def close(self):
+        self.manager.notification_ready.disconnect(self.seen.append)
+
+    def of(self, severity):
+        return [str(n.message) for n in self.seen if str(n.severity) == severity]
+
+
+@pytest.fixture
+def notes():
+    n = _Notes()
+    yield n
+    n.close()
+
+
+# --------------------------------------------------------------------------- the evidence layers
+
+
+def test_explain_adds_named_labels_layers_aligned_with_the_scan(qtbot, widget, fundus, tiny_bundle):
+    viewer = widget.viewer
+    scan = _add_scan(viewer, fundus, rotate=15)
+    widget.top_k_spin.setValue(4)
+    _run(qtbot, widget)
+
+    regions = _evidence(viewer, REGION)
+    expected = explain(fundus.image, load_bundle(tiny_bundle))
+    assert sorted(la.name for la in regions) == sorted(f.name for f in expected.top(4))
+    assert not _evidence(viewer, HEAT)  # heat maps are made when asked for
+    for layer in regions:
+        info = evidence_info(layer.metadata)
+        assert type(layer).__name__ == "Labels" and layer.data.shape == scan.data.shape[:2]
+        np.testing.assert_allclose(layer.scale, scan.scale)
+        np.testing.assert_allclose(layer.translate, scan.translate)
+        np.testing.assert_allclose(layer.rotate, scan.rotate)
+        np.testing.assert_array_equal(layer.data, expected.region_on_scan(info.filter_id, 0.5))
+        np.testing.assert_allclose(layer.colormap.map(1)[:3], np.array(PART_COLOURS[info.part]) / 255)
+        # A pixel of the region, found through world coordinates from the scan, is the same pixel.
+        r, c = np.argwhere(np.asarray(layer.data))[len(np.argwhere(np.asarray(layer.data))) // 2]
+        world = scan.data_to_world((r, c))
+        np.testing.assert_allclose(layer.world_to_data(world), (r, c), atol=1e-6)
+        assert layer.get_value(world, world=True) == 1
+        # Hovering names the filter and shows its contribution (napari's status from `features`).
+        status = layer.get_status(world, world=True)["coordinates"]
+        assert f"name: {layer.name}" in status and "contribution:" in status
+
+    # The result panel and the legend.
+    assert widget.decision_label.text() == expected.predicted_class
+    assert widget.probability_label.text().startswith(f"{expected.probability:.3f}")
+    assert widget.model_label.text() == f"{expected.model_name} {expected.model_version}"
+    assert widget.time_label.text().endswith("s") or "loading the model" in widget.time_label.text()
+    top_first = [
+        evidence_info(la.metadata).filter_id for la in reversed(list(viewer.layers)) if la in regions
+    ]
+    assert list(widget.legend.rows) == top_first
+    for fid, row in widget.legend.rows.items():
+        assert row.contribution.text() == f"{expected.filter(fid).contribution:+.3f}"
+
+
+def test_rerun_replaces_the_evidence_of_that_scan_only(qtbot, widget, fundus, tiny_bundle, tmp_path):
+    viewer = widget.viewer
+    first = _add_scan(viewer, fundus, name="first")
+    widget.top_k_spin.setValue(3)
+    _run(qtbot, widget)
+    names = [la.name for la in viewer.layers]
+
+    widget.threshold_spin.setValue(0.3)
+    _run(qtbot, widget)
+    assert [la.name for la in viewer.layers] == names  # same layers, not duplicates ("[1]")
+    expected = explain(fundus.image, load_bundle(tiny_bundle))
+    for layer in _evidence(viewer, REGION):  # ... showing the new run's regions, names and colours
+        info = evidence_info(layer.metadata)
+        assert info.threshold == pytest.approx(0.3)
+        np.testing.assert_array_equal(layer.data, expected.region_on_scan(info.filter_id, 0.3))
+        assert layer.name == expected.filter(info.filter_id).name
+        assert layer.features["filter_id"].tolist() == [info.filter_id]
+        np.testing.assert_allclose(layer.colormap.map(1)[:3], np.array(PART_COLOURS[info.part]) / 255)
+
+    # Another model: the reused layers take the other filters' names, parts, colours and features.
+    other = make_bundle(tmp_path / "other", seed=3)
+    widget.model_edit.setText(str(other))
+    _run(qtbot, widget)
+    expected_other = explain(fundus.image, load_bundle(other))
+    shown = {evidence_info(la.metadata).filter_id for la in _evidence(viewer, REGION)}
+    assert shown == {f.id for f in expected_other.top(3)} and len(viewer.layers) == 1 + 3
+    for layer in _evidence(viewer, REGION):
+        info = evidence_info(layer.metadata)
+        assert info.model_path == str(other) and layer.name == expected_other.filter(info.filter_id).name
+        assert layer.features["contribution"].tolist() == [
+            round(expected_other.filter(info.filter_id).contribution, 4)
+        ]
+        np.testing.assert_allclose(layer.colormap.map(1)[:3], np.array(PART_COLOURS[info.part]) / 255)
+        np.testing.assert_array_equal(layer.data, expected_other.region_on_scan(info.filter_id, 0.3))
+    widget.model_edit.setText(str(tiny_bundle))
+
+    widget.top_k_spin.setValue(2)
+    _run(qtbot, widget)
+    assert len(_evidence(viewer, REGION)) == 2 and len(viewer.layers) == 1 + 2
+    from qtpy.QtWidgets import QLineEdit
+
+    shown_edits = [e for e in widget.legend.findChildren(QLineEdit) if e.isVisibleTo(widget)]
+    assert len(shown_edits) == len(widget.legend.rows) == 2  # no rows of earlier runs linger
+    assert [la.name for la in _evidence(viewer, REGION)] == [f.name for f in reversed(expected.top(2))]
+
+    second = _add_scan(viewer, fundus, name="second", translate=(0, 300))
+    assert widget.scan_layer is second  # the scan just opened is chosen
+    _run(qtbot, widget)
+    by_scan = {}
+    for la in _evidence(viewer, REGION):
+        by_scan.setdefault(evidence_info(la.metadata).scan, []).append(la)
+    assert {str(first.unique_id): 2, str(second.unique_id): 2} == {k: len(v) for k, v in by_scan.items()}
+    assert widget.scan_combo.count() == 2  # evidence layers are never offered as scans
+
+
+def test_heat_maps_toggle_and_legend_checkbox_drive_visibility(qtbot, widget, fundus):
+    viewer = widget.viewer
+    scan = _add_scan(viewer, fundus)
+    widget.top_k_spin.setValue(2)
+    _run(qtbot, widget)
+    assert not _evidence(viewer, HEAT)
+
+    widget.heat_check.setChecked(True)
+    heats = _evidence(viewer, HEAT)
+    assert len(heats) == 2 and all(h.visible for h in heats)
+    layers = list(viewer.layers)
+    for heat in heats:  # each directly below its region, placed like the scan
+        above = layers[layers.index(heat) + 1]
+        assert evidence_info(above.metadata).filter_id == evidence_info(heat.metadata).filter_id
+        assert above.name + " · heat map" == heat.name and evidence_info(above.metadata).role == REGION
+        np.testing.assert_allclose(heat.translate, scan.translate)
+        assert heat.blending == "additive"
+    widget.heat_check.setChecked(False)
+    assert not any(h.visible for h in heats)
+    _run(qtbot, widget)  # re-run: the heat maps are refilled, still hidden, none added
+    assert sorted(map(id, _evidence(viewer, HEAT))) == sorted(map(id, heats))
+    assert not any(h.visible for h in heats)
+    widget.heat_check.setChecked(True)
+
+    fid, row = next(iter(widget.legend.rows.items()))
+    row.checkbox.setChecked(False)
+    hidden = [la for la in _evidence(viewer) if evidence_info(la.metadata).filter_id == fid]
+    assert len(hidden) == 2 and not any(la.visible for la in hidden)
+    # Showing the layer in napari's layer list ticks the legend again.
+    region = next(la for la in hidden if evidence_info(la.metadata).role == REGION)
+    region.visible = True
+    assert row.checkbox.isChecked()
+
+
+# --------------------------------------------------------------------------- the shipped model
+
+
+@pytest.mark.skipif(
+    not (SHIPPED / WEIGHTS).exists(),
+    reason="the shipped demo bundle (napari_icnn/models/demo) is not built yet",
+)
+def test_disc_filter_of_the_demo_model_covers_the_disc_in_viewer_coordinates(qtbot, widget):
+    viewer = widget.viewer
+    fundus = generate_fundus(21, size=512)
+    scan = viewer.add_image(fundus.image, rgb=True, name="scan", scale=(0.7, 0.7), translate=(30.0, -12.0))
+    widget.model_edit.setText(str(SHIPPED))
+    widget.top_k_spin.setMaximum(64)
+    widget.top_k_spin.setValue(64)
+    _run(qtbot, widget)
+
+    disc_layers = [la for la in _evidence(viewer, REGION) if evidence_info(la.metadata).part == "optic_disc"]
+    assert disc_layers, "no filter of the demo model is named after the optic disc"
+    assert all("optic disc" in la.name for la in disc_layers)
+    # Sample the scan's pixels through world coordinates into each disc layer.
+    rows, cols = np.mgrid[0:512:4, 0:512:4]
+    truth = fundus.masks["optic_disc"][rows, cols]
+    best = 0.0
+    for layer in disc_layers:
+        data = np.asarray(layer.data)
+        hit = np.zeros(rows.shape, bool)
+        for idx in np.ndindex(rows.shape):
+            world = scan.data_to_world((rows[idx], cols[idx]))
+            r, c = np.round(layer.world_to_data(world)).astype(int)
+            hit[idx] = 0 <= r < data.shape[0] and 0 <= c < data.shape[1] and data[r, c] == 1
+        best = max(best, (hit & truth).sum() / max(1, (hit | truth).sum()))
+    assert best > 0.3
+
+
+# --------------------------------------------------------------------------- renaming
+
+
+def test_renaming_a_filter_saves_into_a_copy_of_the_shipped_model(
+    qtbot, widget, fundus, tiny_bundle, tmp_path, monkeypatch
+):
+    shipped = Path(shutil.copytree(tiny_bundle, tmp_path / "shipped" / "demo"))
+    monkeypatch.setattr("napari_icnn.bundle.shipped_bundle_path", lambda: shipped)
+    shipped_metadata = (shipped / METADATA).read_bytes()
+    viewer = widget.viewer
+    _add_scan(viewer, fundus)
+    widget.model_edit.setText(str(shipped))
+    widget.top_k_spin.setValue(3)
+    widget.heat_check.setChecked(True)
+    _run(qtbot, widget)
+
+    fid, row = next(iter(widget.legend.rows.items()))
+    row.name_edit.setText("  bright   lesion cluster ")
+    row.name_edit.editingFinished.emit()
+
+    copy = tmp_path / "data" / "bundles" / "demo"
+    new_name = f"filter {fid} · bright lesion cluster"
+    assert (shipped / METADATA).read_bytes() == shipped_metadata  # the shipped bundle is never edited
+    meta = json.loads((copy / METADATA).read_text())
+    assert next(f for f in meta["icnn"]["filters"] if f["id"] == fid)["name"] == "bright lesion cluster"
+    assert list((copy / "configs").glob("metadata.json.bak-*"))  # a backup of the previous metadata
+    assert Path(widget.model_edit.text()) == copy
+    region = next(la for la in _evidence(viewer, REGION) if evidence_info(la.metadata).filter_id == fid)
+    assert region.name == new_name and region.features["name"].tolist() == [new_name]
+    heat = next(la for la in _evidence(viewer, HEAT) if evidence_info(la.metadata).filter_id == fid)
+    assert heat.name == f"{new_name} · heat map"
+    assert row.name_edit.text() == "bright lesion cluster"
+
+    _run(qtbot, widget)  # the next explanation reads the name from the copy
+    assert new_name in [la.name for la in _evidence(viewer, REGION)]
+    assert load_bundle(copy).filters[fid].display_name == new_name
+
+    row = widget.legend.rows[fid]
+    row.name_edit.setText("")  # clearing gives the part's name back
+    row.name_edit.editingFinished.emit()
+    region = next(la for la in _evidence(viewer, REGION) if evidence_info(la.metadata).filter_id == fid)
+    assert region.name == load_bundle(copy).filters[fid].display_name != new_name
+
+
+# --------------------------------------------------------------------------- checks and errors
+
+
+def test_invalid_inputs_show_their_message_and_keep_run_disabled(widget, fundus, tmp_path):
+    viewer = widget.viewer
+    assert not widget.run_button.isEnabled() and widget.run() is None
+    assert "Open a colour fundus photograph" in widget.scan_message.text()
+    assert widget.scan_message.isVisibleTo(widget)
+
+    viewer.add_image(fundus.image[..., 1], name="green channel")
+    assert "'green channel' is not an RGB colour image" in widget.scan_message.text()
+    assert "lightcoral" in widget.scan_combo.styleSheet() and not widget.run_button.isEnabled()
+
+    _add_scan(viewer, fundus)
+    assert widget.scan_message.text() == "" and not widget.scan_message.isVisibleTo(widget)
+    assert widget.run_button.isEnabled()
+
+    widget.model_edit.setText(str(tmp_path / "no_such_model"))
+    assert widget.model_message.text() == f"{tmp_path / 'no_such_model'}: no such model bundle"
+    assert "lightcoral" in widget.model_edit.styleSheet()
+    assert not widget.run_button.isEnabled() and widget.run() is None
+    (tmp_path / "folder").mkdir()
+    widget.model_edit.setText(str(tmp_path / "folder"))
+    assert "not a model bundle (configs/metadata.json is missing)" in widget.model_message.text()
+    assert not _evidence(viewer)
+
+
+def test_a_second_run_while_running_is_refused(qtbot, widget, fundus):
+    _add_scan(widget.viewer, fundus)
+    worker = widget.run()
+    assert worker is not None and widget.running
+    assert not widget.run_button.isEnabled() and widget.run() is None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.run_button.isEnabled()
+
+
+def test_a_broken_model_becomes_an_error_notification(qtbot, widget, fundus, tiny_bundle, tmp_path, notes):
+    broken = Path(shutil.copytree(tiny_bundle, tmp_path / "broken"))
+    with open(broken / WEIGHTS, "ab") as fh:
+        fh.write(b"tampered")
+    _add_scan(widget.viewer, fundus)
+    widget.model_edit.setText(str(broken))
+    assert widget.run_button.isEnabled()  # the metadata is fine; the weights are checked on loading
+    _run(qtbot, widget)
+
+    errors = notes.of("error")
+    assert any("SHA-256 does not match" in m and "model.pt" in m for m in errors), notes.seen
+    assert not any("Traceback" in m for m in errors)
+    assert not _evidence(widget.viewer) and widget.run_button.isEnabled()
+    assert "failed" in widget.status.text()
+
+
+def test_a_declined_scan_becomes_a_warning(qtbot, widget, notes):
+    noise = np.random.default_rng(0).integers(0, 256, (160, 200, 3), dtype=np.uint8)
+    widget.viewer.add_image(noise, rgb=True, name="not a fundus")
+    _run(qtbot, widget)
+    assert any("Explain declined the scan" in m for m in notes.of("warning")), notes.seen
+    assert not _evidence(widget.viewer)
+
+
+# --------------------------------------------------------------------------- side by side
+
+
+def test_side_by_side_shows_the_scan_beside_its_evidence(qtbot, widget, fundus):
+    viewer = widget.viewer
+    scan = _add_scan(viewer, fundus)
+    widget.top_k_spin.setValue(3)
+    _run(qtbot, widget)
+    grid = viewer.canvas.grid
+    widget.side_check.setChecked(True)
+
+    layers = list(viewer.layers)
+    (underlay,) = _evidence(viewer, UNDERLAY)
+    assert grid.enabled and grid.actual_shape(layers) == (1, 2)
+    cell = {la.name: grid.position(i, layers) for i, la in enumerate(layers)}
+    assert cell[scan.name] == (0, 1)
+    assert cell[underlay.name] == (0, 0)
+    assert all(cell[la.name] == (0, 0) for la in _evidence(viewer, REGION))
+    assert underlay.data is scan.data
+    np.testing.assert_allclose(underlay.scale, scan.scale)
+    np.testing.assert_allclose(underlay.translate, scan.translate)
+
+    _run(qtbot, widget)  # a re-run keeps the arrangement, with one underlay
+    layers = list(viewer.layers)
+    assert len(_evidence(viewer, UNDERLAY)) == 1
+    assert grid.position(layers.index(scan), layers) == (0, 1)
+
+    widget.side_check.setChecked(False)
+    assert not grid.enabled and not _evidence(viewer, UNDERLAY)
+    assert len(_evidence(viewer, REGION)) == 3
+
+
+# --------------------------------------------------------------------------- settings and manifest
+
+
+def test_settings_are_remembered_between_sessions(make_napari_viewer, tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.delenv("NAPARI_ICNN_NOPERSIST", raising=False)
+    monkeypatch.setenv("NAPARI_ICNN_CONFIG_DIR", str(tmp_path / "config"))
+    first = ExplainWidget(make_napari_viewer())
+    first.model_edit.setText(str(tiny_bundle))
+    first.top_k_spin.setValue(7)
+    first.threshold_spin.setValue(0.35)
+    first.heat_check.setChecked(True)
+
+    second = ExplainWidget(make_napari_viewer())
+    assert second.model_edit.text() == str(tiny_bundle)
+    assert (second.top_k_spin.value(), second.threshold_spin.value(), second.heat_check.isChecked()) == (
+        7,
+        0.35,
+        True,
+    )
+    saved = json.loads((tmp_path / "config" / "explain.json").read_text())
+    assert saved == {"model_path": str(tiny_bundle), "top_k": 7, "threshold": 0.35, "heat_maps": True}
+
+
+def test_nothing_is_remembered_with_nopersist(make_napari_viewer, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_ICNN_NOPERSIST", "1")
+    monkeypatch.setenv("NAPARI_ICNN_CONFIG_DIR", str(tmp_path / "config"))
+    w = ExplainWidget(make_napari_viewer())
+    w.top_k_spin.setValue(9)
+    assert not (tmp_path / "config").exists()
+
+
+def test_the_manifest_docks_a_working_widget(qtbot, make_napari_viewer, tiny_bundle, fundus):
+    # napari hands plugins a proxy of the viewer that refuses private attributes: run it through that.
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-icnn", "Explain")
+    assert isinstance(w, ExplainWidget)
+    _add_scan(viewer, fundus)
+    assert w.scan_combo.currentText() == "scan"
+    w.model_edit.setText(str(tiny_bundle))
+    w.top_k_spin.setValue(2)
+    _run(qtbot, w)
+    assert len(_evidence(viewer, REGION)) == 2 and len(w.legend.rows) == 2
+    w.side_check.setChecked(True)
+    assert viewer.canvas.grid.enabled
+
+
+# --------------------------------------------------------------------------- DICOM in, SEG out
+
+
+def test_explain_a_dicom_scan_and_save_its_evidence_as_seg(qtbot, widget, tmp_path):
+    import highdicom as hd
+
+    from napari_icnn.dicom.op_writer import write_op
+
+    pixels = generate_fundus(9, size=160).image
+    write_op(tmp_path / "IM0001.dcm", pixels, laterality="L", transfer_syntax="explicit")
+    viewer = widget.viewer
+    (scan,) = viewer.open(str(tmp_path / "IM0001.dcm"), plugin="napari-icnn")
+    widget.top_k_spin.setValue(2)
+    _run(qtbot, widget)
+
+    regions = _evidence(viewer, REGION)
+    viewer.layers.selection = set(regions)
+    written = viewer.layers.save(str(tmp_path / "evidence.dcm"), selected=True, plugin="napari-icnn")
+
+    seg = hd.seg.segread(written[0])
+    labels = {seg.get_segment_description(i).segment_label for i in range(1, seg.number_of_segments + 1)}
+    assert labels == {la.name for la in regions}
+    source = scan.metadata["icnn_source"]
+    assert source.sop_instance_uid in {uids[2] for uids in seg.get_source_image_uids()}
+    assert evidence_info(regions[0].metadata).source is source
+    assert all(EVIDENCE_KEY in la.metadata for la in regions)

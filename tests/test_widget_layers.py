@@ -1,0 +1,337 @@
+"""The Explain widget's computation without a viewer: Explanation → napari layer data, the job the
+widget runs off the GUI thread, the model cache, input checks and the remembered settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from napari_icnn._widgets.layers import (
+    EVIDENCE_KEY,
+    FEATURE_COLUMNS,
+    HEAT,
+    REGION,
+    Placement,
+    evidence_info,
+    evidence_layers,
+    heat_layer,
+    label_of,
+    layers_of_scan,
+    shown_filters,
+)
+from napari_icnn.bundle import load_bundle, rename_filters
+from napari_icnn.data.fundus_image import FundusImage
+from napari_icnn.data.synth import generate_fundus
+from napari_icnn.explain import explain
+from napari_icnn.parts import display_name
+from napari_icnn.progress import Progress, drain
+from napari_icnn.render import PART_COLOURS
+
+
+@pytest.fixture(scope="module")
+def model(tiny_bundle):
+    return load_bundle(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def scan() -> FundusImage:
+    """A synthetic fundus with black side margins, as wide-sensor cameras write: not square, so a
+    transposed map cannot pass."""
+    fundus = generate_fundus(5, size=160)
+    pixels = np.pad(fundus.image, ((0, 0), (24, 40), (0, 0)))
+    return FundusImage(pixels=np.ascontiguousarray(pixels), source="synthetic seed 5")
+
+
+@pytest.fixture(scope="module")
+def expl(scan, model):
+    return explain(scan, model)
+
+
+# --------------------------------------------------------------------------- layer data
+
+
+def test_one_named_labels_layer_and_one_heat_map_per_top_filter(expl, scan):
+    k = 4
+    layers = evidence_layers(
+        expl, scan="scan-1", top_k=k, threshold=0.4, heat_maps=True, show_heat_maps=False
+    )
+
+    labels = [ld for ld in layers if ld[2] == "labels"]
+    heats = [ld for ld in layers if ld[2] == "image"]
+    assert len(labels) == len(heats) == k == len(layers) // 2
+    top = {f.id: f for f in expl.top(k)}
+    assert {kw["name"] for _, kw, _ in labels} == {f.name for f in top.values()}
+    for data, kw, _ in labels:
+        info = kw["metadata"][EVIDENCE_KEY]
+        f = top[info.filter_id]
+        assert info.role == REGION and info.scan == "scan-1" and kw["name"] == f.name
+        assert data.dtype == np.uint8 and data.shape == scan.shape
+        np.testing.assert_array_equal(data, expl.region_on_scan(f.id, 0.4).astype(np.uint8))
+        assert set(np.unique(data)) <= {0, 1} and data.any()
+        np.testing.assert_allclose(kw["colormap"][1][:3], np.array(PART_COLOURS[f.part]) / 255)
+        assert kw["colormap"][0] == "transparent"
+        assert tuple(kw["features"]) == FEATURE_COLUMNS
+        assert kw["features"]["index"] == [1] and kw["features"]["filter_id"] == [f.id]
+        assert kw["features"]["part"] == [display_name(f.part) or "—"]
+        assert kw["features"]["contribution"] == [round(f.contribution, 4)]
+        assert kw["features"]["activation"] == [round(f.activation, 4)]
+    for data, kw, _ in heats:
+        info = kw["metadata"][EVIDENCE_KEY]
+        assert info.role == HEAT and kw["visible"] is False and kw["blending"] == "additive"
+        assert kw["name"] == f"{top[info.filter_id].name} · heat map"
+        np.testing.assert_array_equal(data, expl.map_on_scan(info.filter_id))
+        assert data.shape == scan.shape and 0.0 <= data.min() and data.max() <= 1.0
+
+
+def test_heat_maps_are_made_on_request_each_below_its_region(expl):
+    assert [t for _, _, t in evidence_layers(expl, scan="s", top_k=2)] == ["labels", "labels"]
+    layers = evidence_layers(expl, scan="s", top_k=2, heat_maps=True)
+    assert [t for _, _, t in layers] == ["image", "labels", "image", "labels"]
+    assert [kw["visible"] for _, kw, t in layers if t == "image"] == [True, True]
+    for (_, heat, _), (_, region, _) in (layers[0:2], layers[2:4]):
+        assert heat["name"] == f"{region['name']} · heat map"
+        assert heat["metadata"][EVIDENCE_KEY].filter_id == region["metadata"][EVIDENCE_KEY].filter_id
+
+
+def test_heat_layer_of_an_existing_region(expl):
+    _, kw, _ = evidence_layers(expl, scan="s", top_k=1)[0]
+    info = kw["metadata"][EVIDENCE_KEY]
+    data, heat, kind = heat_layer("filter 9 · renamed", info, Placement(scale=(3.0, 3.0)), visible=False)
+    assert kind == "image" and heat["name"] == "filter 9 · renamed · heat map" and heat["visible"] is False
+    assert heat["scale"] == (3.0, 3.0) and heat["metadata"][EVIDENCE_KEY] == replace(info, role=HEAT)
+    np.testing.assert_array_equal(data, expl.map_on_scan(info.filter_id))
+    with pytest.raises(ValueError, match="explain the scan again"):
+        heat_layer("x", replace(info, explanation=None), Placement())
+
+
+def test_layers_are_grouped_by_part_strongest_group_on_top(expl):
+    # Interleave the parts by contribution so that grouping has something to do.
+    parts = ["fovea", "EX", "fovea", None, "EX", "optic_disc"]
+    contributions = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    filters = [
+        replace(f, part=p, contribution=c, name=f"filter {f.id} · {display_name(p) or 'unnamed'}")
+        for f, p, c in zip(expl.filters[:6], parts, contributions, strict=True)
+    ]
+    rigged = replace(expl, filters=tuple(filters) + expl.filters[6:])
+
+    shown = shown_filters(rigged, 6)
+    assert [f.part for f in shown] == ["fovea", "fovea", "EX", "EX", None, "optic_disc"]
+    assert [f.contribution for f in shown] == [0.9, 0.7, 0.8, 0.5, 0.6, 0.4]
+
+    layers = evidence_layers(rigged, scan="s", top_k=6, heat_maps=True)
+    # napari stacks later layers on top: the list is bottom-first, the legend order reversed.
+    top_first = [kw["metadata"][EVIDENCE_KEY] for _, kw, _ in reversed(layers)]
+    assert [i.part for i in top_first if i.role == REGION] == [f.part for f in shown]
+    roles = [(i.part, i.role) for i in top_first]
+    assert roles[:4] == [("fovea", REGION), ("fovea", HEAT), ("fovea", REGION), ("fovea", HEAT)]
+
+
+def test_placement_puts_each_map_pixel_where_the_scan_pixel_is():
+    from napari.layers import Image, Labels
+
+    rgb = np.zeros((30, 50, 3), np.uint8)
+    image = Image(rgb, rgb=True, scale=(0.5, 2.0), translate=(7.0, -3.0), rotate=25, shear=[0.3])
+    placement = Placement.from_layer(image)
+    labels = Labels(np.zeros((30, 50), np.uint8), **placement.kwargs())
+    for r, c in [(0, 0), (29, 49), (12, 31)]:
+        world = image.data_to_world((r, c))
+        np.testing.assert_allclose(labels.world_to_data(world), (r, c), atol=1e-9)
+        np.testing.assert_allclose(labels.data_to_world((r, c)), world, atol=1e-9)
+    assert placement.scale == (0.5, 2.0) and placement.translate == (7.0, -3.0)
+
+
+def test_placement_refuses_what_cannot_hold_a_photograph():
+    with pytest.raises(ValueError, match="2-D"):
+        Placement(scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="non-zero"):
+        Placement(scale=(0.0, 1.0))
+
+
+def test_metadata_ties_layers_to_their_scan(expl):
+    class Layer:
+        def __init__(self, kw):
+            self.metadata = kw.get("metadata", {})
+            self.name = kw.get("name")
+
+    a = [Layer(kw) for _, kw, _ in evidence_layers(expl, scan="a", top_k=2)]
+    b = [Layer(kw) for _, kw, _ in evidence_layers(expl, scan="b", top_k=3)]
+    other = Layer({"name": "optic disc", "metadata": {"part_key": "optic_disc"}})
+    everything = [other, *a, *b]
+    assert layers_of_scan(everything, "a") == a
+    assert layers_of_scan(everything, "b") == b
+    assert evidence_info(other.metadata) is None
+    assert {evidence_info(la.metadata).run for la in a} != {evidence_info(la.metadata).run for la in b}
+    prob = evidence_info(a[0].metadata).probability_map()
+    np.testing.assert_array_equal(prob, expl.map_on_scan(evidence_info(a[0].metadata).filter_id))
+
+
+def test_label_of_strips_only_the_filter_prefix():
+    assert label_of("filter 17 · hard exudates") == "hard exudates"
+    assert label_of("filter 3 · my · odd name") == "my · odd name"
+    assert label_of("optic disc") == "optic disc"
+
+
+def test_invalid_arguments_are_refused(expl):
+    with pytest.raises(ValueError, match="top_k"):
+        evidence_layers(expl, scan="s", top_k=0)
+    with pytest.raises(ValueError, match="threshold"):
+        evidence_layers(expl, scan="s", threshold=1.0)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def test_explain_job_reports_progress_and_returns_the_layers(scan, tiny_bundle):
+    from napari_icnn._widgets.explain_widget import ExplainRequest, ModelCache, explain_job
+
+    request = ExplainRequest(
+        pixels=scan.pixels,
+        scan_name="scan",
+        scan="k",
+        model_path=tiny_bundle,
+        top_k=3,
+        threshold=0.5,
+        heat_maps=True,
+        show_heat_maps=False,
+        placement=Placement(scale=(2.0, 2.0), translate=(5.0, 6.0)),
+        source=scan,
+    )
+    events: list[Progress] = []
+    result = drain(explain_job(request, ModelCache()), events.append)
+
+    assert [e.done for e in events] == [0, 1, 2, 3] and all(e.total == 3 for e in events)
+    assert len(result.layers) == 6
+    independent = explain(scan, load_bundle(tiny_bundle))
+    assert [f.id for f in result.explanation.top(3)] == [f.id for f in independent.top(3)]
+    assert result.explanation.probability == pytest.approx(independent.probability, abs=1e-6)
+    for _, kw, _ in result.layers:
+        assert kw["scale"] == (2.0, 2.0) and kw["translate"] == (5.0, 6.0)
+        assert kw["metadata"][EVIDENCE_KEY].source is scan
+    assert result.seconds > 0
+
+
+def test_explain_job_converts_other_bit_depths(scan, tiny_bundle):
+    from napari_icnn._widgets.explain_widget import ExplainRequest, ModelCache, explain_job
+
+    rgba16 = (
+        np.concatenate([scan.pixels, np.full(scan.shape + (1,), 255, np.uint8)], axis=2).astype(np.uint16)
+        * 257
+    )
+    request = ExplainRequest(
+        pixels=rgba16,
+        scan_name="s",
+        scan="k",
+        model_path=tiny_bundle,
+        top_k=2,
+        threshold=0.5,
+        heat_maps=False,
+        placement=Placement(),
+    )
+    result = drain(explain_job(request, ModelCache()))
+    assert result.explanation.scan_shape == scan.shape
+    assert result.layers[0][0].shape == scan.shape
+
+
+def test_model_cache_reuses_the_model_until_its_bundle_changes(tmp_path, tiny_bundle):
+    from napari_icnn._widgets.explain_widget import ModelCache
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    cache = ModelCache()
+    first, loaded = cache.get(bundle)
+    again, loaded_again = cache.get(bundle)
+    assert loaded and not loaded_again and again is first
+
+    rename_filters(bundle, {2: "bright lesion cluster"})
+    renamed, reloaded = cache.get(bundle)
+    assert reloaded and renamed is not first
+    assert renamed.filters[2].display_name == "filter 2 · bright lesion cluster"
+
+
+def test_check_model_names_the_folder_and_the_reason(tmp_path, tiny_bundle):
+    from napari_icnn._widgets.explain_widget import check_model
+
+    assert check_model(str(tiny_bundle)) is None
+    missing = tmp_path / "nowhere"
+    assert check_model(str(missing)) == f"{missing}: no such model bundle"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "configs/metadata.json is missing" in check_model(str(empty))
+    assert check_model("  ") == "Choose a model bundle folder."
+    no_weights = shutil.copytree(tiny_bundle, tmp_path / "no_weights")
+    (no_weights / "models" / "model.pt").unlink()
+    assert check_model(str(no_weights)) == f"{no_weights}: models/model.pt is missing"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.fixture
+def persisting(tmp_path, monkeypatch):
+    monkeypatch.delenv("NAPARI_ICNN_NOPERSIST", raising=False)
+    monkeypatch.setenv("NAPARI_ICNN_CONFIG_DIR", str(tmp_path / "config"))
+    return tmp_path / "config" / "explain.json"
+
+
+def test_settings_round_trip(persisting):
+    from napari_icnn._widgets.settings import ExplainSettings, load_settings, save_settings
+
+    assert load_settings() == ExplainSettings()
+    chosen = ExplainSettings(model_path="/data/models/dr", top_k=9, threshold=0.35, heat_maps=True)
+    assert save_settings(chosen) == persisting
+    assert json.loads(persisting.read_text()) == {
+        "model_path": "/data/models/dr",
+        "top_k": 9,
+        "threshold": 0.35,
+        "heat_maps": True,
+    }
+    assert load_settings() == chosen
+    assert [p.name for p in persisting.parent.iterdir()] == ["explain.json"]  # no temporary left behind
+
+
+def test_damaged_settings_keep_what_is_valid(persisting):
+    from napari_icnn._widgets.settings import ExplainSettings, load_settings
+
+    persisting.parent.mkdir(parents=True)
+    persisting.write_text(json.dumps({"top_k": 500, "threshold": 0.3, "heat_maps": "yes", "model_path": ""}))
+    assert load_settings() == ExplainSettings(threshold=0.3)
+    persisting.write_text("{not json")
+    assert load_settings() == ExplainSettings()
+
+
+def test_nopersist_reads_defaults_and_writes_nothing(persisting, monkeypatch):
+    from napari_icnn._widgets.settings import ExplainSettings, load_settings, save_settings
+
+    save_settings(ExplainSettings(top_k=7))
+    monkeypatch.setenv("NAPARI_ICNN_NOPERSIST", "1")
+    assert load_settings() == ExplainSettings()
+    assert save_settings(ExplainSettings(top_k=3)) is None
+    monkeypatch.delenv("NAPARI_ICNN_NOPERSIST")
+    assert load_settings().top_k == 7
+
+
+def test_settings_refuse_out_of_range_values():
+    from napari_icnn._widgets.settings import ExplainSettings
+
+    for bad in ({"top_k": 0}, {"top_k": 2.0}, {"threshold": 1.0}, {"threshold": True}, {"heat_maps": 1}):
+        with pytest.raises(ValueError):
+            ExplainSettings(**bad)
+
+
+# --------------------------------------------------------------------------- start-up cost
+
+
+def test_plugin_modules_import_without_torch():
+    code = (
+        "import sys; import napari_icnn._widgets.explain_widget, napari_icnn._writer; "
+        "heavy = sorted(m for m in ('torch', 'monai') if m in sys.modules); print(heavy); sys.exit(bool(heavy))"
+    )
+    env = dict(os.environ, QT_API="pyqt5")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
