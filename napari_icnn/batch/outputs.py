@@ -1,0 +1,239 @@
+"""Where a frame's results go and writing them: DICOM SEG and SR (DICOM inputs), a PNG evidence
+sheet and a prediction JSON.
+
+Names come from UIDs and hashes only, never from patient attributes or input file names::
+
+    DIR/<hash of the Study Instance UID>/<SOP Instance UID>[_f0003].{seg.dcm,sr.dcm,png,json}
+    DIR/images/<hash of the input's absolute path>[_f0003].{png,json}
+
+(``_fNNNN``: the 0-based frame of a multi-frame input.) Every file is written under a temporary
+name and renamed, and every path is checked to lie inside ``DIR``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_icnn.batch.config import DICOM_FORMATS, FORMATS
+from napari_icnn.dicom.uids import ModelInfo
+
+if TYPE_CHECKING:
+    from napari_icnn.data.fundus_image import FundusImage
+    from napari_icnn.explain import Explanation
+
+__all__ = ["OutputSpec", "path_hash", "output_stem", "write_outputs", "SHEET_TILE"]
+
+SHEET_TILE = 384
+"""Side of one tile of the PNG evidence sheet, in pixels."""
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_SUFFIX = {"seg": ".seg.dcm", "sr": ".sr.dcm", "png": ".png", "json": ".json"}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What to write for each frame, and where.
+
+    Valid once built: an absolute output folder, known formats (or ``None``: all that apply),
+    a positive top-K.
+    """
+
+    out: str
+    model: ModelInfo
+    formats: tuple[str, ...] | None = None
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        if not os.path.isabs(self.out):
+            raise ValueError(f"OutputSpec.out must be an absolute folder; got {self.out!r}")
+        if self.formats is not None and (not self.formats or set(self.formats) - set(FORMATS)):
+            raise ValueError(f"OutputSpec.formats must be a non-empty subset of {FORMATS}; got {self.formats!r}")
+        if self.top_k < 1:
+            raise ValueError(f"OutputSpec.top_k must be positive; got {self.top_k}")
+
+    def formats_for(self, is_dicom: bool) -> tuple[str, ...]:
+        return tuple(f for f in (self.formats or FORMATS) if is_dicom or f not in DICOM_FORMATS)
+
+
+def path_hash(path: str, n: int = 16) -> str:
+    """First ``n`` hex digits of the SHA-256 of ``path`` (names files without revealing it)."""
+    return hashlib.sha256(os.fsencode(path)).hexdigest()[:n]
+
+
+def output_stem(image: FundusImage, input_path: str) -> str:
+    """The output name of a frame without suffix, relative to the output folder (``/``-separated)."""
+    if image.header is not None:
+        study = image.study_instance_uid or ""
+        folder = path_hash(study) if study else "no-study"
+        sop = image.sop_instance_uid or ""
+        # A UID is digits and dots by definition; anything else in that attribute could be a path.
+        name = sop if _UID.fullmatch(sop) and len(sop) <= 64 else "file-" + path_hash(input_path)
+    else:
+        folder, name = "images", path_hash(input_path)
+    if image.frame is not None:
+        name += f"_f{int(image.frame):04d}"
+    return f"{folder}/{name}"
+
+
+def _target(out: Path, rel: str) -> Path:
+    path = (out / rel).resolve()
+    if not path.is_relative_to(out.resolve()):
+        raise ValueError(f"output name {rel!r} leaves the output folder")
+    return path
+
+
+def write_outputs(
+    spec: OutputSpec, image: FundusImage, expl: Explanation, input_path: str
+) -> tuple[list[str], list[str]]:
+    """Write the requested formats for one explained frame.
+
+    Returns
+    -------
+    written, problems
+        Paths written (relative to the output folder, in format order) and one line per format
+        that could not be written (``"seg: <reason>"``); a failed format does not stop the others.
+    """
+    from napari_icnn.errors import InputError
+
+    out = Path(spec.out)
+    stem = output_stem(image, input_path)
+    formats = spec.formats_for(image.header is not None)
+    top = expl.top(spec.top_k)
+    written: list[str] = []
+    problems: list[str] = []
+    for fmt in formats:
+        rel = stem + _SUFFIX[fmt]
+        try:
+            target = _target(out, rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "seg":
+                _write_seg(target, spec, image, expl, top)
+            elif fmt == "sr":
+                _write_sr(target, spec, image, expl, top)
+            elif fmt == "png":
+                _write_sheet(target, image, expl, top)
+            else:
+                _write_json(target, image, expl, spec.top_k, input_path, written + [rel])
+        except InputError as exc:
+            problems.append(f"{fmt}: {exc.reason}")
+        except OSError as exc:
+            problems.append(f"{fmt}: cannot write ({exc.strerror or exc})")
+        except Exception as exc:  # noqa: BLE001 - one format failing must not lose the others
+            problems.append(f"{fmt}: {type(exc).__name__}: {exc}")
+        else:
+            written.append(rel)
+    return written, problems
+
+
+def _write_seg(target: Path, spec: OutputSpec, image: FundusImage, expl: Explanation, top: list) -> None:
+    from napari_icnn.dicom.seg import EvidenceMap, write_seg
+
+    maps = [EvidenceMap(f.id, f.name, f.part, expl.map_on_scan(f.id)) for f in top]
+    write_seg(target, image, maps, spec.model)
+
+
+def _write_sr(target: Path, spec: OutputSpec, image: FundusImage, expl: Explanation, top: list) -> None:
+    from napari_icnn.dicom.sr import write_sr
+
+    filters = [
+        {
+            "id": f.id,
+            "name": f.name,
+            "part": f.part,
+            "peak_x": f.peak_x,
+            "peak_y": f.peak_y,
+            "activation": f.activation,
+            "contribution": f.contribution,
+        }
+        for f in top
+    ]
+    write_sr(
+        target,
+        image,
+        probability=expl.probability,
+        predicted_class=expl.predicted_class,
+        threshold=expl.threshold,
+        model=spec.model,
+        filters=filters,
+    )
+
+
+def sheet_array(image: FundusImage, expl: Explanation, top: list, tile: int = SHEET_TILE) -> np.ndarray:
+    """The evidence sheet (scan + one tile per reported filter) as an RGB array.
+
+    The scan is shrunk to the tile size first and the maps are resampled straight onto the small
+    grid, so a 4000-pixel photograph costs what a 400-pixel one does.
+    """
+    from PIL import Image
+
+    from napari_icnn.data.geometry import Geometry
+    from napari_icnn.render import evidence_sheet
+
+    h, w = image.shape
+    s = min(1.0, tile / max(h, w))
+    sh, sw = max(1, round(h * s)), max(1, round(w * s))
+    rgb = image.pixels if s == 1.0 else np.asarray(Image.fromarray(image.pixels).resize((sw, sh), Image.BILINEAR))
+    g = expl.geometry
+    geom = g if s == 1.0 else Geometry((sh, sw), g.x0 * s, g.y0 * s, g.side * s, g.size)
+    panels = []
+    for f in top:
+        m = np.clip(geom.map_to_scan((f.map / f.act_scale).astype(np.float32)), 0.0, 1.0)
+        # pixel centres sit at integers: scale about the pixel edges
+        peak = ((f.peak_x + 0.5) * s - 0.5, (f.peak_y + 0.5) * s - 0.5)
+        panels.append((f"{f.name}  {f.contribution:+.3f}", m, peak))
+    title = f"{expl.predicted_class}  p = {expl.probability:.3f}  (not for clinical use)"
+    return evidence_sheet(rgb, panels, title, tile=tile)
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    """Write ``data`` beside ``target`` under a temporary name, then rename it into place.
+
+    (The engines' helper lives in a module that imports torch; the processes that write outputs
+    never need torch, and importing it would cost each of them seconds and hundreds of megabytes.)
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_sheet(target: Path, image: FundusImage, expl: Explanation, top: list) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(sheet_array(image, expl, top)).save(buf, format="PNG", compress_level=1)
+    _atomic_write(target, buf.getvalue())
+
+
+def _write_json(
+    target: Path, image: FundusImage, expl: Explanation, top_k: int, input_path: str, outputs: list[str]
+) -> None:
+    doc = expl.to_json(top_k)
+    doc.pop("source", None)  # the input's path may name the patient; summary.csv maps it instead
+    doc["input"] = {
+        "path_sha256": hashlib.sha256(os.fsencode(input_path)).hexdigest(),
+        "frame": image.frame,
+        "sop_instance_uid": image.sop_instance_uid,
+        "series_instance_uid": image.series_instance_uid,
+        "study_instance_uid": image.study_instance_uid,
+        "sop_class_uid": image.sop_class_uid,
+    }
+    doc["outputs"] = outputs
+    _atomic_write(target, json.dumps(doc, indent=2).encode("utf-8"))

@@ -1,0 +1,236 @@
+"""``summary.csv``: one row per input file (per frame of a multi-frame file), appended as results
+arrive and forced to disk row group by row group, so a crash or a kill leaves a valid file.
+
+The rows of one file are appended in one ``write``; a file with rows is finished, which is what
+lets a second run on the same folder skip it. A last line cut short by a power failure is removed
+when the file is opened again (that input is then processed again).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from napari_icnn.errors import ConfigError
+
+__all__ = ["COLUMNS", "STATUSES", "Row", "Done", "Tally", "SummaryFile", "read_rows", "one_line"]
+
+COLUMNS: tuple[str, ...] = (
+    "input_path",
+    "frame",
+    "sop_instance_uid",
+    "status",
+    "reason",
+    "probability",
+    "outputs",
+)
+STATUSES: tuple[str, ...] = ("ok", "error", "declined")
+_HEADER = ",".join(COLUMNS) + "\n"
+
+
+def one_line(text: object, limit: int = 500) -> str:
+    """``text`` on one line: control characters written as escapes, long texts shortened."""
+    s = str(text)
+    if any(ord(c) < 32 or ord(c) == 127 for c in s):
+        s = "".join(c if ord(c) >= 32 and ord(c) != 127 else repr(c)[1:-1] for c in s)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of ``summary.csv``.
+
+    Valid once built: a known status; a probability in [0, 1] (or ``None`` where the model did not
+    run); outputs are paths relative to the output folder.
+    """
+
+    input_path: str
+    frame: int | None
+    sop_instance_uid: str
+    status: str
+    reason: str = ""
+    probability: float | None = None
+    outputs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"Row.status must be one of {STATUSES}; got {self.status!r}")
+        if self.probability is not None and not 0.0 <= float(self.probability) <= 1.0:
+            raise ValueError(f"Row.probability must lie in [0, 1]; got {self.probability!r}")
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+
+    def fields(self) -> list[str]:
+        return [
+            one_line(self.input_path, 4096),
+            "" if self.frame is None else str(int(self.frame)),
+            one_line(self.sop_instance_uid or "", 128),
+            self.status,
+            one_line(self.reason),
+            "" if self.probability is None else f"{float(self.probability):.6f}",
+            ";".join(one_line(o, 1024) for o in self.outputs),
+        ]
+
+    @classmethod
+    def from_fields(cls, f: list[str]) -> Row:
+        return cls(
+            input_path=f[0],
+            frame=int(f[1]) if f[1] else None,
+            sop_instance_uid=f[2],
+            status=f[3],
+            reason=f[4],
+            probability=float(f[5]) if f[5] else None,
+            outputs=tuple(o for o in f[6].split(";") if o),
+        )
+
+
+def _encode(rows: Iterable[Row]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for row in rows:
+        writer.writerow(row.fields())
+    return buf.getvalue().encode("utf-8")
+
+
+def read_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
+    """The well-formed rows of a summary file (a malformed line is passed over)."""
+    with open(path, encoding="utf-8", newline="", errors="replace") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        for fields in reader:
+            if len(fields) != len(COLUMNS):
+                continue
+            try:
+                yield Row.from_fields(fields)
+            except ValueError:
+                continue
+
+
+@dataclass
+class Done:
+    """What an earlier run recorded for one input file: its rows' statuses."""
+
+    n_rows: int = 0
+    n_not_ok: int = 0
+
+
+class SummaryFile:
+    """``summary.csv`` opened for appending; repaired and read for resuming when it exists.
+
+    Raises
+    ------
+    ConfigError
+        The file exists but is not a batch summary (other columns), or cannot be opened.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self._fd: int | None = None
+        try:
+            self._repair()
+            self.done: dict[str, Done] = self._read_done()
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            if os.fstat(self._fd).st_size == 0:
+                self._write(_HEADER.encode())
+        except OSError as exc:
+            self.close()
+            raise ConfigError(f"{self.path}: cannot open the summary for writing ({exc.strerror or exc})") from None
+
+    def _repair(self) -> None:
+        """Cut a last line that a crash left without its newline (a torn append)."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            # Walk back to the last newline; the rows after it are the torn group.
+            pos, chunk = size, 1 << 16
+            while pos > 0:
+                start = max(0, pos - chunk)
+                fh.seek(start)
+                data = fh.read(pos - start)
+                cut = data.rfind(b"\n")
+                if cut >= 0:
+                    fh.truncate(start + cut + 1)
+                    break
+                pos = start
+            else:
+                fh.truncate(0)  # not even the header survived: it is written again
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _read_done(self) -> dict[str, Done]:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return {}
+        with open(self.path, encoding="utf-8", newline="", errors="replace") as fh:
+            first = fh.readline()
+        if first.strip().lstrip("\ufeff") != _HEADER.strip():
+            raise ConfigError(
+                f"{self.path}: exists but is not a batch summary (its columns are not "
+                f"{','.join(COLUMNS)}); choose another --out folder"
+            )
+        done: dict[str, Done] = {}
+        for row in read_rows(self.path):
+            d = done.setdefault(row.input_path, Done())
+            d.n_rows += 1
+            d.n_not_ok += row.status != "ok"
+        return done
+
+    def append(self, rows: list[Row]) -> None:
+        """Append the rows of one input file in one write and force them to disk."""
+        if rows:
+            self._write(_encode(rows))
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise ValueError(f"{self.path}: summary already closed")
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> SummaryFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Tally:
+    """Rows recorded by this run, by status, and the input files finished."""
+
+    n_ok: int = 0
+    n_error: int = 0
+    n_declined: int = 0
+    files_done: int = 0
+
+    def add(self, rows: list[Row]) -> None:
+        for row in rows:
+            if row.status == "ok":
+                self.n_ok += 1
+            elif row.status == "declined":
+                self.n_declined += 1
+            else:
+                self.n_error += 1
+        self.files_done += 1
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_ok + self.n_error + self.n_declined
+
+    def detail(self) -> str:
+        return f"{self.n_ok} ok, {self.n_error} error, {self.n_declined} declined"

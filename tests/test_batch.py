@@ -1,0 +1,279 @@
+"""``icnn infer`` end to end: outputs that read back and match the model, summary.csv, resume,
+exit codes, and no patient attribute in names, logs or console."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_validation import run_dciodvfy
+from test_batch_data import PATIENT_ID, PATIENT_NAME, ct, fundus, jpeg, op, png, redfree_op, truncated
+
+from napari_icnn.batch import COLUMNS, BatchConfig, infer
+from napari_icnn.cli import main
+
+COLUMN_LINE = "input_path,frame,sop_instance_uid,status,reason,probability,outputs"
+
+
+def read_summary(out: Path) -> list[dict[str, str]]:
+    with open(out / "summary.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def kind(output: str) -> str:
+    return next(k for k in ("seg.dcm", "sr.dcm", "png", "json") if output.endswith("." + k))
+
+
+def run(inputs, out, bundle, **kw):
+    kw.setdefault("workers", 0)
+    return infer(BatchConfig(inputs=tuple(str(i) for i in inputs), out=str(out), model=str(bundle), **kw))
+
+
+@pytest.fixture
+def archive(tmp_path):
+    """A small export: single- and multi-frame OP (one frame not a fundus), PNG, JPEG, a CT."""
+    root = tmp_path / "export"
+    (root / "study1").mkdir(parents=True)
+    (root / "misc").mkdir()
+    op(root / "study1" / "IM0001", seed=1)  # no suffix: found by content
+    op(root / "study1" / "IM0002.dcm", seed=2, laterality="R", transfer_syntax="rle")
+    white = np.full((256, 256, 3), 255, np.uint8)
+    op(root / "study1" / "multi.dcm", pixels=np.stack([fundus(3), white, fundus(4)]), transfer_syntax="explicit")
+    png(root / "misc" / "photo.png", seed=5)
+    jpeg(root / "misc" / "photo.jpg", seed=6)
+    ct(root / "misc" / "ct_slice")
+    return root
+
+
+def test_every_input_gets_rows_and_outputs_that_read_back(archive, tmp_path, tiny_bundle):
+    import highdicom as hd
+
+    from napari_icnn.bundle import load_bundle
+    from napari_icnn.data.image_io import load_image
+    from napari_icnn.explain import explain
+
+    out = tmp_path / "results"
+    summary = run([archive], out, tiny_bundle, top_k=3)
+    assert (out / "summary.csv").read_text().splitlines()[0] == COLUMN_LINE
+    assert tuple(COLUMN_LINE.split(",")) == COLUMNS
+    rows = read_summary(out)
+    by = {(Path(r["input_path"]).name, r["frame"]): r for r in rows}
+    assert sorted(by) == sorted(
+        [("IM0001", ""), ("IM0002.dcm", ""), ("multi.dcm", "0"), ("multi.dcm", "1"), ("multi.dcm", "2"),
+         ("photo.png", ""), ("photo.jpg", ""), ("ct_slice", "")]
+    )
+    assert all(os.path.isabs(r["input_path"]) for r in rows)
+    assert by[("ct_slice", "")]["status"] == "declined" and "CT" in by[("ct_slice", "")]["reason"]
+    assert by[("multi.dcm", "1")]["status"] == "declined" and by[("multi.dcm", "1")]["reason"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 6
+    assert (summary.n_ok, summary.n_declined, summary.n_error, summary.n_skipped) == (6, 2, 0, 0)
+    assert summary.exit_code == 3 and summary.images_per_second > 0
+
+    model = load_bundle(tiny_bundle, "cpu")
+    for r in ok:
+        outputs = r["outputs"].split(";")
+        dicom = not r["input_path"].endswith((".png", ".jpg"))
+        assert [kind(o) for o in outputs] == (["seg.dcm", "sr.dcm", "png", "json"] if dicom else ["png", "json"])
+        for o in outputs:
+            assert not os.path.isabs(o) and (out / o).resolve().is_relative_to(out.resolve()) and (out / o).stat().st_size > 0
+        frame = int(r["frame"]) if r["frame"] else 0
+        image = load_image(r["input_path"])[frame]
+        expected = explain(image, model)
+        prob = float(r["probability"])
+        assert prob == pytest.approx(expected.probability, abs=2e-6)
+        doc = json.loads((out / outputs[-1]).read_text())
+        assert doc["prediction"]["probability"] == pytest.approx(prob, abs=2e-6)
+        assert [f["id"] for f in doc["filters"]] == [f.id for f in expected.top(3)]
+        assert doc["input"]["frame"] == image.frame and "source" not in doc
+        if dicom:
+            assert r["sop_instance_uid"] == image.sop_instance_uid
+            seg = hd.seg.segread(out / outputs[0])
+            assert [u[2] for u in seg.get_source_image_uids()] == [image.sop_instance_uid]
+            assert seg.number_of_segments == 3
+            frames = seg.pixel_array if seg.pixel_array.ndim == 3 else seg.pixel_array[None]
+            for k, f in enumerate(expected.top(3)):
+                desc = seg.SegmentSequence[k].SegmentDescription
+                assert desc.startswith(f"Interpretable CNN filter {f.id};")
+                np.testing.assert_allclose(frames[k] / 255.0, expected.map_on_scan(f.id), atol=1 / 255 + 1e-4)
+            sr = pydicom.dcmread(out / outputs[1])
+            assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \
+                .ReferencedSOPSequence[0].ReferencedSOPInstanceUID == image.sop_instance_uid
+            assert _sr_numbers(sr, "Probability") == [pytest.approx(prob, abs=2e-6)]
+    multi_seg = next(out / o for r in ok if r["frame"] == "2" for o in r["outputs"].split(";") if o.endswith(".seg.dcm"))
+    assert multi_seg.name.endswith("_f0002.seg.dcm")
+    for path in (multi_seg, next(out.rglob("*.sr.dcm"))):
+        errors, _, report = run_dciodvfy(path)
+        assert errors == [], report
+
+
+def _sr_numbers(ds, meaning: str) -> list[float]:
+    found = []
+    for item in ds.get("ContentSequence", []):
+        name = item.get("ConceptNameCodeSequence")
+        if item.get("ValueType") == "NUM" and name and name[0].CodeMeaning == meaning:
+            found.append(float(item.MeasuredValueSequence[0].NumericValue))
+        found += _sr_numbers(item, meaning)
+    return found
+
+
+def test_no_patient_attribute_in_names_logs_console_or_tables(tmp_path, tiny_bundle, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    op(src / "a.dcm", seed=1)
+    op(src / "b.dcm", seed=2, transfer_syntax="jpeg2000-lossless")
+    redfree_op(src / "redfree.dcm")
+    truncated(src / "cut.dcm", tmp_path)
+    out = tmp_path / "out"
+    code = main(["infer", str(src), "--out", str(out), "--model", str(tiny_bundle), "--workers", "0"])
+    assert code == 3
+    console = capsys.readouterr()
+    texts = [console.out, console.err, (out / "summary.csv").read_text()]
+    texts += [p.read_text() for p in out.rglob("*.json")]
+    texts += [str(p.relative_to(out)) for p in out.rglob("*")]
+    secrets = [PATIENT_NAME, *PATIENT_NAME.split("^"), PATIENT_ID]
+    for text in texts:
+        for secret in secrets:
+            assert secret.lower() not in text.lower()
+    # ... while the DICOM results do carry the patient, as a PACS needs to file them
+    seg = next(out.rglob("*.seg.dcm"))
+    assert str(pydicom.dcmread(seg).PatientName) == PATIENT_NAME
+    assert "2 ok, 1 error, 1 declined" in console.out
+
+
+def test_rerun_skips_finished_inputs_and_adds_only_new_ones(tmp_path, tiny_bundle):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        png(src / f"p{i}.png", seed=i)
+    ct(src / "ct")
+    out = tmp_path / "out"
+    first = run([src], out, tiny_bundle)
+    before = (out / "summary.csv").read_bytes()
+    assert (first.n_ok, first.n_declined, first.exit_code) == (3, 1, 3)
+
+    png(src / "p_new.png", seed=9)
+    second = run([src], out, tiny_bundle)
+    after = (out / "summary.csv").read_bytes()
+    assert after.startswith(before)
+    added = read_summary(out)[4:]
+    assert [Path(r["input_path"]).name for r in added] == ["p_new.png"]
+    assert (second.n_ok, second.n_skipped, second.n_skipped_not_ok) == (1, 4, 1)
+    assert second.exit_code == 3  # the CT declined earlier still stands
+
+    third = run([src, src / "p0.png"], out, tiny_bundle)
+    assert third.n_processed == 0 and third.n_skipped == 5
+    assert (out / "summary.csv").read_bytes() == after
+    names = [r["input_path"] for r in read_summary(out)]
+    assert len(names) == len(set(names)) == 5
+
+
+def test_torn_last_line_is_repaired_and_that_input_redone(tmp_path, tiny_bundle):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        png(src / f"p{i}.png", seed=i)
+    out = tmp_path / "out"
+    run([src], out, tiny_bundle)
+    text = (out / "summary.csv").read_text()
+    lines = text.splitlines(keepends=True)
+    torn = "".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2]  # a kill in the middle of the last append
+    (out / "summary.csv").write_text(torn)
+    again = run([src], out, tiny_bundle)
+    assert (again.n_ok, again.n_skipped) == (1, 2)
+    rows = read_summary(out)
+    assert sorted(Path(r["input_path"]).name for r in rows) == ["p0.png", "p1.png", "p2.png"]
+    assert (out / "summary.csv").read_text() == text
+
+
+def test_all_ok_exits_0_and_prints_a_summary_line(tmp_path, tiny_bundle, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    png(src / "a.png", seed=1)
+    op(src / "b.dcm", seed=2)
+    out = tmp_path / "out"
+    code = main(["infer", str(src), "--out", str(out), "--model", str(tiny_bundle), "--workers", "0",
+                 "--formats", "json,sr", "--top-k", "2"])
+    assert code == 0
+    assert "2 ok, 0 error, 0 declined" in capsys.readouterr().out
+    rows = read_summary(out)
+    kinds = {Path(r["input_path"]).name: [kind(o) for o in r["outputs"].split(";")] for r in rows}
+    assert kinds == {"a.png": ["json"], "b.dcm": ["sr.dcm", "json"]}  # SR for the DICOM input only
+    assert not list(out.rglob("*.png")) and not list(out.rglob("*.seg.dcm"))
+    doc = json.loads((out / rows[0]["outputs"].split(";")[-1]).read_text())
+    assert len(doc["filters"]) == 2
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path, tiny_bundle, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    png(src / "a.png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "a_file").write_text("x")
+    base = ["--model", str(tiny_bundle), "--workers", "0"]
+    cases = [
+        ([str(src), "--out", str(tmp_path / "o1"), "--model", str(tmp_path / "no_model")], "no such model bundle"),
+        ([str(src), "--out", str(tmp_path / "a_file"), *base], "not a folder"),
+        ([str(src), "--out", str(tmp_path / "a_file" / "sub"), *base], "cannot create"),
+        ([str(empty), "--out", str(tmp_path / "o2"), *base], "no input files found"),
+        ([str(tmp_path / "missing"), "--out", str(tmp_path / "o3"), *base], "no such file or folder"),
+        ([str(src), "--out", str(tmp_path / "o4"), "--formats", "seg,dicomweb", *base], "unknown format"),
+        ([str(src), "--out", str(tmp_path / "o5"), "--batch", "0", *base], "--batch"),
+    ]
+    for args, message in cases:
+        assert main(["infer", *args]) == 2, args
+        assert message in _one_line_error(capsys)
+    assert not (tmp_path / "o1").exists()  # nothing is created when the model is unusable
+
+
+def test_unwritable_output_folder_exits_2(tmp_path, tiny_bundle, capsys):
+    import shutil
+    import subprocess
+
+    src = tmp_path / "in"
+    src.mkdir()
+    png(src / "a.png")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    immutable = False
+    if os.geteuid() == 0:  # permissions do not bind root; an immutable folder does
+        chattr = shutil.which("chattr")
+        immutable = bool(chattr) and subprocess.run([chattr, "+i", str(locked)], capture_output=True).returncode == 0
+        if not immutable:
+            pytest.skip("running as root without chattr: cannot make an unwritable folder")
+    try:
+        assert main(["infer", str(src), "--out", str(locked), "--model", str(tiny_bundle)]) == 2
+        assert "not writable" in _one_line_error(capsys)
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+
+
+def test_other_settings_or_a_concurrent_run_are_refused(tmp_path, tiny_bundle, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    png(src / "a.png")
+    out = tmp_path / "out"
+    args = ["infer", str(src), "--out", str(out), "--model", str(tiny_bundle), "--workers", "0"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--top-k", "3"]) == 2
+    assert "other settings" in _one_line_error(capsys)
+    with open(out / ".icnn-batch.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        assert main(args) == 2
+        assert "another icnn infer run" in _one_line_error(capsys)
+    assert main(args) == 0  # lock released: resumes (nothing left to do)
