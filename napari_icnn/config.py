@@ -39,7 +39,11 @@ class TrainConfig:
     size: int = _opt(256, "model input side in pixels (the FOV is cropped and resized to it)")
     epochs: int = _opt(12, "total epochs, warm-up included")
     warmup_epochs: int = _opt(6, "epochs trained ordinarily (no mask, no filter loss) before the ICNN epochs")
-    lam: float = _opt(100.0, "filter-loss weight lambda0; epoch t after warm-up uses lambda0 / (t - warmup)")
+    lam: float = _opt(
+        1.0,
+        "filter-loss weight lambda0, relative: at the first interpretable epoch the filter loss's gradient on the "
+        "maps is lambda0 times the classification loss's; epoch t after warm-up uses lambda0 / (t - warmup)",
+    )
     batch: int = _opt(16, "batch size (per process under torchrun)")
     lr: float = _opt(1e-3, "peak learning rate (AdamW, one-cycle schedule)")
     weight_decay: float = _opt(1e-4, "AdamW weight decay")

@@ -51,6 +51,9 @@ def summarise(col: Any, *, class_names: list[str], filter_parts: list[str | None
     n_units = col.maps.shape[1]
     inst, inst_per = instability(col.peaks_xy, col.scores, col.landmarks, col.size)
     out["location_instability"] = inst
+    for k, name in enumerate(("optic_disc", "fovea")):
+        out[f"location_instability_{name}"] = instability(col.peaks_xy, col.scores, col.landmarks[:, k : k + 1],
+                                                          col.size)[0]
     lm_valid = np.isfinite(col.landmarks).all(axis=2)
     out["landmarks"] = {"optic_disc": int(lm_valid[:, 0].sum()), "fovea": int(lm_valid[:, 1].sum())}
     has_parts = bool(col.present.any())

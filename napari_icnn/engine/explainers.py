@@ -1,7 +1,8 @@
 """Baseline explainers scored by the same metric code as the ICNN's filters.
 
-* ``gradcam`` — MONAI's Grad-CAM on the interpretable layer, for the positive class logit (polarity: the
-  class-score gradient, ReLU'd, so bright = evidence *for* the class).
+* ``gradcam`` — MONAI's Grad-CAM on the backbone's last (post-ReLU) feature maps, the usual target, for the
+  positive class logit (polarity: the class-score gradient, ReLU'd, so bright = evidence *for* the class). Not on
+  the interpretable conv itself: its pre-ReLU output carries the bias everywhere, which floods the map.
 * ``occlusion`` — occlusion sensitivity: the drop of the class probability when a patch is greyed out
   (clamped at 0, so bright = evidence for the class), batched over patch positions.
 """
@@ -32,11 +33,21 @@ class _Logits(nn.Module):
         return self.net(x).logits
 
 
+def _to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Per-image min-max scaling to [0, 1] (a constant map becomes 0)."""
+    flat = x.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, *([1] * (x.ndim - 1)))
+    hi = flat.max(dim=1).values.view(-1, *([1] * (x.ndim - 1)))
+    return (x - lo) / (hi - lo).clamp_min(1e-12)
+
+
 def _gradcam(net: nn.Module, class_index: int) -> Callable[[torch.Tensor], MapBatch]:
     from monai.visualize import GradCAM
 
     wrapped = _Logits(net)
-    cam = GradCAM(nn_module=wrapped, target_layers="net.conv")
+    # MONAI's default post-processing maps (min, max) to (1, 0) — it flips the map, so the strongest evidence
+    # would read as the weakest. Scale (min, max) to (0, 1) instead.
+    cam = GradCAM(nn_module=wrapped, target_layers="net.backbone", postprocessing=_to_unit)
 
     def run(x: torch.Tensor) -> MapBatch:
         with torch.no_grad():

@@ -99,8 +99,9 @@ def _load_data(cfg: TrainConfig) -> tuple[Any, Any, Any]:
     return train, val, has_masks
 
 
-def _checkpoint_state(net, opt, sched, assignment, epoch, best, history, cfg) -> dict[str, Any]:
+def _checkpoint_state(net, opt, sched, assignment, epoch, best, history, cfg, lam_scale) -> dict[str, Any]:
     return {
+        "lam_scale": lam_scale,
         "model": net.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
@@ -194,6 +195,7 @@ def train_iter(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
                                                 pct_start=0.15)
     start_epoch, best, history = 1, {"score": -math.inf, "epoch": 0}, []
+    lam_scale: float | None = None
     if saved is not None:
         net.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
@@ -201,6 +203,7 @@ def train_iter(
         assignment.load_state_dict(saved["assignment"])
         start_epoch = int(saved["epoch"]) + 1
         best, history = saved["best"], list(saved["history"])
+        lam_scale = saved.get("lam_scale")
         torch.set_rng_state(saved["rng_torch"])
         yield Message(f"resumed after epoch {saved['epoch']} of {cfg.epochs}")
         del saved
@@ -217,6 +220,11 @@ def train_iter(
             gen.manual_seed(cfg.seed * 1000 + epoch)
             net.set_mask_enabled(cfg.mask_on(epoch))
             lam = cfg.lambda_at(epoch)
+            if lam > 0 and lam_scale is None:
+                lam_scale = _calibrate_lambda(net, train_dl, device, assignment, cfg, dist)
+                yield Message(f"filter-loss scale calibrated: {lam_scale:.4g} (lambda {cfg.lam:g} is relative to "
+                              "the classification gradient)")
+            lam = lam * (lam_scale or 1.0)
             model.train()
             assignment.train()
             sums = {"loss": 0.0, "cls_loss": 0.0, "filter_loss": 0.0}
@@ -252,7 +260,8 @@ def train_iter(
                 sums["filter_loss"] += float(floss.detach()) * b
                 yield Progress(f"epoch {epoch}/{cfg.epochs}", i + 1, steps, f"loss {sums['loss'] / seen:.4f}")
             metrics = {key: v / max(seen, 1) for key, v in sums.items()}
-            metrics["lambda"] = lam
+            metrics["lambda"] = cfg.lambda_at(epoch)
+            metrics["lambda_effective"] = lam
             metrics.update(_validate(net, val_dl, device, names, cfg))
             metrics["epoch"] = epoch
             metrics["seconds"] = time.monotonic() - t0
@@ -263,7 +272,7 @@ def train_iter(
             if improved:
                 best = {"score": float(score), "epoch": epoch, "eligible": True}
             if dist.is_main:
-                state = _checkpoint_state(net, opt, sched, assignment, epoch, best, history, cfg)
+                state = _checkpoint_state(net, opt, sched, assignment, epoch, best, history, cfg, lam_scale)
                 if improved:
                     runtime.atomic_torch_save({"model": net.state_dict(), "epoch": epoch}, ckdir / BEST)
                 runtime.atomic_torch_save(state, ckdir / LAST)
@@ -287,6 +296,42 @@ def train_iter(
         return result
     yield Message(f"bundle written to {out} (best epoch {best['epoch']}, {result.seconds:.0f} s)")
     return result
+
+
+def _calibrate_lambda(net, loader, device, assignment, cfg: TrainConfig, dist: runtime.DistInfo,
+                      n_batches: int = 4) -> float:
+    """Scale that makes lambda relative: 1 / (filter-loss gradient norm / classification gradient norm) on
+    the interpretable maps, measured on a few batches with the mask on (no update of weights or BN stats).
+
+    The paper's -MI with tau = 0.5/n² and p(T) = 1/(n²+1) has gradients ~1e-5 of the classification
+    loss's at n = 32, and the ratio moves with n, the batch and the backbone; measuring it once makes
+    ``--lambda`` mean the same thing everywhere.
+    """
+    from napari_icnn.icnn.loss import template_filter_loss
+
+    was_training = net.training
+    net.eval()
+    ratios = []
+    for i, batch in enumerate(loader):
+        if i >= n_batches:
+            break
+        x = batch["image"].to(device)
+        y = batch["target"].to(device).float().view(len(x), -1)
+        out = net(x)
+        maps = out.maps.float()
+        g_ce = torch.autograd.grad(F.binary_cross_entropy_with_logits(out.logits.float(), y), maps,
+                                   retain_graph=True)[0]
+        fl = template_filter_loss(maps, assignment.positive_mask(y), net.bank, mode=cfg.loss_mode,
+                                  normalise=cfg.normalise)
+        g_f = torch.autograd.grad(fl, maps)[0]
+        ratios.append(float(g_f.norm()) / max(float(g_ce.norm()), 1e-12))
+    net.train(was_training)
+    ratio = float(np.median(ratios)) if ratios else 1.0
+    if dist.enabled:
+        t = torch.tensor([ratio], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        ratio = float(t.item()) / dist.world_size
+    return 1.0 / max(ratio, 1e-30)
 
 
 def _gathered(max_act: torch.Tensor, y: torch.Tensor, dist: runtime.DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
