@@ -341,7 +341,7 @@ def rename_filters(bundle: str | os.PathLike[str], names: Mapping[int, str | Non
 
     An empty name clears it (the part name shows again). The weights are untouched.
     """
-    from napari_icnn.engine.runtime import atomic_write_text
+    from napari_icnn.atomic import atomic_write_text
 
     root = Path(bundle)
     meta = read_metadata(root)

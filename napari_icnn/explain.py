@@ -152,75 +152,7 @@ def explain(image: FundusImage | np.ndarray, model: Any, *, check: bool = True) 
     DeclinedInput
         The image does not look like a colour fundus photograph (when ``check``).
     """
-    import torch
-
-    from napari_icnn.data.fov import check_fundus, find_fov
-    from napari_icnn.data.transforms import preprocess
-    from napari_icnn.engine.collect import cell_centres
-
-    img = _as_fundus(image)
-    fov = check_fundus(img.pixels, img.source) if check else find_fov(img.pixels)
-    x, geom, _ = preprocess(img.pixels, model.size, fov)
-    net = model.net
-    with torch.no_grad():
-        xt = torch.from_numpy(x)[None].to(model.device)
-        out = net(xt)
-        logits = out.logits.float()[0]
-        probs = torch.sigmoid(logits).cpu().numpy().astype(float)
-        if len(probs) == 1:
-            cls = 0
-            positive = probs[0] >= model.threshold
-            sign = 1.0 if positive else -1.0
-            decision = model.class_names[0] if positive else f"no {model.class_names[0]}"
-        else:
-            cls = int(np.argmax(probs))
-            sign = 1.0
-            found = [n for n, p in zip(model.class_names, probs) if p >= model.threshold]
-            decision = ", ".join(found) if found else "none"
-        target = torch.tensor([cls], device=model.device)
-        contrib = (net.contributions(out.masked, target)[0] * sign).float().cpu().numpy()
-        masked = out.masked[0].float().cpu().numpy()
-    n = masked.shape[-1]
-    flat = masked.reshape(len(masked), -1)
-    peak_idx = flat.argmax(axis=1)
-    # cell centres on the same tiling map_on_scan uses, so the marker sits on the displayed peak
-    centres = cell_centres(n, n, model.size)[peak_idx]
-    peaks_scan = geom.to_scan(centres.astype(np.float64))
-    filters = []
-    for f, info in enumerate(model.filters):
-        act = float(flat[f].max())
-        filters.append(
-            FilterEvidence(
-                id=f,
-                name=info.display_name,
-                part=info.part,
-                category=info.category,
-                activation=act,
-                strength=act / info.act_scale,
-                contribution=float(contrib[f]),
-                peak_x=float(peaks_scan[f, 0]),
-                peak_y=float(peaks_scan[f, 1]),
-                map=masked[f],
-                act_scale=info.act_scale,
-            )
-        )
-    filters.sort(key=lambda e: (-e.contribution, -e.activation, e.id))
-    return Explanation(
-        source=img.source,
-        scan_shape=img.shape,
-        class_names=tuple(model.class_names),
-        probabilities=tuple(float(p) for p in probs),
-        class_index=cls,
-        predicted_class=decision,
-        threshold=model.threshold,
-        filters=tuple(filters),
-        geometry=geom,
-        model_name=model.name,
-        model_version=model.version,
-        model_sha256=model.sha256,
-        frame=img.frame,
-        laterality=img.laterality,
-    )
+    return explain_batch([image], model, check=check)[0]
 
 
 def explain_batch(
@@ -344,7 +276,7 @@ def _safe_stem(text: str) -> str:
 
 def write_explanation(expl: Explanation, image: FundusImage, out_dir: str | os.PathLike[str], top_k: int = 8) -> list[Path]:
     """Write one PNG overlay per top filter and ``explanation.json`` into ``out_dir``; return the paths."""
-    from napari_icnn.engine.runtime import atomic_write_text
+    from napari_icnn.atomic import atomic_write_text
     from napari_icnn.render import overlay_png
 
     out = Path(out_dir)

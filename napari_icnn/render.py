@@ -67,7 +67,7 @@ def _annotate(img: Image.Image, label: str, peak: tuple[float, float] | None) ->
 def overlay_png(rgb: np.ndarray, heat: np.ndarray, label: str, peak: tuple[float, float] | None,
                 path: str | os.PathLike[str]) -> Path:
     """Write the scan with a heat map, a peak marker and a label as PNG (atomically)."""
-    from napari_icnn.engine.runtime import atomic_write_bytes
+    from napari_icnn.atomic import atomic_write_bytes
 
     img = Image.fromarray(blend(rgb, heat_rgba(heat)))
     _annotate(img, label, peak)

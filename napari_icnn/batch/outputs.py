@@ -12,19 +12,18 @@ name and renamed, and every path is checked to lie inside ``DIR``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_icnn.atomic import atomic_write_bytes
 from napari_icnn.batch.config import DICOM_FORMATS, FORMATS
 from napari_icnn.dicom.uids import ModelInfo
 
@@ -195,31 +194,12 @@ def sheet_array(image: FundusImage, expl: Explanation, top: list, tile: int = SH
     return evidence_sheet(rgb, panels, title, tile=tile)
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
-    """Write ``data`` beside ``target`` under a temporary name, then rename it into place.
-
-    (The engines' helper lives in a module that imports torch; the processes that write outputs
-    never need torch, and importing it would cost each of them seconds and hundreds of megabytes.)
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_sheet(target: Path, image: FundusImage, expl: Explanation, top: list) -> None:
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(sheet_array(image, expl, top)).save(buf, format="PNG", compress_level=1)
-    _atomic_write(target, buf.getvalue())
+    atomic_write_bytes(target, buf.getvalue())
 
 
 def _write_json(
@@ -236,4 +216,4 @@ def _write_json(
         "sop_class_uid": image.sop_class_uid,
     }
     doc["outputs"] = outputs
-    _atomic_write(target, json.dumps(doc, indent=2).encode("utf-8"))
+    atomic_write_bytes(target, json.dumps(doc, indent=2).encode("utf-8"))

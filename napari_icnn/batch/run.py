@@ -75,7 +75,7 @@ def _exclusive(folder: Path) -> Iterator[None]:
 
 def _check_settings(folder: Path, model: ModelInfo, cfg: BatchConfig) -> None:
     """Record what the folder's results are made with, or refuse to mix in other results."""
-    from napari_icnn.engine.runtime import atomic_write_text
+    from napari_icnn.atomic import atomic_write_text
 
     settings = {
         "model_name": model.name,

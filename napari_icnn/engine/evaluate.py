@@ -162,7 +162,7 @@ def evaluate_iter(model_path: str, data: str, *, format: str = "auto", explainer
     metrics["seconds"] = time.monotonic() - t0
     doc = _nan_to_none(metrics)
     if out:
-        from napari_icnn.engine.runtime import atomic_write_text
+        from napari_icnn.atomic import atomic_write_text
 
         atomic_write_text(out, json.dumps(doc, indent=2))
     del torch

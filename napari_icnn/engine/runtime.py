@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_icnn.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from napari_icnn.errors import ConfigError
 
 __all__ = [
@@ -78,34 +78,8 @@ def init_distributed(device_name: str) -> DistInfo:
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world)
 
 
-def _atomic(path: Path, write: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    return _atomic(Path(path), lambda fh: fh.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    return _atomic(Path(path), lambda fh: torch.save(obj, fh))
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
