@@ -511,6 +511,10 @@ class ExplainWidget(QWidget):
     def running(self) -> bool:
         return self._running
 
+    def set_model_path(self, path: str | os.PathLike[str]) -> None:
+        """Use the bundle at ``path`` for the next explanation (checked and remembered like a typed path)."""
+        self.model_edit.setText(str(path))
+
     def run(self) -> Any:
         """Start explaining the chosen scan in the background; returns the worker (``None`` if not started)."""
         if self._running or not self._validate():

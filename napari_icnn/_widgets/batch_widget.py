@@ -1,0 +1,678 @@
+"""The Batch dock widget: run a model over folders of DICOM and image files, as ``icnn infer`` does.
+
+Thin over :func:`napari_icnn.batch.infer_iter` (defaults from :class:`~napari_icnn.batch.BatchConfig`):
+the widget gathers the inputs, runs the batch in a worker thread with a progress bar, keeps running
+counts of ok / error / declined inputs, and shows the last rows of ``summary.csv``. Stop ends the
+run after the files under way; files finished keep their rows, and running again into the same
+output folder continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Generator
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import Qt, QUrl
+from qtpy.QtGui import QDesktopServices
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_icnn._widgets.explain_widget import JobFailed, check_model
+from napari_icnn._widgets.train_widget import (
+    ERROR_STYLE,
+    HINT_STYLE,
+    DeviceBadge,
+    hbox,
+    message_label,
+    show_message,
+    tool_button,
+)
+from napari_icnn.errors import Cancelled, IcnnError
+from napari_icnn.progress import Message, Progress
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_icnn.batch import BatchConfig, BatchSummary
+    from napari_icnn.batch.summary import Row
+
+__all__ = ["BatchWidget", "BatchCounts", "BatchOutcome", "batch_job", "last_rows"]
+
+_log = logging.getLogger(__name__)
+
+_FORMAT_LABELS = {"seg": "DICOM SEG", "sr": "DICOM SR", "png": "PNG sheet", "json": "JSON"}
+_FORMAT_TIPS = {
+    "seg": "The evidence as a DICOM Segmentation referencing the source instance (DICOM inputs only)",
+    "sr": "The prediction as a DICOM Structured Report, TID 1500 (DICOM inputs only)",
+    "png": "A PNG review sheet: the scan and one tile per reported filter",
+    "json": "The prediction and the reported filters as JSON",
+}
+# Tally.detail() of the batch engine: "3 ok, 1 error, 0 declined".
+_COUNTS = re.compile(r"(\d+) ok, (\d+) error, (\d+) declined")
+_STATUS_COLOURS = {"ok": "#6aa84f", "error": "#e06666", "declined": "#f1c232"}
+_LAST_ROWS = 20
+_ROWS_SHOWN = 10
+"""Rows visible without scrolling."""
+_INVALID_FIELD = "background-color: lightcoral;"
+
+
+# ---------------------------------------------------------------------------------- the job (no Qt)
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """Rows recorded by a run so far, and input files finished of those to do."""
+
+    ok: int = 0
+    error: int = 0
+    declined: int = 0
+    files_done: int = 0
+    files_total: int = 0
+
+    @classmethod
+    def from_progress(cls, event: Progress) -> BatchCounts | None:
+        """The counts an ``infer`` progress event carries (``None`` for other events)."""
+        m = _COUNTS.search(event.detail)
+        if event.stage != "infer" or m is None:
+            return None
+        ok, error, declined = (int(g) for g in m.groups())
+        return cls(ok, error, declined, event.done, event.total)
+
+    @classmethod
+    def from_summary(cls, summary: BatchSummary, files_total: int) -> BatchCounts:
+        return cls(summary.n_ok, summary.n_error, summary.n_declined, files_total, files_total)
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """How a run from the widget ended."""
+
+    summary: BatchSummary | None
+    """The engine's summary; ``None`` when the run was stopped."""
+    counts: BatchCounts
+    summary_csv: Path
+    seconds: float
+
+    @property
+    def stopped(self) -> bool:
+        return self.summary is None
+
+    def describe(self) -> str:
+        c = self.counts
+        if self.summary is not None:
+            return self.summary.describe()
+        return (
+            f"Stopped after {c.files_done} of {c.files_total} files ({c.ok} ok, {c.error} error, "
+            f"{c.declined} declined). Finished files keep their rows in {self.summary_csv}; run again "
+            "into the same output folder to continue."
+        )
+
+
+def batch_job(
+    cfg: BatchConfig, stop: threading.Event, min_interval: float = 0.1
+) -> Generator[Progress | Message, None, BatchOutcome]:
+    """Run :func:`~napari_icnn.batch.infer_iter` until done or ``stop`` is set.
+
+    Progress is thinned to one event per ``min_interval`` seconds (the last always passes). Every
+    error is raised as a :class:`~napari_icnn._widgets.explain_widget.JobFailed` (see there why).
+    """
+    try:
+        return (yield from _run_batch(cfg, stop, min_interval))
+    except Exception as err:  # noqa: BLE001 - reported on the GUI thread, see JobFailed
+        raise JobFailed(err) from err
+
+
+def _run_batch(cfg: BatchConfig, stop: threading.Event, min_interval: float):
+    from napari_icnn.batch import infer_iter
+    from napari_icnn.batch.run import SUMMARY_NAME
+
+    t0 = time.monotonic()
+    csv = Path(cfg.out).expanduser().absolute() / SUMMARY_NAME
+    counts = BatchCounts()
+    gen = infer_iter(cfg, should_stop=stop.is_set)
+    last = -math.inf
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            summary = done.value
+            return BatchOutcome(
+                summary,
+                BatchCounts.from_summary(summary, counts.files_total),
+                Path(summary.summary_csv),
+                time.monotonic() - t0,
+            )
+        except Cancelled:  # files finished so far keep their rows; the counts are this run's
+            return BatchOutcome(None, counts, csv, time.monotonic() - t0)
+        if isinstance(event, Progress):
+            counts = BatchCounts.from_progress(event) or counts
+            now = time.monotonic()
+            if now - last < min_interval and not (event.total and event.done >= event.total):
+                continue  # the outcome carries the final counts
+            last = now
+        yield event
+
+
+def last_rows(summary_csv: str | Path, n: int = _LAST_ROWS) -> list[Row]:
+    """The last ``n`` well-formed rows of a ``summary.csv`` (``[]`` when there is none)."""
+    from napari_icnn.batch.summary import read_rows
+
+    try:
+        return list(deque(read_rows(summary_csv), maxlen=n))
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------------------------- the widget
+
+
+class BatchWidget(QWidget):
+    """Batch inference over folders of fundus photographs (DICOM, JPEG, PNG, TIFF).
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer the widget is docked in.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._worker: Any = None
+        self._stop = threading.Event()
+        self._running = False
+        self._outcome: BatchOutcome | None = None
+        self._counts = BatchCounts()
+        self._status_problem = False
+        self._build()
+        self._connect()
+        self.validate()
+
+    # ------------------------------------------------------------------ construction
+
+    def _build(self) -> None:
+        from napari_icnn.batch import FORMATS, BatchConfig
+        from napari_icnn.batch.local import usable_cores
+        from napari_icnn.bundle import default_bundle_path
+        from napari_icnn.config import DEVICES
+
+        defaults = {f.name: f.default for f in fields(BatchConfig) if f.default is not MISSING}
+        root = QVBoxLayout(self)
+        self.form_box = QWidget()
+        form = QFormLayout(self.form_box)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+
+        self.inputs_list = QListWidget()
+        self.inputs_list.setToolTip(
+            "Files and folders to run on; folders are searched recursively and DICOM "
+            "is recognised by content (IM0001 without a suffix is fine)"
+        )
+        self.inputs_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.inputs_list.setMaximumHeight(78)
+        self.add_folder_button = tool_button("Add folder…", "Add a folder (searched recursively)")
+        self.add_files_button = tool_button("Add files…", "Add single files")
+        self.remove_button = tool_button("Remove", "Remove the selected inputs")
+        self.inputs_message = message_label()
+        form.addRow("Inputs", self.inputs_list)
+        form.addRow(
+            "", hbox(self.add_folder_button, self.add_files_button, self.remove_button, stretch_first=False)
+        )
+        form.addRow("", self.inputs_message)
+
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("results folder (created; reused to resume)")
+        self.out_edit.setToolTip(
+            "Results and summary.csv go here; running again into it skips the files done"
+        )
+        self.out_browse = tool_button("…", "Choose or create the output folder")
+        self.out_message = message_label()
+        form.addRow("Output folder", hbox(self.out_edit, self.out_browse))
+        form.addRow("", self.out_message)
+
+        self.model_edit = QLineEdit(str(default_bundle_path()))
+        self.model_edit.setToolTip("A model bundle folder (configs/metadata.json + models/model.pt)")
+        self.model_browse = tool_button("…", "Choose a bundle folder")
+        self.model_default = tool_button("Default", "Use the default model (the demo bundle)")
+        self.model_message = message_label()
+        form.addRow("Model", hbox(self.model_edit, self.model_browse, self.model_default))
+        form.addRow("", self.model_message)
+
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        self.device_combo.setCurrentText(defaults["device"])
+        self.device_combo.setToolTip("auto: CUDA when present, else the CPU")
+        self.device_badge = DeviceBadge()
+        self.device_message = message_label()
+        form.addRow("Device", hbox(self.device_combo, self.device_badge))
+        form.addRow("", self.device_message)
+
+        self.workers_spin = QSpinBox()
+        self.workers_spin.setRange(0, max(64, 4 * usable_cores()))
+        self.workers_spin.setValue(defaults["workers"])
+        self.workers_spin.setToolTip(
+            f"Processes that decode inputs and write outputs while the network runs "
+            f"(0: all in this process; about the number of cores, here "
+            f"{usable_cores()})"
+        )
+        form.addRow("Workers", self.workers_spin)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 1024)
+        self.batch_spin.setValue(defaults["batch"])
+        self.batch_spin.setToolTip("Images per forward pass of the network (16-64 on a GPU)")
+        form.addRow("Batch size", self.batch_spin)
+        self.top_k_spin = QSpinBox()
+        self.top_k_spin.setRange(1, 64)
+        self.top_k_spin.setValue(defaults["top_k"])
+        self.top_k_spin.setToolTip(
+            "Filters reported per image: SEG segments, SR groups, sheet tiles, JSON entries"
+        )
+        form.addRow("Filters reported", self.top_k_spin)
+
+        self.format_checks: dict[str, QCheckBox] = {}
+        boxes = []
+        for name in FORMATS:
+            box = QCheckBox(_FORMAT_LABELS.get(name, name))
+            box.setChecked(True)
+            box.setToolTip(_FORMAT_TIPS.get(name, ""))
+            self.format_checks[name] = box
+            boxes.append(box)
+        form.addRow("Formats", hbox(*boxes, stretch_first=False))
+        root.addWidget(self.form_box)
+
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Run the model over the inputs (in the background)")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop after the files under way; finished files keep their rows")
+        root.addWidget(hbox(self.run_button, self.stop_button, stretch_first=False))
+        self.progress = QProgressBar()
+        self.progress.setFormat("idle")
+        root.addWidget(self.progress)
+        self.count_labels = {}
+        counts = []
+        for status, colour in _STATUS_COLOURS.items():
+            label = QLabel()
+            label.setToolTip(
+                {
+                    "ok": "processed, outputs written",
+                    "error": "unreadable or broken inputs, or outputs that could not be written",
+                    "declined": "readable, but not a colour fundus photograph this model can process",
+                }[status]
+            )
+            label.setStyleSheet(f"color: {colour}; font-weight: bold;")
+            self.count_labels[status] = label
+            counts.append(label)
+        root.addWidget(hbox(*counts, stretch_first=False))
+        self._show_counts(BatchCounts())
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setStyleSheet(HINT_STYLE)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        root.addWidget(self.status)
+
+        self.open_button = QPushButton("Open results folder")
+        self.open_button.setToolTip("Open the output folder in the file manager")
+        self.rows_button = QPushButton("Show last rows")
+        self.rows_button.setCheckable(True)
+        self.rows_button.setToolTip(f"The last {_LAST_ROWS} rows of summary.csv")
+        root.addWidget(hbox(self.open_button, self.rows_button, stretch_first=False))
+        self.rows_table = QTableWidget(0, 4)
+        self.rows_table.setHorizontalHeaderLabels(["status", "file", "probability", "reason"])
+        self.rows_table.verticalHeader().setVisible(False)
+        self.rows_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
+        self.rows_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.rows_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        header = self.rows_table.horizontalHeader()
+        for col in range(3):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        self.rows_table.setVisible(False)
+        root.addWidget(self.rows_table)
+        note = QLabel("Research use only. Not for clinical use.")
+        note.setStyleSheet("color: palette(mid); font-size: 10px;")
+        root.addWidget(note)
+        root.addStretch(1)
+
+    def _connect(self) -> None:
+        self.add_folder_button.clicked.connect(self._browse_input_folder)
+        self.add_files_button.clicked.connect(self._browse_input_files)
+        self.remove_button.clicked.connect(self._remove_selected)
+        self.out_browse.clicked.connect(self._browse_out)
+        self.model_browse.clicked.connect(self._browse_model)
+        self.model_default.clicked.connect(self._use_default_model)
+        for edit in (self.out_edit, self.model_edit):
+            edit.textChanged.connect(lambda _: self.validate())
+        self.device_combo.currentIndexChanged.connect(lambda _: self.validate())
+        self.run_button.clicked.connect(self.run)
+        self.stop_button.clicked.connect(self.stop)
+        self.open_button.clicked.connect(self.open_results_folder)
+        self.rows_button.toggled.connect(self._toggle_rows)
+        stop = self._stop  # a closed widget stops its run; capture only the event, the widget is gone
+        self.destroyed.connect(lambda *_: stop.set())
+
+    def _browse_input_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add an input folder", str(Path.home()))
+        if folder:
+            self.add_inputs([folder])
+
+    def _browse_input_files(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Add input files", str(Path.home()))
+        if files:
+            self.add_inputs(files)
+
+    def _browse_out(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Choose the output folder", self.out_edit.text().strip() or str(Path.home())
+        )
+        if folder:
+            self.out_edit.setText(folder)
+
+    def _browse_model(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Choose a model bundle folder", self.model_edit.text().strip() or str(Path.home())
+        )
+        if folder:
+            self.model_edit.setText(folder)
+
+    def _use_default_model(self) -> None:
+        from napari_icnn.bundle import default_bundle_path
+
+        self.model_edit.setText(str(default_bundle_path()))
+
+    # ------------------------------------------------------------------ inputs
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.inputs_list.item(i).text() for i in range(self.inputs_list.count())]
+
+    def add_inputs(self, paths: list[str | Path]) -> None:
+        """Add files or folders to the inputs (each once)."""
+        have = set(self.inputs)
+        for p in paths:
+            text = str(p)
+            if text.strip() and text not in have:
+                self.inputs_list.addItem(text)
+                have.add(text)
+        self.validate()
+
+    def _remove_selected(self) -> None:
+        for item in self.inputs_list.selectedItems():
+            self.inputs_list.takeItem(self.inputs_list.row(item))
+        self.validate()
+
+    def formats(self) -> tuple[str, ...] | None:
+        """The chosen formats; ``None`` when all are chosen (each input gets every format that applies)."""
+        chosen = tuple(name for name, box in self.format_checks.items() if box.isChecked())
+        return None if len(chosen) == len(self.format_checks) else chosen
+
+    def config(self) -> BatchConfig:
+        """The BatchConfig of the form (raises ConfigError naming the first invalid option)."""
+        from napari_icnn.batch import BatchConfig
+
+        return BatchConfig(
+            inputs=tuple(self.inputs),
+            out=self.out_edit.text().strip(),
+            model=self.model_edit.text().strip() or None,
+            device=self.device_combo.currentText(),
+            batch=self.batch_spin.value(),
+            workers=self.workers_spin.value(),
+            formats=self.formats(),
+            top_k=self.top_k_spin.value(),
+        )
+
+    def validate(self) -> bool:
+        """Check the inputs, show problems next to their fields, enable Run only when all is well."""
+        from napari_icnn.batch.run import SUMMARY_NAME
+        from napari_icnn.errors import ConfigError
+
+        inputs = self.inputs
+        missing = [p for p in inputs if not Path(p).expanduser().exists()]
+        if not inputs:
+            inputs_problem = "Add the files or folders to run on."
+        elif missing:
+            inputs_problem = f"{missing[0]}: no such file or folder"
+        else:
+            inputs_problem = None
+        show_message(self.inputs_message, inputs_problem)
+        self.inputs_list.setStyleSheet(_INVALID_FIELD if inputs_problem else "")
+
+        out_text = self.out_edit.text().strip()
+        out_hint = None
+        if not out_text:
+            out_problem = "Choose a folder for the results."
+        elif Path(out_text).expanduser().exists() and not Path(out_text).expanduser().is_dir():
+            out_problem = f"{out_text}: exists and is not a folder"
+        else:
+            out_problem = None
+            if (Path(out_text).expanduser() / SUMMARY_NAME).is_file():
+                out_hint = "Holds results of an earlier run: inputs already in its summary.csv are skipped."
+        show_message(self.out_message, out_problem or out_hint, error=bool(out_problem))
+        self.out_edit.setStyleSheet(_INVALID_FIELD if out_problem else "")
+
+        model_problem = check_model(self.model_edit.text())
+        show_message(self.model_message, model_problem)
+        self.model_edit.setStyleSheet(_INVALID_FIELD if model_problem else "")
+
+        device_problem = self.device_badge.show_device(self.device_combo.currentText()).problem
+        show_message(self.device_message, device_problem)
+
+        ok = not (inputs_problem or out_problem or model_problem or device_problem)
+        config_problem = None
+        if ok:
+            try:
+                self.config()
+            except ConfigError as err:  # e.g. no format chosen: no field of its own, so the status line
+                ok, config_problem = False, str(err)
+        if not self._running and (config_problem or self._status_problem):
+            self.status.setText(config_problem or "")
+            self.status.setStyleSheet(ERROR_STYLE if config_problem else HINT_STYLE)
+            self._status_problem = bool(config_problem)
+        self.run_button.setEnabled(ok and not self._running)
+        self.stop_button.setEnabled(self._running and not self._stop.is_set())
+        self.open_button.setEnabled(bool(out_text) and Path(out_text).expanduser().is_dir())
+        return ok
+
+    # ------------------------------------------------------------------ running
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def outcome(self) -> BatchOutcome | None:
+        """How the last run ended (``None`` before the first, and while one runs)."""
+        return self._outcome
+
+    @property
+    def counts(self) -> BatchCounts:
+        """The counts shown: live while a run is under way, final after it."""
+        return self._counts
+
+    def run(self) -> Any:
+        """Start the batch in the background; returns the worker (``None`` when the inputs are not valid)."""
+        if self._running or not self.validate():
+            return None
+        from napari.qt.threading import create_worker
+
+        cfg = self.config()
+        self._stop.clear()  # the previous run's thread has returned: the event is free again
+        self._outcome = None
+        self._show_counts(BatchCounts())
+        self._set_running(True)
+        self._status_problem = False
+        self.status.setStyleSheet(HINT_STYLE)
+        self.progress.setRange(0, 0)  # busy while the inputs are found and the model loads
+        self.progress.setFormat("finding inputs…")
+        self.status.setText(
+            f"Running {Path(cfg.model or '').name or 'the default model'} over "
+            f"{len(cfg.inputs)} input{'s' if len(cfg.inputs) != 1 else ''}…"
+        )
+        self._worker = create_worker(
+            batch_job,
+            cfg,
+            self._stop,
+            _start_thread=False,
+            _connect={
+                "yielded": self._on_event,
+                "returned": self._on_returned,
+                "errored": self._on_error,
+                "finished": self._on_finished,
+            },
+        )
+        self._worker.start()
+        return self._worker
+
+    def stop(self) -> None:
+        """Stop after the files under way; their rows and all earlier ones stay in summary.csv."""
+        if not self._running or self._stop.is_set():
+            return
+        self._stop.set()
+        self.stop_button.setEnabled(False)
+        self.stop_button.setText("Stopping…")
+        self.status.setText("Stopping after the files under way…")
+
+    def _set_running(self, running: bool) -> None:
+        self._running = running
+        self.form_box.setEnabled(not running)
+        self.stop_button.setText("Stop")
+        if not running:
+            self.progress.setRange(0, max(1, self.progress.maximum()))
+        self.validate()
+
+    def _show_counts(self, counts: BatchCounts) -> None:
+        self._counts = counts
+        for status, label in self.count_labels.items():
+            label.setText(f"● {getattr(counts, status)} {status}")
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, Progress):
+            counts = BatchCounts.from_progress(event)
+            if counts is not None:
+                self._show_counts(counts)
+                self.progress.setRange(0, max(1, counts.files_total))
+                self.progress.setValue(counts.files_done)
+                self.progress.setFormat(f"{counts.files_done} / {counts.files_total} files")
+            else:
+                self.progress.setFormat(f"{event.stage}: {event.done}")
+        elif isinstance(event, Message) and not self._stop.is_set():
+            text = event.text if len(event.text) < 300 else event.text[:297] + "…"
+            self.status.setText(text[:1].upper() + text[1:])
+
+    def _on_returned(self, outcome: BatchOutcome) -> None:
+        from napari.utils.notifications import show_info, show_warning
+
+        self._outcome = outcome
+        self._show_counts(outcome.counts)
+        self._set_running(False)
+        c = outcome.counts
+        if outcome.stopped:
+            self.progress.setFormat(f"stopped · {c.files_done} / {c.files_total} files")
+        else:
+            self.progress.setRange(0, max(1, c.files_total))
+            self.progress.setValue(c.files_total)
+            self.progress.setFormat(f"done · {c.files_total} files")
+        text = outcome.describe()
+        self.status.setText(text)
+        if outcome.stopped:
+            show_info(f"Batch stopped. {text}")
+        elif outcome.summary.exit_code == 0:
+            show_info(f"Batch finished: {text}")
+        else:
+            show_warning(f"Batch finished; some inputs were not processed (see summary.csv): {text}")
+        if self.rows_button.isChecked():
+            self._refresh_rows()
+
+    def _on_error(self, err: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        if isinstance(err, JobFailed):
+            err = err.error
+        self._set_running(False)
+        self.progress.setFormat("failed")
+        if isinstance(err, IcnnError):
+            show_error(f"Batch failed: {err}")
+        else:
+            _log.error("batch failed", exc_info=(type(err), err, err.__traceback__))
+            show_error(f"Batch failed unexpectedly ({type(err).__name__}: {err})")
+        self.status.setText("The batch could not run (see the notification).")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._running:
+            self._set_running(False)
+
+    # ------------------------------------------------------------------ results
+
+    def summary_csv(self) -> Path:
+        from napari_icnn.batch.run import SUMMARY_NAME
+
+        return Path(self.out_edit.text().strip()).expanduser().absolute() / SUMMARY_NAME
+
+    def open_results_folder(self) -> bool:
+        """Open the output folder in the system's file manager; returns whether that worked."""
+        from napari.utils.notifications import show_warning
+
+        folder = self.summary_csv().parent
+        if not folder.is_dir():
+            show_warning(f"{folder}: the results folder does not exist yet")
+            return False
+        opened = QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+        if not opened:
+            show_warning(f"Could not open a file manager; the results are in {folder}")
+        return bool(opened)
+
+    def _toggle_rows(self, on: bool) -> None:
+        if on:
+            self._refresh_rows()
+        self.rows_table.setVisible(on)
+        self.rows_button.setText("Hide last rows" if on else "Show last rows")
+
+    def _refresh_rows(self) -> None:
+        rows = last_rows(self.summary_csv())
+        table = self.rows_table
+        table.setRowCount(len(rows))
+        for i, row in enumerate(reversed(rows)):  # newest first
+            name = Path(row.input_path).name + ("" if row.frame is None else f" [frame {row.frame}]")
+            prob = "" if row.probability is None else f"{row.probability:.3f}"
+            cells = [row.status, name, prob, row.reason]
+            for j, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(row.input_path if j == 1 else text)
+                if j == 0:
+                    item.setForeground(_qcolor(_STATUS_COLOURS.get(row.status, "#999999")))
+                table.setItem(i, j, item)
+        shown = min(_ROWS_SHOWN, max(len(rows), 1))
+        rows_height = shown * table.verticalHeader().defaultSectionSize()
+        table.setFixedHeight(
+            rows_height + table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth()
+        )
+
+
+def _qcolor(hex_colour: str) -> Any:
+    from qtpy.QtGui import QColor
+
+    return QColor(hex_colour)
