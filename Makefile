@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Xvfb + Mesa + Qt's xcb libraries for napari under a real X server; dicom3tools for dciodvfy.
 SYSTEM_PACKAGES := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0 libxcb-icccm4 \
 	libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 \
-	libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 dicom3tools
+	libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 dicom3tools orthanc orthanc-dicomweb
 
 .PHONY: demo test test-fast system-deps venv clean
 

@@ -7,7 +7,7 @@ import errno
 import json
 import os
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,12 +125,19 @@ def _model_info(cfg: BatchConfig) -> tuple[str, ModelInfo, Any]:
 
 
 def infer_iter(
-    cfg: BatchConfig, should_stop: Callable[[], bool] | None = None
+    cfg: BatchConfig,
+    should_stop: Callable[[], bool] | None = None,
+    files: Iterable[str] | None = None,
+    total: int = 0,
 ) -> Generator[Progress | Message, None, BatchSummary]:
     """Run batch inference; yields progress, returns the :class:`BatchSummary`.
 
     Every input file gets rows in ``summary.csv`` (one per frame of a multi-frame file); files
     with rows from an earlier run into the same folder are skipped.
+
+    ``files``, when given, are the input files in place of the walk of ``cfg.inputs`` (which must
+    still exist): each is taken when the run is ready for more, so they may still be arriving
+    (downloads); ``total`` is how many it gives, for progress (0: unknown).
 
     Raises
     ------
@@ -162,8 +169,12 @@ def infer_iter(
         stack.enter_context(_exclusive(out))
         _check_settings(out, info, cfg)
         summary = stack.enter_context(SummaryFile(out / SUMMARY_NAME))
-        found = yield from _count(cfg, out, summary)
-        todo = (p for p in iter_input_files(cfg.inputs, exclude=out) if one_line(p, 4096) not in summary.done)
+        if files is None:
+            found = yield from _count(cfg, out, summary)
+            todo = (p for p in iter_input_files(cfg.inputs, exclude=out) if one_line(p, 4096) not in summary.done)
+        else:
+            found = _Found(n_files=total)
+            todo = _unfinished(files, summary, found)
         spec = OutputSpec(out=str(out), model=info, formats=cfg.formats, top_k=cfg.top_k)
         tally = Tally()
         if found.n_files:
@@ -201,6 +212,19 @@ class _Found:
     n_skipped: int = 0
     """Rows of the skipped files."""
     n_skipped_not_ok: int = 0
+
+
+def _unfinished(files: Iterable[str], summary: SummaryFile, found: _Found) -> Iterator[str]:
+    """The absolute paths of ``files`` without rows from an earlier run (those are counted as skipped)."""
+    for path in files:
+        path = os.path.abspath(path)
+        done = summary.done.get(one_line(path, 4096))
+        if done is None:
+            yield path
+        else:
+            found.n_skipped_files += 1
+            found.n_skipped += done.n_rows
+            found.n_skipped_not_ok += done.n_not_ok
 
 
 def _count(cfg: BatchConfig, out: Path, summary: SummaryFile) -> Generator[Progress | Message, None, _Found]:

@@ -1,9 +1,15 @@
-"""``icnn infer``: batch inference over DICOM and image files and folders.
+"""``icnn infer``: batch inference over DICOM and image files and folders, or over a PACS.
 
 Writes DICOM SEG + SR (DICOM inputs), a PNG evidence sheet and a prediction JSON per image, and
 DIR/summary.csv with one row per input file (per frame of multi-frame files). Exit code 0 when
-every input is ok, 3 when some are error or declined (see summary.csv), 2 for a usage or set-up
-problem. Running again into the same DIR resumes: files already in summary.csv are skipped.
+every input is ok, 3 when some are error or declined (see summary.csv) or some PACS transfers
+failed, 2 for a usage or set-up problem (an unreachable PACS, refused credentials). Running again
+into the same DIR resumes: files already in summary.csv are skipped, results already on the PACS
+are not stored again.
+
+PACS: --from dicomweb+http(s)://HOST:PORT/PATH or dimse://AET@HOST:PORT pulls the studies named
+with --study or --since instead of INPUT files; --store-to (same forms) stores every SEG and SR.
+Credentials come from ICNN_PACS_USER + ICNN_PACS_PASSWORD or ICNN_PACS_TOKEN, or --pacs-config.
 Research use only, not for clinical use.
 """
 
@@ -11,16 +17,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "infer",
-        help="batch inference over DICOM/image files and folders (SEG, SR, PNG, JSON, summary.csv)",
+        help="batch inference over DICOM/image files and folders or a PACS (SEG, SR, PNG, JSON, summary.csv)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files and folders (searched recursively)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="files and folders (searched recursively)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
     p.add_argument("--model", default=None, metavar="BUNDLE", help="model bundle folder (default: the demo model)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -32,16 +39,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--formats", default=None, metavar="LIST",
                    help="comma-separated subset of seg,sr,png,json (default: all that apply; seg,sr for DICOM only)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="filters reported per image (default 5)")
+    pacs = p.add_argument_group("PACS")
+    pacs.add_argument("--from", dest="source", default=None, metavar="URL",
+                      help="pull the inputs from a PACS: dicomweb+http(s)://HOST:PORT/PATH or dimse://AET@HOST:PORT")
+    pacs.add_argument("--study", action="append", default=None, metavar="UID",
+                      help="a Study Instance UID to pull (repeatable)")
+    pacs.add_argument("--since", default=None, metavar="YYYYMMDD", help="pull the studies of this date or later")
+    pacs.add_argument("--modality", default=None, metavar="LIST",
+                      help="series modalities to pull, comma-separated (default OP; 'all' for every series)")
+    pacs.add_argument("--store-to", default=None, metavar="URL",
+                      help="store the SEG and SR results on a PACS (same forms as --from)")
+    pacs.add_argument("--pacs-config", default=None, metavar="FILE",
+                      help="PACS credentials and settings, JSON or TOML, readable by its owner only")
+    pacs.add_argument("--keep-staging", action="store_true",
+                      help="keep the retrieved instances in DIR/pacs-staging after processing")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from napari_icnn.batch import BatchConfig, infer
-    from napari_icnn.errors import BundleError
-    from napari_icnn.progress import TextProgress
+def _batch_config(args: argparse.Namespace, inputs: tuple[str, ...]) -> Any:
+    from napari_icnn.batch import BatchConfig
 
-    cfg = BatchConfig(
-        inputs=tuple(args.inputs),
+    return BatchConfig(
+        inputs=inputs,
         out=args.out,
         model=args.model,
         device=args.device,
@@ -51,6 +70,54 @@ def run(args: argparse.Namespace) -> int:
         formats=args.formats,
         top_k=args.top_k,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_icnn.errors import BundleError, ConfigError
+    from napari_icnn.progress import TextProgress
+
+    pacs_options = [f for f, v in (("--study", args.study), ("--since", args.since), ("--modality", args.modality),
+                                   ("--keep-staging", args.keep_staging)) if v]
+    if args.source is None and pacs_options:
+        raise ConfigError(f"{', '.join(pacs_options)}: go with --from URL")
+    if args.source is None and args.store_to is None:
+        if args.pacs_config:
+            raise ConfigError("--pacs-config: goes with --from URL or --store-to URL")
+        return _run_files(args)
+    if args.source is not None and args.inputs:
+        raise ConfigError("give INPUT files or --from URL, not both")
+
+    secrets: tuple[str, ...] = ()
+    try:
+        from napari_icnn.pacs import PacsJob, Query, load_settings, pacs_infer, parse_pacs_url
+
+        settings = load_settings(args.pacs_config)
+        secrets = settings.secrets
+        source = parse_pacs_url(args.source, "--from") if args.source is not None else None
+        job = PacsJob(
+            source=source,
+            query=Query(tuple(args.study or ()), args.since, args.modality or "OP") if source else None,
+            store_to=parse_pacs_url(args.store_to, "--store-to") if args.store_to is not None else None,
+            settings=settings,
+            keep_staging=args.keep_staging,
+        )
+        cfg = _batch_config(args, tuple(args.inputs) or (args.source,))
+        progress = TextProgress(sys.stderr)
+        summary = pacs_infer(job, cfg, on_event=lambda e: progress(_redacted_event(e, secrets)))
+    except (ConfigError, BundleError) as err:
+        # Set-up problems (a PACS unreachable or refusing us, a broken model): nothing ran.
+        print(f"icnn infer: error: {_redact(' '.join(str(err).split()), secrets)}", file=sys.stderr)
+        return 2
+    print(_redact(summary.describe(), secrets))
+    return summary.exit_code
+
+
+def _run_files(args: argparse.Namespace) -> int:
+    from napari_icnn.batch import infer
+    from napari_icnn.errors import BundleError
+    from napari_icnn.progress import TextProgress
+
+    cfg = _batch_config(args, tuple(args.inputs))
     try:
         summary = infer(cfg, on_event=TextProgress(sys.stderr))
     except BundleError as err:
@@ -59,3 +126,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(summary.describe())
     return summary.exit_code
+
+
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret replaced: a last guard, the messages are written without them."""
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text
+
+
+def _redacted_event(event: Any, secrets: tuple[str, ...]) -> Any:
+    from dataclasses import replace
+
+    from napari_icnn.progress import Message
+
+    if secrets and isinstance(event, Message):
+        return replace(event, text=_redact(event.text, secrets))
+    return event
