@@ -57,6 +57,11 @@ class TrainConfig:
     free_fraction: float = _opt(
         0.25, "fraction of filters trained label-free (they settle on always-present anatomy such as the disc)"
     )
+    free_weight: float = _opt(
+        10.0, "filter-loss weight of the label-free (anatomy) filters relative to the category filters: the "
+        "classification gradient turns every filter into a lesion detector unless the template pull on the free "
+        "filters is stronger"
+    )
     loss_mode: str = _opt("paper", "filter loss: paper (label-aware -MI) or mi (exact label-free -MI)")
     normalise: bool = _opt(True, "scale maps by a detached per-filter factor inside the filter loss")
     beta: float = _opt(4.0, "template slope beta")
@@ -99,6 +104,8 @@ class TrainConfig:
             raise bad("val_fraction", "must be between 0 and 1")
         if not 0 <= self.free_fraction <= 1:
             raise bad("free_fraction", "must be between 0 and 1")
+        if self.free_weight < 0:
+            raise bad("free_weight", "must be non-negative")
         if self.n_filters < 1:
             raise bad("n_filters", "must be positive")
 

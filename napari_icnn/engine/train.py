@@ -190,6 +190,8 @@ def train_iter(
         net = net.to(memory_format=torch.channels_last)
     n_free = int(round(cfg.free_fraction * cfg.n_filters))
     assignment = FilterAssignment(cfg.n_filters, k, n_free=n_free).to(device)
+    filter_weights = torch.ones(cfg.n_filters, device=device)
+    filter_weights[:n_free] = cfg.free_weight
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, len(train_dl))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
@@ -246,8 +248,9 @@ def train_iter(
                     assignment.update(*_gathered(max_act, y, dist))
                     if lam > 0:
                         positive = assignment.positive_mask(y)
-                        floss = template_filter_loss(maps, positive, net.bank, mode=cfg.loss_mode,
-                                                     normalise=cfg.normalise)
+                        per_filter = template_filter_loss(maps, positive, net.bank, mode=cfg.loss_mode,
+                                                          normalise=cfg.normalise, reduction="none")
+                        floss = (per_filter * filter_weights).mean()
                 loss = cls + lam * floss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
