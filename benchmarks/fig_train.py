@@ -1,0 +1,166 @@
+"""Training step time of the ICNN over the ordinary network: same backbone, batch and weights.
+
+The ICNN step is the training engine's (:func:`napari_icnn.engine.train.train_iter`) in an
+interpretable epoch: mask on, forward under the engine's autocast, BCE, filter-assignment update,
+template filter loss, backward, AdamW and one-cycle steps, and the per-step loss read-outs. The
+ordinary step is the same engine step of the same network built with ``interpretable=False``
+(``--ordinary``): no mask, no assignment, no filter loss. On CUDA both use channels-last and bf16
+autocast as the engine does.
+
+:class:`TrainStep` is shared by the memory, reference-loss and throughput figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+from benchmarks.harness import Context, Figure, Timings, interleaved, release
+
+NAME = "train_step"
+ARCHS = ("vgg", "resnet")
+SIZES = (224, 256, 512)
+
+__all__ = ["NAME", "TrainStep", "step_config", "fixed_batch", "plan_batch", "time_steps", "run"]
+
+
+def step_config(arch: str, size: int, batch: int, *, ordinary: bool = False, **overrides: Any):
+    """The training configuration of a step: the defaults (``TrainConfig()``) but for these."""
+    from napari_icnn.config import TrainConfig
+
+    return TrainConfig(arch=arch, size=size, batch=batch, ordinary=ordinary, device="auto", **overrides)
+
+
+def plan_batch(ctx: Context, size: int) -> int:
+    """Batch of the step figures: the default (16) on a GPU; 8 (2 at 512 px) on a CPU; 2 when quick."""
+    from napari_icnn.config import TrainConfig
+
+    if ctx.cuda:
+        return TrainConfig().batch
+    if ctx.quick:
+        return 2
+    return 8 if size <= 256 else 2
+
+
+def fixed_batch(cfg, device, seed: int = 0) -> tuple[Any, Any]:
+    """A batch as the engine feeds it (images on the device, channels-last on CUDA; half positive)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(cfg.batch, 3, cfg.size, cfg.size, generator=g).to(device)
+    y = (torch.arange(cfg.batch) % 2).float().view(-1, 1).to(device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+class TrainStep:
+    """One step of the training engine on a batch, as in its interpretable epochs.
+
+    Parameters
+    ----------
+    cfg
+        The run's :class:`~napari_icnn.config.TrainConfig` (``ordinary=True`` for the baseline).
+    device
+        Where it runs.
+    filter_loss
+        The template filter loss to use (the product's by default; the materialised reference for
+        the comparison).
+    seed
+        Weights' seed: the same seed gives the ICNN and the ordinary network the same weights.
+    """
+
+    def __init__(self, cfg, device, *, filter_loss: Callable[..., Any] | None = None, seed: int = 0):
+        import torch
+
+        from napari_icnn.engine.train import _build_net
+        from napari_icnn.icnn.assignment import FilterAssignment
+        from napari_icnn.icnn.loss import template_filter_loss
+
+        torch.manual_seed(seed)
+        n_outputs = 1  # referable DR, the default task
+        net = _build_net(cfg, n_outputs).to(device)
+        if device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        net.set_mask_enabled(cfg.interpretable)  # an interpretable epoch (the ordinary net stays off)
+        self.net, self.cfg, self.device = net, cfg, device
+        n_free = int(round(cfg.free_fraction * cfg.n_filters))
+        self.assignment = FilterAssignment(cfg.n_filters, n_outputs, n_free=n_free).to(device)
+        self.opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # a schedule long enough never to run out while timing
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=1_000_000,
+                                                         pct_start=0.15)
+        self.filter_weights = None
+        free_weight = getattr(cfg, "free_weight", None)
+        if free_weight is not None:  # the engine weighs the label-free filters' losses apart
+            self.filter_weights = torch.ones(cfg.n_filters, device=device)
+            self.filter_weights[:n_free] = free_weight
+        self.lam = 1.0 if cfg.interpretable else 0.0
+        self.filter_loss = filter_loss or template_filter_loss
+        net.train()
+        self.assignment.train()
+
+    def __call__(self, x, y) -> float:
+        """One step on ``(x, y)``; the step's loss (read back as the engine does for its progress)."""
+        import torch
+        import torch.nn.functional as F
+
+        from napari_icnn.engine import runtime
+
+        cfg, device, net = self.cfg, self.device, self.net
+        with runtime.autocast_for(device, cfg.amp):
+            out = net(x)
+            cls = F.binary_cross_entropy_with_logits(out.logits.float(), y)
+        floss = torch.zeros((), device=device)
+        if cfg.interpretable:
+            maps = out.maps.float()
+            max_act = maps.detach().flatten(2).amax(2)
+            self.assignment.update(max_act, y)
+            if self.lam > 0:
+                positive = self.assignment.positive_mask(y)
+                if self.filter_weights is None:
+                    floss = self.filter_loss(maps, positive, net.bank, mode=cfg.loss_mode, normalise=cfg.normalise)
+                else:
+                    per_filter = self.filter_loss(maps, positive, net.bank, mode=cfg.loss_mode,
+                                                  normalise=cfg.normalise, reduction="none")
+                    floss = (per_filter * self.filter_weights).mean()
+        loss = cls + self.lam * floss
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        total = float(loss.detach())
+        float(cls.detach())
+        float(floss.detach())
+        return total
+
+
+def time_steps(ctx: Context, steps: dict[str, TrainStep], x, y, budget_s: float) -> Timings:
+    """Interleaved timings of ``steps`` (name -> step) on the same batch."""
+    return interleaved({name: partial(step, x, y) for name, step in steps.items()}, sync=ctx.sync,
+                       **ctx.timing(budget_s=budget_s))
+
+
+def _compare(ctx: Context, arch: str, size: int, batch: int) -> Timings:
+    cfg = step_config(arch, size, batch)
+    steps = {"ordinary": TrainStep(step_config(arch, size, batch, ordinary=True), ctx.device),
+             "icnn": TrainStep(cfg, ctx.device)}
+    x, y = fixed_batch(cfg, ctx.device)
+    return time_steps(ctx, steps, x, y, budget_s=25.0)
+
+
+def run(ctx: Context) -> Iterator[Figure]:
+    target = ctx.target("<=", cpu=1.10, gpu=1.03)
+    for arch in ARCHS:
+        for size in SIZES:
+            batch = plan_batch(ctx, size)
+            ctx.log(f"training step {arch} {size} px, batch {batch}")
+            t = _compare(ctx, arch, size, batch)
+            release(ctx.device)
+            tag = f"{arch}_{size}"
+            a_ms, b_ms = 1e3 * t.median("ordinary"), 1e3 * t.median("icnn")
+            yield Figure(f"train_step_ratio_{tag}", t.ratio("icnn", "ordinary"), target=target,
+                         note=f"batch {batch}, {t.rounds} pairs, {b_ms:.1f} / {a_ms:.1f} ms")
+            yield Figure(f"train_step_ms_icnn_{tag}", b_ms, unit="ms")
+            yield Figure(f"train_step_ms_ordinary_{tag}", a_ms, unit="ms")
