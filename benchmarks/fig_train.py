@@ -74,9 +74,8 @@ class TrainStep:
     def __init__(self, cfg, device, *, filter_loss: Callable[..., Any] | None = None, seed: int = 0):
         import torch
 
-        from napari_icnn.engine.train import _build_net
+        from napari_icnn.engine.train import _build_net, filter_weights_for, n_free_filters
         from napari_icnn.icnn.assignment import FilterAssignment
-        from napari_icnn.icnn.loss import template_filter_loss
 
         torch.manual_seed(seed)
         n_outputs = 1  # referable DR, the default task
@@ -85,55 +84,25 @@ class TrainStep:
             net = net.to(memory_format=torch.channels_last)
         net.set_mask_enabled(cfg.interpretable)  # an interpretable epoch (the ordinary net stays off)
         self.net, self.cfg, self.device = net, cfg, device
-        n_free = int(round(cfg.free_fraction * cfg.n_filters))
-        self.assignment = FilterAssignment(cfg.n_filters, n_outputs, n_free=n_free).to(device)
+        self.assignment = FilterAssignment(cfg.n_filters, n_outputs, n_free=n_free_filters(cfg)).to(device)
         self.opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # a schedule long enough never to run out while timing
         self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=1_000_000,
                                                          pct_start=0.15)
-        self.filter_weights = None
-        free_weight = getattr(cfg, "free_weight", None)
-        if free_weight is not None:  # the engine weighs the label-free filters' losses apart
-            self.filter_weights = torch.ones(cfg.n_filters, device=device)
-            self.filter_weights[:n_free] = free_weight
+        self.filter_weights = filter_weights_for(cfg, device)
         self.lam = 1.0 if cfg.interpretable else 0.0
-        self.filter_loss = filter_loss or template_filter_loss
+        self.filter_loss = filter_loss
         net.train()
         self.assignment.train()
 
     def __call__(self, x, y) -> float:
-        """One step on ``(x, y)``; the step's loss (read back as the engine does for its progress)."""
-        import torch
-        import torch.nn.functional as F
+        """One step of the engine (:func:`napari_icnn.engine.train.train_step`) on ``(x, y)``; its loss, read
+        back as the engine does for its progress."""
+        from napari_icnn.engine.train import train_step
 
-        from napari_icnn.engine import runtime
-
-        cfg, device, net = self.cfg, self.device, self.net
-        with runtime.autocast_for(device, cfg.amp):
-            out = net(x)
-            cls = F.binary_cross_entropy_with_logits(out.logits.float(), y)
-        floss = torch.zeros((), device=device)
-        if cfg.interpretable:
-            maps = out.maps.float()
-            max_act = maps.detach().flatten(2).amax(2)
-            self.assignment.update(max_act, y)
-            if self.lam > 0:
-                positive = self.assignment.positive_mask(y)
-                if self.filter_weights is None:
-                    floss = self.filter_loss(maps, positive, net.bank, mode=cfg.loss_mode, normalise=cfg.normalise)
-                else:
-                    per_filter = self.filter_loss(maps, positive, net.bank, mode=cfg.loss_mode,
-                                                  normalise=cfg.normalise, reduction="none")
-                    floss = (per_filter * self.filter_weights).mean()
-        loss = cls + self.lam * floss
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.sched.step()
-        total = float(loss.detach())
-        float(cls.detach())
-        float(floss.detach())
-        return total
+        loss, _, _ = train_step(self.net, self.net, x, y, self.opt, self.sched, self.assignment, self.cfg,
+                                self.lam, self.filter_weights, filter_loss=self.filter_loss)
+        return float(loss)
 
 
 def time_steps(ctx: Context, steps: dict[str, TrainStep], x, y, budget_s: float) -> Timings:

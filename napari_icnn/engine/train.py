@@ -28,7 +28,7 @@ from napari_icnn.engine import runtime
 from napari_icnn.errors import Cancelled, ConfigError
 from napari_icnn.progress import EpochEnd, Message, Progress
 
-__all__ = ["TrainResult", "train_iter", "train", "class_names_for", "CHECKPOINT_DIR"]
+__all__ = ["TrainResult", "train_iter", "train", "train_step", "class_names_for", "CHECKPOINT_DIR"]
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -138,7 +138,6 @@ def train_iter(
 
     from napari_icnn.data.datasets import make_dataset
     from napari_icnn.icnn.assignment import FilterAssignment
-    from napari_icnn.icnn.loss import template_filter_loss
 
     t0 = time.monotonic()
     if cfg.resume:
@@ -188,10 +187,10 @@ def train_iter(
         yield Message(f"initialised from bundle {cfg.init}")
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    n_free = int(round(cfg.free_fraction * cfg.n_filters))
-    assignment = FilterAssignment(cfg.n_filters, k, n_free=n_free).to(device)
-    filter_weights = torch.ones(cfg.n_filters, device=device)
-    filter_weights[:n_free] = cfg.free_weight
+    assignment = FilterAssignment(cfg.n_filters, k, n_free=n_free_filters(cfg)).to(device)
+    filter_weights = filter_weights_for(cfg, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, len(train_dl))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
@@ -236,26 +235,8 @@ def train_iter(
                     raise Cancelled("stop requested")
                 x = batch["image"].to(device, non_blocking=True)
                 y = batch["target"].to(device, non_blocking=True).float().view(len(x), -1)
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with runtime.autocast_for(device, cfg.amp):
-                    out_ = model(x)
-                    cls = F.binary_cross_entropy_with_logits(out_.logits.float(), y)
-                floss = torch.zeros((), device=device)
-                if cfg.interpretable:
-                    maps = out_.maps.float()
-                    max_act = maps.detach().flatten(2).amax(2)
-                    assignment.update(*_gathered(max_act, y, dist))
-                    if lam > 0:
-                        positive = assignment.positive_mask(y)
-                        per_filter = template_filter_loss(maps, positive, net.bank, mode=cfg.loss_mode,
-                                                          normalise=cfg.normalise, reduction="none")
-                        floss = (per_filter * filter_weights).mean()
-                loss = cls + lam * floss
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                loss, cls, floss = train_step(model, net, x, y, opt, sched, assignment, cfg, lam, filter_weights,
+                                              dist)
                 b = len(x)
                 seen += b
                 sums["loss"] += float(loss.detach()) * b
@@ -299,6 +280,50 @@ def train_iter(
         return result
     yield Message(f"bundle written to {out} (best epoch {best['epoch']}, {result.seconds:.0f} s)")
     return result
+
+
+def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: float, filter_weights,
+               dist: runtime.DistInfo | None = None, filter_loss=None) -> tuple[torch.Tensor, ...]:
+    """One optimisation step: classification loss + ``lam`` × the weighted template filter loss.
+
+    ``model`` is ``net`` or its DDP wrapper. Returns the detached (total, classification, filter) losses.
+    ``filter_loss`` replaces the template filter loss (the benchmark's materialised reference uses it).
+    """
+    from napari_icnn.icnn.loss import template_filter_loss
+
+    device = x.device
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with runtime.autocast_for(device, cfg.amp):
+        out = model(x)
+        cls = F.binary_cross_entropy_with_logits(out.logits.float(), y)
+    floss = torch.zeros((), device=device)
+    if cfg.interpretable:
+        maps = out.maps.float()
+        max_act = maps.detach().flatten(2).amax(2)
+        assignment.update(*_gathered(max_act, y, dist or runtime.DistInfo()))
+        if lam > 0:
+            positive = assignment.positive_mask(y)
+            per_filter = (filter_loss or template_filter_loss)(maps, positive, net.bank, mode=cfg.loss_mode,
+                                                               normalise=cfg.normalise, reduction="none")
+            floss = (per_filter * filter_weights).mean()
+    loss = cls + lam * floss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.detach(), cls.detach(), floss.detach()
+
+
+def filter_weights_for(cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    """Per-filter weights of the filter loss: ``free_weight`` for the label-free filters, 1 for the rest."""
+    w = torch.ones(cfg.n_filters, device=device)
+    w[: n_free_filters(cfg)] = cfg.free_weight
+    return w
+
+
+def n_free_filters(cfg: TrainConfig) -> int:
+    return int(round(cfg.free_fraction * cfg.n_filters))
 
 
 def _calibrate_lambda(net, loader, device, assignment, cfg: TrainConfig, dist: runtime.DistInfo,
