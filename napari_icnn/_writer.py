@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_icnn._widgets.layers import REGION, EvidenceInfo, evidence_info
+from napari_icnn._widgets.layers import REGION, EvidenceInfo, LayerData, evidence_info
+from napari_icnn.atomic import atomic_write_text
 from napari_icnn.errors import InputError
 
 __all__ = [
@@ -33,8 +34,6 @@ __all__ = [
     "napari_write_evidence_masks",
     "EVIDENCE_FORMAT",
 ]
-
-FullLayerData = tuple[Any, dict[str, Any], str]
 
 EVIDENCE_FORMAT = "napari-icnn evidence"
 """``format`` of the JSON the masks writer produces; only such files are ever replaced."""
@@ -48,7 +47,7 @@ class _Region:
     info: EvidenceInfo | None
 
 
-def write_evidence_seg(path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
+def write_evidence_seg(path: str, layer_data: Sequence[LayerData]) -> list[str]:
     """Write the selected evidence Labels layers as one DICOM SEG at ``path``.
 
     Raises
@@ -93,7 +92,7 @@ def write_evidence_seg(path: str, layer_data: Sequence[FullLayerData]) -> list[s
     return [str(write_seg(path, source, maps, model))]
 
 
-def write_evidence_masks(path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
+def write_evidence_masks(path: str, layer_data: Sequence[LayerData]) -> list[str]:
     """Write the selected Labels layers as PNG masks (+ float32 TIFF maps) and a JSON at ``path``.
 
     Returns the JSON's path followed by the files in the masks folder.
@@ -152,17 +151,17 @@ def write_evidence_masks(path: str, layer_data: Sequence[FullLayerData]) -> list
 # ---------------------------------------------------------------------------------- napari entry points
 
 
-def napari_write_evidence_seg(path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
+def napari_write_evidence_seg(path: str, layer_data: Sequence[LayerData]) -> list[str]:
     """:func:`write_evidence_seg` for napari's Save dialog: a problem becomes an error notification."""
     return _notify_errors(write_evidence_seg, path, layer_data)
 
 
-def napari_write_evidence_masks(path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
+def napari_write_evidence_masks(path: str, layer_data: Sequence[LayerData]) -> list[str]:
     """:func:`write_evidence_masks` for napari's Save dialog: a problem becomes an error notification."""
     return _notify_errors(write_evidence_masks, path, layer_data)
 
 
-def _notify_errors(writer: Any, path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
+def _notify_errors(writer: Any, path: str, layer_data: Sequence[LayerData]) -> list[str]:
     # napari reads a ValueError from a writer as "this writer does not apply" and drops its message,
     # so the reason is shown here and napari is told that nothing was written.
     from napari.utils.notifications import show_error
@@ -179,7 +178,7 @@ def _notify_errors(writer: Any, path: str, layer_data: Sequence[FullLayerData]) 
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _regions(path: str | os.PathLike[str], layer_data: Sequence[FullLayerData]) -> list[_Region]:
+def _regions(path: str | os.PathLike[str], layer_data: Sequence[LayerData]) -> list[_Region]:
     """The Labels layers among ``layer_data`` (evidence Image layers and the scan are passed over)."""
     out = []
     for data, attributes, layer_type in layer_data:
@@ -286,12 +285,9 @@ def _swap_in(tmp: Path, folder: Path) -> None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise InputError(path, f"cannot write: {err.strerror or err}") from None
 
 

@@ -19,6 +19,7 @@ from napari_icnn.dicom.op_writer import write_op
 from napari_icnn.progress import Progress
 
 pytestmark = pytest.mark.gui
+pytest_plugins = ["gui_support"]
 
 WAIT_MS = 180_000
 N_MANY = 30
@@ -44,34 +45,10 @@ def archive(tmp_path_factory):
 
 
 @pytest.fixture
-def widget(make_napari_viewer, tiny_bundle):
-    viewer = make_napari_viewer()
-    w = BatchWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Batch", area="right")
+def widget(dock, tiny_bundle):
+    w = dock(BatchWidget, "Batch", area="right")
     w.model_edit.setText(str(tiny_bundle))
     return w
-
-
-class _Notes:
-    def __init__(self):
-        from napari.utils.notifications import notification_manager
-
-        self.manager = notification_manager
-        self.seen = []
-        notification_manager.notification_ready.connect(self.seen.append)
-
-    def close(self):
-        self.manager.notification_ready.disconnect(self.seen.append)
-
-    def of(self, severity):
-        return [str(n.message) for n in self.seen if str(n.severity) == severity]
-
-
-@pytest.fixture
-def notes():
-    n = _Notes()
-    yield n
-    n.close()
 
 
 def _summary(out: Path) -> list[dict[str, str]]:

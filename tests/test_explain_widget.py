@@ -20,6 +20,7 @@ from napari_icnn.explain import explain
 from napari_icnn.render import PART_COLOURS
 
 pytestmark = pytest.mark.gui
+pytest_plugins = ["gui_support"]
 
 SHIPPED = shipped_bundle_path()
 SCALE, TRANSLATE = (0.8, 1.25), (12.0, -30.0)
@@ -32,11 +33,9 @@ def fundus():
 
 
 @pytest.fixture
-def widget(make_napari_viewer, tiny_bundle, tmp_path, monkeypatch):
+def widget(dock, tiny_bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_ICNN_DATA_DIR", str(tmp_path / "data"))
-    viewer = make_napari_viewer()
-    w = ExplainWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Explain")
+    w = dock(ExplainWidget, "Explain")
     w.model_edit.setText(str(tiny_bundle))
     return w
 
@@ -61,28 +60,6 @@ def _evidence(viewer, role=None):
         if info is not None and (role is None or info.role == role):
             out.append(layer)
     return out
-
-
-class _Notes:
-    def __init__(self):
-        from napari.utils.notifications import notification_manager
-
-        self.manager = notification_manager
-        self.seen = []
-        notification_manager.notification_ready.connect(self.seen.append)
-
-    def close(self):
-        self.manager.notification_ready.disconnect(self.seen.append)
-
-    def of(self, severity):
-        return [str(n.message) for n in self.seen if str(n.severity) == severity]
-
-
-@pytest.fixture
-def notes():
-    n = _Notes()
-    yield n
-    n.close()
 
 
 # --------------------------------------------------------------------------- the evidence layers

@@ -29,6 +29,7 @@ from napari_icnn.progress import EpochEnd
 
 WAIT_MS = 240_000  # training on a shared 2-core machine: generous, the runs themselves take ~10-30 s
 SHORT = dict(size=64, epochs=2, warmup_epochs=1, batch=8)
+pytest_plugins = ["gui_support"]
 
 
 @pytest.fixture(scope="module")
@@ -40,34 +41,9 @@ def cohorts(tmp_path_factory):
 
 
 @pytest.fixture
-def widget(make_napari_viewer, tmp_path, monkeypatch):
+def widget(dock, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_ICNN_DATA_DIR", str(tmp_path / "user-data"))
-    viewer = make_napari_viewer()
-    w = TrainWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Train", area="right")
-    return w
-
-
-class _Notes:
-    def __init__(self):
-        from napari.utils.notifications import notification_manager
-
-        self.manager = notification_manager
-        self.seen = []
-        notification_manager.notification_ready.connect(self.seen.append)
-
-    def close(self):
-        self.manager.notification_ready.disconnect(self.seen.append)
-
-    def of(self, severity):
-        return [str(n.message) for n in self.seen if str(n.severity) == severity]
-
-
-@pytest.fixture
-def notes():
-    n = _Notes()
-    yield n
-    n.close()
+    return dock(TrainWidget, "Train", area="right")
 
 
 def _fill(w, cohorts, out, **kw):

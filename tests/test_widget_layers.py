@@ -188,16 +188,21 @@ def test_invalid_arguments_are_refused(expl):
 # --------------------------------------------------------------------------- the job
 
 
-def test_explain_job_reports_progress_and_returns_the_layers(scan, tiny_bundle):
-    from napari_icnn._widgets.explain_widget import ExplainRequest, ModelCache, explain_job
+def _request(pixels, tiny_bundle, **kw):
+    """A request to explain ``pixels`` (scan key "k") with the tiny bundle at threshold 0.5."""
+    from napari_icnn._widgets.explain_widget import ExplainRequest
 
-    request = ExplainRequest(
-        pixels=scan.pixels,
+    return ExplainRequest(pixels=pixels, scan="k", model_path=tiny_bundle, threshold=0.5, **kw)
+
+
+def test_explain_job_reports_progress_and_returns_the_layers(scan, tiny_bundle):
+    from napari_icnn._widgets.explain_widget import ModelCache, explain_job
+
+    request = _request(
+        scan.pixels,
+        tiny_bundle,
         scan_name="scan",
-        scan="k",
-        model_path=tiny_bundle,
         top_k=3,
-        threshold=0.5,
         heat_maps=True,
         show_heat_maps=False,
         placement=Placement(scale=(2.0, 2.0), translate=(5.0, 6.0)),
@@ -218,22 +223,13 @@ def test_explain_job_reports_progress_and_returns_the_layers(scan, tiny_bundle):
 
 
 def test_explain_job_converts_other_bit_depths(scan, tiny_bundle):
-    from napari_icnn._widgets.explain_widget import ExplainRequest, ModelCache, explain_job
+    from napari_icnn._widgets.explain_widget import ModelCache, explain_job
 
     rgba16 = (
         np.concatenate([scan.pixels, np.full(scan.shape + (1,), 255, np.uint8)], axis=2).astype(np.uint16)
         * 257
     )
-    request = ExplainRequest(
-        pixels=rgba16,
-        scan_name="s",
-        scan="k",
-        model_path=tiny_bundle,
-        top_k=2,
-        threshold=0.5,
-        heat_maps=False,
-        placement=Placement(),
-    )
+    request = _request(rgba16, tiny_bundle, scan_name="s", top_k=2, heat_maps=False, placement=Placement())
     result = drain(explain_job(request, ModelCache()))
     assert result.explanation.scan_shape == scan.shape
     assert result.layers[0][0].shape == scan.shape

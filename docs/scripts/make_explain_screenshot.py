@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("NAPARI_ICNN_NOPERSIST", "1")  # a screenshot must not change the user's settings
@@ -18,9 +17,7 @@ os.environ.setdefault("NAPARI_ICNN_NOPERSIST", "1")  # a screenshot must not cha
 os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
 
 import napari  # noqa: E402
-from qtpy.QtCore import Qt  # noqa: E402
-from qtpy.QtGui import QCursor  # noqa: E402
-from qtpy.QtWidgets import QApplication, QDockWidget, QMainWindow  # noqa: E402
+from _screenshot import snap, wait_until  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "explain.png"
 WINDOW = (1600, 940)
@@ -60,15 +57,8 @@ def main(argv: list[str] | None = None) -> Path:
         # Select the strongest filter's layer so the layer controls show a Labels layer's settings.
         top = next(reversed([la for la in viewer.layers if type(la).__name__ == "Labels"]))
         viewer.layers.selection.active = top
-        _size_docks()
-        QCursor.setPos(0, 0)  # no hover tooltip in the picture
-        viewer.reset_view()
-        QApplication.processEvents()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        # Written beside the target, then renamed, so an interrupted run never leaves half a PNG.
-        tmp = args.out.with_name(f".{args.out.stem}.tmp.png")
-        viewer.screenshot(str(tmp), canvas_only=False)
-        tmp.replace(args.out)
+        # Room for the layer list's whole names and the Explain dock's legend.
+        snap(viewer, args.out, left=LEFT_DOCK_WIDTH, right=RIGHT_DOCK_WIDTH)
         print(f"wrote {args.out} (synthetic fundus seed {SYNTHETIC_SEED}; {widget.time_label.text()})")
     finally:
         viewer.close()
@@ -80,34 +70,9 @@ def _wait_for(widget, timeout: float = 300.0) -> None:
         raise SystemExit(
             widget.scan_message.text() or widget.model_message.text() or "Explain could not start"
         )
-    start = time.monotonic()
-    while widget.running:
-        QApplication.processEvents()
-        time.sleep(0.02)
-        if time.monotonic() - start > timeout:
-            raise SystemExit("Explain did not finish in time")
-    QApplication.processEvents()
+    wait_until(lambda: not widget.running, timeout, "Explain")
     if not widget.legend.rows:
         raise SystemExit(f"Explain produced no evidence: {widget.status.text()}")
-
-
-def _size_docks() -> None:
-    """Give the layer list and the Explain dock room for whole names (Qt's public API only)."""
-    QApplication.processEvents()
-    for window in QApplication.topLevelWidgets():
-        if not isinstance(window, QMainWindow):
-            continue
-        for area, width in (
-            (Qt.DockWidgetArea.LeftDockWidgetArea, LEFT_DOCK_WIDTH),
-            (Qt.DockWidgetArea.RightDockWidgetArea, RIGHT_DOCK_WIDTH),
-        ):
-            docks = [
-                d
-                for d in window.findChildren(QDockWidget)
-                if d.isVisible() and window.dockWidgetArea(d) == area
-            ]
-            window.resizeDocks(docks, [width] * len(docks), Qt.Orientation.Horizontal)
-    QApplication.processEvents()
 
 
 if __name__ == "__main__":

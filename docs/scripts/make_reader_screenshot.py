@@ -11,8 +11,7 @@ import argparse
 from pathlib import Path
 
 import napari
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QApplication, QDockWidget, QMainWindow
+from _screenshot import save_screenshot, size_docks
 
 OUT = Path(__file__).resolve().parents[1] / "reader.png"
 WINDOW = (1400, 900)
@@ -31,31 +30,14 @@ def main(argv: list[str] | None = None) -> Path:
         viewer.open_sample("napari-icnn", "synthetic")
         # Select the lesion layer drawn last so the layer controls show a Labels layer's settings.
         viewer.layers.selection.active = viewer.layers[-1]
-        _widen_left_docks(LEFT_DOCK_WIDTH)
+        size_docks(left=LEFT_DOCK_WIDTH)  # room for whole layer names in the layer list
         viewer.reset_view()
         napari.qt.get_qapp().processEvents()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        # Written beside the target, then renamed, so an interrupted run never leaves half a PNG.
-        tmp = args.out.with_name(f".{args.out.stem}.tmp.png")
-        viewer.screenshot(str(tmp), canvas_only=False)
-        tmp.replace(args.out)
+        save_screenshot(viewer, args.out)
     finally:
         viewer.close()
     print(f"wrote {args.out}")
     return args.out
-
-
-def _widen_left_docks(width: int) -> None:
-    """Give the layer controls and layer list room for whole layer names (Qt's public API only)."""
-    QApplication.processEvents()
-    for window in QApplication.topLevelWidgets():
-        if isinstance(window, QMainWindow):
-            docks = [
-                d
-                for d in window.findChildren(QDockWidget)
-                if d.isVisible() and window.dockWidgetArea(d) == Qt.DockWidgetArea.LeftDockWidgetArea
-            ]
-            window.resizeDocks(docks, [width] * len(docks), Qt.Orientation.Horizontal)
 
 
 if __name__ == "__main__":

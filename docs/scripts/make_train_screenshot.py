@@ -17,16 +17,13 @@ import argparse
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("NAPARI_ICNN_NOPERSIST", "1")  # a screenshot must not change the user's settings
 os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")  # no toasts over the canvas
 
 import napari  # noqa: E402
-from qtpy.QtCore import Qt  # noqa: E402
-from qtpy.QtGui import QCursor  # noqa: E402
-from qtpy.QtWidgets import QApplication, QDockWidget, QMainWindow  # noqa: E402
+from _screenshot import snap, wait_until  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1]
 WINDOW = (1560, 1020)
@@ -72,11 +69,11 @@ def _train_picture(work: Path, target: Path) -> tuple[Path, Path]:
         if not widget.start_button.isEnabled():
             raise SystemExit(f"the Train widget refuses the inputs: {widget.values()}")
         widget.start()
-        _wait(lambda: not widget.running, 900, "training")
+        wait_until(lambda: not widget.running, 900, "training")
         outcome = widget.outcome
         if outcome is None or outcome.bundle is None:
             raise SystemExit(f"training produced no model: {widget.status.text()}")
-        _snap(viewer, target)
+        snap(viewer, target, left=LEFT_DOCK_WIDTH, right=RIGHT_DOCK_WIDTH)
         print(f"wrote {target} ({outcome.describe()})")
         return outcome.bundle, target
     finally:
@@ -110,7 +107,7 @@ def _batch_picture(work: Path, bundle: Path, target: Path) -> Path:
         widget.workers_spin.setValue(min(2, os.cpu_count() or 1))
         if widget.run() is None:
             raise SystemExit("the Batch widget refuses the inputs")
-        _wait(lambda: not widget.running, 900, "the batch")
+        wait_until(lambda: not widget.running, 900, "the batch")
         if widget.outcome is None:
             raise SystemExit(f"the batch failed: {widget.status.text()}")
         widget.rows_button.setChecked(True)
@@ -120,7 +117,7 @@ def _batch_picture(work: Path, bundle: Path, target: Path) -> Path:
             with Image.open(sheet) as im:
                 name = f"evidence sheet · {Path(first.input_path).name}"
                 viewer.add_image(np.asarray(im.convert("RGB")), rgb=True, name=name)
-        _snap(viewer, target)
+        snap(viewer, target, left=LEFT_DOCK_WIDTH, right=RIGHT_DOCK_WIDTH)
         print(f"wrote {target} ({widget.outcome.describe()})")
         return target
     finally:
@@ -132,47 +129,6 @@ def _ok_rows(widget):
 
     rows = [r for r in last_rows(widget.summary_csv(), 1000) if r.status == "ok"]
     return sorted(rows, key=lambda r: r.input_path)
-
-
-def _wait(done, timeout: float, what: str) -> None:
-    start = time.monotonic()
-    while not done():
-        QApplication.processEvents()
-        time.sleep(0.02)
-        if time.monotonic() - start > timeout:
-            raise SystemExit(f"{what} did not finish in time")
-    QApplication.processEvents()
-
-
-def _snap(viewer, target: Path) -> None:
-    _size_docks()
-    QCursor.setPos(0, 0)  # no hover tooltip in the picture
-    viewer.reset_view()
-    QApplication.processEvents()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target, then renamed, so an interrupted run never leaves half a PNG.
-    tmp = target.with_name(f".{target.stem}.tmp.png")
-    viewer.screenshot(str(tmp), canvas_only=False)
-    tmp.replace(target)
-
-
-def _size_docks() -> None:
-    """Give the docks room for whole labels and messages (Qt's public API only)."""
-    QApplication.processEvents()
-    for window in QApplication.topLevelWidgets():
-        if not isinstance(window, QMainWindow):
-            continue
-        for area, width in (
-            (Qt.DockWidgetArea.LeftDockWidgetArea, LEFT_DOCK_WIDTH),
-            (Qt.DockWidgetArea.RightDockWidgetArea, RIGHT_DOCK_WIDTH),
-        ):
-            docks = [
-                d
-                for d in window.findChildren(QDockWidget)
-                if d.isVisible() and window.dockWidgetArea(d) == area
-            ]
-            window.resizeDocks(docks, [width] * len(docks), Qt.Orientation.Horizontal)
-    QApplication.processEvents()
 
 
 if __name__ == "__main__":

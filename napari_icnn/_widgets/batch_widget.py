@@ -9,8 +9,6 @@ output folder continues where it stopped.
 
 from __future__ import annotations
 
-import logging
-import math
 import re
 import threading
 import time
@@ -20,7 +18,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt, QUrl
+from qtpy.QtCore import QUrl
 from qtpy.QtGui import QDesktopServices
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -41,17 +39,20 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_icnn._widgets.explain_widget import JobFailed, check_model
-from napari_icnn._widgets.train_widget import (
-    ERROR_STYLE,
-    HINT_STYLE,
-    DeviceBadge,
+from napari_icnn._widgets.explain_widget import check_model
+from napari_icnn._widgets.form import (
+    choose_folder,
     hbox,
     message_label,
+    model_field,
+    research_note,
     show_message,
+    show_problem,
+    status_label,
     tool_button,
 )
-from napari_icnn.errors import Cancelled, IcnnError
+from napari_icnn._widgets.jobs import StoppableJobWidget, guarded, thin_progress
+from napari_icnn._widgets.train_widget import DeviceBadge
 from napari_icnn.progress import Message, Progress
 
 if TYPE_CHECKING:
@@ -61,8 +62,6 @@ if TYPE_CHECKING:
     from napari_icnn.batch.summary import Row
 
 __all__ = ["BatchWidget", "BatchCounts", "BatchOutcome", "batch_job", "last_rows"]
-
-_log = logging.getLogger(__name__)
 
 _FORMAT_LABELS = {"seg": "DICOM SEG", "sr": "DICOM SR", "png": "PNG sheet", "json": "JSON"}
 _FORMAT_TIPS = {
@@ -77,7 +76,6 @@ _STATUS_COLOURS = {"ok": "#6aa84f", "error": "#e06666", "declined": "#f1c232"}
 _LAST_ROWS = 20
 _ROWS_SHOWN = 10
 """Rows visible without scrolling."""
-_INVALID_FIELD = "background-color: lightcoral;"
 
 
 # ---------------------------------------------------------------------------------- the job (no Qt)
@@ -138,12 +136,9 @@ def batch_job(
     """Run :func:`~napari_icnn.batch.infer_iter` until done or ``stop`` is set.
 
     Progress is thinned to one event per ``min_interval`` seconds (the last always passes). Every
-    error is raised as a :class:`~napari_icnn._widgets.explain_widget.JobFailed` (see there why).
+    error is raised as a :class:`~napari_icnn._widgets.jobs.JobFailed` (see there why).
     """
-    try:
-        return (yield from _run_batch(cfg, stop, min_interval))
-    except Exception as err:  # noqa: BLE001 - reported on the GUI thread, see JobFailed
-        raise JobFailed(err) from err
+    return (yield from guarded(_run_batch(cfg, stop, min_interval)))
 
 
 def _run_batch(cfg: BatchConfig, stop: threading.Event, min_interval: float):
@@ -151,30 +146,22 @@ def _run_batch(cfg: BatchConfig, stop: threading.Event, min_interval: float):
     from napari_icnn.batch.run import SUMMARY_NAME
 
     t0 = time.monotonic()
-    csv = Path(cfg.out).expanduser().absolute() / SUMMARY_NAME
     counts = BatchCounts()
-    gen = infer_iter(cfg, should_stop=stop.is_set)
-    last = -math.inf
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            summary = done.value
-            return BatchOutcome(
-                summary,
-                BatchCounts.from_summary(summary, counts.files_total),
-                Path(summary.summary_csv),
-                time.monotonic() - t0,
-            )
-        except Cancelled:  # files finished so far keep their rows; the counts are this run's
-            return BatchOutcome(None, counts, csv, time.monotonic() - t0)
-        if isinstance(event, Progress):
-            counts = BatchCounts.from_progress(event) or counts
-            now = time.monotonic()
-            if now - last < min_interval and not (event.total and event.done >= event.total):
-                continue  # the outcome carries the final counts
-            last = now
-        yield event
+
+    def tally(event: Progress) -> None:  # thinned events too: the outcome carries the final counts
+        nonlocal counts
+        counts = BatchCounts.from_progress(event) or counts
+
+    summary = yield from thin_progress(infer_iter(cfg, should_stop=stop.is_set), min_interval, tally)
+    seconds = time.monotonic() - t0
+    if summary is None:  # stopped: files finished so far keep their rows; the counts are this run's
+        return BatchOutcome(None, counts, Path(cfg.out).expanduser().absolute() / SUMMARY_NAME, seconds)
+    return BatchOutcome(
+        summary,
+        BatchCounts.from_summary(summary, counts.files_total),
+        Path(summary.summary_csv),
+        seconds,
+    )
 
 
 def last_rows(summary_csv: str | Path, n: int = _LAST_ROWS) -> list[Row]:
@@ -190,7 +177,7 @@ def last_rows(summary_csv: str | Path, n: int = _LAST_ROWS) -> list[Row]:
 # ---------------------------------------------------------------------------------- the widget
 
 
-class BatchWidget(QWidget):
+class BatchWidget(StoppableJobWidget):
     """Batch inference over folders of fundus photographs (DICOM, JPEG, PNG, TIFF).
 
     Parameters
@@ -199,15 +186,12 @@ class BatchWidget(QWidget):
         The viewer the widget is docked in.
     """
 
+    JOB_NAME = "Batch"
+    STOPPING_TEXT = "Stopping after the files under way…"
+
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self._worker: Any = None
-        self._stop = threading.Event()
-        self._running = False
-        self._outcome: BatchOutcome | None = None
+        super().__init__(napari_viewer, parent)
         self._counts = BatchCounts()
-        self._status_problem = False
         self._build()
         self._connect()
         self.validate()
@@ -254,13 +238,10 @@ class BatchWidget(QWidget):
         form.addRow("Output folder", hbox(self.out_edit, self.out_browse))
         form.addRow("", self.out_message)
 
-        self.model_edit = QLineEdit(str(default_bundle_path()))
-        self.model_edit.setToolTip("A model bundle folder (configs/metadata.json + models/model.pt)")
-        self.model_browse = tool_button("…", "Choose a bundle folder")
-        self.model_default = tool_button("Default", "Use the default model (the demo bundle)")
-        self.model_message = message_label()
-        form.addRow("Model", hbox(self.model_edit, self.model_browse, self.model_default))
-        form.addRow("", self.model_message)
+        self.model_edit, self.model_browse, self.model_default, self.model_message = model_field(
+            form, self, "Use the default model (the demo bundle)"
+        )
+        self.model_edit.setText(str(default_bundle_path()))
 
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
@@ -328,10 +309,7 @@ class BatchWidget(QWidget):
             counts.append(label)
         root.addWidget(hbox(*counts, stretch_first=False))
         self._show_counts(BatchCounts())
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.status.setStyleSheet(HINT_STYLE)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status = status_label()
         root.addWidget(self.status)
 
         self.open_button = QPushButton("Open results folder")
@@ -352,18 +330,16 @@ class BatchWidget(QWidget):
         header.setStretchLastSection(True)
         self.rows_table.setVisible(False)
         root.addWidget(self.rows_table)
-        note = QLabel("Research use only. Not for clinical use.")
-        note.setStyleSheet("color: palette(mid); font-size: 10px;")
-        root.addWidget(note)
+        root.addWidget(research_note())
         root.addStretch(1)
 
     def _connect(self) -> None:
         self.add_folder_button.clicked.connect(self._browse_input_folder)
         self.add_files_button.clicked.connect(self._browse_input_files)
         self.remove_button.clicked.connect(self._remove_selected)
-        self.out_browse.clicked.connect(self._browse_out)
-        self.model_browse.clicked.connect(self._browse_model)
-        self.model_default.clicked.connect(self._use_default_model)
+        self.out_browse.clicked.connect(
+            lambda: choose_folder(self, self.out_edit, "Choose the output folder")
+        )
         for edit in (self.out_edit, self.model_edit):
             edit.textChanged.connect(lambda _: self.validate())
         self.device_combo.currentIndexChanged.connect(lambda _: self.validate())
@@ -371,8 +347,6 @@ class BatchWidget(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.open_button.clicked.connect(self.open_results_folder)
         self.rows_button.toggled.connect(self._toggle_rows)
-        stop = self._stop  # a closed widget stops its run; capture only the event, the widget is gone
-        self.destroyed.connect(lambda *_: stop.set())
 
     def _browse_input_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Add an input folder", str(Path.home()))
@@ -383,25 +357,6 @@ class BatchWidget(QWidget):
         files, _ = QFileDialog.getOpenFileNames(self, "Add input files", str(Path.home()))
         if files:
             self.add_inputs(files)
-
-    def _browse_out(self) -> None:
-        folder = QFileDialog.getExistingDirectory(
-            self, "Choose the output folder", self.out_edit.text().strip() or str(Path.home())
-        )
-        if folder:
-            self.out_edit.setText(folder)
-
-    def _browse_model(self) -> None:
-        folder = QFileDialog.getExistingDirectory(
-            self, "Choose a model bundle folder", self.model_edit.text().strip() or str(Path.home())
-        )
-        if folder:
-            self.model_edit.setText(folder)
-
-    def _use_default_model(self) -> None:
-        from napari_icnn.bundle import default_bundle_path
-
-        self.model_edit.setText(str(default_bundle_path()))
 
     # ------------------------------------------------------------------ inputs
 
@@ -457,8 +412,7 @@ class BatchWidget(QWidget):
             inputs_problem = f"{missing[0]}: no such file or folder"
         else:
             inputs_problem = None
-        show_message(self.inputs_message, inputs_problem)
-        self.inputs_list.setStyleSheet(_INVALID_FIELD if inputs_problem else "")
+        show_problem(self.inputs_list, self.inputs_message, inputs_problem)
 
         out_text = self.out_edit.text().strip()
         out_hint = None
@@ -470,12 +424,10 @@ class BatchWidget(QWidget):
             out_problem = None
             if (Path(out_text).expanduser() / SUMMARY_NAME).is_file():
                 out_hint = "Holds results of an earlier run: inputs already in its summary.csv are skipped."
-        show_message(self.out_message, out_problem or out_hint, error=bool(out_problem))
-        self.out_edit.setStyleSheet(_INVALID_FIELD if out_problem else "")
+        show_problem(self.out_edit, self.out_message, out_problem, hint=out_hint)
 
         model_problem = check_model(self.model_edit.text())
-        show_message(self.model_message, model_problem)
-        self.model_edit.setStyleSheet(_INVALID_FIELD if model_problem else "")
+        show_problem(self.model_edit, self.model_message, model_problem)
 
         device_problem = self.device_badge.show_device(self.device_combo.currentText()).problem
         show_message(self.device_message, device_problem)
@@ -487,25 +439,14 @@ class BatchWidget(QWidget):
                 self.config()
             except ConfigError as err:  # e.g. no format chosen: no field of its own, so the status line
                 ok, config_problem = False, str(err)
-        if not self._running and (config_problem or self._status_problem):
-            self.status.setText(config_problem or "")
-            self.status.setStyleSheet(ERROR_STYLE if config_problem else HINT_STYLE)
-            self._status_problem = bool(config_problem)
+        if not self._running:
+            self._show_unplaced(config_problem)
         self.run_button.setEnabled(ok and not self._running)
         self.stop_button.setEnabled(self._running and not self._stop.is_set())
         self.open_button.setEnabled(bool(out_text) and Path(out_text).expanduser().is_dir())
         return ok
 
     # ------------------------------------------------------------------ running
-
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    @property
-    def outcome(self) -> BatchOutcome | None:
-        """How the last run ended (``None`` before the first, and while one runs)."""
-        return self._outcome
 
     @property
     def counts(self) -> BatchCounts:
@@ -516,52 +457,14 @@ class BatchWidget(QWidget):
         """Start the batch in the background; returns the worker (``None`` when the inputs are not valid)."""
         if self._running or not self.validate():
             return None
-        from napari.qt.threading import create_worker
-
         cfg = self.config()
-        self._stop.clear()  # the previous run's thread has returned: the event is free again
-        self._outcome = None
         self._show_counts(BatchCounts())
-        self._set_running(True)
-        self._status_problem = False
-        self.status.setStyleSheet(HINT_STYLE)
-        self.progress.setRange(0, 0)  # busy while the inputs are found and the model loads
         self.progress.setFormat("finding inputs…")
-        self.status.setText(
+        text = (
             f"Running {Path(cfg.model or '').name or 'the default model'} over "
             f"{len(cfg.inputs)} input{'s' if len(cfg.inputs) != 1 else ''}…"
         )
-        self._worker = create_worker(
-            batch_job,
-            cfg,
-            self._stop,
-            _start_thread=False,
-            _connect={
-                "yielded": self._on_event,
-                "returned": self._on_returned,
-                "errored": self._on_error,
-                "finished": self._on_finished,
-            },
-        )
-        self._worker.start()
-        return self._worker
-
-    def stop(self) -> None:
-        """Stop after the files under way; their rows and all earlier ones stay in summary.csv."""
-        if not self._running or self._stop.is_set():
-            return
-        self._stop.set()
-        self.stop_button.setEnabled(False)
-        self.stop_button.setText("Stopping…")
-        self.status.setText("Stopping after the files under way…")
-
-    def _set_running(self, running: bool) -> None:
-        self._running = running
-        self.form_box.setEnabled(not running)
-        self.stop_button.setText("Stop")
-        if not running:
-            self.progress.setRange(0, max(1, self.progress.maximum()))
-        self.validate()
+        return self._launch(batch_job, cfg, text)
 
     def _show_counts(self, counts: BatchCounts) -> None:
         self._counts = counts
@@ -606,24 +509,8 @@ class BatchWidget(QWidget):
         if self.rows_button.isChecked():
             self._refresh_rows()
 
-    def _on_error(self, err: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        if isinstance(err, JobFailed):
-            err = err.error
-        self._set_running(False)
-        self.progress.setFormat("failed")
-        if isinstance(err, IcnnError):
-            show_error(f"Batch failed: {err}")
-        else:
-            _log.error("batch failed", exc_info=(type(err), err, err.__traceback__))
-            show_error(f"Batch failed unexpectedly ({type(err).__name__}: {err})")
-        self.status.setText("The batch could not run (see the notification).")
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self._running:
-            self._set_running(False)
+    def _failure_text(self) -> str:
+        return "The batch could not run (see the notification)."
 
     # ------------------------------------------------------------------ results
 

@@ -27,26 +27,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
     QSpinBox,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
+from napari_icnn._widgets.form import (
+    HINT_STYLE,
+    hbox,
+    message_label,
+    model_field,
+    research_note,
+    show_problem,
+)
+from napari_icnn._widgets.jobs import JobFailed, guarded, new_worker, notify_failure
 from napari_icnn._widgets.layers import (
     EVIDENCE_KEY,
     HEAT,
@@ -93,8 +97,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 _SOURCE_KEY = "icnn_source"  # napari_icnn._reader.SOURCE_KEY, without importing the DICOM reader here
-_INVALID_STYLE = "background-color: lightcoral;"
-_MESSAGE_STYLE = "color: #e06666;"
 _STAGES = ("loading the model", "explaining", "making layers")
 
 
@@ -200,23 +202,8 @@ def explain_job(request: ExplainRequest, cache: ModelCache) -> Generator[Progres
     return ExplainResult(request, expl, layers, seconds, load_seconds)
 
 
-class JobFailed(Exception):
-    """An error raised in the background job, carried to the GUI thread.
-
-    superqt takes a RuntimeError escaping a worker (a :class:`~napari_icnn.errors.BundleError` is
-    one) for a deleted worker and drops it without a signal, so every error travels wrapped.
-    """
-
-    def __init__(self, error: BaseException):
-        super().__init__(str(error))
-        self.error = error
-
-
 def _guarded_job(request: ExplainRequest, cache: ModelCache) -> Generator[Progress, None, ExplainResult]:
-    try:
-        return (yield from explain_job(request, cache))
-    except Exception as err:  # noqa: BLE001 - reported on the GUI thread, see JobFailed
-        raise JobFailed(err) from err
+    return (yield from guarded(explain_job(request, cache)))
 
 
 def check_scan(layer: Any) -> str | None:
@@ -288,28 +275,13 @@ class ExplainWidget(QWidget):
 
         self.scan_combo = QComboBox()
         self.scan_combo.setToolTip("The colour fundus photograph to explain (an RGB image layer)")
-        self.scan_message = _message_label()
+        self.scan_message = message_label()
         form.addRow("Scan", self.scan_combo)
         form.addRow("", self.scan_message)
 
-        self.model_edit = QLineEdit()
-        self.model_edit.setToolTip("A model bundle folder (configs/metadata.json + models/model.pt)")
-        self.model_browse = QToolButton()
-        self.model_browse.setText("…")
-        self.model_browse.setToolTip("Choose a bundle folder")
-        self.model_default = QToolButton()
-        self.model_default.setText("Default")
-        self.model_default.setToolTip("Use the default model (the demo bundle, with your filter names)")
-        model_row = QHBoxLayout()
-        model_row.setContentsMargins(0, 0, 0, 0)
-        model_row.addWidget(self.model_edit, 1)
-        model_row.addWidget(self.model_browse)
-        model_row.addWidget(self.model_default)
-        model_box = QWidget()
-        model_box.setLayout(model_row)
-        self.model_message = _message_label()
-        form.addRow("Model", model_box)
-        form.addRow("", self.model_message)
+        self.model_edit, self.model_browse, self.model_default, self.model_message = model_field(
+            form, self, "Use the default model (the demo bundle, with your filter names)"
+        )
 
         self.top_k_spin = QSpinBox()
         self.top_k_spin.setRange(*TOP_K_RANGE)
@@ -330,14 +302,7 @@ class ExplainWidget(QWidget):
         self.heat_check.setToolTip("Each filter's map as an additive colour layer under its region")
         self.side_check = QCheckBox("Side by side")
         self.side_check.setToolTip("The scan alone next to the scan with its evidence (napari grid mode)")
-        toggles = QHBoxLayout()
-        toggles.setContentsMargins(0, 0, 0, 0)
-        toggles.addWidget(self.heat_check)
-        toggles.addWidget(self.side_check)
-        toggles.addStretch(1)
-        toggle_box = QWidget()
-        toggle_box.setLayout(toggles)
-        form.addRow("", toggle_box)
+        form.addRow("", hbox(self.heat_check, self.side_check, stretch_first=False, stretch_end=True))
         root.addLayout(form)
 
         self.run_button = QPushButton("Explain")
@@ -350,7 +315,7 @@ class ExplainWidget(QWidget):
         self.progress.setVisible(False)
         root.addWidget(self.progress)
         self.status = QLabel("")
-        self.status.setStyleSheet("color: palette(mid);")
+        self.status.setStyleSheet(HINT_STYLE)
         root.addWidget(self.status)
 
         results = QGroupBox("Result")
@@ -365,9 +330,7 @@ class ExplainWidget(QWidget):
         rform.addRow("Probability", self.probability_label)
         rform.addRow("Model", self.model_label)
         rform.addRow("Time", self.time_label)
-        note = QLabel("Research use only. Not for clinical use.")
-        note.setStyleSheet("color: palette(mid); font-size: 10px;")
-        rform.addRow(note)
+        rform.addRow(research_note())
         root.addWidget(results)
 
         evidence = QGroupBox("Evidence")
@@ -402,8 +365,6 @@ class ExplainWidget(QWidget):
         self.threshold_spin.valueChanged.connect(lambda _: self._on_setting_changed())
         self.heat_check.toggled.connect(self._on_heat_toggled)
         self.side_check.toggled.connect(self._on_side_by_side)
-        self.model_browse.clicked.connect(self._browse_model)
-        self.model_default.clicked.connect(self._use_default_model)
         self.run_button.clicked.connect(self.run)
         self.legend.renameRequested.connect(self.rename_filter)
         self.legend.visibilityToggled.connect(self._on_legend_visibility)
@@ -459,8 +420,8 @@ class ExplainWidget(QWidget):
         """Check the inputs, show what is wrong next to each field, enable Run only when all is well."""
         scan_problem = check_scan(self.scan_layer)
         model_problem = check_model(self.model_edit.text())
-        _mark(self.scan_combo, self.scan_message, scan_problem)
-        _mark(self.model_edit, self.model_message, model_problem)
+        show_problem(self.scan_combo, self.scan_message, scan_problem)
+        show_problem(self.model_edit, self.model_message, model_problem)
         ok = scan_problem is None and model_problem is None
         self.run_button.setEnabled(ok and not self._running)
         return ok
@@ -486,17 +447,6 @@ class ExplainWidget(QWidget):
             return
         save_settings(self._settings)
 
-    def _browse_model(self) -> None:
-        start = self.model_edit.text().strip() or str(Path.home())
-        folder = QFileDialog.getExistingDirectory(self, "Choose a model bundle folder", start)
-        if folder:
-            self.model_edit.setText(folder)
-
-    def _use_default_model(self) -> None:
-        from napari_icnn.bundle import default_bundle_path
-
-        self.model_edit.setText(str(default_bundle_path()))
-
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._adding:  # one refresh after the whole batch, not one per layer
             return
@@ -519,8 +469,6 @@ class ExplainWidget(QWidget):
         """Start explaining the chosen scan in the background; returns the worker (``None`` if not started)."""
         if self._running or not self._validate():
             return None
-        from napari.qt.threading import create_worker
-
         layer = self.scan_layer
         source = layer.metadata.get(_SOURCE_KEY)
         pixels = layer.data
@@ -545,17 +493,14 @@ class ExplainWidget(QWidget):
             source=source,
         )
         self._set_running(True, f"Explaining '{layer.name}'…")
-        self._worker = create_worker(
+        self._worker = new_worker(
             _guarded_job,
             request,
             self._cache,
-            _start_thread=False,
-            _connect={
-                "yielded": self._on_progress,
-                "returned": self._on_result,
-                "errored": self._on_error,
-                "finished": self._on_finished,
-            },
+            yielded=self._on_progress,
+            returned=self._on_result,
+            errored=self._on_error,
+            finished=self._on_finished,
         )
         self._worker.start()
         return self._worker
@@ -580,7 +525,7 @@ class ExplainWidget(QWidget):
             self._set_running(False, self.status.text())
 
     def _on_error(self, err: BaseException) -> None:
-        from napari.utils.notifications import show_error, show_warning
+        from napari.utils.notifications import show_warning
 
         self._set_running(False, "")
         if isinstance(err, JobFailed):
@@ -588,12 +533,8 @@ class ExplainWidget(QWidget):
         if isinstance(err, DeclinedInput):
             show_warning(f"Explain declined the scan: {err}")
             self.status.setText("The scan was declined (see the notification).")
-        elif isinstance(err, IcnnError):
-            show_error(f"Explain failed: {err}")
-            self.status.setText("Explain failed (see the notification).")
         else:
-            _log.error("Explain failed", exc_info=(type(err), err, err.__traceback__))
-            show_error(f"Explain failed unexpectedly ({type(err).__name__}: {err})")
+            notify_failure("Explain", err, _log)
             self.status.setText("Explain failed (see the notification).")
 
     def _on_result(self, result: ExplainResult) -> None:
@@ -832,21 +773,6 @@ def _refill(layer: Any, data: Any, kwargs: dict[str, Any]) -> None:
     layer.data = data
     for attr, value in kwargs.items():
         setattr(layer, attr, value)
-
-
-def _message_label() -> QLabel:
-    label = QLabel("")
-    label.setWordWrap(True)
-    label.setStyleSheet(_MESSAGE_STYLE)
-    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    label.setVisible(False)
-    return label
-
-
-def _mark(field: QWidget, message: QLabel, problem: str | None) -> None:
-    field.setStyleSheet(_INVALID_STYLE if problem else "")
-    message.setText(problem or "")
-    message.setVisible(bool(problem))
 
 
 def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

@@ -51,6 +51,7 @@ __all__ = [
     "label_of",
     "heat_name",
     "heat_layer",
+    "part_colour",
     "part_heading",
     "feature_table",
 ]
@@ -190,6 +191,11 @@ def heat_name(name: str) -> str:
     return f"{name}{_NAME_SEP}heat map"
 
 
+def part_colour(part: str | None) -> tuple[int, int, int]:
+    """The RGB colour of a part key (:data:`~napari_icnn.render.PART_COLOURS`; grey when unmatched)."""
+    return PART_COLOURS.get(part, PART_COLOURS[None])
+
+
 def part_heading(part: str | None, category: str | None = None) -> str:
     """The legend's heading of a part group."""
     if part is not None:
@@ -207,8 +213,8 @@ def shown_filters(expl: Explanation, top_k: int) -> list[ShownFilter]:
             filter_id=f.id,
             name=f.name,
             part=f.part,
+            colour=part_colour(f.part),
             category=f.category,
-            colour=PART_COLOURS.get(f.part, PART_COLOURS[None]),
             contribution=f.contribution,
             activation=f.activation,
         )
@@ -320,7 +326,7 @@ def heat_layer(name: str, info: EvidenceInfo, placement: Placement, *, visible: 
     its map on the scan grid in [0, 1], black to the part's colour, blended additively."""
     if info.explanation is None or info.filter_id is None:
         raise ValueError(f"'{name}' does not carry its explanation; explain the scan again")
-    rgb = [c / 255 for c in PART_COLOURS.get(info.part, PART_COLOURS[None])]
+    rgb = [c / 255 for c in part_colour(info.part)]
     return (
         info.explanation.map_on_scan(info.filter_id),
         {
@@ -371,7 +377,7 @@ def rows_in_layer_order(layers: Sequence[Any], scan: str) -> list[ShownFilter]:
                 name=str(layer.name),
                 part=info.part,
                 category=info.category,
-                colour=PART_COLOURS.get(info.part, PART_COLOURS[None]),
+                colour=part_colour(info.part),
                 contribution=float(info.contribution or 0.0),
                 activation=float(info.activation or 0.0),
             )

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+from napari_icnn.atomic import atomic_write_text
 
 __all__ = [
     "ExplainSettings",
@@ -112,13 +113,8 @@ def save_settings(settings: ExplainSettings) -> Path | None:
     if not persist_enabled():
         return None
     path = settings_path()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(asdict(settings), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        return atomic_write_text(path, json.dumps(asdict(settings), indent=2) + "\n")
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         _log.warning("%s: Explain settings not saved (%s)", path, err)
         return None
-    return path

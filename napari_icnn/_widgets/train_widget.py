@@ -23,7 +23,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractSpinBox,
     QCheckBox,
@@ -31,7 +31,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
@@ -42,10 +41,20 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_icnn._widgets.explain_widget import JobFailed, check_model
+from napari_icnn._widgets.explain_widget import check_model
+from napari_icnn._widgets.form import (
+    choose_folder,
+    hbox,
+    mark_invalid,
+    message_label,
+    show_message,
+    status_label,
+    tool_button,
+)
+from napari_icnn._widgets.jobs import StoppableJobWidget, guarded, thin_progress
 from napari_icnn._widgets.plot import MetricsPlot
 from napari_icnn.config import TrainConfig, config_help
-from napari_icnn.errors import Cancelled, ConfigError, IcnnError, InputError
+from napari_icnn.errors import ConfigError, InputError
 from napari_icnn.progress import EpochEnd, Message, Progress
 
 if TYPE_CHECKING:
@@ -140,9 +149,6 @@ _FLOAT_RANGES = {
     "lr": (1e-8, 10.0),
     "weight_decay": (0.0, 10.0),
 }
-ERROR_STYLE = "color: #e06666;"
-HINT_STYLE = "color: palette(mid);"
-_INVALID_FIELD = "background-color: lightcoral;"
 _BADGE_STYLE = "border-radius: 8px; padding: 1px 8px; font-weight: bold; color: white; background-color: {};"
 _BADGE_COLOURS = {"gpu": "#2e7d32", "cpu": "#5f6368", "problem": "#b3261e"}
 _EPOCH_STAGE = re.compile(r"epoch (\d+)/(\d+)")
@@ -332,12 +338,9 @@ def train_job(
 
     Batch progress is thinned to one event per ``min_interval`` seconds (an epoch's last batch
     always passes), so a fast GPU run does not flood the GUI thread. Every error is raised as a
-    :class:`~napari_icnn._widgets.explain_widget.JobFailed` (see there why).
+    :class:`~napari_icnn._widgets.jobs.JobFailed` (see there why).
     """
-    try:
-        return (yield from _run_training(cfg, stop, min_interval))
-    except Exception as err:  # noqa: BLE001 - reported on the GUI thread, see JobFailed
-        raise JobFailed(err) from err
+    return (yield from guarded(_run_training(cfg, stop, min_interval)))
 
 
 def _run_training(cfg: TrainConfig, stop: threading.Event, min_interval: float):
@@ -347,21 +350,8 @@ def _run_training(cfg: TrainConfig, stop: threading.Event, min_interval: float):
     # The engine polls `stop` before every batch: the epoch under way is dropped, the last completed
     # one's checkpoint kept and a bundle written from the best epoch. (Closing the generator would do
     # the same, but only where it happens to be suspended, and no longer at the final message.)
-    gen = train_iter(cfg, should_stop=stop.is_set)
-    last = -math.inf
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            return _outcome(cfg, done.value, time.monotonic() - t0)
-        except Cancelled:
-            return _outcome(cfg, None, time.monotonic() - t0)
-        if isinstance(event, Progress) and not (event.total and event.done >= event.total):
-            now = time.monotonic()
-            if now - last < min_interval:
-                continue
-            last = now
-        yield event
+    result = yield from thin_progress(train_iter(cfg, should_stop=stop.is_set), min_interval)
+    return _outcome(cfg, result, time.monotonic() - t0)
 
 
 def _outcome(cfg: TrainConfig, result: TrainResult | None, seconds: float) -> TrainOutcome:
@@ -446,61 +436,10 @@ class _Field:
     message: QLabel
 
 
-class _WrappingLabel(QLabel):
-    """A word-wrapped label as tall as its text at its current width.
-
-    A form layout gives a row its widgets' size hint, and a wrapped label's hint is worked out for
-    an arbitrary narrow width: a long message would get a tall row, its text floating in the middle.
-    """
-
-    def sizeHint(self) -> QSize:
-        hint = super().sizeHint()
-        if self.width() > 0:
-            hint.setHeight(self.heightForWidth(self.width()))
-        return hint
-
-    def resizeEvent(self, event: Any) -> None:
-        super().resizeEvent(event)
-        self.updateGeometry()  # a new width means a new height: let the layout ask again
-
-
-def message_label() -> QLabel:
-    """A hidden, wrapping, selectable label for the problem (or hint) under a field."""
-    label = _WrappingLabel("")
-    label.setWordWrap(True)
-    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    label.setVisible(False)
-    return label
-
-
-def show_message(label: QLabel, text: str | None, error: bool = True) -> None:
-    """Show ``text`` in ``label`` as a problem (``error``) or a hint; hide the label when there is none."""
-    label.setText(text or "")
-    label.setStyleSheet(ERROR_STYLE if error else HINT_STYLE)
-    label.setVisible(bool(text))
-
-
-def tool_button(text: str, tip: str) -> QToolButton:
-    button = QToolButton()
-    button.setText(text)
-    button.setToolTip(tip)
-    return button
-
-
-def hbox(*widgets: QWidget, stretch_first: bool = True) -> QWidget:
-    """``widgets`` in a row without margins; the first takes the spare width unless told otherwise."""
-    box = QWidget()
-    layout = QHBoxLayout(box)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for i, w in enumerate(widgets):
-        layout.addWidget(w, 1 if (i == 0 and stretch_first) else 0)
-    return box
-
-
 # ---------------------------------------------------------------------------------- the widget
 
 
-class TrainWidget(QWidget):
+class TrainWidget(StoppableJobWidget):
     """Train, fine-tune or resume an interpretable CNN on local fundus photographs.
 
     Parameters
@@ -509,17 +448,17 @@ class TrainWidget(QWidget):
         The viewer whose Explain widget gets the new model.
     """
 
+    JOB_NAME = "Training"
+    STOPPING_TEXT = (
+        "Stopping at the next batch: the epoch under way is dropped, the checkpoint of the "
+        "last completed epoch is kept."
+    )
+
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self._fields: dict[str, _Field] = {}
-        self._worker: Any = None
-        self._stop = threading.Event()
-        self._running = False
-        self._outcome: TrainOutcome | None = None
         self._checks: dict[str, tuple[Any, tuple[str | None, str]]] = {}
         self._output = OutputFolder(Path(), "new")
-        self._status_problem = False
         self._validate_timer = QTimer(self)
         self._validate_timer.setSingleShot(True)
         self._validate_timer.setInterval(350)  # typing a path: check once the user pauses
@@ -573,10 +512,7 @@ class TrainWidget(QWidget):
         self.progress.setFormat("idle")
         self.progress.setTextVisible(True)
         root.addWidget(self.progress)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.status.setStyleSheet(HINT_STYLE)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status = status_label()
         root.addWidget(self.status)
         self.epoch_label = QLabel("")
         root.addWidget(self.epoch_label)
@@ -641,17 +577,13 @@ class TrainWidget(QWidget):
         self.resume_button.clicked.connect(self.resume)
         self.stop_button.clicked.connect(self.stop)
         self.explain_button.clicked.connect(lambda: self.use_in_explain())
-        stop = self._stop  # a closed widget stops its run; capture only the event, the widget is gone
-        self.destroyed.connect(lambda *_: stop.set())
 
     def _toggle_advanced(self, on: bool) -> None:
         self.advanced.setVisible(on)
         self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
 
     def _browse_folder(self, edit: QLineEdit, title: str) -> None:
-        folder = QFileDialog.getExistingDirectory(self, title, edit.text().strip() or str(Path.home()))
-        if folder:
-            edit.setText(folder)
+        if choose_folder(self, edit, title):
             self.validate()
 
     def _browse_csv(self, edit: QLineEdit) -> None:
@@ -733,22 +665,13 @@ class TrainWidget(QWidget):
             for name, f in self._fields.items():
                 text = problems.get(name) or blocking_hints.get(name) or hints.get(name)
                 show_message(f.message, text, error=name in problems)
-                f.editor.setStyleSheet(
-                    _INVALID_FIELD if name in problems and not isinstance(f.editor, QCheckBox) else ""
-                )
+                mark_invalid(f.editor, name in problems and not isinstance(f.editor, QCheckBox))
             self._show_unplaced(problems.get(""))
         ok = not problems and not blocking_hints
         self.start_button.setEnabled(ok and not self._running)
         self.resume_button.setEnabled(self._output.can_resume and not self._running)
         self.stop_button.setEnabled(self._running and not self._stop.is_set())
         return ok
-
-    def _show_unplaced(self, problem: str | None) -> None:
-        """A problem no field is named for goes into the status line (and leaves it once solved)."""
-        if problem or self._status_problem:
-            self.status.setText(problem or "")
-            self.status.setStyleSheet(ERROR_STYLE if problem else HINT_STYLE)
-            self._status_problem = bool(problem)
 
     def _cached(self, slot: str, path: str, fmt: str, task: str) -> tuple[str | None, str]:
         """:func:`check_data`, redone only when the path, layout, task or the folder's time stamp change."""
@@ -766,22 +689,13 @@ class TrainWidget(QWidget):
 
     # ------------------------------------------------------------------ running
 
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    @property
-    def outcome(self) -> TrainOutcome | None:
-        """How the last run ended (``None`` before the first, and while one runs)."""
-        return self._outcome
-
     def start(self) -> Any:
         """Start a new run from the form; returns the worker (``None`` when the inputs are not valid)."""
         if self._running or not self.validate():
             return None
         cfg = self.config()
         self.plot.clear(cfg.epochs, 0 if cfg.ordinary else cfg.warmup_epochs)
-        return self._launch(cfg, f"Training into {cfg.out}…")
+        return self._launch(train_job, cfg, f"Training into {cfg.out}…")
 
     def resume(self) -> Any:
         """Continue the interrupted run in the output folder; returns the worker (``None`` if there is none)."""
@@ -798,55 +712,14 @@ class TrainWidget(QWidget):
         self.plot.clear(int(saved.get("epochs", 0)), 0 if ordinary else int(saved.get("warmup_epochs", 0)))
         self.plot.set_history(_read_json(ckdir / "history.json", []))
         cfg = TrainConfig(out=str(self._output.path), resume=True)
-        return self._launch(cfg, f"Resuming the run in {cfg.out} after epoch {self._output.epochs_done}…")
-
-    def _launch(self, cfg: TrainConfig, text: str) -> Any:
-        from napari.qt.threading import create_worker
-
-        self._stop.clear()  # the previous run's thread has returned: the event is free again
-        self._outcome = None
-        self._set_running(True)
-        self._status_problem = False
-        self.status.setStyleSheet(HINT_STYLE)
-        self.status.setText(text)
-        self.epoch_label.setText("")
-        self.progress.setRange(0, 0)  # busy until the first batch: the data are being read
-        self._worker = create_worker(
-            train_job,
-            cfg,
-            self._stop,
-            _start_thread=False,
-            _connect={
-                "yielded": self._on_event,
-                "returned": self._on_returned,
-                "errored": self._on_error,
-                "finished": self._on_finished,
-            },
-        )
-        self._worker.start()
-        return self._worker
-
-    def stop(self) -> None:
-        """Ask the run to stop at the next batch; the last completed epoch's checkpoint is kept."""
-        if not self._running or self._stop.is_set():
-            return
-        self._stop.set()
-        self.stop_button.setEnabled(False)
-        self.stop_button.setText("Stopping…")
-        self.status.setText(
-            "Stopping at the next batch: the epoch under way is dropped, the checkpoint of the "
-            "last completed epoch is kept."
-        )
+        text = f"Resuming the run in {cfg.out} after epoch {self._output.epochs_done}…"
+        return self._launch(train_job, cfg, text)
 
     def _set_running(self, running: bool) -> None:
-        self._running = running
-        self.form_box.setEnabled(not running)
-        self.stop_button.setText("Stop")
         if running:
             self.explain_button.setEnabled(False)
-        else:
-            self.progress.setRange(0, max(1, self.progress.maximum()))
-        self.validate()
+            self.epoch_label.setText("")
+        super()._set_running(running)
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, Progress):
@@ -881,24 +754,8 @@ class TrainWidget(QWidget):
         self.explain_button.setEnabled(outcome.bundle is not None)
         show_info(("Training stopped. " if outcome.stopped else "Training finished. ") + text)
 
-    def _on_error(self, err: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        if isinstance(err, JobFailed):
-            err = err.error
-        self._set_running(False)
-        self.progress.setFormat("failed")
-        if isinstance(err, IcnnError):
-            show_error(f"Training failed: {err}")
-        else:
-            _log.error("training failed", exc_info=(type(err), err, err.__traceback__))
-            show_error(f"Training failed unexpectedly ({type(err).__name__}: {err})")
-        self.status.setText("Training failed (see the notification). " + _checkpoint_note(self._output.path))
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self._running:  # ended without a result or an error (the worker was quit)
-            self._set_running(False)
+    def _failure_text(self) -> str:
+        return f"{super()._failure_text()} {_checkpoint_note(self._output.path)}"
 
     # ------------------------------------------------------------------ hand-over
 
