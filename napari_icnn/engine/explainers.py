@@ -1,8 +1,9 @@
 """Baseline explainers scored by the same metric code as the ICNN's filters.
 
-* ``gradcam`` — MONAI's Grad-CAM on the backbone's last (post-ReLU) feature maps, the usual target, for the
-  positive class logit (polarity: the class-score gradient, ReLU'd, so bright = evidence *for* the class). Not on
-  the interpretable conv itself: its pre-ReLU output carries the bias everywhere, which floods the map.
+* ``gradcam`` — MONAI's Grad-CAM on the top conv layer's maps after their ReLU (the layer that feeds the
+  classifier, the usual target), for the positive class logit (polarity: the class-score gradient, ReLU'd, so
+  bright = evidence *for* the class). Not on the conv's pre-ReLU output, whose bias floods the map, nor on the
+  backbone, where the linear approximation is negative almost everywhere for confident networks.
 * ``occlusion`` — occlusion sensitivity: the drop of the class probability when a patch is greyed out
   (clamped at 0, so bright = evidence for the class), batched over patch positions.
 """
@@ -47,7 +48,7 @@ def _gradcam(net: nn.Module, class_index: int) -> Callable[[torch.Tensor], MapBa
     wrapped = _Logits(net)
     # MONAI's default post-processing maps (min, max) to (1, 0) — it flips the map, so the strongest evidence
     # would read as the weakest. Scale (min, max) to (0, 1) instead.
-    cam = GradCAM(nn_module=wrapped, target_layers="net.backbone", postprocessing=_to_unit)
+    cam = GradCAM(nn_module=wrapped, target_layers="net.act", postprocessing=_to_unit)
 
     def run(x: torch.Tensor) -> MapBatch:
         with torch.no_grad():

@@ -197,6 +197,8 @@ class ICNN(nn.Module):
         self.interpretable = bool(interpretable)
 
         self.conv = nn.Conv2d(channels, n_filters, kernel_size=3, padding=1, bias=True)
+        # a module (not F.relu) so hooks can read the interpretable maps (Grad-CAM's target layer)
+        self.act = nn.ReLU()
         self.bank = TemplateBank(self.n, beta)
         self.mask = InterpretableMask(self.n, beta, locate)
         self.mask.enabled = self.interpretable
@@ -214,7 +216,7 @@ class ICNN(nn.Module):
 
     def forward(self, x: Tensor) -> ICNNOutput:
         """Run the network on ``(B, 3, H, W)`` images."""
-        maps = F.relu(self.conv(self.backbone(x)))
+        maps = self.act(self.conv(self.backbone(x)))
         if self.interpretable:
             masked, mu = self.mask(maps)
         else:
