@@ -13,7 +13,7 @@ _FLAGS = {
     "task": "--task", "arch": "--arch", "size": "--size", "epochs": "--epochs", "warmup_epochs": "--warmup-epochs",
     "lam": "--lambda", "batch": "--batch", "lr": "--lr", "device": "--device", "seed": "--seed",
     "ordinary": "--ordinary", "init": "--init", "resume": "--resume", "n_filters": "--filters",
-    "free_fraction": "--free-fraction", "free_weight": "--free-weight", "loss_mode": "--loss-mode", "workers": "--workers", "cache": "--cache",
+    "free_fraction": "--free-fraction", "free_weight": "--free-weight", "beta": "--beta", "loss_mode": "--loss-mode", "workers": "--workers", "cache": "--cache",
     "max_train_images": "--max-train-images",
 }
 _CHOICES = {"task": TASKS, "arch": ARCHS, "device": DEVICES, "loss_mode": ("paper", "mi"),
