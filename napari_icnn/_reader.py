@@ -61,12 +61,41 @@ def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDa
     folders) gets ``None`` so that napari can offer it to other readers. Never raises.
     """
     try:
+        if _is_study_address(path):
+            return read_dicomweb_study
         paths = _as_paths(path)
         if any(_holds_readable(p) for p in paths):
             return read_fundus_dicom
     except Exception as exc:  # noqa: BLE001 - napari's reader contract: decline, never raise
         _log.debug("napari-icnn reader declines %r: %s", path, exc)
     return None
+
+
+def _is_study_address(path: object) -> bool:
+    # a cheap string test: the PACS client is imported only when a study is actually opened
+    return isinstance(path, str) and path.startswith(("dicomweb+http://", "dicomweb+https://")) and "/studies/" in path
+
+
+def read_dicomweb_study(address: str) -> list[LayerData]:
+    """The fundus photographs of one study on a DICOMweb server
+    (``dicomweb+http(s)://HOST:PORT/PATH/studies/<Study Instance UID>``), one layer per frame.
+
+    Credentials come from the environment or the PACS settings file, as for ``icnn infer --from``
+    (see docs/pacs.md). The instances are fetched into a private temporary folder that is deleted once
+    their pixels are read; a PACS that cannot be reached gives a notification, not a crash.
+    """
+    import tempfile
+
+    from napari_icnn.errors import IcnnError
+    from napari_icnn.pacs.study import fetch_study
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="icnn-study-") as folder:
+            files = fetch_study(address, folder=folder)
+            return read_fundus_dicom([str(f) for f in files])
+    except IcnnError as exc:
+        _notify(f"could not open the study: {exc}")
+        return []
 
 
 def read_fundus_dicom(path: PathOrPaths) -> list[LayerData]:
