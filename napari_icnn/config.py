@@ -37,10 +37,10 @@ class TrainConfig:
     task: str = _opt("referable", "referable (binary referable DR) or lesions (multi-label MA, HE, EX, SE)")
     arch: str = _opt("vgg", "backbone: vgg (plain VGG-style stack) or resnet (MONAI ResNet)")
     size: int = _opt(256, "model input side in pixels (the FOV is cropped and resized to it)")
-    epochs: int = _opt(12, "total epochs, warm-up included")
-    warmup_epochs: int = _opt(6, "epochs trained ordinarily (no mask, no filter loss) before the ICNN epochs")
+    epochs: int = _opt(16, "total epochs, warm-up included")
+    warmup_epochs: int = _opt(8, "epochs trained ordinarily (no mask, no filter loss) before the ICNN epochs")
     lam: float = _opt(
-        1.0,
+        0.3,
         "filter-loss weight lambda0, relative: at the first interpretable epoch the filter loss's gradient on the "
         "maps is lambda0 times the classification loss's; epoch t after warm-up uses lambda0 / (t - warmup)",
     )
@@ -58,13 +58,17 @@ class TrainConfig:
         0.25, "fraction of filters trained label-free (they settle on always-present anatomy such as the disc)"
     )
     free_weight: float = _opt(
-        10.0, "filter-loss weight of the label-free (anatomy) filters relative to the category filters: the "
-        "classification gradient turns every filter into a lesion detector unless the template pull on the free "
-        "filters is stronger"
+        1.0, "filter-loss weight of the label-free (anatomy) filters relative to the category filters (stronger "
+        "pulls were tried on fundus and made fewer anatomy filters, not more; see docs/results.md)"
     )
     loss_mode: str = _opt("paper", "filter loss: paper (label-aware -MI) or mi (exact label-free -MI)")
     normalise: bool = _opt(True, "scale maps by a detached per-filter factor inside the filter loss")
-    beta: float = _opt(4.0, "template slope beta")
+    beta: float = _opt(
+        12.0, "template slope beta: the positive part of a template reaches n/beta cells from its centre. The "
+        "paper's 4 suits object parts a quarter of the image wide; fundus parts are smaller (the disc is 7 % of the "
+        "field), so 12 at n = 32 gives a disc-sized template (the official code also adapts beta, from the "
+        "activation spread)"
+    )
     dropout: float = _opt(0.3, "dropout before the classifier")
     augment: bool = _opt(True, "random flips, rotations, scaling and colour jitter while training")
     cache: str = _opt("memory", "dataset cache: memory, disk or none")

@@ -96,6 +96,17 @@ def test_part_scores_and_matching_on_known_ious():
     names, score = match_parts(ps)
     assert names == ["a", "c"]
     assert score[0] == pytest.approx(np.mean([0.5, 0.3, 0.1, 0.25]))
+    assert score[1] == pytest.approx(0.05 * 3 / 4)  # images without part c count 0
+
+
+def test_a_filter_is_named_after_the_part_it_overlaps_across_the_cohort_not_a_rare_one():
+    iou = np.zeros((4, 1, 2))
+    iou[:, 0, 0] = 0.35  # a common part, overlapped in every image
+    iou[:2, 0, 1] = 0.6  # a rare part (in 2 of 4 images), overlapped more
+    present = np.array([[1, 1], [1, 1], [1, 0], [1, 0]], bool)
+    ps = part_scores(iou, present, ("common", "rare"))
+    assert ps.mean_iou[0].tolist() == pytest.approx([0.35, 0.6])  # over the images that have the part
+    assert match_parts(ps)[0] == ["common"]
 
 
 def test_pointing_game_counts_only_images_with_the_part_where_the_filter_fires():

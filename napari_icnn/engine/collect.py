@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_icnn.engine.metrics import activation_thresholds
-from napari_icnn.parts import PART_KEYS
+from napari_icnn.parts import LESION_KEYS, PART_KEYS
 
 __all__ = ["MapBatch", "Collected", "collect", "icnn_explainer", "cell_centres"]
 
@@ -43,6 +43,7 @@ class Collected:
     parts: tuple[str, ...]
     present: np.ndarray  # (N, P) bool
     iou: np.ndarray  # (N, C, P)
+    iou_instance: np.ndarray  # (N, C, P) lesion parts: IoU with the lesions the region touches (= iou for anatomy)
     peak_in_part: np.ndarray  # (N, C, P) bool (strict)
     peak_in_part_tol: np.ndarray  # (N, C, P) bool (within a tolerance of `tolerance` px)
     chance: np.ndarray  # (N, P) part area / FOV area (the pointing game's chance level)
@@ -86,6 +87,34 @@ def upsampled_thresholds(maps: np.ndarray, size: int, quantile: float = 0.995, c
     flat = torch.cat(samples, dim=1)
     return torch.quantile(flat, quantile, dim=1).numpy().astype(np.float32) if flat.shape[1] <= 16_000_000 \
         else activation_thresholds(maps, quantile)
+
+
+def _instance_iou(regions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per region (C, S, S): IoU with the union of the mask's connected components it touches.
+
+    Lesions are many and small: a filter that outlines one haemorrhage exactly has a tiny IoU with the
+    mask of all forty, so lesion parts are scored instance by instance (the fundus adaptation of the
+    paper's part IoU; anatomy parts keep the plain IoU).
+    """
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    out = np.zeros(len(regions), np.float32)
+    if n == 0:
+        return out
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    for c, r in enumerate(regions):
+        area_r = int(r.sum())
+        if area_r == 0:
+            continue
+        under = labels[r]
+        inter = int((under > 0).sum())
+        if inter == 0:
+            continue
+        touched = np.unique(under[under > 0])
+        area_m = int(areas[touched].sum())
+        out[c] = inter / (area_r + area_m - inter)
+    return out
 
 
 def _dilate(mask: torch.Tensor, px: int) -> torch.Tensor:
@@ -144,6 +173,8 @@ def collect(
     thresholds = upsampled_thresholds(maps, size) if n else np.zeros(c, np.float32)
     p = len(parts)
     iou = np.zeros((n, c, p), np.float32)
+    iou_inst = np.zeros((n, c, p), np.float32)
+    lesion_k = [k for k, part in enumerate(parts) if part in LESION_KEYS]
     hit = np.zeros((n, c, p), bool)
     hit_tol = np.zeros((n, c, p), bool)
     present = np.zeros((n, p), bool)
@@ -165,6 +196,10 @@ def collect(
             inter = r @ mf.T
             union = r.sum(1, keepdim=True) + mf.sum(1)[None, :] - inter
             iou[i] = (inter / union.clamp_min(1)).numpy()
+            iou_inst[i] = iou[i]
+            for k in lesion_k:
+                if present[i, k]:
+                    iou_inst[i, :, k] = _instance_iou(region[0].numpy(), m[k])
             px = np.clip(np.round(peaks_xy[i]).astype(int), 0, size - 1)
             hit[i] = m[:p, px[:, 1], px[:, 0]].T
             md = _dilate(mt[None], tolerance)[0].numpy()
@@ -181,6 +216,7 @@ def collect(
         parts=tuple(parts),
         present=present,
         iou=iou,
+        iou_instance=iou_inst,
         peak_in_part=hit,
         peak_in_part_tol=hit_tol,
         chance=chance,

@@ -60,13 +60,16 @@ def summarise(col: Any, *, class_names: list[str], filter_parts: list[str | None
     active = col.scores > 0
     if has_parts:
         ps = part_scores(col.iou, col.present, col.parts)
-        matched, match_score = match_parts(ps)
+        ps_inst = part_scores(col.iou_instance, col.present, col.parts)
+        # names follow the lesion-aware IoU: a filter outlining one haemorrhage among forty is a haemorrhage filter
+        matched, match_score = match_parts(ps_inst)
         parts = list(filter_parts) if filter_parts is not None else matched
         idx = [None if p is None or p not in col.parts else col.parts.index(p) for p in parts]
         hits = pointing_game(col.peak_in_part, col.present, active, idx)
         hits_tol = pointing_game(col.peak_in_part_tol, col.present, active, idx)
         out["part_interpretability"] = float(ps.interpretability.mean())
         out["part_interpretability_iou04"] = float(ps.interpretability_loose.mean())
+        out["part_interpretability_instance"] = float(ps_inst.interpretability.mean())
         named = np.isfinite(hits)
         out["pointing_hit_rate"] = float(hits[named].mean()) if named.any() else float("nan")
         out["pointing_hit_rate_tolerance"] = float(hits_tol[named].mean()) if named.any() else float("nan")
@@ -85,6 +88,7 @@ def summarise(col: Any, *, class_names: list[str], filter_parts: list[str | None
                 "chance": chance,
                 "filters": units,
                 "hit_rate_iou02_max": float(ps.hit_rate[:, k].max()),
+                "hit_rate_instance_iou02_max": float(ps_inst.hit_rate[:, k].max()),
                 "mean_iou_max": float(ps.mean_iou[:, k].max()),
                 "pointing_matched_mean": float(np.nanmean(hits[units])) if units else float("nan"),
                 "pointing_matched_best": float(np.nanmax(hits[units])) if units and np.isfinite(hits[units]).any() else float("nan"),
@@ -102,10 +106,11 @@ def summarise(col: Any, *, class_names: list[str], filter_parts: list[str | None
                 "match_iou": float(match_score[f]),
                 "interpretability": float(ps.interpretability[f]),
                 "interpretability_iou04": float(ps.interpretability_loose[f]),
+                "interpretability_instance": float(ps_inst.interpretability[f]),
                 "pointing_hit_rate": float(hits[f]),
                 "location_instability": float(inst_per[f]),
                 "active_fraction": float(active[:, f].mean()),
-                "per_part_mean_iou": {p: float(ps.mean_iou[f, k]) for k, p in enumerate(col.parts) if ps.n_images[k]},
+                "per_part_mean_iou": {p: float(ps_inst.mean_iou[f, k]) for k, p in enumerate(col.parts) if ps.n_images[k]},
             })
         out["per_filter"] = per_filter
     else:

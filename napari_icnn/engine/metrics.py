@@ -146,6 +146,7 @@ class PartScores:
     hit_rate_loose: np.ndarray  # (C, P) same with IoU > 0.04 (Network Dissection's threshold)
     n_images: np.ndarray  # (P,) images that contain each part
     iou_threshold: float
+    mean_iou_all: np.ndarray | None = None  # (C, P) mean per-image IoU over all images (0 where the part is absent)
 
     @property
     def interpretability(self) -> np.ndarray:
@@ -174,19 +175,23 @@ def part_scores(
     mean_iou = (iou * w).sum(axis=0) / denom
     hit = ((iou > iou_threshold) * w).sum(axis=0) / denom
     hit_loose = ((iou > 0.04) * w).sum(axis=0) / denom
-    return PartScores(tuple(parts), mean_iou, hit, hit_loose, n_img, iou_threshold)
+    mean_all = (iou * w).sum(axis=0) / max(len(present), 1)
+    return PartScores(tuple(parts), mean_iou, hit, hit_loose, n_img, iou_threshold, mean_all)
 
 
 def match_parts(
     scores: PartScores, point_hits: np.ndarray | None = None, chance: np.ndarray | None = None
 ) -> tuple[list[str | None], np.ndarray]:
-    """The part each filter matches best: the part with the highest mean per-image IoU.
+    """The part each filter matches best: the part with the highest per-image IoU, averaged over all images
+    (an image without the part counts 0, so a filter that outlines the most frequent lesion in most images
+    is named after it, not after a rarer part it happens to overlap in the few images that have it).
 
     Returns (part key or None per filter, the matching score per filter). A filter whose best mean IoU is 0
     (it never overlaps any annotated part) matches nothing.
     """
     valid = scores.n_images > 0
-    mi = np.where(valid[None, :], scores.mean_iou, -1.0)
+    table = scores.mean_iou_all if scores.mean_iou_all is not None else scores.mean_iou
+    mi = np.where(valid[None, :], table, -1.0)
     best = mi.argmax(axis=1)
     best_score = mi[np.arange(len(best)), best]
     names: list[str | None] = [scores.parts[b] if s > 0 else None for b, s in zip(best, best_score)]

@@ -423,8 +423,7 @@ def filter_report(net, loader, device, has_masks: bool) -> tuple[list[str | None
     act_scale = np.where(act_scale > 1e-6, act_scale, 1.0)
     if not has_masks or not col.present.any():
         return [None] * col.maps.shape[1], np.zeros(col.maps.shape[1]), act_scale
-    ps = part_scores(col.iou, col.present, col.parts)
-    parts, score = match_parts(ps)
+    parts, score = match_parts(part_scores(col.iou_instance, col.present, col.parts))
     return parts, score, act_scale
 
 
