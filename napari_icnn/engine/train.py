@@ -193,8 +193,7 @@ def train_iter(
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, len(train_dl))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
-                                                pct_start=0.15)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, phase_schedule(cfg, steps))
     start_epoch, best, history = 1, {"score": -math.inf, "epoch": 0}, []
     lam_scale: float | None = None
     if saved is not None:
@@ -280,6 +279,32 @@ def train_iter(
         return result
     yield Message(f"bundle written to {out} (best epoch {best['epoch']}, {result.seconds:.0f} s)")
     return result
+
+
+def phase_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Learning-rate multiplier per step: one cycle (15 % warm-up, cosine decay) over the warm-up epochs and a
+    second cycle at half the peak over the remaining epochs.
+
+    The interpretable epochs need a learning rate that can still move the filters; one cycle over the whole run
+    leaves them almost none. The ordinary CNN gets the same schedule (it depends on ``warmup_epochs`` only), so
+    the two arms of a comparison are trained alike.
+    """
+    warm = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+    phases = [(0, warm, 1.0), (warm, total, 0.5)] if 0 < warm < total else [(0, total, 1.0)]
+
+    def one_cycle(t: float, peak: float) -> float:
+        if t < 0.15:
+            return peak * (0.04 + 0.96 * t / 0.15)
+        return peak * (1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * (t - 0.15) / 0.85)))
+
+    def factor(step: int) -> float:
+        for start, end, peak in phases:
+            if step < end:
+                return one_cycle((step - start) / max(1, end - start), peak)
+        return one_cycle(1.0, phases[-1][2])
+
+    return factor
 
 
 def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: float, filter_weights,
