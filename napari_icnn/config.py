@@ -61,6 +61,11 @@ class TrainConfig:
         1.0, "filter-loss weight of the label-free (anatomy) filters relative to the category filters (stronger "
         "pulls were tried on fundus and made fewer anatomy filters, not more; see docs/results.md)"
     )
+    free_template_only: bool = _opt(
+        True, "during the interpretable epochs the label-free filters learn from the template loss alone (their "
+        "maps reach the classifier without its gradient), so the classification loss cannot turn them into lesion "
+        "detectors"
+    )
     loss_mode: str = _opt("paper", "filter loss: paper (label-aware -MI) or mi (exact label-free -MI)")
     normalise: bool = _opt(True, "scale maps by a detached per-filter factor inside the filter loss")
     beta: float = _opt(

@@ -150,3 +150,24 @@ def test_torchrun_with_two_processes_trains(cohorts, tmp_path):
     m = load_bundle(out, device="cpu")
     assert m.net.interpretable
     assert Path(out / "models" / "model.pt").is_file()
+
+
+def test_label_free_filters_get_no_classification_gradient_when_template_only():
+    import torch.nn.functional as F
+
+    from napari_icnn.icnn.networks import ICNN
+
+    torch.manual_seed(0)
+    net = ICNN(n_filters=6, image_size=64, width=8).train()
+    x, y = torch.randn(4, 3, 64, 64), torch.ones(4, 1)
+    for k, expect_zero in ((0, False), (2, True)):
+        net.zero_grad()
+        net.template_only = k
+        F.binary_cross_entropy_with_logits(net(x).logits, y).backward()
+        g = net.conv.weight.grad
+        assert (g[:2].abs().sum() == 0) == expect_zero
+        assert g[2:].abs().sum() > 0
+    net.eval()
+    with torch.no_grad():  # at inference every filter reaches the classifier as usual
+        out = net(x)
+        assert torch.allclose(out.logits, net.head(out.masked))

@@ -13,7 +13,8 @@ _FLAGS = {
     "task": "--task", "arch": "--arch", "size": "--size", "epochs": "--epochs", "warmup_epochs": "--warmup-epochs",
     "lam": "--lambda", "batch": "--batch", "lr": "--lr", "device": "--device", "seed": "--seed",
     "ordinary": "--ordinary", "init": "--init", "resume": "--resume", "n_filters": "--filters",
-    "free_fraction": "--free-fraction", "free_weight": "--free-weight", "beta": "--beta", "loss_mode": "--loss-mode", "workers": "--workers", "cache": "--cache",
+    "free_fraction": "--free-fraction", "free_weight": "--free-weight", "beta": "--beta",
+    "free_template_only": "--free-with-classifier-gradient", "loss_mode": "--loss-mode", "workers": "--workers", "cache": "--cache",
     "max_train_images": "--max-train-images",
 }
 _CHOICES = {"task": TASKS, "arch": ARCHS, "device": DEVICES, "loss_mode": ("paper", "mi"),
@@ -28,9 +29,11 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         if flag is None:
             continue
         default = f.default if f.default is not MISSING else None
-        help_ = f.metadata.get("help", "")
+        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if isinstance(default, bool):
-            p.add_argument(flag, dest=f.name, action="store_true", help=help_)
+            # a flag switches a default off when the default is on
+            p.add_argument(flag, dest=f.name, action="store_false" if default else "store_true",
+                           help=("turn off: " if default else "") + help_)
             continue
         kind = {"int": int, "float": float}.get(type(default).__name__, str)
         if f.name == "max_train_images":

@@ -219,6 +219,7 @@ def train_iter(
                 sampler.set_epoch(epoch)
             gen.manual_seed(cfg.seed * 1000 + epoch)
             net.set_mask_enabled(cfg.mask_on(epoch))
+            net.template_only = n_free_filters(cfg) if cfg.free_template_only and cfg.mask_on(epoch) else 0
             lam = cfg.lambda_at(epoch)
             if lam > 0 and lam_scale is None:
                 lam_scale = _calibrate_lambda(net, train_dl, device, assignment, cfg, dist)

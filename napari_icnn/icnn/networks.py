@@ -195,6 +195,9 @@ class ICNN(nn.Module):
         )
         self.n_filters, self.n_outputs, self.image_size = n_filters, n_outputs, image_size
         self.interpretable = bool(interpretable)
+        # Training only: the first ``template_only`` filters get no classification gradient (set by the engine
+        # for the label-free filters during the interpretable epochs). Not part of the saved architecture.
+        self.template_only = 0
 
         self.conv = nn.Conv2d(channels, n_filters, kernel_size=3, padding=1, bias=True)
         # a module (not F.relu) so hooks can read the interpretable maps (Grad-CAM's target layer)
@@ -221,7 +224,12 @@ class ICNN(nn.Module):
             masked, mu = self.mask(maps)
         else:
             masked, mu = maps, locate_peaks(maps, self.mask.locate)
-        return ICNNOutput(logits=self.head(masked), maps=maps, masked=masked, mu=mu)
+        to_head = masked
+        if self.training and self.template_only:
+            # these filters still feed the classifier, but learn from the template loss alone
+            k = self.template_only
+            to_head = torch.cat([masked[:, :k].detach(), masked[:, k:]], dim=1)
+        return ICNNOutput(logits=self.head(to_head), maps=maps, masked=masked, mu=mu)
 
     @staticmethod
     def _pool(masked: Tensor) -> Tensor:
