@@ -30,7 +30,10 @@ def test_npe2_manifest_is_the_top_level_file():
 
 
 def test_console_command_lists_subcommands():
-    out = subprocess.run(["icnn", "--help"], capture_output=True, text=True)
+    # The console script sits next to the interpreter running the tests (the venv may not be on PATH).
+    icnn = Path(sys.executable).parent / "icnn"
+    assert icnn.exists(), f"console script not installed at {icnn}"
+    out = subprocess.run([str(icnn), "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     assert "icnn" in out.stdout
 
