@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-
 	libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 \
 	libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 dicom3tools orthanc orthanc-dicomweb
 
-.PHONY: demo test test-fast system-deps venv clean
+.PHONY: demo test test-fast system-deps venv clean demo-bundle
 
 system-deps:
 	@if ! command -v dpkg >/dev/null 2>&1; then \
@@ -43,6 +43,21 @@ test-fast: system-deps venv
 
 demo: system-deps venv
 	$(VENV)/bin/icnn demo --out demo-output
+
+# Rebuilds the model shipped in napari_icnn/models/demo (about 12 minutes on a 2-core CPU): an ordinary CNN,
+# then the interpretable fine-tuning that starts from it. Settings live in training/demo_bundle.env.
+include training/demo_bundle.env
+DEMO_WORK ?= build/demo-bundle
+demo-bundle: venv
+	$(VENV)/bin/icnn synth $(DEMO_WORK)/train --n $(DEMO_N_TRAIN) --size $(DEMO_IMAGE_SIZE) --seed $(DEMO_TRAIN_SEED)
+	$(VENV)/bin/icnn synth $(DEMO_WORK)/val --n $(DEMO_N_VAL) --size $(DEMO_IMAGE_SIZE) --seed $(DEMO_VAL_SEED)
+	$(VENV)/bin/icnn train --ordinary --data $(DEMO_WORK)/train --val $(DEMO_WORK)/val --out $(DEMO_WORK)/ordinary \
+		--size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) --warmup-epochs $(DEMO_WARMUP) --seed $(DEMO_SEED)
+	$(VENV)/bin/icnn train --data $(DEMO_WORK)/train --val $(DEMO_WORK)/val --out $(DEMO_WORK)/icnn \
+		--init $(DEMO_WORK)/ordinary --size $(DEMO_SIZE) --epochs $(DEMO_FT_EPOCHS) --warmup-epochs 0 \
+		--lr $(DEMO_FT_LR) --free-fraction $(DEMO_FREE_FRACTION) --seed $(DEMO_SEED)
+	rm -rf napari_icnn/models/demo && mkdir -p napari_icnn/models
+	cp -r $(DEMO_WORK)/icnn napari_icnn/models/demo && rm -rf napari_icnn/models/demo/checkpoints
 
 clean:
 	rm -rf $(VENV) demo-output build *.egg-info .pytest_cache

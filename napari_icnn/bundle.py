@@ -58,6 +58,8 @@ class FilterInfo:
     """Part key it was matched to on annotated validation images (best per-image IoU), if any."""
     part_score: float | None = None
     """The matching score (mean per-image IoU with that part)."""
+    part_hit_rate: float | None = None
+    """How often the filter's peak lay inside that part on the validation images that have it."""
     name: str | None = None
     """A clinician's name for the filter; overrides the part name when set."""
     act_scale: float = 1.0
@@ -75,6 +77,7 @@ class FilterInfo:
             category=d.get("category"),
             part=d.get("part"),
             part_score=None if d.get("part_score") is None else float(d["part_score"]),
+            part_hit_rate=None if d.get("part_hit_rate") is None else float(d["part_hit_rate"]),
             name=d.get("name"),
             act_scale=float(d.get("act_scale", 1.0) or 1.0),
         )

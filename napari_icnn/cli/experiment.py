@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "and tasks at 512 px) or tiny (seconds; for tests)")
     p.add_argument("--seed", type=int, action="append", help="run only this seed (repeat for several)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--free-fraction", type=float, default=None,
+                   help="fraction of the ICNN's filters trained label-free (default: the training default)")
     p.set_defaults(func=run)
 
 
@@ -36,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     _checkout()
     from training.experiments import run_experiment
 
-    doc = run_experiment(args.out, preset=args.preset, seeds=tuple(args.seed or ()), device=args.device)
+    doc = run_experiment(args.out, preset=args.preset, seeds=tuple(args.seed or ()), device=args.device,
+                         icnn_overrides={} if args.free_fraction is None else {"free_fraction": args.free_fraction})
     print(f"\nresults: {Path(args.out) / 'results.md'} ({doc['total_seconds'] / 60:.1f} min)")
     return 0

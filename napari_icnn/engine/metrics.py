@@ -15,7 +15,7 @@ Interpretability metrics follow the paper and the official code (see the method 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +29,9 @@ __all__ = [
     "part_scores",
     "match_parts",
     "pointing_game",
+    "LANDMARK_MIN_HIT",
+    "MIN_LIFT",
+    "reliable_parts",
 ]
 
 
@@ -210,4 +213,33 @@ def pointing_game(
         sel = present[:, k] & active[:, f]
         if sel.any():
             out[f] = float(peak_in_part[sel, f, k].mean())
+    return out
+
+
+LANDMARK_MIN_HIT = 0.85
+"""A filter is named after a landmark (optic disc, fovea) only if its peak lies inside it on at least this
+fraction of the naming images: every fundus has both, so a filter that misses them often is not a detector
+of them, however well it overlaps them on average."""
+
+MIN_LIFT = 2.0
+"""A filter is named after any other part (vessels, a lesion type) only if its peak lies inside that part at
+least this many times more often than a random point of the field of view would (its area fraction)."""
+
+LANDMARK_KEYS = ("optic_disc", "fovea")
+
+
+def reliable_parts(
+    parts: Sequence[str | None], hit_rate: np.ndarray, chance: Mapping[str, float]
+) -> list[str | None]:
+    """Keep a filter's matched part only where its pointing-game hit rate backs the name (see
+    ``LANDMARK_MIN_HIT`` and ``MIN_LIFT``); other filters stay unnamed rather than carry a misleading name."""
+    out: list[str | None] = []
+    for part, hit in zip(parts, hit_rate):
+        ok = part is not None and np.isfinite(hit)
+        if ok and part in LANDMARK_KEYS:
+            ok = hit >= LANDMARK_MIN_HIT
+        elif ok:
+            c = chance.get(part, float("nan"))
+            ok = bool(np.isfinite(c) and c > 0 and hit >= MIN_LIFT * c)
+        out.append(part if ok else None)
     return out

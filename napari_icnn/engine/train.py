@@ -433,13 +433,15 @@ def _init_from(net, bundle: str) -> None:
 
 
 @torch.no_grad()
-def filter_report(net, loader, device, has_masks: bool) -> tuple[list[str | None], np.ndarray, np.ndarray]:
-    """Match each filter to a part on annotated images; also each filter's display scale.
+def filter_report(net, loader, device, has_masks: bool) -> tuple[list[str | None], np.ndarray, np.ndarray, np.ndarray]:
+    """Name each filter after a part on annotated images, where its peaks back the name; also each filter's
+    display scale.
 
-    Returns (part key or None per filter, matching score per filter, act_scale per filter).
+    Returns (part key or None per filter, matching score per filter, pointing-game hit rate per filter for its
+    best-matching part, act_scale per filter).
     """
     from napari_icnn.engine.collect import collect, icnn_explainer
-    from napari_icnn.engine.metrics import match_parts, part_scores
+    from napari_icnn.engine.metrics import match_parts, part_scores, pointing_game, reliable_parts
 
     net.eval()
     col = collect(icnn_explainer(net, masked=net.interpretable), loader, size=net.image_size, device=device,
@@ -448,9 +450,16 @@ def filter_report(net, loader, device, has_masks: bool) -> tuple[list[str | None
     act_scale = np.percentile(col.scores, 99, axis=0) if len(col.scores) else np.ones(net.n_filters)
     act_scale = np.where(act_scale > 1e-6, act_scale, 1.0)
     if not has_masks or not col.present.any():
-        return [None] * col.maps.shape[1], np.zeros(col.maps.shape[1]), act_scale
+        n = col.maps.shape[1]
+        return [None] * n, np.zeros(n), np.full(n, np.nan), act_scale
     parts, score = match_parts(part_scores(col.iou_instance, col.present, col.parts))
-    return parts, score, act_scale
+    idx = [None if p is None else col.parts.index(p) for p in parts]
+    hits = pointing_game(col.peak_in_part, col.present, col.scores > 0, idx)
+    chance = {p: float(col.chance[col.present[:, k], k].mean()) for k, p in enumerate(col.parts)
+              if col.present[:, k].any()}
+    named = reliable_parts(parts, hits, chance)
+    score = np.where([p is not None for p in named], score, 0.0)
+    return named, score, hits, act_scale
 
 
 def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks) -> None:
@@ -458,7 +467,7 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
     net.load_state_dict(best["model"])
     net.set_mask_enabled(cfg.interpretable)
     net.eval()
-    parts, scores, act_scale = filter_report(net, val_dl, device, has_masks)
+    parts, scores, hits, act_scale = filter_report(net, val_dl, device, has_masks)
     cats = assignment.categories.cpu().tolist() if cfg.interpretable else [None] * cfg.n_filters
     filters = []
     for f in range(cfg.n_filters):
@@ -466,6 +475,7 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
         category = None if c is None else ("free" if c < 0 else names[c])
         filters.append(FilterInfo(id=f, category=category, part=parts[f],
                                   part_score=None if parts[f] is None else round(float(scores[f]), 4),
+                                  part_hit_rate=None if parts[f] is None else round(float(hits[f]), 4),
                                   act_scale=round(float(act_scale[f]), 5)))
     best_metrics = next((h for h in history if h["epoch"] == best["epoch"]), history[-1] if history else {})
     save_bundle(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from dataclasses import replace
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -34,16 +35,21 @@ def _cohort(path: Path, n: int, size: int, seed: int) -> Generator[Any, None, No
 
 
 def _train(out: Path, data: Path, p: Preset, arch: str, task: str, seed: int, ordinary: bool,
-           device: str) -> Generator[Any, None, float]:
+           device: str, init: Path | None = None) -> Generator[Any, None, float]:
+    """Train one arm. With ``init`` (the ICNN arm when the preset fine-tunes), start from that trained
+    ordinary bundle and run ``p.finetune_epochs`` interpretable epochs at ``p.finetune_lr``."""
     from napari_icnn.config import TrainConfig
     from napari_icnn.engine.train import train_iter
 
     if (out / "models" / "model.pt").is_file() and (out / "configs" / "metadata.json").is_file():
         return float(json.loads((out / "checkpoints" / "history.json").read_text())[-1]["seconds"])
     overrides = {**p.train, **({} if ordinary else p.icnn)}
+    schedule: dict[str, Any] = dict(epochs=p.epochs, warmup_epochs=p.warmup)
+    if init is not None:
+        schedule = dict(epochs=p.finetune_epochs, warmup_epochs=0, lr=p.finetune_lr, init=str(init))
     cfg = TrainConfig(data=str(data / "train"), val=str(data / "val"), out=str(out), task=task, arch=arch,
-                      size=p.size, epochs=p.epochs, warmup_epochs=p.warmup, seed=seed, ordinary=ordinary,
-                      device=device, resume=(out / "checkpoints" / "last.pt").is_file(), **overrides)
+                      size=p.size, seed=seed, ordinary=ordinary, device=device,
+                      resume=(out / "checkpoints" / "last.pt").is_file(), **{**schedule, **overrides})
     t0 = time.monotonic()
     yield from train_iter(cfg)
     return time.monotonic() - t0
@@ -88,13 +94,15 @@ def _subset(cohort: Path, n: int) -> Path:
 
 
 def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, ...] | None = None,
-                    device: str = "auto") -> Generator[Any, None, dict]:
+                    device: str = "auto", icnn_overrides: dict[str, Any] | None = None) -> Generator[Any, None, dict]:
     """Run (or resume) the study; yields progress events, returns the results document."""
     from napari_icnn.errors import ConfigError
 
     if preset not in PRESETS:
         raise ConfigError(f"--preset: one of {', '.join(PRESETS)} (got {preset!r})")
     p = PRESETS[preset]
+    if icnn_overrides:
+        p = replace(p, icnn={**p.icnn, **icnn_overrides})
     seeds = tuple(seeds) if seeds else p.seeds
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -113,8 +121,11 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
                     name = f"{arch}-{task}-{model}"
                     bundle = root / "runs" / f"seed{s}" / name
                     yield Message(f"seed {s}: training {name}")
+                    init = None
+                    if model == "icnn" and p.finetune_epochs:
+                        init = root / "runs" / f"seed{s}" / f"{arch}-{task}-ordinary"
                     times[f"seed{s}/{name}"] = yield from _train(bundle, data, p, arch, task, s, model == "ordinary",
-                                                                 device)
+                                                                 device, init)
                     explainers = ["icnn"] + (list(p.explainers) if model == "ordinary" else [])
                     for ex in explainers:
                         mpath = root / "metrics" / f"seed{s}" / f"{name}-{ex}.json"
@@ -132,6 +143,11 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
         "device": device,
         "machine": f"{platform.machine()} {platform.processor() or ''} {_cpu_count()} CPU".strip(),
         "gpu": _gpu_name(),
+        "protocol": (f"ordinary CNN: {p.epochs} epochs from scratch; ICNN: the same seed's ordinary CNN fine-tuned "
+                     f"for {p.finetune_epochs} interpretable epochs (peak lr {p.finetune_lr:g}); its training time "
+                     "below excludes the ordinary CNN it starts from"
+                     + (f"; ICNN options {p.icnn}" if p.icnn else "")) if p.finetune_epochs else
+                    (f"both models {p.epochs} epochs from scratch, the first {p.warmup} without the filter loss"),
         "train_seconds": times,
         "total_seconds": time.monotonic() - t_start,
         "records": records,

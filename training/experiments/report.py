@@ -88,6 +88,8 @@ def tables_markdown(doc: dict[str, Any]) -> str:
     lines = [f"Preset `{doc['preset']}`, seeds {', '.join(map(str, doc['seeds']))} (mean ± sd over {n} seed"
              f"{'s' if n > 1 else ''}), machine: {doc['machine']}" + (f", GPU {doc['gpu']}" if doc.get("gpu") else "")
              + f"; total {doc['total_seconds'] / 60:.0f} min.", ""]
+    if doc.get("protocol"):
+        lines += [f"Training: {doc['protocol']}.", ""]
     lines += ["### Part interpretability (fraction of images with IoU > 0.2; IoU > 0.04 in brackets)", "",
               "| backbone / task | ordinary CNN | ICNN | ICNN / ordinary |", "|---|---|---|---|"]
     for (arch, task), b in sorted(agg.items()):
