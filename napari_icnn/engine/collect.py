@@ -28,6 +28,9 @@ class MapBatch:
 
     logits: torch.Tensor
     maps: torch.Tensor
+    top: torch.Tensor | None = None
+    """(B,) the filter contributing most to the predicted class (the first one a reader looks at); None for
+    explainers with a single heat map."""
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Collected:
     chance: np.ndarray  # (N, P) part area / FOV area (the pointing game's chance level)
     thresholds: np.ndarray  # (C,)
     tolerance: int
+    top: np.ndarray | None = None  # (N,) the most contributing filter per image (see MapBatch.top)
 
 
 def cell_centres(h: int, w: int, size: int, stride: float | None = None, offset: float | None = None) -> np.ndarray:
@@ -67,7 +71,10 @@ def icnn_explainer(net: torch.nn.Module, masked: bool = True) -> Callable[[torch
     @torch.no_grad()
     def run(x: torch.Tensor) -> MapBatch:
         out = net(x)
-        return MapBatch(out.logits, out.masked if masked else out.maps)
+        maps = out.masked if masked else out.maps
+        target = out.logits.argmax(dim=1) if out.logits.shape[1] > 1 else 0
+        top = net.contributions(out.masked, target).argmax(dim=1)
+        return MapBatch(out.logits, maps, top)
 
     return run
 
@@ -138,7 +145,7 @@ def collect(
 ) -> Collected:
     """Gather predictions, maps and per-image part statistics over ``batches`` (dicts from make_dataset)."""
     ids: list[str] = []
-    probs, targets, maps_l, lm_l, packed, fov_l, shapes = [], [], [], [], [], [], None
+    probs, targets, maps_l, lm_l, packed, fov_l, shapes, top_l = [], [], [], [], [], [], None, []
     has_masks = True
     done = 0
     for batch in batches:
@@ -147,6 +154,8 @@ def collect(
         probs.append(torch.sigmoid(mb.logits.float()).cpu().numpy())
         targets.append(batch["target"].float().cpu().numpy().reshape(len(x), -1))
         maps_l.append(mb.maps.float().clamp_min(0).cpu().numpy())
+        if mb.top is not None:
+            top_l.append(mb.top.cpu().numpy())
         ids.extend([str(i) for i in batch["id"]])
         lm = batch.get("landmarks")
         lm_l.append(_landmark_array(lm, len(x)))
@@ -179,7 +188,7 @@ def collect(
     hit_tol = np.zeros((n, c, p), bool)
     present = np.zeros((n, p), bool)
     chance = np.zeros((n, p), np.float32)
-    if has_masks and packed:
+    if has_masks and packed and p:
         bits = np.concatenate(packed)
         fov_area = np.concatenate(fov_l)
         thr = torch.from_numpy(thresholds).view(1, c, 1, 1)
@@ -222,6 +231,7 @@ def collect(
         chance=chance,
         thresholds=thresholds,
         tolerance=tolerance,
+        top=np.concatenate(top_l) if top_l and len(top_l) == len(maps_l) else None,
     )
 
 

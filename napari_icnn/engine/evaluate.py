@@ -94,6 +94,9 @@ def summarise(col: Any, *, class_names: list[str], filter_parts: list[str | None
                 "pointing_matched_best": float(np.nanmax(hits[units])) if units and np.isfinite(hits[units]).any() else float("nan"),
                 "peak_hit_rate_best_unit": float(peak_rate.max()),
                 "peak_hit_rate_mean_unit": float(peak_rate.mean()),
+                # the filter a reader sees first: the most contributing one of each image
+                "top_filter_hit_rate": float(col.peak_in_part[sel, col.top[sel], k].mean())
+                if col.top is not None and sel.any() else None,
             }
         out["per_part"] = per_part
         per_filter = []
