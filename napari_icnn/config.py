@@ -66,11 +66,6 @@ class TrainConfig:
         "maps reach the classifier without its gradient), so the classification loss cannot turn them into lesion "
         "detectors"
     )
-    free_from_stable: bool = _opt(
-        True, "with --init: the filters whose peaks already sit most stably relative to the disc and fovea on the "
-        "validation images become the label-free ones (otherwise the first filters), so anatomy detectors the "
-        "ordinary CNN learnt, such as fovea filters, are kept rather than retrained into lesion detectors"
-    )
     loss_mode: str = _opt("paper", "filter loss: paper (label-aware -MI) or mi (exact label-free -MI)")
     normalise: bool = _opt(True, "scale maps by a detached per-filter factor inside the filter loss")
     beta: float = _opt(

@@ -151,17 +151,3 @@ def test_bad_configurations_are_named(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         ICNN(**{"width": 4, **kwargs})
 
-
-@pytest.mark.parametrize("arch", ["vgg", "resnet"])
-def test_renumbering_filters_keeps_the_function(arch):
-    torch.manual_seed(0)
-    net = ICNN(arch, n_filters=6, width=8, image_size=64).eval()
-    x = torch.randn(2, 3, 64, 64)
-    before = net(x)
-    order = torch.tensor([3, 0, 5, 1, 4, 2])
-    net.reorder_filters(order)
-    after = net(x)
-    torch.testing.assert_close(after.logits, before.logits, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(after.maps, before.maps[:, order])
-    with pytest.raises(ValueError, match="permutation"):
-        net.reorder_filters(torch.tensor([0, 0, 1, 2, 3, 4]))

@@ -14,8 +14,7 @@ _FLAGS = {
     "lam": "--lambda", "batch": "--batch", "lr": "--lr", "device": "--device", "seed": "--seed",
     "ordinary": "--ordinary", "init": "--init", "resume": "--resume", "n_filters": "--filters",
     "free_fraction": "--free-fraction", "free_weight": "--free-weight", "beta": "--beta",
-    "free_template_only": "--free-with-classifier-gradient",
-    "free_from_stable": "--free-first-filters", "loss_mode": "--loss-mode", "workers": "--workers", "cache": "--cache",
+    "free_template_only": "--free-with-classifier-gradient", "loss_mode": "--loss-mode", "workers": "--workers", "cache": "--cache",
     "max_train_images": "--max-train-images",
 }
 _CHOICES = {"task": TASKS, "arch": ARCHS, "device": DEVICES, "loss_mode": ("paper", "mi"),

@@ -185,12 +185,6 @@ def train_iter(
     if cfg.init and saved is None:
         _init_from(net, cfg.init)
         yield Message(f"initialised from bundle {cfg.init}")
-        n_free = n_free_filters(cfg)
-        if cfg.interpretable and cfg.free_from_stable and 0 < n_free < cfg.n_filters:
-            order = stable_first_order(net, val_dl, device)
-            if order is not None:
-                net.reorder_filters(torch.from_numpy(order))
-                yield Message(f"the {n_free} filters most stable relative to the disc and fovea are the label-free ones")
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     assignment = FilterAssignment(cfg.n_filters, k, n_free=n_free_filters(cfg)).to(device)
@@ -436,27 +430,6 @@ def _init_from(net, bundle: str) -> None:
         raise ConfigError(f"--init {bundle}: none of its weights fit this network (different backbone or size?)")
     dst.update(fitting)
     net.load_state_dict(dst)
-
-
-@torch.no_grad()
-def stable_first_order(net, loader, device) -> np.ndarray | None:
-    """Filter order with the most landmark-stable filters first (per-filter location instability on the
-    loader's images, ascending); None when the images carry no disc/fovea landmarks."""
-    from napari_icnn.engine.collect import collect, icnn_explainer
-    from napari_icnn.engine.metrics import instability
-
-    was_on = net.mask.enabled
-    net.eval()
-    net.set_mask_enabled(False)  # the maps as the initialising network computes them
-    try:
-        col = collect(icnn_explainer(net, masked=False), loader, size=net.image_size, device=device,
-                      stride=net.stride, offset=net.offset, parts=())
-    finally:
-        net.mask.enabled = was_on
-    if not np.isfinite(col.landmarks).any():
-        return None
-    per = instability(col.peaks_xy, col.scores, col.landmarks, col.size)[1]
-    return np.argsort(np.where(np.isfinite(per), per, np.inf), kind="stable")
 
 
 @torch.no_grad()

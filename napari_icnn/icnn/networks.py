@@ -231,18 +231,6 @@ class ICNN(nn.Module):
             to_head = torch.cat([masked[:, :k].detach(), masked[:, k:]], dim=1)
         return ICNNOutput(logits=self.head(to_head), maps=maps, masked=masked, mu=mu)
 
-    @torch.no_grad()
-    def reorder_filters(self, order: Tensor) -> None:
-        """Renumber the interpretable filters in place: new filter i is old filter ``order[i]``. The
-        network computes the same function (its logits are unchanged); only the filters' numbering moves."""
-        order = torch.as_tensor(order, dtype=torch.long, device=self.conv.weight.device)
-        if sorted(order.tolist()) != list(range(self.n_filters)):
-            raise ValueError(f"order must be a permutation of 0..{self.n_filters - 1}")
-        self.conv.weight.copy_(self.conv.weight[order])
-        self.conv.bias.copy_(self.conv.bias[order])
-        cols = torch.cat([order, order + self.n_filters])  # the max and the mean of every map
-        self.fc.weight.copy_(self.fc.weight[:, cols])
-
     @staticmethod
     def _pool(masked: Tensor) -> Tensor:
         # (B, 2C): max then mean of every map; zeroing a map zeroes exactly its two entries.
