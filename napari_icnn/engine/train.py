@@ -53,6 +53,10 @@ def class_names_for(task: str) -> list[str]:
     return list(TASKS[task])
 
 
+BEST_TOLERANCE = 0.005
+"""Validation AUC steps smaller than this do not make an earlier epoch the best one."""
+
+
 def _build_net(cfg: TrainConfig, n_outputs: int) -> Any:
     from napari_icnn.icnn.networks import ICNN
 
@@ -252,9 +256,13 @@ def train_iter(
             history.append(metrics)
             score = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -metrics["val_loss"]
             eligible = cfg.ordinary or cfg.mask_on(epoch) or cfg.epochs <= cfg.warmup_epochs
-            improved = eligible and (score > best["score"] or best["epoch"] == 0 or not best.get("eligible", True))
+            # A later epoch within BEST_TOLERANCE of the best validation score wins the tie: the filters keep
+            # settling on their parts after the AUC has levelled off, and smaller AUC steps are noise.
+            improved = eligible and (score >= best["score"] - BEST_TOLERANCE or best["epoch"] == 0
+                                     or not best.get("eligible", True))
             if improved:
-                best = {"score": float(score), "epoch": epoch, "eligible": True}
+                best = {"score": float(max(score, best["score"]) if best.get("eligible") else score),
+                        "epoch": epoch, "eligible": True}
             if dist.is_main:
                 state = _checkpoint_state(net, opt, sched, assignment, epoch, best, history, cfg, lam_scale)
                 if improved:
