@@ -62,9 +62,9 @@ class TrainConfig:
         "pulls were tried on fundus and made fewer anatomy filters, not more; see docs/results.md)"
     )
     free_template_only: bool = _opt(
-        True, "the label-free filters are anatomy context: they learn from the template loss alone and do not feed "
-        "the classifier, so the classification loss cannot turn them into lesion detectors and a landmark's "
-        "near-constant response cannot pose as evidence"
+        True, "during the interpretable epochs the label-free filters learn from the template loss alone (their "
+        "maps reach the classifier without its gradient), so the classification loss cannot turn them into lesion "
+        "detectors"
     )
     loss_mode: str = _opt("paper", "filter loss: paper (label-aware -MI) or mi (exact label-free -MI)")
     normalise: bool = _opt(True, "scale maps by a detached per-filter factor inside the filter loss")

@@ -73,7 +73,6 @@ def _net_kwargs(cfg: TrainConfig, n_outputs: int) -> dict[str, Any]:
         dropout=cfg.dropout,
         beta=cfg.beta,
         interpretable=cfg.interpretable,
-        n_context=n_free_filters(cfg) if cfg.interpretable and cfg.free_template_only else 0,
     )
 
 
@@ -224,6 +223,7 @@ def train_iter(
                 sampler.set_epoch(epoch)
             gen.manual_seed(cfg.seed * 1000 + epoch)
             net.set_mask_enabled(cfg.mask_on(epoch))
+            net.template_only = n_free_filters(cfg) if cfg.free_template_only and cfg.mask_on(epoch) else 0
             lam = cfg.lambda_at(epoch)
             if lam > 0 and lam_scale is None:
                 lam_scale = _calibrate_lambda(net, train_dl, device, assignment, cfg, dist)

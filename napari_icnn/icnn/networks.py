@@ -150,7 +150,6 @@ class ICNN(nn.Module):
         locate: str = "argmax",
         interpretable: bool = True,
         resnet_layers: tuple[int, ...] | list[int] = (1, 1, 1, 1),
-        n_context: int = 0,
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -162,8 +161,6 @@ class ICNN(nn.Module):
             raise ConfigError(f"network dropout must be in [0, 1) (got {dropout!r})")
         if locate not in LOCATE_MODES:
             raise ConfigError(f"peak location must be one of {', '.join(LOCATE_MODES)} (got {locate!r})")
-        if isinstance(n_context, bool) or not isinstance(n_context, int) or not 0 <= n_context <= n_filters:
-            raise ConfigError(f"network n_context must be between 0 and n_filters (got {n_context!r})")
         resnet_layers = tuple(int(v) for v in resnet_layers)
         if len(resnet_layers) != 4 or min(resnet_layers) < 1:
             raise ConfigError(f"resnet_layers must be 4 positive block counts (got {resnet_layers!r})")
@@ -195,10 +192,12 @@ class ICNN(nn.Module):
             locate=locate,
             interpretable=bool(interpretable),
             resnet_layers=list(resnet_layers),
-            n_context=n_context,
         )
         self.n_filters, self.n_outputs, self.image_size = n_filters, n_outputs, image_size
         self.interpretable = bool(interpretable)
+        # Training only: the first ``template_only`` filters get no classification gradient (set by the engine
+        # for the label-free filters during the interpretable epochs). Not part of the saved architecture.
+        self.template_only = 0
 
         self.conv = nn.Conv2d(channels, n_filters, kernel_size=3, padding=1, bias=True)
         # a module (not F.relu) so hooks can read the interpretable maps (Grad-CAM's target layer)
@@ -208,14 +207,6 @@ class ICNN(nn.Module):
         self.mask.enabled = self.interpretable
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(2 * n_filters, n_outputs)
-        # The first n_context filters are anatomy context (the label-free ones): located and shown, but not fed
-        # to the classifier. A near-constant landmark response would otherwise act as a bias term and top every
-        # explanation's contributions while carrying no evidence about the image.
-        self.n_context = n_context
-        keep = torch.ones(2 * n_filters)
-        keep[:n_context] = 0.0
-        keep[n_filters : n_filters + n_context] = 0.0
-        self.register_buffer("_head_keep", keep, persistent=False)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -233,21 +224,21 @@ class ICNN(nn.Module):
             masked, mu = self.mask(maps)
         else:
             masked, mu = maps, locate_peaks(maps, self.mask.locate)
-        return ICNNOutput(logits=self.head(masked), maps=maps, masked=masked, mu=mu)
+        to_head = masked
+        if self.training and self.template_only:
+            # these filters still feed the classifier, but learn from the template loss alone
+            k = self.template_only
+            to_head = torch.cat([masked[:, :k].detach(), masked[:, k:]], dim=1)
+        return ICNNOutput(logits=self.head(to_head), maps=maps, masked=masked, mu=mu)
 
     @staticmethod
     def _pool(masked: Tensor) -> Tensor:
         # (B, 2C): max then mean of every map; zeroing a map zeroes exactly its two entries.
         return torch.cat([masked.amax(dim=(2, 3)), masked.mean(dim=(2, 3))], dim=1)
 
-    def _features(self, masked: Tensor) -> Tensor:
-        """What the classifier reads: the pooled maps, context filters zeroed."""
-        feats = self._pool(masked)
-        return feats * self._head_keep.to(feats.dtype) if self.n_context else feats
-
     def head(self, masked: Tensor) -> Tensor:
         """Logits from (masked) maps ``(B, C, h, w)``: the layers above the interpretable one."""
-        return self.fc(self.drop(self._features(masked)))
+        return self.fc(self.drop(self._pool(masked)))
 
     def contributions(self, masked: Tensor, target: Tensor | int) -> Tensor:
         """How much ``logit[b, target[b]]`` drops when filter c's map is zeroed.
@@ -270,7 +261,7 @@ class ICNN(nn.Module):
         """
         b, c = masked.shape[:2]
         target = torch.as_tensor(target, device=masked.device, dtype=torch.long).expand(b)
-        feats = self._features(masked)  # (B, 2C)
+        feats = self._pool(masked)  # (B, 2C)
         keep = 1.0 - torch.eye(c, device=masked.device, dtype=feats.dtype)
         ablated = feats[:, None, :] * torch.cat([keep, keep], dim=1)  # (B, C, 2C)
         full = F.linear(feats, self.fc.weight, self.fc.bias).gather(1, target[:, None])  # (B, 1)
