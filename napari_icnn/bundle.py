@@ -62,9 +62,6 @@ class FilterInfo:
     """How often the filter's peak lay inside that part on the validation images that have it."""
     name: str | None = None
     """A clinician's name for the filter; overrides the part name when set."""
-    baseline: tuple[float, float] | None = None
-    """Its average max-pooled and mean-pooled response on validation images: the reference its contribution
-    is measured against."""
     act_scale: float = 1.0
     """Typical strong activation (99th percentile of per-image maxima on validation images): maps are divided
     by it for display, so a weak response looks weak."""
@@ -83,7 +80,6 @@ class FilterInfo:
             part_hit_rate=None if d.get("part_hit_rate") is None else float(d["part_hit_rate"]),
             name=d.get("name"),
             act_scale=float(d.get("act_scale", 1.0) or 1.0),
-            baseline=None if d.get("baseline") is None else (float(d["baseline"][0]), float(d["baseline"][1])),
         )
 
 
@@ -185,8 +181,6 @@ def load_bundle(bundle: str | os.PathLike[str], device: str = "auto") -> LoadedM
         raise BundleError(f"{weights}: does not fit the network recorded in metadata.json ({str(err)[:300]})") from None
     net.to(dev).eval()
     filters = [FilterInfo.from_dict(f) for f in icnn["filters"]]
-    if len(filters) == net.n_filters and all(f.baseline is not None for f in filters):
-        net.set_contribution_baseline([f.baseline[0] for f in filters] + [f.baseline[1] for f in filters])
     return LoadedModel(
         path=root,
         net=net,

@@ -441,18 +441,6 @@ def _init_from(net, bundle: str) -> None:
 
 
 @torch.no_grad()
-def pooled_baseline(net, loader, device) -> np.ndarray:
-    """The head's input averaged over the loader's images ``(2C,)``: each filter's reference response."""
-    net.eval()
-    total, n = None, 0
-    for batch in loader:
-        feats = net.pooled(net(batch["image"].to(device)).masked).float().sum(0).cpu()
-        total = feats if total is None else total + feats
-        n += len(batch["image"])
-    return (total / max(n, 1)).numpy() if total is not None else np.zeros(2 * net.n_filters)
-
-
-@torch.no_grad()
 def filter_report(net, loader, device, has_masks: bool) -> tuple[list[str | None], np.ndarray, np.ndarray, np.ndarray]:
     """Name each filter after a part on annotated images, where its peaks back the name; also each filter's
     display scale.
@@ -488,7 +476,6 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
     net.set_mask_enabled(cfg.interpretable)
     net.eval()
     parts, scores, hits, act_scale = filter_report(net, val_dl, device, has_masks)
-    baseline = pooled_baseline(net, val_dl, device)
     cats = assignment.categories.cpu().tolist() if cfg.interpretable else [None] * cfg.n_filters
     filters = []
     for f in range(cfg.n_filters):
@@ -497,8 +484,7 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
         filters.append(FilterInfo(id=f, category=category, part=parts[f],
                                   part_score=None if parts[f] is None else round(float(scores[f]), 4),
                                   part_hit_rate=None if parts[f] is None else round(float(hits[f]), 4),
-                                  act_scale=round(float(act_scale[f]), 5),
-                                  baseline=(round(float(baseline[f]), 6), round(float(baseline[cfg.n_filters + f]), 6))))
+                                  act_scale=round(float(act_scale[f]), 5)))
     best_metrics = next((h for h in history if h["epoch"] == best["epoch"]), history[-1] if history else {})
     save_bundle(
         cfg.out,

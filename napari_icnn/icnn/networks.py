@@ -207,9 +207,6 @@ class ICNN(nn.Module):
         self.mask.enabled = self.interpretable
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(2 * n_filters, n_outputs)
-        # What a filter's pooled response is replaced by when its contribution is measured (set from the
-        # bundle: its average on validation images; zero means "map zeroed"). Not part of the weights.
-        self.register_buffer("_baseline", torch.zeros(2 * n_filters), persistent=False)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -234,22 +231,6 @@ class ICNN(nn.Module):
             to_head = torch.cat([masked[:, :k].detach(), masked[:, k:]], dim=1)
         return ICNNOutput(logits=self.head(to_head), maps=maps, masked=masked, mu=mu)
 
-    @torch.no_grad()
-    def set_contribution_baseline(self, values: Tensor | list[float] | None) -> None:
-        """Set each filter's reference pooled response ``(2C,)``: max-pooled then mean-pooled values, the
-        order of the head's input. None resets to zero."""
-        if values is None:
-            self._baseline.zero_()
-            return
-        v = torch.as_tensor(values, dtype=self._baseline.dtype, device=self._baseline.device).reshape(-1)
-        if v.numel() != self._baseline.numel():
-            raise ValueError(f"contribution baseline needs {self._baseline.numel()} values (got {v.numel()})")
-        self._baseline.copy_(v)
-
-    def pooled(self, masked: Tensor) -> Tensor:
-        """The head's input for (masked) maps: ``(B, 2C)``, max-pooled then mean-pooled."""
-        return self._pool(masked)
-
     @staticmethod
     def _pool(masked: Tensor) -> Tensor:
         # (B, 2C): max then mean of every map; zeroing a map zeroes exactly its two entries.
@@ -260,13 +241,11 @@ class ICNN(nn.Module):
         return self.fc(self.drop(self._pool(masked)))
 
     def contributions(self, masked: Tensor, target: Tensor | int) -> Tensor:
-        """How much ``logit[b, target[b]]`` drops when filter c's response is replaced by its reference:
-        its average pooled response on validation images where the bundle records one (so a landmark
-        filter that fires alike on every image contributes about nothing), else zero (the map removed).
+        """How much ``logit[b, target[b]]`` drops when filter c's map is zeroed.
 
         Exact ablation through the head with dropout off (eval behaviour whatever the module's
         mode), all filters at once: the pooled features are replicated C times with one filter's
-        entries replaced in each copy.
+        entries zeroed in each copy.
 
         Parameters
         ----------
@@ -284,9 +263,7 @@ class ICNN(nn.Module):
         target = torch.as_tensor(target, device=masked.device, dtype=torch.long).expand(b)
         feats = self._pool(masked)  # (B, 2C)
         keep = 1.0 - torch.eye(c, device=masked.device, dtype=feats.dtype)
-        keep2 = torch.cat([keep, keep], dim=1)
-        base = self._baseline.to(feats.dtype)
-        ablated = feats[:, None, :] * keep2 + base * (1.0 - keep2)  # (B, C, 2C)
+        ablated = feats[:, None, :] * torch.cat([keep, keep], dim=1)  # (B, C, 2C)
         full = F.linear(feats, self.fc.weight, self.fc.bias).gather(1, target[:, None])  # (B, 1)
         without = F.linear(ablated, self.fc.weight, self.fc.bias)  # (B, C, K)
         return full - without.gather(2, target[:, None, None].expand(b, c, 1)).squeeze(2)
