@@ -49,6 +49,7 @@ demo: system-deps venv
 include training/demo_bundle.env
 DEMO_WORK ?= build/demo-bundle
 demo-bundle: venv
+	rm -rf $(DEMO_WORK)
 	$(VENV)/bin/icnn synth $(DEMO_WORK)/train --n $(DEMO_N_TRAIN) --size $(DEMO_IMAGE_SIZE) --seed $(DEMO_TRAIN_SEED)
 	$(VENV)/bin/icnn synth $(DEMO_WORK)/val --n $(DEMO_N_VAL) --size $(DEMO_IMAGE_SIZE) --seed $(DEMO_VAL_SEED)
 	$(VENV)/bin/icnn train --ordinary --data $(DEMO_WORK)/train --val $(DEMO_WORK)/val --out $(DEMO_WORK)/ordinary \
