@@ -46,7 +46,7 @@ def main() -> None:
     panels = [("scan", img.pixels, None)] + [(f"{f.name}\ncontribution {f.contribution:+.2f}", f, None) for f in top]
     panels += [(f"strongest {part}: {f.name.split(' · ')[0]}\nstrength {f.strength:.2f}", f, None)
                for part, f in by_part.items() if f not in top][:5]
-    fig, axes = plt.subplots(2, 5, figsize=(16, 7))
+    fig, axes = plt.subplots(2, 5, figsize=(16, 8.2))
     for ax, (title, item, _) in zip(axes.ravel(), panels):
         if isinstance(item, np.ndarray):
             ax.imshow(item)
