@@ -24,6 +24,11 @@ from napari_icnn.data.fundus_image import FundusImage
 __all__ = ["FilterEvidence", "Explanation", "explain", "explain_batch", "explain_file", "write_explanation"]
 
 
+REGION_THRESHOLD = 0.3
+"""Default region of a filter: where its map on the scan reaches this fraction of its own peak. With 16-cell maps
+of disc-sized templates, 0.3 outlines the optic disc (IoU 0.33-0.39 on synthetic scans) where 0.5 marks only its
+central fifth."""
+
 @dataclass(frozen=True)
 class FilterEvidence:
     """One interpretable filter's evidence on one scan."""
@@ -105,7 +110,7 @@ class Explanation:
         out = self.geometry.map_to_scan(m.astype(np.float32), order=1)
         return np.clip(out, 0.0, 1.0) if normalise else out
 
-    def region_on_scan(self, fid: int, threshold: float = 0.5) -> np.ndarray:
+    def region_on_scan(self, fid: int, threshold: float = REGION_THRESHOLD) -> np.ndarray:
         """Where the filter fires: its normalised map above ``threshold`` × its own peak, ``(H, W)`` bool."""
         m = self.map_on_scan(fid, normalise=False)
         peak = float(m.max())

@@ -16,7 +16,7 @@ from napari_icnn._widgets.explain_widget import ExplainWidget
 from napari_icnn._widgets.layers import EVIDENCE_KEY, HEAT, REGION, UNDERLAY, evidence_info
 from napari_icnn.bundle import METADATA, WEIGHTS, load_bundle, shipped_bundle_path
 from napari_icnn.data.synth import generate_fundus
-from napari_icnn.explain import explain
+from napari_icnn.explain import REGION_THRESHOLD, explain
 from napari_icnn.render import PART_COLOURS
 
 pytestmark = pytest.mark.gui
@@ -81,7 +81,7 @@ def test_explain_adds_named_labels_layers_aligned_with_the_scan(qtbot, widget, f
         np.testing.assert_allclose(layer.scale, scan.scale)
         np.testing.assert_allclose(layer.translate, scan.translate)
         np.testing.assert_allclose(layer.rotate, scan.rotate)
-        np.testing.assert_array_equal(layer.data, expected.region_on_scan(info.filter_id, 0.5))
+        np.testing.assert_array_equal(layer.data, expected.region_on_scan(info.filter_id, REGION_THRESHOLD))
         np.testing.assert_allclose(layer.colormap.map(1)[:3], np.array(PART_COLOURS[info.part]) / 255)
         # A pixel of the region, found through world coordinates from the scan, is the same pixel.
         r, c = np.argwhere(np.asarray(layer.data))[len(np.argwhere(np.asarray(layer.data))) // 2]
@@ -112,14 +112,14 @@ def test_rerun_replaces_the_evidence_of_that_scan_only(qtbot, widget, fundus, ti
     _run(qtbot, widget)
     names = [la.name for la in viewer.layers]
 
-    widget.threshold_spin.setValue(0.3)
+    widget.threshold_spin.setValue(0.6)
     _run(qtbot, widget)
     assert [la.name for la in viewer.layers] == names  # same layers, not duplicates ("[1]")
     expected = explain(fundus.image, load_bundle(tiny_bundle))
     for layer in _evidence(viewer, REGION):  # ... showing the new run's regions, names and colours
         info = evidence_info(layer.metadata)
-        assert info.threshold == pytest.approx(0.3)
-        np.testing.assert_array_equal(layer.data, expected.region_on_scan(info.filter_id, 0.3))
+        assert info.threshold == pytest.approx(0.6)
+        np.testing.assert_array_equal(layer.data, expected.region_on_scan(info.filter_id, 0.6))
         assert layer.name == expected.filter(info.filter_id).name
         assert layer.features["filter_id"].tolist() == [info.filter_id]
         np.testing.assert_allclose(layer.colormap.map(1)[:3], np.array(PART_COLOURS[info.part]) / 255)
@@ -138,7 +138,7 @@ def test_rerun_replaces_the_evidence_of_that_scan_only(qtbot, widget, fundus, ti
             round(expected_other.filter(info.filter_id).contribution, 4)
         ]
         np.testing.assert_allclose(layer.colormap.map(1)[:3], np.array(PART_COLOURS[info.part]) / 255)
-        np.testing.assert_array_equal(layer.data, expected_other.region_on_scan(info.filter_id, 0.3))
+        np.testing.assert_array_equal(layer.data, expected_other.region_on_scan(info.filter_id, 0.6))
     widget.model_edit.setText(str(tiny_bundle))
 
     widget.top_k_spin.setValue(2)
@@ -225,9 +225,8 @@ def test_disc_filter_of_the_demo_model_covers_the_disc_in_viewer_coordinates(qtb
             world = scan.data_to_world((rows[idx], cols[idx]))
             r, c = np.round(layer.world_to_data(world)).astype(int)
             hit[idx] = 0 <= r < data.shape[0] and 0 <= c < data.shape[1] and data[r, c] == 1
-        # the region (the top of the filter's response) lies on the disc: mostly inside it, centred on it
-        assert hit.any(), layer.name
-        assert (hit & truth).sum() / hit.sum() >= 0.8, layer.name
+        # the region overlaps the disc and is centred on it, at the widget's default region threshold
+        assert (hit & truth).sum() / (hit | truth).sum() > 0.3, layer.name
         assert np.linalg.norm(np.argwhere(hit).mean(axis=0) - centre) <= radius, layer.name
 
 

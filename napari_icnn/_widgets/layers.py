@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_icnn.explain import REGION_THRESHOLD
 from napari_icnn.parts import display_name
 from napari_icnn.render import PART_COLOURS
 
@@ -243,7 +244,7 @@ def evidence_layers(
     *,
     scan: str,
     top_k: int = 5,
-    threshold: float = 0.5,
+    threshold: float = REGION_THRESHOLD,
     heat_maps: bool = False,
     show_heat_maps: bool | None = None,
     placement: Placement | None = None,

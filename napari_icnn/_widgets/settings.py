@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_icnn.atomic import atomic_write_text
+from napari_icnn.explain import REGION_THRESHOLD
 
 __all__ = [
     "ExplainSettings",
@@ -43,7 +44,7 @@ class ExplainSettings:
     model_path: str | None = None
     """Bundle folder; ``None`` means the default bundle (:func:`napari_icnn.bundle.default_bundle_path`)."""
     top_k: int = 5
-    threshold: float = 0.5
+    threshold: float = REGION_THRESHOLD
     heat_maps: bool = False
 
     def __post_init__(self) -> None:
