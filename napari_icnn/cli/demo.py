@@ -13,9 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-# Sizes chosen so the demo trains in well under 10 minutes on a 2-core CPU.
+# Sizes chosen so the demo trains in under 10 minutes on a 2-core CPU (about 6.5 measured).
 # An ordinary CNN first, then the interpretable fine-tuning that starts from it (the recipe of the shipped model).
-DEMO = dict(n_train=700, n_val=150, n_test=120, image_size=384, size=192, epochs=12, warmup=6, ft_epochs=6)
+# The same sizes as the shipped model (training/demo_bundle.env): smaller cohorts or inputs gave badly calibrated
+# models (accuracy 0.82 at AUC 1.0) that called the real photograph referable.
+DEMO = dict(n_train=1000, n_val=200, n_test=120, image_size=384, size=256, epochs=16, warmup=8, ft_epochs=8)
 QUICK = dict(n_train=96, n_val=32, n_test=16, image_size=256, size=128, epochs=2, warmup=1, ft_epochs=1)
 FINETUNE_LR = 5e-4
 
