@@ -63,6 +63,10 @@ def display_name(part_key: str | None) -> str | None:
     return part.display if part else part_key
 
 
+FREE_CATEGORY = "free"
+"""The category recorded for label-free filters (they belong to no class)."""
+
+
 def filter_display_name(
     filter_id: int,
     clinician_name: str | None = None,
@@ -71,5 +75,8 @@ def filter_display_name(
 ) -> str:
     """A filter's display name: ``"filter N · "`` + the clinician's name if set, else the
     matched part's display name, else the assigned category, else ``"unnamed"``."""
-    label = (clinician_name or "").strip() or display_name(part_key) or (category or "").strip() or "unnamed"
+    category = (category or "").strip()
+    if category == FREE_CATEGORY:
+        category = "label-free, unnamed"  # "free" is the training term; a reader needs to know it has no name yet
+    label = (clinician_name or "").strip() or display_name(part_key) or category or "unnamed"
     return f"filter {filter_id} · {label}"

@@ -27,6 +27,7 @@ from napari_icnn.config import TrainConfig
 from napari_icnn.engine import runtime
 from napari_icnn.errors import Cancelled, ConfigError
 from napari_icnn.progress import EpochEnd, Message, Progress
+from napari_icnn.parts import FREE_CATEGORY
 
 __all__ = ["TrainResult", "train_iter", "train", "train_step", "class_names_for", "CHECKPOINT_DIR"]
 
@@ -480,7 +481,7 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
     filters = []
     for f in range(cfg.n_filters):
         c = cats[f]
-        category = None if c is None else ("free" if c < 0 else names[c])
+        category = None if c is None else (FREE_CATEGORY if c < 0 else names[c])
         filters.append(FilterInfo(id=f, category=category, part=parts[f],
                                   part_score=None if parts[f] is None else round(float(scores[f]), 4),
                                   part_hit_rate=None if parts[f] is None else round(float(hits[f]), 4),
