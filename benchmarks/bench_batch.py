@@ -119,7 +119,7 @@ def _peak_rss(inputs: Path, out: Path, bundle: Path, workers: int) -> dict[str, 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _timed(cfg) -> tuple[object, float]:
+def timed_infer(cfg) -> tuple[object, float]:
     """Run ``cfg``; its summary and its steady rate: files per second between the first and the
     last file finished (what start-up, the model load and the worker start, does not weigh on)."""
     from napari_icnn.batch import infer_iter
@@ -193,7 +193,7 @@ def run(quick: bool = False, memory: bool = True, log=None) -> dict[str, float]:
         del kept, explained
         torch.set_num_threads(threads)
 
-        summary, steady = _timed(BatchConfig(inputs=(str(root / "in"),), out=str(root / "pipeline"),
+        summary, steady = timed_infer(BatchConfig(inputs=(str(root / "in"),), out=str(root / "pipeline"),
                                              model=str(bundle), workers=workers, batch=batch))
         assert summary.n_ok == n_files, summary
         pipeline_ips = n_files / summary.seconds
@@ -210,7 +210,7 @@ def run(quick: bool = False, memory: bool = True, log=None) -> dict[str, float]:
             pipeline_steady_over_bound=steady / bound,
         )
         note("pipeline_over_bound", pipeline_ips / bound)
-        light, light_steady = _timed(BatchConfig(inputs=(str(root / "in"),), out=str(root / "pipeline_json"),
+        light, light_steady = timed_infer(BatchConfig(inputs=(str(root / "in"),), out=str(root / "pipeline_json"),
                                                  model=str(bundle), workers=workers, batch=batch, formats=("json",)))
         bound_light = 1.0 / (t_decode + t_forward + t_write_json)
         results.update(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from benchmarks.harness import Context, Figure
 
@@ -85,24 +84,8 @@ def _png_files(folder, n: int, side: int, distinct: int = 6) -> list:
     return paths
 
 
-def _timed_infer(cfg) -> tuple[Any, float]:
-    """Run ``cfg``; its summary and the rate between the first and the last file finished."""
-    from napari_icnn.batch import infer_iter
-    from napari_icnn.progress import Progress, drain
-
-    stamps: list[float] = []
-
-    def on_event(event) -> None:
-        if isinstance(event, Progress) and event.stage == "infer" and event.done:
-            stamps.append(time.perf_counter())
-
-    summary = drain(infer_iter(cfg), on_event)
-    steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
-    return summary, steady
-
-
 def _png_run(ctx: Context) -> Iterator[Figure]:
-    from benchmarks.bench_batch import make_bundle
+    from benchmarks.bench_batch import make_bundle, timed_infer
     from napari_icnn.batch import BatchConfig
     from napari_icnn.batch.outputs import OutputSpec
     from napari_icnn.batch.summary import Row
@@ -140,7 +123,7 @@ def _png_run(ctx: Context) -> Iterator[Figure]:
 
     cfg = BatchConfig(inputs=(str(root / "in"),), out=str(root / "pipeline"), model=str(bundle),
                       device=ctx.device.type, workers=workers, batch=batch, formats=("json",))
-    summary, steady = _timed_infer(cfg)
+    summary, steady = timed_infer(cfg)
     if summary.n_ok != n_files:
         raise RuntimeError(f"the batch run processed {summary.n_ok} of {n_files} files: {summary.describe()}")
     bound = 1.0 / (t_decode + t_model)

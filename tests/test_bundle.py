@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_bundle
 
 from napari_icnn.bundle import (
     FilterInfo,
@@ -23,7 +24,6 @@ from napari_icnn.bundle import (
     shipped_bundle_path,
 )
 from napari_icnn.errors import BundleError
-from conftest import make_bundle
 
 
 @pytest.fixture()

@@ -20,7 +20,7 @@ from napari_icnn.dicom.uids import ModelInfo
 from napari_icnn.errors import BundleError, ConfigError
 from napari_icnn.progress import Message, Progress, drain
 
-__all__ = ["infer_iter", "infer", "SUMMARY_NAME", "SETTINGS_NAME", "LOCK_NAME"]
+__all__ = ["infer_iter", "infer", "exclusive_folder", "SUMMARY_NAME", "SETTINGS_NAME", "LOCK_NAME"]
 
 SUMMARY_NAME = "summary.csv"
 SETTINGS_NAME = ".icnn-batch.json"
@@ -53,14 +53,15 @@ def _output_folder(out: str) -> Path:
 
 
 @contextlib.contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
-    """Hold the folder's lock: two runs appending to one summary would duplicate rows."""
+def exclusive_folder(folder: Path, lock_name: str = LOCK_NAME) -> Iterator[None]:
+    """Hold the folder's lock ``lock_name`` for the run: two runs appending to one summary would duplicate
+    rows (and two PACS runs would retrieve and store the same things)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks
         yield
         return
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(folder / lock_name, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -166,7 +167,7 @@ def infer_iter(
 
             client = connect(cfg.scheduler, str(out), model_path)
             stack.callback(client.close)
-        stack.enter_context(_exclusive(out))
+        stack.enter_context(exclusive_folder(out))
         _check_settings(out, info, cfg)
         summary = stack.enter_context(SummaryFile(out / SUMMARY_NAME))
         if files is None:

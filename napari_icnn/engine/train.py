@@ -26,8 +26,8 @@ from napari_icnn.bundle import WEIGHTS, FilterInfo, load_bundle, save_bundle
 from napari_icnn.config import TrainConfig
 from napari_icnn.engine import runtime
 from napari_icnn.errors import Cancelled, ConfigError
-from napari_icnn.progress import EpochEnd, Message, Progress
 from napari_icnn.parts import FREE_CATEGORY
+from napari_icnn.progress import EpochEnd, Message, Progress
 
 __all__ = ["TrainResult", "train_iter", "train", "train_step", "class_names_for", "CHECKPOINT_DIR"]
 

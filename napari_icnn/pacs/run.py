@@ -10,14 +10,14 @@ neither retrieved nor processed again, and results already stored are not stored
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from napari_icnn.batch.config import BatchConfig, BatchSummary
+from napari_icnn.batch.run import exclusive_folder
 from napari_icnn.errors import ConfigError
 from napari_icnn.pacs.credentials import PacsSettings
 from napari_icnn.pacs.errors import PacsError, PacsSetupError
@@ -120,26 +120,6 @@ def _probe(remote: Remote, settings: PacsSettings, option: str) -> None:
         raise PacsSetupError(f"{option}: {exc}") from None
 
 
-@contextlib.contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
-    """One PACS run per output folder: two would retrieve and store the same things."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory locks
-        yield
-        return
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise ConfigError(f"--out {folder}: another icnn infer run is using this folder") from None
-        yield
-    finally:
-        os.close(fd)
-
-
 def pacs_infer_iter(
     job: PacsJob, cfg: BatchConfig, should_stop: Callable[[], bool] | None = None
 ) -> Generator[Progress | Message, None, PacsSummary]:
@@ -177,7 +157,7 @@ def pacs_infer_iter(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"--out {cfg.out}: cannot create the folder ({exc.strerror or exc})") from None
-        stack.enter_context(_exclusive(out))
+        stack.enter_context(exclusive_folder(out, LOCK_NAME))
         state = PacsState(out / STATE_NAME)
         stack.callback(state.save)
         storer = Storer(store, state, out, settings.retry) if store is not None else None

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import replace
 from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

@@ -126,7 +126,7 @@ def tables_markdown(doc: dict[str, Any]) -> str:
             if not b.get("icnn", {}).get(f"chance:{part}"):
                 continue
 
-            def cell(model: str, kind: str) -> str:
+            def cell(model: str, kind: str, b: dict = b, part: str = part) -> str:
                 m = b.get(model, {})
                 v = _ms(m.get(f"{kind}:{part}", []))
                 nf = m.get(f"n_filters:{part}", [])
