@@ -166,3 +166,19 @@ def test_a_name_needs_the_filters_peaks_to_back_it():
     # a disc filter that misses the disc on 40 % of images is not called a disc filter, although 0.6 is 30x
     # chance; a haemorrhage filter needs twice chance; a part the filter never peaked on stays unnamed
     assert reliable_parts(parts, hits, chance) == ["optic_disc", None, "HE", None, None, None, None]
+
+
+def test_the_icnn_explainer_reports_each_images_most_contributing_filter():
+    from napari_icnn.engine.collect import icnn_explainer
+    from napari_icnn.icnn import ICNN
+
+    torch.manual_seed(0)
+    net = ICNN(n_filters=6, image_size=64, width=8).eval()
+    x = torch.randn(3, 3, 64, 64)
+    mb = icnn_explainer(net)(x)
+    with torch.no_grad():
+        out = net(x)
+        # zeroing the reported filter's map lowers the referable logit more than zeroing any other
+        drops = torch.stack([out.logits[:, 0] - net.head(out.masked * (torch.arange(6) != f).view(1, 6, 1, 1))[:, 0]
+                             for f in range(6)], dim=1)
+    assert torch.equal(mb.top, drops.argmax(dim=1))

@@ -173,3 +173,12 @@ def test_label_free_filters_get_no_classification_gradient_when_template_only():
     with torch.no_grad():  # at inference every filter reaches the classifier as usual
         out = net(x)
         assert torch.allclose(out.logits, net.head(out.masked))
+
+
+def test_a_later_epoch_wins_a_tie_in_validation_auc_but_not_a_real_drop():
+    from napari_icnn.engine.train import BEST_TOLERANCE, _takes_over
+
+    best = {"score": 0.990, "epoch": 4, "eligible": True}
+    assert _takes_over(0.990 - BEST_TOLERANCE / 2, best)  # noise: the later, better-settled epoch is kept
+    assert not _takes_over(0.990 - 2 * BEST_TOLERANCE, best)
+    assert _takes_over(0.5, {"score": float("-inf"), "epoch": 0})  # the first eligible epoch always counts

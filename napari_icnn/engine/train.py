@@ -58,6 +58,13 @@ BEST_TOLERANCE = 0.005
 """Validation AUC steps smaller than this do not make an earlier epoch the best one."""
 
 
+def _takes_over(score: float, best: dict[str, Any]) -> bool:
+    """Whether an eligible epoch with validation ``score`` becomes the best one. A later epoch within
+    BEST_TOLERANCE of the best score so far wins the tie: the filters keep settling on their parts after the
+    AUC has levelled off, and smaller AUC steps are noise."""
+    return best["epoch"] == 0 or not best.get("eligible", True) or score >= best["score"] - BEST_TOLERANCE
+
+
 def _build_net(cfg: TrainConfig, n_outputs: int) -> Any:
     from napari_icnn.icnn.networks import ICNN
 
@@ -257,10 +264,7 @@ def train_iter(
             history.append(metrics)
             score = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -metrics["val_loss"]
             eligible = cfg.ordinary or cfg.mask_on(epoch) or cfg.epochs <= cfg.warmup_epochs
-            # A later epoch within BEST_TOLERANCE of the best validation score wins the tie: the filters keep
-            # settling on their parts after the AUC has levelled off, and smaller AUC steps are noise.
-            improved = eligible and (score >= best["score"] - BEST_TOLERANCE or best["epoch"] == 0
-                                     or not best.get("eligible", True))
+            improved = eligible and _takes_over(score, best)
             if improved:
                 best = {"score": float(max(score, best["score"]) if best.get("eligible") else score),
                         "epoch": epoch, "eligible": True}
