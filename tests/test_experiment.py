@@ -41,3 +41,11 @@ def test_unknown_preset_is_a_usage_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "napari_icnn", "experiment", "--out", str(tmp_path / "x"),
                            "--preset", "huge"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--preset" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_bad_free_fraction_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "x"
+    proc = subprocess.run([sys.executable, "-m", "napari_icnn", "experiment", "--out", str(out), "--preset", "tiny",
+                           "--free-fraction", "1.5"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--free-fraction" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "data").exists()

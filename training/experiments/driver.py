@@ -101,6 +101,9 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
     if preset not in PRESETS:
         raise ConfigError(f"--preset: one of {', '.join(PRESETS)} (got {preset!r})")
     p = PRESETS[preset]
+    ff = (icnn_overrides or {}).get("free_fraction")
+    if ff is not None and not 0 <= ff <= 1:  # checked now, not after the cohorts have been generated
+        raise ConfigError(f"--free-fraction: must be between 0 and 1 (got {ff!r})")
     if icnn_overrides:
         p = replace(p, icnn={**p.icnn, **icnn_overrides})
     seeds = tuple(seeds) if seeds else p.seeds
