@@ -155,8 +155,12 @@ class Timings:
         return statistics.median(self.seconds[name])
 
     def ratio(self, name: str, over: str) -> float:
-        """Median of ``name`` over median of ``over``."""
-        return self.median(name) / self.median(over)
+        """Median over the rounds of ``name``'s time over ``over``'s in the same round.
+
+        Paired within a round, so a machine that speeds up or slows down during the run (other work,
+        clock changes) moves both sides of each ratio alike.
+        """
+        return statistics.median(a / b for a, b in zip(self.seconds[name], self.seconds[over], strict=False))
 
 
 def interleaved(
@@ -240,13 +244,13 @@ class Context:
         return None if value is None else Target(op, value, self.where)
 
     def timing(self, budget_s: float = 20.0) -> dict[str, Any]:
-        """Repetitions for :func:`interleaved`: a fixed 3 + 20 on a GPU; sized to a time budget on the
-        CPU (3 to 10 rounds); 1 + 2 with ``quick``."""
+        """Repetitions for :func:`interleaved`: a fixed 3 + 20 on a GPU; 2 warm-up rounds and timed rounds
+        sized to a time budget on the CPU (5 to 30); 1 + 2 with ``quick``."""
         if self.quick:
             return {"warmup": 1, "rounds": 2}
         if self.cuda:
             return {"warmup": 3, "rounds": 20}
-        return {"warmup": 1, "budget_s": budget_s, "min_rounds": 3, "max_rounds": 10}
+        return {"warmup": 2, "budget_s": budget_s, "min_rounds": 5, "max_rounds": 30}
 
 
 def _machine_lines(device: Any, cores: int) -> list[str]:

@@ -47,11 +47,13 @@ def materialised_filter_loss(
     mode: str = "paper",
     normalise: bool = True,
     reduction: str = "mean",
+    mu: Tensor | None = None,
 ) -> Tensor:
     """The template filter loss (Z summed over the batch) on :func:`materialised_scores`.
 
     Takes the arguments of the real loss so a training step can use either; ``reduction`` is
-    ``"mean"`` or ``"sum"`` over filters, or ``"none"`` for the ``(C,)`` per-filter losses.
+    ``"mean"`` or ``"sum"`` over filters, or ``"none"`` for the ``(C,)`` per-filter losses; ``mu``
+    the ``(B, C)`` flat peaks defining T̂ (default: each map's argmax).
     """
     s = materialised_scores(x, bank, normalise)
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -62,7 +64,7 @@ def materialised_filter_loss(
             log_p = s - lz
             per_filter = -(torch.exp(log_p + log_prior) * (log_p - log_px[..., None])).sum(dim=(0, 2))
         elif mode == "paper":
-            hat = x.detach().flatten(2).argmax(dim=-1)
+            hat = x.detach().flatten(2).argmax(dim=-1) if mu is None else mu.to(device=s.device, dtype=torch.long)
             if positive is not None:
                 hat = torch.where(positive.to(device=s.device, dtype=torch.bool), hat, bank.n**2)
             log_p_hat = s.gather(-1, hat[..., None]).squeeze(-1) - lz.gather(-1, hat.T).T

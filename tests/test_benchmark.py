@@ -108,6 +108,10 @@ def test_interleaved_alternates_order_and_fills_budget(harness):
     assert sized.median("nap") >= 0.01
     slow = harness.interleaved({"x": lambda: time.sleep(0.02), "y": lambda: time.sleep(0.002)}, warmup=0, rounds=3)
     assert slow.ratio("x", "y") > 2
+    # the ratio pairs each round's times, so a run that changes speed half-way does not skew it
+    drifting = harness.Timings({"x": (2.0, 2.2, 6.0, 6.6), "y": (1.0, 1.0, 3.0, 3.0)})
+    assert drifting.ratio("x", "y") == pytest.approx(2.1)
+    assert drifting.median("x") / drifting.median("y") == pytest.approx(2.05)
 
 
 def test_figures_are_valid_once_built(harness):

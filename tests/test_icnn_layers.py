@@ -17,6 +17,7 @@ from napari_icnn.icnn import (
     template_filter_loss,
     template_shapes,
 )
+from napari_icnn.icnn.templates import SCORE_METHODS, cone_radius
 
 # --- templates -------------------------------------------------------------------------------
 
@@ -54,9 +55,10 @@ def test_template_bank_scale_negative_template_and_priors():
     assert TemplateBank(n).bfloat16().templates.dtype == torch.float32
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 6, 7, 32])
-def test_blockwise_scores_equal_the_full_template_product(n):
-    bank = TemplateBank(n, beta=3.3).double()
+@pytest.mark.parametrize("n, beta", [(1, 3.3), (2, 3.3), (3, 3.3), (6, 3.3), (7, 3.3), (32, 3.3), (7, 12.0),
+                                     (13, 30.0), (32, 12.0)])
+def test_every_score_method_equals_the_full_template_product(n, beta):
+    bank = TemplateBank(n, beta=beta).double()
     g = torch.Generator().manual_seed(n)
     x = torch.rand(3, 5, n, n, generator=g, dtype=torch.float64)
     want = torch.tensor(
@@ -64,17 +66,55 @@ def test_blockwise_scores_equal_the_full_template_product(n):
            for t in range(n * n + 1)] for c in range(5)] for b in range(3)],
         dtype=torch.float64,
     ) if n < 8 else x.flatten(2) @ bank.templates.T  # fmt: skip
-    for blockwise in (True, False):
-        got = bank.scores(x, blockwise=blockwise)
+    upstream = torch.randn(3, 5, n * n + 1, generator=g, dtype=torch.float64)
+    for method in SCORE_METHODS:
+        got = bank.scores(x, method=method)
         assert got.shape == (3, 5, n * n + 1)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
-    assert torch.equal(bank.scores(x), bank.scores(x, blockwise=True))  # the CPU default
-    torch.testing.assert_close(bank.scores(x.contiguous(memory_format=torch.channels_last)), want)
-    # the gradient is the adjoint product, as for the full matrix
-    xg = x.clone().requires_grad_()
-    upstream = torch.randn(3, 5, n * n + 1, generator=g, dtype=torch.float64)
-    bank.scores(xg, blockwise=True).backward(upstream)
-    torch.testing.assert_close(xg.grad.flatten(2), upstream @ bank.templates, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(bank.scores(x.contiguous(memory_format=torch.channels_last), method), want)
+        # the gradient is the adjoint product, as for the full matrix
+        xg = x.clone().requires_grad_()
+        bank.scores(xg, method=method).backward(upstream)
+        torch.testing.assert_close(xg.grad.flatten(2), upstream @ bank.templates, rtol=1e-12, atol=1e-14)
+    assert torch.equal(bank.scores(x), bank.scores(x, method="folded"))  # the CPU default in float64
+
+
+def test_score_method_follows_device_dtype_and_cone_width():
+    bank = TemplateBank(32, beta=12.0)  # a cone of radius 5: 11 x 11 of a 32 x 32 map
+    x = torch.rand(2, 3, 32, 32)
+    conv = "conv" if torch.backends.mkldnn.is_available() else "folded"
+    assert bank.method_for(x) == conv
+    assert bank.method_for(x.double()) == "folded"
+    assert bank.method_for(x[..., :14, :14]) == conv
+    assert TemplateBank(32, beta=4.0).method_for(x) == "folded"  # radius 15: the cone covers the map
+    assert bank.method_for(torch.empty(2, 3, 32, 32, device="meta")) == "dense"
+    # float32 results of the three methods agree to float32 rounding
+    want = bank.scores(x.double(), method="dense")
+    for method in SCORE_METHODS:
+        torch.testing.assert_close(bank.scores(x, method=method).double(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="score method"):
+        bank.scores(x, method="fft")
+
+
+def test_bank_builds_only_what_its_method_needs():
+    bank = TemplateBank(32, beta=12.0)
+    bank.scores(torch.rand(2, 3, 32, 32, requires_grad=True), method="conv").sum().backward()
+    # the correlation needs one 11 x 11 cone, not the (n², n²) matrices (4 MB each here)
+    built = {name for name, buf in bank.named_buffers() if buf is not None}
+    assert built == {"log_prior", "_cone"}
+    assert bank._cone.shape == (11, 11)
+    bank.scores(torch.rand(1, 1, 32, 32), method="folded")
+    assert bank._templates is None and bank._block0 is not None
+    bank.double()  # rebuilt exactly in the new dtype, groups that were never built stay unbuilt
+    assert bank._cone.dtype == bank._block0.dtype == torch.float64 and bank._templates is None
+
+
+@pytest.mark.parametrize("n, beta, radius", [(32, 12.0, 5), (64, 12.0, 10), (6, 3.0, 3), (4, 0.5, 3), (8, 100.0, 0)])
+def test_cone_radius_is_the_last_positive_cell(n, beta, radius):
+    assert cone_radius(n, beta) == radius
+    d = torch.arange(n + 1, dtype=torch.float64)
+    positive = (d * (-beta / n) + 1.0).clamp(min=-1.0) > -1.0
+    assert radius == min(int(positive.nonzero().max()), n - 1)
 
 
 @pytest.mark.parametrize(

@@ -343,8 +343,10 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
         assignment.update(*_gathered(max_act, y, dist or runtime.DistInfo()))
         if lam > 0:
             positive = assignment.positive_mask(y)
+            # the mask's argmax is the loss's T̂ (same values; saves a second pass over the maps)
+            mu = out.mu if net.mask.locate == "argmax" else None
             per_filter = (filter_loss or template_filter_loss)(maps, positive, net.bank, mode=cfg.loss_mode,
-                                                               normalise=cfg.normalise, reduction="none")
+                                                               normalise=cfg.normalise, reduction="none", mu=mu)
             floss = (per_filter * filter_weights).mean()
     loss = cls + lam * floss
     opt.zero_grad(set_to_none=True)

@@ -1,9 +1,9 @@
 """The template filter loss: -MI(X; T) between a filter's maps and the part templates.
 
-Every quantity comes from one product of the flattened maps with the template bank,
-``S = x_flat @ templates.T`` (the element-wise "trace" tr(x·T) = sum_ij x_ij t_ij of every map
-with every template; :meth:`TemplateBank.scores` computes it block-wise), followed by gathers and
-log-sum-exps over that ``(B, C, n²+1)`` tensor. Nothing of size B·C·n²·n² is ever built.
+Every quantity comes from the scores ``S = x_flat @ templates.T`` (the element-wise "trace"
+tr(x·T) = sum_ij x_ij t_ij of every map with every template; :meth:`TemplateBank.scores` computes
+them as one product on a GPU and as one small correlation per map on a CPU), followed by gathers
+and log-sum-exps over that ``(B, C, n²+1)`` tensor. Nothing of size B·C·n²·n² is ever built.
 """
 
 from __future__ import annotations
@@ -87,6 +87,50 @@ class RunningLogZ(nn.Module):
         return torch.where(self.initialised, running, torch.logsumexp(scores.detach(), dim=0))
 
 
+class _PaperLoss(torch.autograd.Function):
+    """Per-filter ``-sum_b p(T̂_b) p(x_b|T̂_b) log[p(x_b|T̂_b) / p(x_b)]`` from the scores, with its gradient
+    written out: the same numbers as composing logsumexps and gathers in about half the passes over the
+    ``(B, C, n²+1)`` scores (as large as the maps themselves), as the exponentials of the forward pass are
+    kept for the backward one.
+
+    ``log_z`` ``(C, K)`` is a constant, or ``None`` for the batch's own ``logsumexp_b s``, differentiated.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, log_z: Tensor | None, log_prior: Tensor, hat: Tensor) -> Tensor:
+        e_z = sum_z = None
+        if log_z is None:
+            e_z, sum_z, log_z = _exp_sum(s, dim=0)
+        e_x, sum_x, log_px = _exp_sum(s + (log_prior - log_z), dim=-1)  # log p(x_b), (B, C)
+        idx = hat[..., None]
+        log_p_hat = (s.gather(-1, idx) - log_z.expand_as(s).gather(-1, idx)).squeeze(-1)  # log p(x_b | T̂_b)
+        w = torch.exp(log_prior[hat] + log_p_hat)  # p(T̂_b) p(x_b | T̂_b)
+        gap = log_p_hat - log_px
+        ctx.save_for_backward(e_x, sum_x, w, gap, hat, e_z, sum_z)
+        return -(w * gap).sum(dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        e_x, sum_x, w, gap, hat, e_z, sum_z = ctx.saved_tensors
+        g_px = grad * w  # dL/dlog p(x_b), through the -w·(... - log p(x_b)) term
+        g_hat = -grad * w * (1.0 + gap)  # dL/dlog p(x_b|T̂_b): w depends on it too
+        # d log p(x_b) / d s_bT is the posterior over templates, e_x / sum_x
+        g = e_x * (g_px / sum_x)[..., None]
+        g.scatter_add_(-1, hat[..., None], g_hat[..., None])
+        if e_z is not None:
+            # every log p(x_b|T) holds -log Z_T, and log Z_T = logsumexp over the batch (weights e_z / sum_z)
+            g.addcmul_(e_z, (g.sum(dim=0) / sum_z).neg_())
+        return g, None, None, None
+
+
+def _exp_sum(v: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``exp(v - max)``, its sum and ``logsumexp(v)`` along ``dim``: a logsumexp that keeps its exponentials."""
+    top = v.detach().amax(dim=dim, keepdim=True)  # finite: scores of finite maps and a finite log Z
+    e = torch.exp(v - top)
+    total = e.sum(dim=dim, keepdim=True)
+    return e, total.squeeze(dim), (total.log() + top).squeeze(dim)
+
+
 def template_scores(x: Tensor, bank: TemplateBank, normalise: bool = True) -> Tensor:
     """tr(x·T) of every map with every template: ``(B, C, n, n)`` -> ``(B, C, n²+1)``.
 
@@ -168,19 +212,20 @@ def template_filter_loss(
 
     s = template_scores(x, bank, normalise)  # (B, C, K)
     with torch.autocast(device_type=x.device.type, enabled=False):
+        lz = None  # the batch's own Z, differentiated through
         if isinstance(log_z, RunningLogZ):
             lz = log_z(s)
         elif log_z is not None:
             if tuple(log_z.shape) != (c, bank.n_templates):
                 raise ValueError(f"log_z must have shape {(c, bank.n_templates)}, got {tuple(log_z.shape)}")
             lz = log_z.to(device=s.device, dtype=s.dtype)
-        else:
-            lz = torch.logsumexp(s, dim=0)
         log_prior = bank.log_prior.to(s.dtype)
-        # log p(x_b) = logsumexp_T [log p(T) + s_bT - log Z_T]
-        log_px = torch.logsumexp(s + (log_prior - lz), dim=-1)  # (B, C)
-
+        batch_z = lz is None
         if mode == "mi":
+            if batch_z:
+                lz = torch.logsumexp(s, dim=0)
+            # log p(x_b) = logsumexp_T [log p(T) + s_bT - log Z_T]
+            log_px = torch.logsumexp(s + (log_prior - lz), dim=-1)  # (B, C)
             log_p = s - lz  # log p(x_b | T)
             pointwise = torch.exp(log_p + log_prior) * (log_p - log_px[..., None])
             per_filter = -pointwise.sum(dim=(0, 2))
@@ -190,11 +235,7 @@ def template_filter_loss(
             hat = mu.to(device=s.device, dtype=torch.long)
             if positive is not None:
                 hat = torch.where(positive.to(device=s.device, dtype=torch.bool), hat, bank.negative)
-            # only T̂ of each image is needed: gather before subtracting log Z
-            idx = hat[..., None]
-            log_p_hat = (s.gather(-1, idx) - lz.expand_as(s).gather(-1, idx)).squeeze(-1)
-            pointwise = torch.exp(log_prior[hat] + log_p_hat) * (log_p_hat - log_px)
-            per_filter = -pointwise.sum(dim=0)
+            per_filter = _PaperLoss.apply(s, None if batch_z else lz, log_prior, hat)
 
     if reduction == "mean":
         return per_filter.mean()

@@ -3,6 +3,10 @@
 A filter's n×n map is scored against n² positive templates (one per part location μ, a diamond
 that peaks at μ and falls off with the L1 distance) and one negative template T⁻ (uniformly
 negative: "this image has no such part"). The mask uses the bare shape, the loss the τ-scaled one.
+
+Every positive shape is -1 plus one cone, ``max(2 - beta * L1 / n, 0)``, moved to μ, so the n²
+scores of a map are -τ·sum(x) plus τ times the map correlated with that one small cone: the
+product with the (n², n²) template matrix never has to be formed on a CPU.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from napari_icnn.errors import ConfigError
 
-__all__ = ["template_shapes", "TemplateBank"]
+__all__ = ["template_shapes", "cone_radius", "TemplateBank", "SCORE_METHODS"]
+
+SCORE_METHODS = ("dense", "folded", "conv")
 
 
 def _positive(name: str, value: float) -> float:
@@ -60,6 +67,48 @@ def template_shapes(n: int, beta: float = 4.0, device=None, dtype=None) -> Tenso
     return shapes.to(dtype=dtype or torch.get_default_dtype())
 
 
+def cone_radius(n: int, beta: float) -> int:
+    """Cells from the centre to the last one where the cone ``max(2 - beta * d / n, 0)`` is positive."""
+    _check(n, beta)
+    # d < 2n/beta, so ceil(2n/beta) - 1; no farther than the map's own extent
+    return max(0, min(math.ceil(2.0 * n / float(beta)) - 1, n - 1))
+
+
+def _cone(n: int, beta: float) -> Tensor:
+    """The ``(2r+1, 2r+1)`` cone ``shape + 1`` around one centre, in float64 (same arithmetic as the shapes)."""
+    r = cone_radius(n, beta)
+    d = torch.arange(-r, r + 1, dtype=torch.float64).abs()
+    return ((d[:, None] + d[None, :]) * (-float(beta) / n) + 1.0).clamp(min=-1.0) + 1.0
+
+
+class _ConeCorrelation(torch.autograd.Function):
+    """Each map correlated with one symmetric kernel, zero-padded to the same size.
+
+    The operator is self-adjoint (the kernel is symmetric under a point reflection), so the
+    backward pass is the same correlation of the incoming gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: Tensor) -> Tensor:
+        ctx.save_for_backward(kernel)
+        return _ConeCorrelation.apply_to(x, kernel)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (kernel,) = ctx.saved_tensors
+        return _ConeCorrelation.apply_to(grad.contiguous(), kernel), None
+
+    @staticmethod
+    def apply_to(x: Tensor, kernel: Tensor) -> Tensor:
+        # One group per map. The kernel being symmetric, the convolution and the transposed one
+        # compute the same thing; oneDNN runs the former as a direct depthwise kernel up to 13 × 13
+        # only (then as a ~20x slower matrix product), the latter at any size, but slower.
+        m, k = x.shape[1], kernel.shape[-1]
+        weight = kernel.expand(m, 1, k, k)
+        conv = F.conv2d if k <= 13 else F.conv_transpose2d
+        return conv(x, weight, padding=k // 2, groups=m)
+
+
 def _log_prior(n: int) -> Tensor:
     """log p(T): alpha/n² for each positive template, 1 - alpha for T⁻, alpha = n²/(1+n²)."""
     alpha = n * n / (1.0 + n * n)
@@ -90,6 +139,31 @@ def _join(even: Tensor, odd: Tensor, dim: int) -> Tensor:
     return torch.cat([even + odd, (even - odd).flip(dim)], dim)
 
 
+def _folded_blocks(n: int, beta: float, tau: float) -> dict[str, Tensor]:
+    """The four quarter-size products of the folded method, in float64."""
+    # The L1 distance is unchanged by mirroring rows or columns, so in the mirror-folded basis
+    # (even part a + mirror(a), odd part a - mirror(a) of each axis) the shape matrix is
+    # block-diagonal: even/odd rows x even/odd columns, 4 blocks of about (n²/4)² entries.
+    # Block (p, q) maps folded input (c, d) to output (a, b) in the first half of the grid by
+    # sum_xy R_p[c, x] R_q[d, y] shape[(a, b), (x, y)], with R the inverse fold's weights.
+    shapes = template_shapes(n, beta, dtype=torch.float64)
+    ne, no = n - n // 2, n // 2
+    idx = torch.arange(n)
+    r_even = torch.zeros(ne, n, dtype=torch.float64)
+    r_even[idx[:ne], idx[:ne]] += 0.5
+    r_even[idx[:ne], n - 1 - idx[:ne]] += 0.5  # a middle line gets weight 1
+    r_odd = torch.zeros(no, n, dtype=torch.float64)
+    r_odd[idx[:no], idx[:no]] = 0.5
+    r_odd[idx[:no], n - 1 - idx[:no]] = -0.5
+    s4 = shapes.view(n, n, n, n)
+    blocks = {}
+    for k, (rp, rq) in enumerate([(r_even, r_even), (r_even, r_odd), (r_odd, r_even), (r_odd, r_odd)]):
+        side = rp.shape[0] * rq.shape[0]
+        block = (rp @ s4[: rp.shape[0], : rq.shape[0]] @ rq.T).reshape(side, side)
+        blocks[f"_block{k}"] = (tau * block).T.contiguous()  # ready for ``x_folded @ block``
+    return blocks
+
+
 class TemplateBank(nn.Module):
     """The template set of one n×n interpretable layer, built once and kept as buffers.
 
@@ -115,13 +189,19 @@ class TemplateBank(nn.Module):
     Notes
     -----
     The buffers are not persistent: they are derived from ``(n, beta, tau)`` and would only bloat
-    checkpoints. The (n², n²)-sized ones are built on first use (a network that only predicts
-    never pays for them), then cached; all follow ``.to(device)`` and ``.to(dtype)``, rebuilt
+    checkpoints. Each is built on first use by the score method that needs it (a network that only
+    predicts never pays for them, and a CPU run that scores by correlation never builds the
+    (n², n²) ones), then cached; all follow ``.to(device)`` and ``.to(dtype)``, rebuilt
     exactly in a new dtype (float32 at least: they only serve the loss, computed in float32 or
     float64).
     """
 
-    _LAZY = ("_shapes", "_templates", "_block0", "_block1", "_block2", "_block3")
+    # derived buffers, built on first use by the one method that needs them
+    _GROUPS = {
+        "dense": ("_shapes", "_templates"),
+        "folded": ("_block0", "_block1", "_block2", "_block3"),
+        "conv": ("_cone",),
+    }
 
     def __init__(self, n: int, beta: float = 4.0, tau: float | None = None):
         super().__init__()
@@ -129,50 +209,38 @@ class TemplateBank(nn.Module):
         tau = 0.5 / n**2 if tau is None else _positive("scale tau", tau)
         self.n, self.beta, self.tau = n, float(beta), float(tau)
         self.register_buffer("log_prior", _log_prior(n).to(torch.get_default_dtype()), persistent=False)
-        for name in self._LAZY:
-            self.register_buffer(name, None, persistent=False)
+        for names in self._GROUPS.values():
+            for name in names:
+                self.register_buffer(name, None, persistent=False)
 
     @property
     def shapes(self) -> Tensor:
-        return self._built("_shapes")
+        return self._built("dense", "_shapes")
 
     @property
     def templates(self) -> Tensor:
-        return self._built("_templates")
+        return self._built("dense", "_templates")
 
-    def _built(self, name: str) -> Tensor:
+    def _built(self, group: str, name: str) -> Tensor:
         if self._buffers[name] is None:
-            self._build()
+            self._build(group)
         return self._buffers[name]
 
-    def _build(self) -> None:
+    def _build(self, group: str) -> None:
         # Built in float64 on the CPU and rounded once, so a float64 bank is exact even when the
         # module was first built (and rounded) in float32.
         n, tau = self.n, self.tau
         dtype, device = self.log_prior.dtype, self.log_prior.device
-        shapes = template_shapes(n, self.beta, dtype=torch.float64)
-        built = {
-            "_shapes": shapes,
-            "_templates": tau * torch.cat([shapes, -torch.ones(1, n * n, dtype=torch.float64)]),
-        }
-        # The L1 distance is unchanged by mirroring rows or columns, so in the mirror-folded basis
-        # (even part a + mirror(a), odd part a - mirror(a) of each axis) the shape matrix is
-        # block-diagonal: even/odd rows x even/odd columns, 4 blocks of about (n²/4)² entries.
-        # Block (p, q) maps folded input (c, d) to output (a, b) in the first half of the grid by
-        # sum_xy R_p[c, x] R_q[d, y] shape[(a, b), (x, y)], with R the inverse fold's weights.
-        ne, no = n - n // 2, n // 2
-        idx = torch.arange(n)
-        r_even = torch.zeros(ne, n, dtype=torch.float64)
-        r_even[idx[:ne], idx[:ne]] += 0.5
-        r_even[idx[:ne], n - 1 - idx[:ne]] += 0.5  # a middle line gets weight 1
-        r_odd = torch.zeros(no, n, dtype=torch.float64)
-        r_odd[idx[:no], idx[:no]] = 0.5
-        r_odd[idx[:no], n - 1 - idx[:no]] = -0.5
-        s4 = shapes.view(n, n, n, n)
-        for k, (rp, rq) in enumerate([(r_even, r_even), (r_even, r_odd), (r_odd, r_even), (r_odd, r_odd)]):
-            side = rp.shape[0] * rq.shape[0]
-            block = (rp @ s4[: rp.shape[0], : rq.shape[0]] @ rq.T).reshape(side, side)
-            built[f"_block{k}"] = (tau * block).T.contiguous()  # ready for ``x_folded @ block``
+        if group == "conv":
+            built = {"_cone": _cone(n, self.beta)}
+        elif group == "dense":
+            shapes = template_shapes(n, self.beta, dtype=torch.float64)
+            built = {
+                "_shapes": shapes,
+                "_templates": tau * torch.cat([shapes, -torch.ones(1, n * n, dtype=torch.float64)]),
+            }
+        else:
+            built = _folded_blocks(n, self.beta, tau)
         for name, value in built.items():
             self._buffers[name] = value.to(device=device, dtype=dtype)
 
@@ -185,46 +253,72 @@ class TemplateBank(nn.Module):
             # loss works in float32 or float64, so a half-precision model keeps a float32 bank.
             dtype = torch.promote_types(after, torch.float32)
             self._buffers["log_prior"] = _log_prior(self.n).to(device=self.log_prior.device, dtype=dtype)
-            if self._buffers["_templates"] is not None:
-                self._build()
+            for group, names in self._GROUPS.items():
+                if self._buffers[names[0]] is not None:
+                    self._build(group)
         return self
 
-    def scores(self, x: Tensor, blockwise: bool | None = None) -> Tensor:
+    def method_for(self, x: Tensor) -> str:
+        """The score method :meth:`scores` uses for maps like ``x`` (see there)."""
+        if x.device.type != "cpu":
+            return "dense"
+        k = 2 * cone_radius(self.n, self.beta) + 1
+        # oneDNN's depthwise kernels beat the folded product while the cone covers at most half
+        # the map's cells (measured 1.5-3x at n = 16-96, beta = 12); a wide cone (the paper's
+        # beta = 4 at small n) is cheaper folded, and so is float64, which oneDNN does not run.
+        mkldnn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+        if x.dtype == torch.float32 and mkldnn and 2 * k * k <= self.n**2:
+            return "conv"
+        return "folded"
+
+    def scores(self, x: Tensor, method: str | None = None) -> Tensor:
         """tr(x·T) = sum_ij x_ij t_ij of every map with every template.
 
         Parameters
         ----------
         x
             ``(..., n, n)`` maps (float32 or float64; the bank's values are cast to their dtype).
-        blockwise
-            Compute the product as four quarter-size products in the mirror-folded basis (a
-            quarter of the arithmetic: about twice as fast on a CPU) rather than as one product
-            with :attr:`templates` (fewer, larger kernels: faster on a GPU). Default: blockwise on
-            the CPU only. Both give the same result up to rounding.
+        method
+            How to compute it; all three give the same result up to rounding:
+
+            - ``"dense"``: one product with :attr:`templates` (fewest kernels: the GPU default);
+            - ``"folded"``: four quarter-size products in the mirror-folded basis (a quarter of
+              the arithmetic);
+            - ``"conv"``: ``tau * (x ⋆ cone - sum(x))``, one depthwise correlation with the
+              ``(2r+1)²`` cone of :func:`cone_radius` (the CPU default when the cone is small).
+
+            Default: :meth:`method_for`.
 
         Returns
         -------
         Tensor
             ``(..., n²+1)``, equal to ``x.flatten(-2) @ templates.T`` (last column: T⁻).
         """
-        if blockwise is None:
-            blockwise = x.device.type == "cpu"
-        if not blockwise:
+        method = method or self.method_for(x)
+        if method not in SCORE_METHODS:
+            raise ConfigError(f"template score method must be one of {', '.join(SCORE_METHODS)} (got {method!r})")
+        if method == "dense":
             return x.flatten(-2) @ self.templates.T.to(x.dtype)
         n = self.n
         lead = x.shape[:-2]
         x = x.reshape(-1, n, n)
         m = x.shape[0]
+        total = x.sum(dim=(1, 2))
+        negative = -self.tau * total
+        if method == "conv":
+            cone = self._built("conv", "_cone").to(x.dtype)
+            corr = _ConeCorrelation.apply(x.contiguous()[None], cone)[0]  # (m, n, n)
+            positive = (self.tau * (corr - total[:, None, None])).reshape(m, n * n)
+            return torch.cat([positive, negative[:, None]], dim=1).reshape(*lead, n * n + 1)
         # split() and the block products keep the backward pass as cheap as the forward one
         halves = []
         for p, rows in enumerate(_halves(x, 1)):
             even, odd = (
-                (part.reshape(m, -1) @ self._built(f"_block{2 * p + q}").to(x.dtype)).view(part.shape)
+                (part.reshape(m, -1) @ self._built("folded", f"_block{2 * p + q}").to(x.dtype)).view(part.shape)
                 for q, part in enumerate(_halves(rows, 2))
             )
             halves.append(_join(even, odd, 2))
         positive = _join(halves[0], halves[1], 1).reshape(m, n * n)
-        negative = -self.tau * x.sum(dim=(1, 2))
         return torch.cat([positive, negative[:, None]], dim=1).reshape(*lead, n * n + 1)
 
     @property
