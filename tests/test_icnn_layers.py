@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ from napari_icnn.icnn import (
     template_filter_loss,
     template_shapes,
 )
-from napari_icnn.icnn.templates import SCORE_METHODS, cone_radius
+from napari_icnn.icnn.templates import _X86, SCORE_METHODS, cone_radius
 
 # --- templates -------------------------------------------------------------------------------
 
@@ -344,3 +347,23 @@ def test_a_filter_trained_with_the_template_loss_localises_a_moving_blob():
         f"trained filter peaks on the blob in only {after:.0%} of held-out images (was {before:.0%})"
     )
     assert math.isfinite(loss.item())
+
+
+@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and _X86), reason="oneDNN's x86 kernels only")
+@pytest.mark.parametrize("isa", ["AVX2", "SSE41"])
+def test_cone_correlation_stays_on_the_direct_depthwise_kernel(isa):
+    """On older instruction sets oneDNN leaves its direct depthwise kernel once the zero padding is
+    wider than a register block (k = 11 on AVX2); the scores must not fall onto the ~20x slower path."""
+    code = (
+        "import torch\n"
+        "from napari_icnn.icnn.templates import TemplateBank\n"
+        "for n in (16, 32, 64):\n"
+        "    x = torch.rand(2, 16, n, n, requires_grad=True)\n"
+        "    TemplateBank(n, 12.0).scores(x, method='conv').sum().backward()\n"
+    )
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa, ONEDNN_VERBOSE="1", OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    convs = [line for line in run.stdout.splitlines() if ",exec,cpu,convolution," in line]
+    assert len(convs) == 6, run.stdout[-2000:]  # forward and backward at each n
+    assert all(",jit_dw:" in line for line in convs), "\n".join(convs)

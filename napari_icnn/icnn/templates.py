@@ -12,6 +12,7 @@ product with the (n², n²) template matrix never has to be formed on a CPU.
 from __future__ import annotations
 
 import math
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from napari_icnn.errors import ConfigError
 __all__ = ["template_shapes", "cone_radius", "TemplateBank", "SCORE_METHODS"]
 
 SCORE_METHODS = ("dense", "folded", "conv")
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "x86", "i686")
 
 
 def _positive(name: str, value: float) -> float:
@@ -100,13 +102,16 @@ class _ConeCorrelation(torch.autograd.Function):
 
     @staticmethod
     def apply_to(x: Tensor, kernel: Tensor) -> Tensor:
-        # One group per map. The kernel being symmetric, the convolution and the transposed one
-        # compute the same thing; oneDNN runs the former as a direct depthwise kernel up to 13 × 13
-        # only (then as a ~20x slower matrix product), the latter at any size, but slower.
+        # One group per map. oneDNN runs a depthwise convolution as a direct kernel only while its
+        # left/right zero padding fits one register block (3 to 6 columns, by instruction set), and
+        # falls back to a ~20x slower matrix product above; padding the columns here keeps the
+        # direct kernel at any cone width, on every x86 instruction set.
         m, k = x.shape[1], kernel.shape[-1]
+        r = k // 2
         weight = kernel.expand(m, 1, k, k)
-        conv = F.conv2d if k <= 13 else F.conv_transpose2d
-        return conv(x, weight, padding=k // 2, groups=m)
+        if r <= 3:
+            return F.conv2d(x, weight, padding=r, groups=m)
+        return F.conv2d(F.pad(x, (r, r)), weight, padding=(r, 0), groups=m)
 
 
 def _log_prior(n: int) -> Tensor:
@@ -263,11 +268,12 @@ class TemplateBank(nn.Module):
         if x.device.type != "cpu":
             return "dense"
         k = 2 * cone_radius(self.n, self.beta) + 1
-        # oneDNN's depthwise kernels beat the folded product while the cone covers at most half
+        # oneDNN's x86 depthwise kernels beat the folded product while the cone covers at most half
         # the map's cells (measured 1.5-3x at n = 16-96, beta = 12); a wide cone (the paper's
         # beta = 4 at small n) is cheaper folded, and so is float64, which oneDNN does not run.
-        mkldnn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-        if x.dtype == torch.float32 and mkldnn and 2 * k * k <= self.n**2:
+        # Elsewhere (an ARM Mac, a build without oneDNN) the folded product is the safe choice.
+        onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and _X86
+        if x.dtype == torch.float32 and onednn and 2 * k * k <= self.n**2:
             return "conv"
         return "folded"
 
