@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_icnn._widgets.batch_widget import BatchCounts, BatchWidget, last_rows
+from napari_icnn._widgets.batch_widget import BatchCounts, BatchWidget, check_scheduler, last_rows
 from napari_icnn.batch import BatchConfig
 from napari_icnn.bundle import WEIGHTS, default_bundle_path
 from napari_icnn.data.synth import generate_fundus
@@ -203,6 +203,54 @@ def test_a_broken_model_becomes_an_error_notification(qtbot, widget, archive, ti
     assert any(m.startswith("Batch failed") and "model.pt" in m for m in errors), notes.seen
     assert w.outcome is None and w.progress.format() == "failed" and w.run_button.isEnabled()
     assert not (tmp_path / "results" / "summary.csv").exists()
+
+
+def test_scheduler_field_checks_the_address_and_replaces_local_workers(widget, archive, tmp_path):
+    w = widget
+    w.add_inputs([archive])
+    w.out_edit.setText(str(tmp_path / "results"))
+    assert w.run_button.isEnabled() and w.config().scheduler is None and w.workers_spin.isEnabled()
+    w.scheduler_edit.setText("not an address!")
+    assert "not a scheduler address" in w.scheduler_message.text() and not w.run_button.isEnabled()
+    w.scheduler_edit.setText("tcp://10.0.0.5:8786")
+    assert w.scheduler_message.text() == "" and w.run_button.isEnabled()
+    assert w.config().scheduler == "tcp://10.0.0.5:8786" and not w.workers_spin.isEnabled()
+    w.scheduler_edit.setText("  ")
+    assert w.config().scheduler is None and w.workers_spin.isEnabled()
+    for ok in ("tcp://127.0.0.1:8786", "scheduler-host:8786", "tls://dask.hospital.local:8786", "tcp://[::1]:8786"):
+        assert check_scheduler(ok) is None, ok
+    for bad in ("http://host:8786/status page", "host:port", "tcp://"):
+        assert check_scheduler(bad), bad
+
+
+def test_a_run_on_a_dask_cluster_gives_the_rows_of_a_local_run(qtbot, widget, archive, tmp_path, notes):
+    distributed = pytest.importorskip("distributed")
+    w = widget
+    w.add_inputs([archive])
+    w.out_edit.setText(str(tmp_path / "local"))
+    _run(qtbot, w)
+    local = sorted((r["input_path"], r["status"], r["probability"]) for r in _summary(tmp_path / "local"))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        w.scheduler_edit.setText(cluster.scheduler_address)
+        w.out_edit.setText(str(tmp_path / "cluster"))
+        _run(qtbot, w)
+    on_cluster = sorted((r["input_path"], r["status"], r["probability"]) for r in _summary(tmp_path / "cluster"))
+    assert on_cluster == local and len(local) == 6
+    assert (w.counts.ok, w.counts.error, w.counts.declined) == (4, 1, 1)
+
+    w.scheduler_edit.setText("tcp://127.0.0.1:9")  # nothing listens there
+    w.out_edit.setText(str(tmp_path / "nowhere"))
+    from napari_icnn.batch import cluster as cluster_module
+
+    cluster_module.CONNECT_TIMEOUT_S, saved = 2, cluster_module.CONNECT_TIMEOUT_S
+    try:
+        _run(qtbot, w)
+    finally:
+        cluster_module.CONNECT_TIMEOUT_S = saved
+    assert any(m.startswith("Batch failed") and "cannot connect to the Dask scheduler" in m
+               for m in notes.of("error")), notes.seen
+    assert not (tmp_path / "nowhere" / "summary.csv").exists()
 
 
 def test_config_uses_batch_config_defaults(widget):

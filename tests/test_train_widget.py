@@ -285,6 +285,39 @@ def test_a_failing_run_becomes_an_error_notification(qtbot, widget, cohorts, tmp
 
 
 @pytest.mark.gui
+def test_form_remembers_the_settings_of_the_last_run(qtbot, dock, cohorts, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_ICNN_DATA_DIR", str(tmp_path / "user-data"))
+    monkeypatch.delenv("NAPARI_ICNN_NOPERSIST", raising=False)
+    config = tmp_path / "config"
+    monkeypatch.setenv("NAPARI_ICNN_CONFIG_DIR", str(config))
+    w = dock(TrainWidget, "Train", area="right")
+    assert w.values()["epochs"] == TrainConfig().epochs  # nothing remembered yet
+    _fill(w, cohorts, tmp_path / "first", arch="resnet", lr=0.002, free_fraction=0.5, augment=False, epochs=30)
+    assert w.start() is not None
+    w.stop()
+    _wait_idle(qtbot, w)
+    saved = json.loads((config / "train.json").read_text())
+    assert saved["data"] == str(cohorts / "train") and saved["epochs"] == 30 and "out" not in saved
+
+    again = dock(TrainWidget, "Train", area="right").values()
+    for name in ("data", "val", "arch", "lr", "free_fraction", "augment", "epochs", "size", "batch"):
+        assert again[name] == w.values()[name], name
+    assert again["out"] == "" and again["arch"] == "resnet" and again["augment"] is False  # a run needs a new folder
+
+    # a damaged or foreign file is read value by value: what still fits its field is kept, the rest defaulted
+    (config / "train.json").write_text(json.dumps(
+        {"epochs": "many", "lr": 0.005, "augment": "no", "arch": "alexnet", "n_filters": 2.5, "val": None,
+         "bogus": 1, "out": "/somewhere"}))
+    mixed = dock(TrainWidget, "Train", area="right").values()
+    default = TrainConfig()
+    assert mixed["lr"] == pytest.approx(0.005) and mixed["val"] is None
+    assert (mixed["epochs"], mixed["augment"], mixed["arch"], mixed["n_filters"], mixed["out"]) == (
+        default.epochs, default.augment, default.arch, default.n_filters, "")
+    (config / "train.json").write_text("[not json")
+    assert dock(TrainWidget, "Train", area="right").values()["lr"] == pytest.approx(default.lr)
+
+
+@pytest.mark.gui
 def test_closing_the_widget_stops_its_run(qtbot, make_napari_viewer, cohorts, tmp_path):
     viewer = make_napari_viewer()
     w = TrainWidget(viewer)

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from napari_icnn.batch import BatchConfig, BatchSummary
     from napari_icnn.batch.summary import Row
 
-__all__ = ["BatchWidget", "BatchCounts", "BatchOutcome", "batch_job", "last_rows"]
+__all__ = ["BatchWidget", "BatchCounts", "BatchOutcome", "batch_job", "check_scheduler", "last_rows"]
 
 _FORMAT_LABELS = {"seg": "DICOM SEG", "sr": "DICOM SR", "png": "PNG sheet", "json": "JSON"}
 _FORMAT_TIPS = {
@@ -164,6 +164,29 @@ def _run_batch(cfg: BatchConfig, stop: threading.Event, min_interval: float):
     )
 
 
+# [protocol://]host[:port], the host a name, an IPv4 address or a bracketed IPv6 one
+_SCHEDULER = re.compile(
+    r"^(?:(?:tcp|tls|ucx|inproc|ws|wss)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::\d{1,5})?/?$"
+)
+
+
+def check_scheduler(text: str) -> str | None:
+    """Why ``text`` is not a Dask scheduler address (``None`` when it is one, or empty: run here).
+
+    Only the form is checked here; whether the scheduler answers is found when the batch starts.
+    """
+    address = text.strip()
+    if not address:
+        return None
+    if not _SCHEDULER.match(address):
+        return f"{address}: not a scheduler address; give one like tcp://host:8786"
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        return "Running on a Dask cluster needs the 'distributed' package (pip install distributed)."
+    return None
+
+
 def last_rows(summary_csv: str | Path, n: int = _LAST_ROWS) -> list[Row]:
     """The last ``n`` well-formed rows of a ``summary.csv`` (``[]`` when there is none)."""
     from napari_icnn.batch.summary import read_rows
@@ -261,6 +284,15 @@ class BatchWidget(StoppableJobWidget):
             f"{usable_cores()})"
         )
         form.addRow("Workers", self.workers_spin)
+        self.scheduler_edit = QLineEdit()
+        self.scheduler_edit.setPlaceholderText("empty: this machine · tcp://host:8786")
+        self.scheduler_edit.setToolTip(
+            "Address of a Dask scheduler to run the batch on its cluster instead of here (needs the "
+            "'distributed' package; every worker must see the input and output folders at the same paths)"
+        )
+        self.scheduler_message = message_label()
+        form.addRow("Dask scheduler", self.scheduler_edit)
+        form.addRow("", self.scheduler_message)
         self.batch_spin = QSpinBox()
         self.batch_spin.setRange(1, 1024)
         self.batch_spin.setValue(defaults["batch"])
@@ -340,7 +372,7 @@ class BatchWidget(StoppableJobWidget):
         self.out_browse.clicked.connect(
             lambda: choose_folder(self, self.out_edit, "Choose the output folder")
         )
-        for edit in (self.out_edit, self.model_edit):
+        for edit in (self.out_edit, self.model_edit, self.scheduler_edit):
             edit.textChanged.connect(lambda _: self.validate())
         self.device_combo.currentIndexChanged.connect(lambda _: self.validate())
         self.run_button.clicked.connect(self.run)
@@ -395,6 +427,7 @@ class BatchWidget(StoppableJobWidget):
             device=self.device_combo.currentText(),
             batch=self.batch_spin.value(),
             workers=self.workers_spin.value(),
+            scheduler=self.scheduler_edit.text().strip() or None,
             formats=self.formats(),
             top_k=self.top_k_spin.value(),
         )
@@ -432,7 +465,12 @@ class BatchWidget(StoppableJobWidget):
         device_problem = self.device_badge.show_device(self.device_combo.currentText()).problem
         show_message(self.device_message, device_problem)
 
-        ok = not (inputs_problem or out_problem or model_problem or device_problem)
+        scheduler_problem = check_scheduler(self.scheduler_edit.text())
+        show_problem(self.scheduler_edit, self.scheduler_message, scheduler_problem)
+        # a cluster runs the batch on its own workers: the local worker count does not apply
+        self.workers_spin.setEnabled(not self.scheduler_edit.text().strip())
+
+        ok = not (inputs_problem or out_problem or model_problem or device_problem or scheduler_problem)
         config_problem = None
         if ok:
             try:

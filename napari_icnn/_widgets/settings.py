@@ -1,9 +1,10 @@
-"""The Explain widget's settings, remembered between sessions.
+"""The widgets' settings, remembered between sessions.
 
-A small JSON file in the user's config folder (platformdirs) holds the model path, top-K, the
-region threshold and the heat-map toggle. ``NAPARI_ICNN_NOPERSIST=1`` turns remembering off
-(tests, kiosks): defaults are read and nothing is written. A damaged or foreign file is ignored
-value by value, never fatal: the widget must always open.
+Small JSON files in the user's config folder (platformdirs): ``explain.json`` holds the Explain
+widget's model path, top-K, region threshold and heat-map toggle; ``train.json`` the Train widget's
+form as of its last run. ``NAPARI_ICNN_NOPERSIST=1`` turns remembering off (tests, kiosks):
+defaults are read and nothing is written. A damaged or foreign file is ignored value by value,
+never fatal: the widgets must always open.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ __all__ = [
     "settings_path",
     "load_settings",
     "save_settings",
+    "load_document",
+    "save_document",
 ]
 
 _log = logging.getLogger(__name__)
@@ -83,39 +86,50 @@ def persist_enabled() -> bool:
     return os.environ.get("NAPARI_ICNN_NOPERSIST", "").strip().lower() not in {"1", "true", "yes", "on"}
 
 
-def settings_path() -> Path:
-    """The settings file (``NAPARI_ICNN_CONFIG_DIR`` overrides the platform's config folder)."""
+def settings_path(file: str = _FILE) -> Path:
+    """A settings file (``NAPARI_ICNN_CONFIG_DIR`` overrides the platform's config folder)."""
     override = os.environ.get("NAPARI_ICNN_CONFIG_DIR")
     if override:
-        return Path(override) / _FILE
+        return Path(override) / file
     from platformdirs import user_config_dir
 
-    return Path(user_config_dir("napari-icnn", appauthor=False)) / _FILE
+    return Path(user_config_dir("napari-icnn", appauthor=False)) / file
 
 
-def load_settings() -> ExplainSettings:
-    """The remembered settings, or the defaults (persistence off, no file, unreadable file)."""
+def load_document(file: str) -> dict[str, Any]:
+    """The JSON object remembered in ``file``; ``{}`` when persistence is off, or the file is missing,
+    unreadable or not an object."""
     if not persist_enabled():
-        return ExplainSettings()
-    path = settings_path()
+        return {}
+    path = settings_path(file)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return ExplainSettings()
+        return {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        _log.warning("%s: unreadable, Explain settings start from the defaults (%s)", path, err)
-        return ExplainSettings()
-    return ExplainSettings.from_dict(data)
+        _log.warning("%s: unreadable, settings start from the defaults (%s)", path, err)
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
-def save_settings(settings: ExplainSettings) -> Path | None:
-    """Remember ``settings`` (atomically); returns the file, or ``None`` when persistence is off or
+def save_document(file: str, data: dict[str, Any]) -> Path | None:
+    """Remember ``data`` in ``file`` (atomically); returns the file, or ``None`` when persistence is off or
     the folder cannot be written (a settings file is never worth an error dialog)."""
     if not persist_enabled():
         return None
-    path = settings_path()
+    path = settings_path(file)
     try:
-        return atomic_write_text(path, json.dumps(asdict(settings), indent=2) + "\n")
-    except OSError as err:
-        _log.warning("%s: Explain settings not saved (%s)", path, err)
+        return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    except (OSError, TypeError, ValueError) as err:
+        _log.warning("%s: settings not saved (%s)", path, err)
         return None
+
+
+def load_settings() -> ExplainSettings:
+    """The remembered Explain settings, or the defaults (persistence off, no file, unreadable file)."""
+    return ExplainSettings.from_dict(load_document(_FILE))
+
+
+def save_settings(settings: ExplainSettings) -> Path | None:
+    """Remember the Explain settings; see :func:`save_document`."""
+    return save_document(_FILE, asdict(settings))

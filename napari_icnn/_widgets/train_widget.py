@@ -53,6 +53,7 @@ from napari_icnn._widgets.form import (
 )
 from napari_icnn._widgets.jobs import StoppableJobWidget, guarded, thin_progress
 from napari_icnn._widgets.plot import MetricsPlot
+from napari_icnn._widgets.settings import load_document, save_document
 from napari_icnn.config import TrainConfig, config_help
 from napari_icnn.errors import ConfigError, InputError
 from napari_icnn.progress import EpochEnd, Message, Progress
@@ -94,6 +95,9 @@ MAIN_FIELDS: tuple[str, ...] = (
 """TrainConfig fields in the main form, in order; every other field (but ``resume``, which is the
 Resume button) goes under "Advanced"."""
 _PATH_FIELDS = ("data", "val", "init", "out")
+_SETTINGS_FILE = "train.json"
+_NOT_REMEMBERED = ("out", "resume")
+"""Each run needs a new output folder, and Resume is a button, not a setting."""
 _LABELS = {
     "data": "Training data",
     "format": "Layout",
@@ -465,6 +469,7 @@ class TrainWidget(StoppableJobWidget):
         self._validate_timer.timeout.connect(self.validate)
         self._build()
         self._connect()
+        self._restore_settings()
         self.validate()
 
     # ------------------------------------------------------------------ construction
@@ -616,6 +621,24 @@ class TrainWidget(StoppableJobWidget):
             self._fields[name].set(value)
         self.validate()
 
+    def _restore_settings(self) -> None:
+        """Fill the form with the values of the last run started here (each one that still fits its field)."""
+        for name, value in load_document(_SETTINGS_FILE).items():
+            if name in _NOT_REMEMBERED or name not in self._fields:
+                continue
+            field = self._fields[name]
+            if not _same_kind(field.get(), value, optional=name in _OPTIONAL_FIELDS):
+                _log.info("ignoring remembered Train setting %s=%r: not a value of that field", name, value)
+                continue
+            try:
+                field.set(value)
+            except (TypeError, ValueError, OverflowError) as err:
+                _log.info("ignoring remembered Train setting %s=%r: %s", name, value, err)
+
+    def _remember_settings(self, cfg: TrainConfig) -> None:
+        values = {name: getattr(cfg, name) for name in self._fields if name not in _NOT_REMEMBERED}
+        save_document(_SETTINGS_FILE, values)
+
     def config(self) -> TrainConfig:
         """The TrainConfig of the form (raises ConfigError naming the first invalid option)."""
         return TrainConfig(**self.values())
@@ -694,6 +717,7 @@ class TrainWidget(StoppableJobWidget):
         if self._running or not self.validate():
             return None
         cfg = self.config()
+        self._remember_settings(cfg)
         self.plot.clear(cfg.epochs, 0 if cfg.ordinary else cfg.warmup_epochs)
         return self._launch(train_job, cfg, f"Training into {cfg.out}…")
 
@@ -846,6 +870,22 @@ def _value_editor(f: Any, default: Any) -> tuple[QWidget, Callable[[], Any], Cal
         return dspin, dspin.value, lambda v: dspin.setValue(float(v))
     edit = QLineEdit("" if default is None else str(default))
     return (edit, *_text_access(edit, optional=default is None))
+
+
+_OPTIONAL_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.default is None)
+
+
+def _same_kind(current: Any, value: Any, optional: bool) -> bool:
+    """Whether a remembered ``value`` suits a field that now holds ``current`` (JSON has no int/bool care)."""
+    if value is None:
+        return optional
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    if isinstance(current, float):
+        return isinstance(value, (int, float))
+    if isinstance(current, int) or (current is None and isinstance(value, int)):
+        return isinstance(value, int)
+    return isinstance(value, str)
 
 
 def _choices(name: str) -> tuple[str, ...] | None:
