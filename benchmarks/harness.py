@@ -160,7 +160,7 @@ class Timings:
         Paired within a round, so a machine that speeds up or slows down during the run (other work,
         clock changes) moves both sides of each ratio alike.
         """
-        return statistics.median(a / b for a, b in zip(self.seconds[name], self.seconds[over], strict=False))
+        return statistics.median(a / b for a, b in zip(self.seconds[name], self.seconds[over], strict=True))
 
 
 def interleaved(

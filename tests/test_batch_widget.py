@@ -217,9 +217,10 @@ def test_scheduler_field_checks_the_address_and_replaces_local_workers(widget, a
     assert w.config().scheduler == "tcp://10.0.0.5:8786" and not w.workers_spin.isEnabled()
     w.scheduler_edit.setText("  ")
     assert w.config().scheduler is None and w.workers_spin.isEnabled()
-    for ok in ("tcp://127.0.0.1:8786", "scheduler-host:8786", "tls://dask.hospital.local:8786", "tcp://[::1]:8786"):
+    for ok in ("tcp://127.0.0.1:8786", "scheduler-host:8786", "tls://dask.hospital.local:8786", "tcp://[::1]:8786",
+               "TCP://Scheduler:8786", "10.1.2.3"):
         assert check_scheduler(ok) is None, ok
-    for bad in ("http://host:8786/status page", "host:port", "tcp://"):
+    for bad in ("http://host:8786", "host:port", "tcp://", "tcp://host:99999", "-", "inproc://x", "a b:1"):
         assert check_scheduler(bad), bad
 
 

@@ -85,18 +85,27 @@ def test_every_score_method_equals_the_full_template_product(n, beta):
 def test_score_method_follows_device_dtype_and_cone_width():
     bank = TemplateBank(32, beta=12.0)  # a cone of radius 5: 11 x 11 of a 32 x 32 map
     x = torch.rand(2, 3, 32, 32)
-    conv = "conv" if torch.backends.mkldnn.is_available() else "folded"
-    assert bank.method_for(x) == conv
+    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and _X86
+    assert bank.method_for(x) == ("conv" if onednn else "folded")
     assert bank.method_for(x.double()) == "folded"
-    assert bank.method_for(x[..., :14, :14]) == conv
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert bank.method_for(x) == "folded"
     assert TemplateBank(32, beta=4.0).method_for(x) == "folded"  # radius 15: the cone covers the map
     assert bank.method_for(torch.empty(2, 3, 32, 32, device="meta")) == "dense"
     # float32 results of the three methods agree to float32 rounding
     want = bank.scores(x.double(), method="dense")
     for method in SCORE_METHODS:
         torch.testing.assert_close(bank.scores(x, method=method).double(), want, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ConfigError, match="score method"):
-        bank.scores(x, method="fft")
+    for bad in ("fft", True, False):  # the former ``blockwise`` flag is refused, not taken for a default
+        with pytest.raises(ConfigError, match="score method"):
+            bank.scores(x, bad)
+    # under autocast the correlation keeps the maps' precision, forward and backward
+    xg = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = bank.scores(xg, method="conv")
+    assert got.dtype == torch.float32
+    got.sum().backward()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_bank_builds_only_what_its_method_needs():
@@ -112,7 +121,8 @@ def test_bank_builds_only_what_its_method_needs():
     assert bank._cone.dtype == bank._block0.dtype == torch.float64 and bank._templates is None
 
 
-@pytest.mark.parametrize("n, beta, radius", [(32, 12.0, 5), (64, 12.0, 10), (6, 3.0, 3), (4, 0.5, 3), (8, 100.0, 0)])
+@pytest.mark.parametrize("n, beta, radius", [(32, 12.0, 5), (64, 12.0, 10), (6, 3.0, 3), (4, 0.5, 3), (8, 100.0, 0),
+                                             (32, 1e-308, 31), (1, 4.0, 0)])
 def test_cone_radius_is_the_last_positive_cell(n, beta, radius):
     assert cone_radius(n, beta) == radius
     d = torch.arange(n + 1, dtype=torch.float64)

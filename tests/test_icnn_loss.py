@@ -258,3 +258,17 @@ def test_bad_arguments_are_named():
         template_filter_loss(x, torch.ones(2, 2, dtype=torch.bool), bank)
     with pytest.raises(ValueError, match="log_z"):
         template_filter_loss(x, None, bank, log_z=torch.zeros(3, 16))
+
+
+def test_paper_loss_refuses_a_second_derivative():
+    """Its gradient is written out from saved exponentials: a second pass must fail loudly, not be wrong."""
+    x = _maps(4, 2, 5, seed=9).requires_grad_()
+    loss = template_filter_loss(x, None, TemplateBank(5).double(), mode="paper")
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice|does not require grad"):
+        g.sum().backward()
+    # also when the seed itself carries a graph (the second pass would reach the written-out gradient)
+    weight = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(loss, x, grad_outputs=weight, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()

@@ -299,10 +299,13 @@ def test_form_remembers_the_settings_of_the_last_run(qtbot, dock, cohorts, tmp_p
     saved = json.loads((config / "train.json").read_text())
     assert saved["data"] == str(cohorts / "train") and saved["epochs"] == 30 and "out" not in saved
 
-    again = dock(TrainWidget, "Train", area="right").values()
+    restored = dock(TrainWidget, "Train", area="right")
+    again = restored.values()
     for name in ("data", "val", "arch", "lr", "free_fraction", "augment", "epochs", "size", "batch"):
         assert again[name] == w.values()[name], name
     assert again["out"] == "" and again["arch"] == "resnet" and again["augment"] is False  # a run needs a new folder
+    # restored advanced values (learning rate, label-free share, augmentation) are shown, not hidden
+    assert restored.advanced_toggle.isChecked() and restored.advanced.isVisibleTo(restored)
 
     # a damaged or foreign file is read value by value: what still fits its field is kept, the rest defaulted
     (config / "train.json").write_text(json.dumps(
@@ -310,11 +313,12 @@ def test_form_remembers_the_settings_of_the_last_run(qtbot, dock, cohorts, tmp_p
          "bogus": 1, "out": "/somewhere"}))
     mixed = dock(TrainWidget, "Train", area="right").values()
     default = TrainConfig()
-    assert mixed["lr"] == pytest.approx(0.005) and mixed["val"] is None
+    assert mixed["lr"] == pytest.approx(0.005) and mixed["val"] is None and again["val"] is not None
     assert (mixed["epochs"], mixed["augment"], mixed["arch"], mixed["n_filters"], mixed["out"]) == (
         default.epochs, default.augment, default.arch, default.n_filters, "")
     (config / "train.json").write_text("[not json")
-    assert dock(TrainWidget, "Train", area="right").values()["lr"] == pytest.approx(default.lr)
+    fresh = dock(TrainWidget, "Train", area="right")
+    assert fresh.values()["lr"] == pytest.approx(default.lr) and not fresh.advanced_toggle.isChecked()
 
 
 @pytest.mark.gui

@@ -9,6 +9,7 @@ output folder continues where it stopped.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -166,8 +167,11 @@ def _run_batch(cfg: BatchConfig, stop: threading.Event, min_interval: float):
 
 # [protocol://]host[:port], the host a name, an IPv4 address or a bracketed IPv6 one
 _SCHEDULER = re.compile(
-    r"^(?:(?:tcp|tls|ucx|inproc|ws|wss)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::\d{1,5})?/?$"
+    r"^(?:(?P<scheme>[A-Za-z]+)://)?(?:\[[0-9A-Fa-f:.]+(?:%[\w.-]+)?\]|[A-Za-z0-9][A-Za-z0-9_.-]*)"
+    r"(?::(?P<port>\d{1,5}))?/?$"
 )
+_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss")
+"""Dask's network protocols (``inproc`` only reaches its own process)."""
 
 
 def check_scheduler(text: str) -> str | None:
@@ -178,13 +182,20 @@ def check_scheduler(text: str) -> str | None:
     address = text.strip()
     if not address:
         return None
-    if not _SCHEDULER.match(address):
+    m = _SCHEDULER.match(address)
+    scheme = (m.group("scheme") or "tcp").lower() if m else ""
+    if not m or scheme not in _SCHEMES or (m.group("port") and not 0 < int(m.group("port")) < 65536):
         return f"{address}: not a scheduler address; give one like tcp://host:8786"
-    import importlib.util
-
-    if importlib.util.find_spec("distributed") is None:
+    if not _has_distributed():
         return "Running on a Dask cluster needs the 'distributed' package (pip install distributed)."
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _has_distributed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("distributed") is not None
 
 
 def last_rows(summary_csv: str | Path, n: int = _LAST_ROWS) -> list[Row]:

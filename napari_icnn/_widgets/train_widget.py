@@ -622,7 +622,10 @@ class TrainWidget(StoppableJobWidget):
         self.validate()
 
     def _restore_settings(self) -> None:
-        """Fill the form with the values of the last run started here (each one that still fits its field)."""
+        """Fill the form with the values of the last run started here (each one that still fits its field);
+        Advanced opens when one of its fields was restored to something else than its default, so nothing
+        that changes a run (the ordinary baseline, a capped image count) is hidden."""
+        defaults = self.values()
         for name, value in load_document(_SETTINGS_FILE).items():
             if name in _NOT_REMEMBERED or name not in self._fields:
                 continue
@@ -634,6 +637,9 @@ class TrainWidget(StoppableJobWidget):
                 field.set(value)
             except (TypeError, ValueError, OverflowError) as err:
                 _log.info("ignoring remembered Train setting %s=%r: %s", name, value, err)
+        restored = self.values()
+        if any(restored[name] != defaults[name] for name in restored if name not in MAIN_FIELDS):
+            self.advanced_toggle.setChecked(True)
 
     def _remember_settings(self, cfg: TrainConfig) -> None:
         values = {name: getattr(cfg, name) for name in self._fields if name not in _NOT_REMEMBERED}

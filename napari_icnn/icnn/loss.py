@@ -93,7 +93,8 @@ class _PaperLoss(torch.autograd.Function):
     ``(B, C, n²+1)`` scores (as large as the maps themselves), as the exponentials of the forward pass are
     kept for the backward one.
 
-    ``log_z`` ``(C, K)`` is a constant, or ``None`` for the batch's own ``logsumexp_b s``, differentiated.
+    ``log_z`` ``(C, K)`` is a constant (no gradient flows to it), or ``None`` for the batch's own
+    ``logsumexp_b s``, differentiated. Differentiable once (a second derivative raises).
     """
 
     @staticmethod
@@ -110,6 +111,7 @@ class _PaperLoss(torch.autograd.Function):
         return -(w * gap).sum(dim=0)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the saved exponentials are constants to a second pass
     def backward(ctx, grad: Tensor):
         e_x, sum_x, w, gap, hat, e_z, sum_z = ctx.saved_tensors
         g_px = grad * w  # dL/dlog p(x_b), through the -w·(... - log p(x_b)) term
@@ -180,8 +182,9 @@ def template_filter_loss(
     normalise
         Divide the maps by a detached per-filter scale first (see :func:`template_scores`).
     log_z
-        ``(C, n²+1)`` log Z_T to use as a constant, or a :class:`RunningLogZ` (updated here in
-        training mode). ``None``: Z_T = sum over the batch of exp(tr(x·T)), differentiated through.
+        ``(C, n²+1)`` log Z_T to use as a constant (no gradient reaches it), or a :class:`RunningLogZ`
+        (updated here in training mode). ``None``: Z_T = sum over the batch of exp(tr(x·T)),
+        differentiated through.
     reduction
         ``"mean"`` or ``"sum"`` over filters, or ``"none"`` for the ``(C,)`` per-filter losses.
     mu

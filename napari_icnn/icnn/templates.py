@@ -72,8 +72,10 @@ def template_shapes(n: int, beta: float = 4.0, device=None, dtype=None) -> Tenso
 def cone_radius(n: int, beta: float) -> int:
     """Cells from the centre to the last one where the cone ``max(2 - beta * d / n, 0)`` is positive."""
     _check(n, beta)
-    # d < 2n/beta, so ceil(2n/beta) - 1; no farther than the map's own extent
-    return max(0, min(math.ceil(2.0 * n / float(beta)) - 1, n - 1))
+    # d < 2n/beta, so ceil(2n/beta) - 1; no farther than the map's own extent (also for a tiny beta,
+    # whose 2n/beta would not fit an integer)
+    reach = 2.0 * n / float(beta)
+    return n - 1 if reach >= n else max(0, math.ceil(reach) - 1)
 
 
 def _cone(n: int, beta: float) -> Tensor:
@@ -108,10 +110,11 @@ class _ConeCorrelation(torch.autograd.Function):
         # direct kernel at any cone width, on every x86 instruction set.
         m, k = x.shape[1], kernel.shape[-1]
         r = k // 2
-        weight = kernel.expand(m, 1, k, k)
-        if r <= 3:
-            return F.conv2d(x, weight, padding=r, groups=m)
-        return F.conv2d(F.pad(x, (r, r)), weight, padding=(r, 0), groups=m)
+        weight = kernel.to(x.dtype).expand(m, 1, k, k)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # the maps' own precision, both ways
+            if r <= 3:
+                return F.conv2d(x, weight, padding=r, groups=m)
+            return F.conv2d(F.pad(x, (r, r)), weight, padding=(r, 0), groups=m)
 
 
 def _log_prior(n: int) -> Tensor:
@@ -300,8 +303,9 @@ class TemplateBank(nn.Module):
         Tensor
             ``(..., n²+1)``, equal to ``x.flatten(-2) @ templates.T`` (last column: T⁻).
         """
-        method = method or self.method_for(x)
-        if method not in SCORE_METHODS:
+        if method is None:
+            method = self.method_for(x)
+        if not isinstance(method, str) or method not in SCORE_METHODS:
             raise ConfigError(f"template score method must be one of {', '.join(SCORE_METHODS)} (got {method!r})")
         if method == "dense":
             return x.flatten(-2) @ self.templates.T.to(x.dtype)
