@@ -41,7 +41,7 @@ EOF
 # cleanly and the JSON keeps the finished groups), SIGKILL 20 s later.
 timeout -k 20 --signal=INT 330 \
     python3 -m napari_icnn benchmark --device cuda \
-        --only train_step memory materialised explain throughput batch \
+        --only train_step memory materialised scores explain throughput batch \
         --json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/gpu_bench.log"
 status=${PIPESTATUS[0]}
 echo "gpu_run.sh: benchmark exit status $status; figures in $OUT/gpu_bench.json"

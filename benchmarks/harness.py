@@ -46,6 +46,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "materialised": ("fig_materialised",
                      "the B x C x n^2 x n x n reference filter loss against the vectorised one (time, memory)"),
     "memory": ("fig_memory", "peak memory of an ICNN training step against the ordinary network's"),
+    "scores": ("fig_scores", "the template scores' three methods (dense, folded, cone correlation) against the "
+                             "one the bank picks, at n = 32 and 64"),
     "explain": ("fig_explain", "Explain latency on the 1411 x 1411 scikit-image photograph, by stage"),
     "throughput": ("fig_throughput",
                    "training images/s at the default configuration; data loader against a cached batch"),

@@ -84,7 +84,8 @@ def test_materialised_reference_equals_real_loss():
 def test_reference_and_memory_groups_quick(harness):
     """The materialised reference and memory groups measure real steps and report ratios."""
     out, err = io.StringIO(), io.StringIO()
-    figures, failed = harness.run_benchmarks(["materialised", "memory"], quick=True, device="cpu", out=out, err=err)
+    figures, failed = harness.run_benchmarks(["materialised", "memory", "scores"], quick=True, device="cpu", out=out,
+                                             err=err)
     assert failed == [], err.getvalue()[-3000:]
     assert figures["materialised_check_max_rel_diff"] < 1e-9
     for name in ("loss_time_ratio_materialised_vgg_224", "train_step_ratio_materialised_vgg_224",
@@ -92,6 +93,9 @@ def test_reference_and_memory_groups_quick(harness):
         assert figures[name] > 0
     # the reference builds a 0.3 GB product the vectorised loss never does
     assert figures["memory_ratio_materialised_vgg_224"] > 1.5
+    # every score method is timed, and compared with the one the bank picks
+    assert all(figures[f"scores_ms_{m}_n{n}"] > 0 for m in ("dense", "folded", "conv") for n in (32, 64))
+    assert sum(name.startswith("scores_ratio_") for name in figures) == 4
     assert set(_figure_lines(out.getvalue())) == set(figures)
 
 

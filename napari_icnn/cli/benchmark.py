@@ -15,7 +15,7 @@ from napari_icnn.errors import IcnnError
 
 __all__ = ["register", "run", "load_harness"]
 
-_GROUPS = ("train_step", "materialised", "memory", "explain", "throughput", "batch", "synth")
+_GROUPS = ("train_step", "materialised", "memory", "scores", "explain", "throughput", "batch", "synth")
 """The harness's figure groups (kept in step with ``benchmarks.harness.GROUPS``, which is the
 authority; this copy only lets ``--help`` answer without importing it)."""
 
