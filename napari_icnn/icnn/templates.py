@@ -316,7 +316,7 @@ class TemplateBank(nn.Module):
         total = x.sum(dim=(1, 2))
         negative = -self.tau * total
         if method == "conv":
-            cone = self._built("conv", "_cone").to(x.dtype)
+            cone = self._built("conv", "_cone")  # cast to the maps' dtype by the correlation
             corr = _ConeCorrelation.apply(x.contiguous()[None], cone)[0]  # (m, n, n)
             positive = (self.tau * (corr - total[:, None, None])).reshape(m, n * n)
             return torch.cat([positive, negative[:, None]], dim=1).reshape(*lead, n * n + 1)
