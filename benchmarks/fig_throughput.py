@@ -2,7 +2,7 @@
 
 The data are a synthetic cohort (512 px photographs) read through :func:`~napari_icnn.data.datasets.make_dataset`
 with augmentation and the memory cache, and a MONAI ``DataLoader`` built as the training engine
-builds it (``TrainConfig()`` defaults: size, batch, width, filters, cache, loader workers). Two
+builds it (``TrainConfig()`` defaults, resolved for this machine: size, batch, width, filters, cache, loader workers). Two
 variants of the engine's ICNN step are interleaved: one takes the next batch from the loader
 (waiting for it is part of its time), the other reuses one batch already on the device. Their
 ratio, ``train_loader_utilisation``, is the share of the step the device spends computing: 1 means
@@ -63,14 +63,16 @@ def _compare(ctx: Context, cfg: Any, dataset: Any, workers: int) -> Timings:
 
 
 def run(ctx: Context) -> Iterator[Figure]:
-    from napari_icnn.config import TrainConfig
+    from napari_icnn.config import DEFAULT_BATCH, TrainConfig
     from napari_icnn.data.datasets import make_dataset
     from napari_icnn.data.layouts import discover
     from napari_icnn.data.synth import generate_cohort
     from napari_icnn.progress import drain
 
-    cfg = TrainConfig(batch=4) if ctx.quick else TrainConfig()
-    n_images = cfg.batch * (2 if ctx.quick else 8)
+    batch = 4 if ctx.quick else DEFAULT_BATCH
+    n_images = batch * (2 if ctx.quick else 8)
+    # the loader workers the engine would choose here (explicit batch: the quick run's is smaller)
+    cfg = TrainConfig(batch=batch).resolved(n_images, device_type=ctx.device.type, cores=ctx.cores)
     gen_workers = min(8, ctx.cores) if ctx.cores >= 4 else 1
     ctx.log(f"training data: {n_images} synthetic photographs of 512 px ({gen_workers} worker(s))")
     drain(generate_cohort(ctx.workdir / "cohort", n_images, size=512, seed=0, workers=gen_workers))

@@ -34,10 +34,10 @@ def step_config(arch: str, size: int, batch: int, *, ordinary: bool = False, **o
 
 def plan_batch(ctx: Context, size: int) -> int:
     """Batch of the step figures: the default (16) on a GPU; 8 (2 at 512 px) on a CPU; 2 when quick."""
-    from napari_icnn.config import TrainConfig
+    from napari_icnn.config import DEFAULT_BATCH
 
     if ctx.cuda:
-        return TrainConfig().batch
+        return DEFAULT_BATCH
     if ctx.quick:
         return 2
     return 8 if size <= 256 else 2

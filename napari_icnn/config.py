@@ -2,93 +2,157 @@
 
 The command line (``icnn train``), the napari Train widget and the MONAI bundle config
 (``training/configs/train.json``) all build a :class:`TrainConfig`; none of them repeats a default.
+
+A setting whose sensible default depends on another one (warm-up on the epochs, the batch on the data)
+defaults to ``None``, "auto", and :meth:`TrainConfig.resolved` fixes it once what it depends on is known, so a
+default never contradicts a value the user gave. The engine saves the resolved configuration (every value
+explicit, plus a note of what was derived and why) next to the model, so a run can be repeated exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from napari_icnn.errors import ConfigError
 
-__all__ = ["TrainConfig", "TASKS", "ARCHS", "DEVICES", "config_help"]
+__all__ = [
+    "TrainConfig",
+    "TASKS",
+    "ARCHS",
+    "DEVICES",
+    "DEFAULT_EPOCHS",
+    "DEFAULT_BATCH",
+    "DEFAULT_VAL_FRACTION",
+    "MIN_BATCH",
+    "MIN_VAL_IMAGES",
+    "config_help",
+    "flag_of",
+    "field_of_flag",
+    "validation_size",
+    "available_cores",
+]
 
 TASKS = ("referable", "lesions")
 ARCHS = ("vgg", "resnet")
 DEVICES = ("auto", "cpu", "cuda")
 LOSS_MODES = ("paper", "mi")
 
+DEFAULT_EPOCHS = 16
+DEFAULT_BATCH = 16
+DEFAULT_VAL_FRACTION = 0.2
+MIN_BATCH = 2
+"""The filter loss normalises over the batch; a batch of one has nothing to normalise against."""
+MIN_VAL_IMAGES = 2
+"""Fewer validation images give no validation AUC to pick the best epoch by."""
+MAX_AUTO_WORKERS = 8
 
-def _opt(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
+
+def _opt(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:
+    """A field; ``flag`` is its ``icnn train`` option (fields without one have no option)."""
+    return field(default=default, metadata={"help": help, "flag": flag, **kw})
+
+
+def _auto(help: str, flag: str) -> Any:
+    """A field whose default is derived by :meth:`TrainConfig.resolved`."""
+    return _opt(None, help, flag, derived=True)
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Written next to the model so any run can be repeated."""
 
-    data: str = _opt("", "training data: a folder (synth, IDRiD or DICOM+CSV layout) or a CSV file")
-    out: str = _opt("", "output bundle folder")
-    format: str = _opt("auto", "data layout: auto, synth, idrid-seg, idrid-grading, csv, dicom")
-    val: str | None = _opt(None, "separate validation data (same forms as --data)")
-    val_fraction: float = _opt(0.2, "fraction of --data held out for validation when --val is not given")
-    task: str = _opt("referable", "referable (binary referable DR) or lesions (multi-label MA, HE, EX, SE)")
-    arch: str = _opt("vgg", "backbone: vgg (plain VGG-style stack) or resnet (MONAI ResNet)")
-    size: int = _opt(256, "model input side in pixels (the FOV is cropped and resized to it)")
-    epochs: int = _opt(16, "total epochs, warm-up included")
-    warmup_epochs: int = _opt(8, "epochs trained ordinarily (no mask, no filter loss) before the ICNN epochs")
+    data: str = _opt("", "training data: a folder (synth, IDRiD or DICOM+CSV layout) or a CSV file", "--data")
+    out: str = _opt("", "output bundle folder", "--out")
+    format: str = _opt("auto", "data layout: auto, synth, idrid-seg, idrid-grading, csv, dicom", "--format")
+    val: str | None = _opt(None, "separate validation data (same forms as --data)", "--val")
+    val_fraction: float | None = _auto(
+        f"fraction of --data held out for validation when --val is not given; auto: {DEFAULT_VAL_FRACTION:g}, "
+        f"raised on small data sets so that {MIN_VAL_IMAGES} images are held out",
+        "--val-fraction",
+    )
+    task: str = _opt("referable", "referable (binary referable DR) or lesions (multi-label MA, HE, EX, SE)", "--task")
+    arch: str = _opt("vgg", "backbone: vgg (plain VGG-style stack) or resnet (MONAI ResNet)", "--arch")
+    size: int = _opt(256, "model input side in pixels (the FOV is cropped and resized to it)", "--size")
+    epochs: int | None = _auto(
+        f"total epochs, warm-up included; auto: {DEFAULT_EPOCHS}, or twice --warmup-epochs when that is more",
+        "--epochs",
+    )
+    warmup_epochs: int | None = _auto(
+        "epochs trained ordinarily (no mask, no filter loss) before the ICNN epochs; auto: half of --epochs, "
+        "rounded down (16 -> 8, 4 -> 2, 1 -> 0)",
+        "--warmup-epochs",
+    )
     lam: float = _opt(
         0.3,
         "filter-loss weight lambda0, relative: at the first interpretable epoch the filter loss's gradient on the "
         "maps is lambda0 times the classification loss's; epoch t after warm-up uses lambda0 / (t - warmup)",
+        "--lambda",
     )
-    batch: int = _opt(16, "batch size (per process under torchrun)")
-    lr: float = _opt(1e-3, "peak learning rate (AdamW, one-cycle schedule)")
+    batch: int | None = _auto(
+        f"batch size (per process under torchrun), at least {MIN_BATCH}; auto: {DEFAULT_BATCH}, or the number of "
+        "training images (per process) when there are fewer",
+        "--batch",
+    )
+    lr: float = _opt(1e-3, "peak learning rate (AdamW, one-cycle schedule)", "--lr")
     weight_decay: float = _opt(1e-4, "AdamW weight decay")
-    device: str = _opt("auto", "auto (CUDA when present), cpu or cuda")
-    seed: int = _opt(0, "random seed (CPU runs are reproducible for a seed)")
-    ordinary: bool = _opt(False, "train the same network without masks and filter loss (the baseline)")
-    init: str | None = _opt(None, "fine-tune from this bundle (retraining on local data)")
-    resume: bool = _opt(False, "continue the interrupted run in --out from its last checkpoint")
-    n_filters: int = _opt(64, "interpretable filters in the top layer")
+    device: str = _opt("auto", "auto (CUDA when present), cpu or cuda", "--device")
+    seed: int = _opt(0, "random seed (CPU runs are reproducible for a seed)", "--seed")
+    ordinary: bool = _opt(False, "train the same network without masks and filter loss (the baseline)", "--ordinary")
+    init: str | None = _opt(None, "fine-tune from this bundle (retraining on local data)", "--init")
+    resume: bool = _opt(False, "continue the interrupted run in --out from its last checkpoint", "--resume")
+    n_filters: int = _opt(64, "interpretable filters in the top layer", "--filters")
     width: int = _opt(32, "base channel width of the backbone")
     free_fraction: float = _opt(
-        0.25, "fraction of filters trained label-free (they settle on always-present anatomy such as the disc)"
+        0.25, "fraction of filters trained label-free (they settle on always-present anatomy such as the disc)",
+        "--free-fraction",
     )
     free_weight: float = _opt(
         1.0, "filter-loss weight of the label-free (anatomy) filters relative to the category filters (stronger "
-        "pulls were tried on fundus and made fewer anatomy filters, not more; see docs/results.md)"
+        "pulls were tried on fundus and made fewer anatomy filters, not more; see docs/results.md)",
+        "--free-weight",
     )
     free_template_only: bool = _opt(
         True, "during the interpretable epochs the label-free filters learn from the template loss alone (their "
         "maps reach the classifier without its gradient), so the classification loss cannot turn them into lesion "
-        "detectors"
+        "detectors",
+        "--free-with-classifier-gradient",
     )
-    loss_mode: str = _opt("paper", "filter loss: paper (label-aware -MI) or mi (exact label-free -MI)")
+    loss_mode: str = _opt("paper", "filter loss: paper (label-aware -MI) or mi (exact label-free -MI)", "--loss-mode")
     normalise: bool = _opt(True, "scale maps by a detached per-filter factor inside the filter loss")
     beta: float = _opt(
         12.0, "template slope beta: the positive part of a template reaches n/beta cells from its centre. The "
         "paper's 4 suits object parts a quarter of the image wide; fundus parts are smaller (the disc is 7 % of the "
         "field), so 12 at n = 32 gives a disc-sized template (the official code also adapts beta, from the "
-        "activation spread)"
+        "activation spread)",
+        "--beta",
     )
     dropout: float = _opt(0.3, "dropout before the classifier")
     augment: bool = _opt(True, "random flips, rotations, scaling and colour jitter while training")
-    cache: str = _opt("memory", "dataset cache: memory, disk or none")
-    workers: int = _opt(0, "data-loader worker processes")
+    cache: str = _opt("memory", "dataset cache: memory, disk or none", "--cache")
+    workers: int | None = _auto(
+        "data-loader worker processes; auto: 0 on the CPU (the training step already uses every core), on CUDA "
+        f"one per core but the one that drives the GPU, at most {MAX_AUTO_WORKERS} (per process under torchrun)",
+        "--workers",
+    )
     amp: bool = _opt(True, "mixed precision (bf16) on CUDA")
-    max_train_images: int | None = _opt(None, "use at most this many training images (quick runs)")
+    max_train_images: int | None = _opt(
+        None, "use at most this many training images (quick runs)", "--max-train-images"
+    )
 
     def __post_init__(self) -> None:
+        self._derived: dict[str, str] = {}
         self.validate()
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid option."""
-        def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(f"--{name.replace('_', '-')}: {why} (got {getattr(self, name)!r})")
+    def _bad(self, name: str, why: str) -> ConfigError:
+        return ConfigError(f"{flag_of(name)}: {why} (got {getattr(self, name)!r})")
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid option (by its ``icnn train`` flag)."""
+        bad = self._bad
         if self.task not in TASKS:
             raise bad("task", f"must be one of {', '.join(TASKS)}")
         if self.arch not in ARCHS:
@@ -101,15 +165,23 @@ class TrainConfig:
             raise bad("cache", "must be memory, disk or none")
         if self.size < 64 or self.size % 16:
             raise bad("size", "must be a multiple of 16 and at least 64")
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise bad("epochs", "must be at least 1")
-        if not 0 <= self.warmup_epochs < self.epochs and not self.ordinary:
-            raise bad("warmup_epochs", f"must be between 0 and epochs-1 ({self.epochs - 1})")
+        if self.warmup_epochs is not None:
+            if self.warmup_epochs < 0:
+                raise bad("warmup_epochs", "must not be negative")
+            if self.epochs is not None and self.warmup_epochs >= self.epochs and not self.ordinary:
+                # Both were given: neither can be derived from the other, so say which flags disagree.
+                raise ConfigError(
+                    f"{flag_of('warmup_epochs')} {self.warmup_epochs}: must be less than {flag_of('epochs')} "
+                    f"({self.epochs}), which leaves no interpretable epoch; give fewer warm-up epochs, or leave "
+                    f"{flag_of('warmup_epochs')} out for half of the epochs"
+                )
         if self.lam < 0:
             raise bad("lam", "must be non-negative")
-        if self.batch < 2:
-            raise bad("batch", "must be at least 2 (the filter loss normalises over the batch)")
-        if not 0 < self.val_fraction < 1:
+        if self.batch is not None and self.batch < MIN_BATCH:
+            raise bad("batch", f"must be at least {MIN_BATCH} (the filter loss normalises over the batch)")
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise bad("val_fraction", "must be between 0 and 1")
         if not 0 <= self.free_fraction <= 1:
             raise bad("free_fraction", "must be between 0 and 1")
@@ -117,13 +189,120 @@ class TrainConfig:
             raise bad("free_weight", "must be non-negative")
         if self.n_filters < 1:
             raise bad("n_filters", "must be positive")
+        if self.workers is not None and self.workers < 0:
+            raise bad("workers", "must not be negative")
+        if self.max_train_images and self.max_train_images < MIN_BATCH:
+            raise bad("max_train_images", f"must be at least {MIN_BATCH} (one batch)")
+
+    @property
+    def derived(self) -> dict[str, str]:
+        """Fields :meth:`resolved` derived, each with how (empty for a configuration that was not resolved)."""
+        return dict(self._derived)
+
+    def resolved(
+        self,
+        n_data: int | None = None,
+        n_val: int | None = None,
+        *,
+        world_size: int = 1,
+        device_type: str | None = None,
+        cores: int | None = None,
+    ) -> TrainConfig:
+        """A copy with the "auto" (``None``) settings fixed; explicit values are kept and checked.
+
+        The schedule (epochs, warm-up) is always fixed. The validation fraction and the batch are fixed when
+        ``n_data`` (images in ``data``) is given, with ``n_val`` the images in ``val`` when there is one;
+        the loader workers when ``device_type`` (``"cpu"`` or ``"cuda"``) is. Raises :class:`ConfigError`
+        naming the flags involved when explicit values cannot work with the data.
+        """
+        values: dict[str, Any] = {}
+        why: dict[str, str] = {}
+        epochs, warmup = self.epochs, self.warmup_epochs
+        if epochs is None:
+            epochs = max(DEFAULT_EPOCHS, 2 * (warmup or 0))
+            values["epochs"] = epochs
+            why["epochs"] = "the default" if epochs == DEFAULT_EPOCHS else f"twice {flag_of('warmup_epochs')}"
+        if warmup is None:
+            values["warmup_epochs"] = epochs // 2
+            why["warmup_epochs"] = f"half of {epochs} epoch{'s' if epochs != 1 else ''}, rounded down"
+        if n_data is not None:
+            values.update(self._resolve_data(n_data, n_val, world_size, why))
+        if device_type is not None and self.workers is None:
+            per_process = max(1, (cores or available_cores()) // max(1, world_size))
+            if device_type == "cuda":
+                values["workers"] = max(0, min(MAX_AUTO_WORKERS, per_process - 1))
+                why["workers"] = f"{per_process} cores less the one that drives the GPU, at most {MAX_AUTO_WORKERS}"
+            else:
+                values["workers"] = 0
+                why["workers"] = "on the CPU the training step already uses every core"
+        new = dataclasses.replace(self, **values)
+        new._derived = {**self._derived, **why}
+        return new
+
+    def _resolve_data(self, n_data: int, n_val: int | None, world_size: int, why: dict[str, str]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        data = f"{flag_of('data')} {self.data}".rstrip()
+        if self.val:
+            if n_val is not None and n_val < MIN_VAL_IMAGES:
+                raise ConfigError(f"{flag_of('val')} {self.val}: {n_val} validation image(s); at least "
+                                  f"{MIN_VAL_IMAGES} are needed")
+            n_train = n_data
+        else:
+            if n_data < MIN_VAL_IMAGES + MIN_BATCH:
+                raise ConfigError(
+                    f"{data}: {n_data} image(s) are too few to hold out {MIN_VAL_IMAGES} for validation and train "
+                    f"on {MIN_BATCH}; give {flag_of('val')} or more images"
+                )
+            fraction = self.val_fraction
+            if fraction is None:
+                fraction = DEFAULT_VAL_FRACTION
+                why["val_fraction"] = "the default"
+                if validation_size(n_data, fraction) < MIN_VAL_IMAGES:
+                    fraction = MIN_VAL_IMAGES / n_data
+                    why["val_fraction"] = f"holds out {MIN_VAL_IMAGES} of the {n_data} images"
+                values["val_fraction"] = fraction
+            held = validation_size(n_data, fraction)
+            if held < MIN_VAL_IMAGES or n_data - held < MIN_BATCH:
+                raise ConfigError(
+                    f"{flag_of('val_fraction')} {fraction:g}: holds out {held} of the {n_data} images of {data}, "
+                    f"leaving {n_data - held} to train on; validation needs at least {MIN_VAL_IMAGES} and training "
+                    f"{MIN_BATCH}: leave {flag_of('val_fraction')} out to hold out just enough, or give "
+                    f"{flag_of('val')}"
+                )
+            n_train = n_data - held
+        if self.max_train_images:
+            n_train = min(n_train, self.max_train_images)
+        # DistributedSampler(drop_last=True) gives each process an equal share, the remainder dropped.
+        per_process = n_train // max(1, world_size)
+        where = f" per process ({world_size} processes)" if world_size > 1 else ""
+        given = [data]
+        if self.val_fraction is not None and not self.val:
+            given.append(f"{flag_of('val_fraction')} {self.val_fraction:g}")
+        if self.max_train_images:
+            given.append(f"{flag_of('max_train_images')} {self.max_train_images}")
+        if self.batch is None:
+            batch = min(DEFAULT_BATCH, per_process)
+            if batch < MIN_BATCH:
+                raise ConfigError(f"{', '.join(given)}: {per_process} training image(s){where}, too few for a "
+                                  f"batch of {MIN_BATCH}")
+            values["batch"] = batch
+            why["batch"] = ("the default" if batch == DEFAULT_BATCH else
+                            f"all {per_process} training images{where}: fewer than {DEFAULT_BATCH}")
+        elif self.batch > per_process:
+            raise ConfigError(
+                f"{flag_of('batch')} {self.batch}: more than the {per_process} training images{where} of "
+                f"{', '.join(given)}; give {flag_of('batch')} {per_process} or less, or leave {flag_of('batch')} "
+                "out to fit the data"
+            )
+        return values
 
     @property
     def interpretable(self) -> bool:
         return not self.ordinary
 
     def lambda_at(self, epoch: int) -> float:
-        """Filter-loss weight of 1-based ``epoch`` (0 during warm-up and for the ordinary CNN)."""
+        """Filter-loss weight of 1-based ``epoch`` (0 during warm-up and for the ordinary CNN); on a resolved
+        configuration."""
         if self.ordinary or epoch <= self.warmup_epochs:
             return 0.0
         return self.lam / (epoch - self.warmup_epochs)
@@ -132,18 +311,39 @@ class TrainConfig:
         return not self.ordinary and epoch > self.warmup_epochs
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, and under ``"derived"`` the fields :meth:`resolved` derived and how."""
+        return {**dataclasses.asdict(self), "derived": dict(self._derived)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        derived = d.pop("derived", None) or {}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**d)
+        cfg = cls(**d)
+        cfg._derived = {str(k): str(v) for k, v in dict(derived).items()}
+        return cfg
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def validation_size(n: int, fraction: float) -> int:
+    """Images a split of ``n`` holds out for ``fraction`` (at least one on each side when ``n >= 2``)."""
+    if n == 0 or fraction == 0:
+        return 0
+    held = int(round(n * fraction))
+    return min(max(held, 1), n - 1) if n >= 2 else held
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def config_help(name: str) -> str:
@@ -152,3 +352,20 @@ def config_help(name: str) -> str:
         if f.name == name:
             return str(f.metadata.get("help", ""))
     raise KeyError(name)
+
+
+def flag_of(name: str) -> str:
+    """The ``icnn train`` option of a field (``lam`` -> ``--lambda``); ``--name-with-dashes`` for a field the
+    command line does not expose."""
+    for f in fields(TrainConfig):
+        if f.name == name and f.metadata.get("flag"):
+            return str(f.metadata["flag"])
+    return "--" + name.replace("_", "-")
+
+
+def field_of_flag(flag: str) -> str | None:
+    """The field an ``icnn train`` option sets (``--lambda`` -> ``lam``); ``None`` when there is none."""
+    for f in fields(TrainConfig):
+        if flag_of(f.name) == flag:
+            return f.name
+    return None

@@ -16,6 +16,7 @@ import torch
 from napari_icnn._widgets.explain_widget import ExplainWidget
 from napari_icnn._widgets.train_widget import (
     TrainWidget,
+    _field_of,
     check_data,
     describe_device,
     explain_widgets,
@@ -120,6 +121,31 @@ def test_invalid_inputs_block_train_with_a_message_next_to_the_field(widget, coh
         w.set_values(device="auto")
     assert w.start_button.isEnabled()
     assert not any(w.message(n) for n in ("out", "init", "device", "warmup_epochs"))
+
+
+@pytest.mark.gui
+def test_auto_fields_show_the_values_the_engine_will_use(widget, cohorts, tmp_path):
+    w = widget
+    assert w.field("warmup_epochs").text() == "auto" and w.field("batch").text() == "auto"
+    w.set_values(data=str(cohorts / "train"), val=None, out=str(tmp_path / "new"), size=64, epochs=4)
+    assert w.message("warmup_epochs").startswith("auto: 2 (half of 4 epochs")
+    assert w.message("epochs") == ""  # given, so not derived
+    # 24 images, 5 held out for validation: a batch of the 16 default fits the 19 left
+    assert w.message("batch").startswith("auto: 16") and w.start_button.isEnabled()
+    w.set_values(epochs=1)
+    assert w.message("warmup_epochs").startswith("auto: 0") and w.start_button.isEnabled()
+    w.set_values(batch=20)  # more than the training images: the form says so, naming the flag
+    assert w.message("batch").startswith("--batch 20:") and "19 training images" in w.message("batch")
+    assert not w.start_button.isEnabled()
+    w.set_values(batch=None, warmup_epochs=1)  # explicit and in conflict with the explicit epochs
+    assert "--warmup-epochs 1" in w.message("warmup_epochs") and "--epochs (1)" in w.message("warmup_epochs")
+    assert not w.start_button.isEnabled()
+    w.set_values(warmup_epochs=None)
+    # a message is placed by the flag it names, also where flag and field differ
+    assert _field_of("--lambda: must be non-negative", w._fields) == "lam"
+    assert _field_of("--filters: must be positive", w._fields) == "n_filters"
+    assert w.config() == TrainConfig(data=str(cohorts / "train"), out=str(tmp_path / "new"), size=64, epochs=1)
+    assert w.start_button.isEnabled()
 
 
 @pytest.mark.gui

@@ -54,7 +54,7 @@ from napari_icnn._widgets.form import (
 from napari_icnn._widgets.jobs import StoppableJobWidget, guarded, thin_progress
 from napari_icnn._widgets.plot import MetricsPlot
 from napari_icnn._widgets.settings import load_document, save_document
-from napari_icnn.config import TrainConfig, config_help
+from napari_icnn.config import TrainConfig, config_help, field_of_flag
 from napari_icnn.errors import ConfigError, InputError
 from napari_icnn.progress import EpochEnd, Message, Progress
 
@@ -135,19 +135,21 @@ _PLACEHOLDERS = {
     "out": "a new folder for the model bundle",
 }
 # Limits of the spin boxes only: what is *valid* is TrainConfig's to say (its message is shown).
+# A field whose default is None reads None at its box's lowest value ("auto" or "all"), one below
+# its lowest real value.
 _INT_RANGES = {
     "size": (64, 4096, 16),
-    "epochs": (1, 10_000, 1),
-    "warmup_epochs": (0, 10_000, 1),
-    "batch": (2, 4096, 1),
+    "epochs": (0, 10_000, 1),
+    "warmup_epochs": (-1, 10_000, 1),
+    "batch": (1, 4096, 1),
     "n_filters": (1, 4096, 1),
     "width": (4, 1024, 4),
-    "workers": (0, 256, 1),
+    "workers": (-1, 256, 1),
     "seed": (0, 2**31 - 1, 1),
     "max_train_images": (0, 10**8, 1),
 }
 _FLOAT_RANGES = {
-    "val_fraction": (0.01, 0.99),
+    "val_fraction": (0.0, 0.99),
     "free_fraction": (0.0, 1.0),
     "dropout": (0.0, 0.95),
     "lr": (1e-8, 10.0),
@@ -168,23 +170,29 @@ def check_data(path: str, fmt: str = "auto", task: str | None = None) -> tuple[s
     The layout is read as training will read it (:func:`~napari_icnn.data.layouts.discover`; no
     pixels are read) and, given a ``task``, every record is checked for the labels it needs.
     """
+    return _check_data(path, fmt, task)[:2]
+
+
+def _check_data(path: str, fmt: str, task: str | None) -> tuple[str | None, str, int | None]:
+    """:func:`check_data` and the number of photographs (``None`` when there is a problem)."""
     from napari_icnn.data.layouts import discover, task_targets
 
     if not path.strip():
-        return "Choose the training data: a folder or a CSV file.", ""
+        return "Choose the training data: a folder or a CSV file.", "", None
     try:
         spec = discover(path.strip(), fmt)
         if task is not None:
             for record in spec.records:
                 task_targets(record, task)
     except (InputError, ConfigError) as err:
-        return str(err), ""
+        return str(err), "", None
     except OSError as err:
-        return f"{path}: cannot be read ({err.strerror or err})", ""
+        return f"{path}: cannot be read ({err.strerror or err})", "", None
     if not spec.records:
-        return f"{path}: no photographs found in this {spec.format} layout", ""
+        return f"{path}: no photographs found in this {spec.format} layout", "", None
     masks = f" · part masks ({len(spec.mask_parts)} parts)" if spec.has_masks else ""
-    return None, f"{len(spec.records)} photographs · {spec.format} layout{masks}"
+    n = len(spec.records)
+    return None, f"{n} photographs · {spec.format} layout{masks}", n
 
 
 @dataclass(frozen=True)
@@ -365,7 +373,7 @@ def _outcome(cfg: TrainConfig, result: TrainResult | None, seconds: float) -> Tr
     out = Path(cfg.out)
     # A resumed run trains with the settings saved in its folder, not with the widget's.
     saved = TrainConfig.from_dict(
-        {**_read_json(out / CHECKPOINT_DIR / "config.json", cfg.to_dict()), "resume": cfg.resume}
+        {**_read_json(out / CHECKPOINT_DIR / "config.json", cfg.resolved().to_dict()), "resume": cfg.resume}
     )
     has_model = (out / WEIGHTS).is_file() and (out / METADATA).is_file()
     if result is None:
@@ -630,7 +638,7 @@ class TrainWidget(StoppableJobWidget):
             if name in _NOT_REMEMBERED or name not in self._fields:
                 continue
             field = self._fields[name]
-            if not _same_kind(field.get(), value, optional=name in _OPTIONAL_FIELDS):
+            if not _same_kind(name, value):
                 _log.info("ignoring remembered Train setting %s=%r: not a value of that field", name, value)
                 continue
             try:
@@ -659,21 +667,35 @@ class TrainWidget(StoppableJobWidget):
         hints: dict[str, str] = {}
         blocking_hints: dict[str, str] = {}  # shown as hints, yet they keep Train disabled
         values = self.values()
+        cfg = None
         try:
-            TrainConfig(**values)
+            cfg = TrainConfig(**values)
         except ConfigError as err:
             problems[_field_of(str(err), self._fields)] = str(err)
-        data_problem, data_summary = self._cached("data", values["data"], values["format"], values["task"])
+        data_problem, data_summary, n_data = self._cached("data", values["data"], values["format"], values["task"])
         if data_problem:
             problems.setdefault("data", data_problem)
         elif data_summary:
             hints["data"] = data_summary
+        n_val = None
         if values["val"]:
-            val_problem, val_summary = self._cached("val", values["val"], "auto", values["task"])
+            val_problem, val_summary, n_val = self._cached("val", values["val"], "auto", values["task"])
             if val_problem:
                 problems.setdefault("val", val_problem)
             else:
                 hints["val"] = val_summary
+        info = self.device_badge.show_device(values["device"])
+        if cfg is not None:
+            # The engine's own resolution, on the counts it will see: "auto" fields show their values, and
+            # explicit values that do not fit the data are reported here rather than after Train.
+            try:
+                cfg = cfg.resolved(n_data if not problems else None, n_val,
+                                   device_type="cuda" if info.kind == "gpu" else "cpu")
+            except ConfigError as err:
+                problems.setdefault(_field_of(str(err), self._fields), str(err))
+            else:
+                for name, how in cfg.derived.items():
+                    hints[name] = f"auto: {getattr(cfg, name):g} ({how})"
         if values["init"]:
             init_problem = check_model(values["init"])
             if init_problem:
@@ -687,7 +709,6 @@ class TrainWidget(StoppableJobWidget):
                 # A run of its own (interrupted or finished) is no mistake, but a new one needs a new folder.
                 own_run = self._output.state in ("interrupted", "finished")
                 (blocking_hints if own_run else problems).setdefault("out", self._output.message() or "")
-        info = self.device_badge.show_device(values["device"])
         if info.problem:
             problems.setdefault("device", info.problem)
         if not self._running:  # a run writes into its folder: "holds a run" is no news while it runs
@@ -702,8 +723,9 @@ class TrainWidget(StoppableJobWidget):
         self.stop_button.setEnabled(self._running and not self._stop.is_set())
         return ok
 
-    def _cached(self, slot: str, path: str, fmt: str, task: str) -> tuple[str | None, str]:
-        """:func:`check_data`, redone only when the path, layout, task or the folder's time stamp change."""
+    def _cached(self, slot: str, path: str, fmt: str, task: str) -> tuple[str | None, str, int | None]:
+        """:func:`check_data` and the count, redone only when the path, layout, task or the folder's time
+        stamp change."""
         try:
             stamp = Path(path).expanduser().stat().st_mtime_ns if path.strip() else None
         except OSError:
@@ -712,7 +734,7 @@ class TrainWidget(StoppableJobWidget):
         hit = self._checks.get(slot)
         if hit is not None and hit[0] == key:
             return hit[1]
-        result = check_data(path, fmt, task)
+        result = _check_data(path, fmt, task)
         self._checks[slot] = (key, result)
         return result
 
@@ -723,8 +745,9 @@ class TrainWidget(StoppableJobWidget):
         if self._running or not self.validate():
             return None
         cfg = self.config()
-        self._remember_settings(cfg)
-        self.plot.clear(cfg.epochs, 0 if cfg.ordinary else cfg.warmup_epochs)
+        self._remember_settings(cfg)  # "auto" is remembered as auto
+        schedule = cfg.resolved()
+        self.plot.clear(schedule.epochs, 0 if cfg.ordinary else schedule.warmup_epochs)
         return self._launch(train_job, cfg, f"Training into {cfg.out}…")
 
     def resume(self) -> Any:
@@ -850,7 +873,8 @@ def _value_editor(f: Any, default: Any) -> tuple[QWidget, Callable[[], Any], Cal
         check = QCheckBox(_LABELS.get(name, name.replace("_", " ").capitalize()))
         check.setChecked(default)
         return check, check.isChecked, lambda v: check.setChecked(bool(v))
-    if isinstance(default, int) or (default is None and "int" in str(f.type)):
+    unset = "auto" if f.metadata.get("derived") else "all"  # what None means for this field
+    if isinstance(default, int) or (default is None and _annotation(f) is int):
         spin = QSpinBox()
         lo, hi, step = _INT_RANGES.get(name, (0, 10**9, 1))
         spin.setRange(lo, hi)
@@ -858,40 +882,57 @@ def _value_editor(f: Any, default: Any) -> tuple[QWidget, Callable[[], Any], Cal
         if default is not None:
             spin.setValue(default)
             return spin, spin.value, lambda v: spin.setValue(int(v))
-        spin.setSpecialValueText("all")  # optional: the lowest value means "not set"
+        spin.setSpecialValueText(unset)  # optional: the lowest value means "not set"
         spin.setValue(lo)
         return (
             spin,
             lambda: None if spin.value() == lo else spin.value(),
             lambda v: spin.setValue(lo if v is None else int(v)),
         )
-    if isinstance(default, float):
+    if isinstance(default, float) or (default is None and _annotation(f) is float):
         dspin = QDoubleSpinBox()
         lo_f, hi_f = _FLOAT_RANGES.get(name, (0.0, 1e6))
         # enough decimals to show the default and a tenth of it (a learning rate of 1e-3: 0.00100)
-        dspin.setDecimals(2 if default == 0 else max(2, 2 - math.floor(math.log10(abs(default)))))
+        dspin.setDecimals(2 if not default else max(2, 2 - math.floor(math.log10(abs(default)))))
         dspin.setRange(lo_f, hi_f)
         dspin.setStepType(QAbstractSpinBox.StepType.AdaptiveDecimalStepType)
-        dspin.setValue(default)
-        return dspin, dspin.value, lambda v: dspin.setValue(float(v))
+        if default is not None:
+            dspin.setValue(default)
+            return dspin, dspin.value, lambda v: dspin.setValue(float(v))
+        dspin.setSpecialValueText(unset)
+        dspin.setValue(lo_f)
+        return (
+            dspin,
+            lambda: None if dspin.value() == lo_f else dspin.value(),
+            lambda v: dspin.setValue(lo_f if v is None else float(v)),
+        )
     edit = QLineEdit("" if default is None else str(default))
     return (edit, *_text_access(edit, optional=default is None))
 
 
-_OPTIONAL_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.default is None)
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
-def _same_kind(current: Any, value: Any, optional: bool) -> bool:
-    """Whether a remembered ``value`` suits a field that now holds ``current`` (JSON has no int/bool care)."""
+def _annotation(f: Any) -> type:
+    """The value type of a TrainConfig field (``int | None`` -> int); annotations are strings there."""
+    text = str(f.type)
+    for kind in (bool, int, float):
+        if text.split(" | ")[0] == kind.__name__:
+            return kind
+    return str
+
+
+def _same_kind(name: str, value: Any) -> bool:
+    """Whether a remembered ``value`` suits TrainConfig field ``name`` (JSON has no int/bool care)."""
+    f = _FIELDS[name]
     if value is None:
-        return optional
-    if isinstance(current, bool) or isinstance(value, bool):
-        return isinstance(current, bool) and isinstance(value, bool)
-    if isinstance(current, float):
+        return f.default is None
+    kind = _annotation(f)
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
         return isinstance(value, (int, float))
-    if isinstance(current, int) or (current is None and isinstance(value, int)):
-        return isinstance(value, int)
-    return isinstance(value, str)
+    return isinstance(value, kind)
 
 
 def _choices(name: str) -> tuple[str, ...] | None:
@@ -910,11 +951,9 @@ def _choices(name: str) -> tuple[str, ...] | None:
 
 
 def _field_of(message: str, known: dict[str, Any]) -> str:
-    """The field a ConfigError names (``"--warmup-epochs: ..."`` -> ``warmup_epochs``); ``""`` if none."""
+    """The field a ConfigError names first (``"--lambda: ..."`` -> ``lam``); ``""`` if none."""
     m = _FLAG.match(message)
-    if not m:
-        return ""
-    name = m.group(1).replace("-", "_")
+    name = field_of_flag(m.group(0)) if m else None
     return name if name in known else ""
 
 

@@ -5,29 +5,31 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
-from napari_icnn.config import ARCHS, DEVICES, TASKS, TrainConfig
+from napari_icnn.config import ARCHS, DEVICES, LOSS_MODES, TASKS, TrainConfig
 
-# CLI flag -> TrainConfig field, for the options the command line exposes.
-_FLAGS = {
-    "data": "--data", "out": "--out", "format": "--format", "val": "--val", "val_fraction": "--val-fraction",
-    "task": "--task", "arch": "--arch", "size": "--size", "epochs": "--epochs", "warmup_epochs": "--warmup-epochs",
-    "lam": "--lambda", "batch": "--batch", "lr": "--lr", "device": "--device", "seed": "--seed",
-    "ordinary": "--ordinary", "init": "--init", "resume": "--resume", "n_filters": "--filters",
-    "free_fraction": "--free-fraction", "free_weight": "--free-weight", "beta": "--beta",
-    "free_template_only": "--free-with-classifier-gradient", "loss_mode": "--loss-mode", "workers": "--workers", "cache": "--cache",
-    "max_train_images": "--max-train-images",
-}
-_CHOICES = {"task": TASKS, "arch": ARCHS, "device": DEVICES, "loss_mode": ("paper", "mi"),
+_CHOICES = {"task": TASKS, "arch": ARCHS, "device": DEVICES, "loss_mode": LOSS_MODES,
             "cache": ("memory", "disk", "none"),
             "format": ("auto", "synth", "idrid-seg", "idrid-grading", "csv", "dicom")}
 
 
+def _flagged() -> list:
+    """The TrainConfig fields the command line exposes (those with a ``flag`` in their metadata)."""
+    return [f for f in fields(TrainConfig) if f.metadata.get("flag")]
+
+
+def _kind(f) -> type:
+    annotation = str(f.type)  # a string: the module uses postponed annotations
+    return int if annotation.startswith("int") else float if annotation.startswith("float") else str
+
+
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    """Add one option per exposed TrainConfig field, defaults and help taken from TrainConfig itself."""
-    for f in fields(TrainConfig):
-        flag = _FLAGS.get(f.name)
-        if flag is None:
-            continue
+    """Add one option per exposed TrainConfig field, flag, defaults and help taken from TrainConfig itself.
+
+    A field whose default is derived ("auto", ``None``) keeps ``None`` when its option is not given, so the
+    configuration can tell a value the user chose from one it may derive.
+    """
+    for f in _flagged():
+        flag = f.metadata["flag"]
         default = f.default if f.default is not MISSING else None
         help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if isinstance(default, bool):
@@ -35,11 +37,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, action="store_false" if default else "store_true",
                            help=("turn off: " if default else "") + help_)
             continue
-        kind = {"int": int, "float": float}.get(type(default).__name__, str)
-        if f.name == "max_train_images":
-            kind = int
         extra = {"choices": _CHOICES[f.name]} if f.name in _CHOICES else {}
-        p.add_argument(flag, dest=f.name, type=kind, default=default,
+        p.add_argument(flag, dest=f.name, type=_kind(f), default=default,
                        help=f"{help_} (default: {default})" if default not in (None, "") else help_, **extra)
 
 
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_icnn.errors import ConfigError
     from napari_icnn.progress import TextProgress
 
-    values = {name: getattr(args, name) for name in _FLAGS if hasattr(args, name)}
+    values = {f.name: getattr(args, f.name) for f in _flagged() if hasattr(args, f.name)}
     if not args.resume:
         if not values.get("data"):
             raise ConfigError("--data: give a training folder or CSV file")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_icnn.config import validation_size
 from napari_icnn.data.layouts import TASKS, Record, task_targets
 from napari_icnn.data.transforms import LANDMARKS
 from napari_icnn.errors import ConfigError, IcnnError
@@ -185,9 +186,7 @@ def split_records(
     strata: dict[Any, list[int]] = {}
     for i, k in enumerate(keys):
         strata.setdefault(k, []).append(i)
-    total = int(round(n * val_fraction))
-    if n >= 2:
-        total = min(max(total, 1), n - 1)
+    total = validation_size(n, val_fraction)
     rng = np.random.default_rng(seed)
     order = sorted(strata)
     exact = np.array([len(strata[k]) * val_fraction for k in order])

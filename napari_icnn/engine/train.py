@@ -84,7 +84,8 @@ def _net_kwargs(cfg: TrainConfig, n_outputs: int) -> dict[str, Any]:
     )
 
 
-def _load_data(cfg: TrainConfig) -> tuple[Any, Any, Any]:
+def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[TrainConfig, Any, Any, Any]:
+    """The records to train and validate on, and ``cfg`` resolved for them (see :meth:`TrainConfig.resolved`)."""
     from napari_icnn.data.datasets import split_records
     from napari_icnn.data.layouts import discover, task_targets
 
@@ -92,11 +93,15 @@ def _load_data(cfg: TrainConfig) -> tuple[Any, Any, Any]:
     records = list(spec.records)
     for r in records:  # fail early, naming the record, when a label the task needs is missing
         task_targets(r, cfg.task)
+    val = None
     if cfg.val:
         vspec = discover(cfg.val, "auto")
         val = list(vspec.records)
         for r in val:
             task_targets(r, cfg.task)
+    cfg = cfg.resolved(len(records), None if val is None else len(val), world_size=world_size,
+                       device_type=device_type)
+    if val is not None:
         train = records
         has_masks = vspec.has_masks
     else:
@@ -104,11 +109,13 @@ def _load_data(cfg: TrainConfig) -> tuple[Any, Any, Any]:
         has_masks = spec.has_masks
     if cfg.max_train_images:
         train = train[: cfg.max_train_images]
-    if len(train) < cfg.batch:
-        raise ConfigError(f"--data {cfg.data}: only {len(train)} training images, fewer than one batch ({cfg.batch})")
-    if len(val) < 2:
-        raise ConfigError(f"--data {cfg.data}: too few validation images ({len(val)}); give --val or more data")
-    return train, val, has_masks
+    return cfg, train, val, has_masks
+
+
+def _describe_derived(cfg: TrainConfig) -> str:
+    from napari_icnn.config import flag_of
+
+    return "; ".join(f"{flag_of(name)} {getattr(cfg, name):g} ({how})" for name, how in cfg.derived.items())
 
 
 def _checkpoint_state(net, opt, sched, assignment, epoch, best, history, cfg, lam_scale) -> dict[str, Any]:
@@ -165,12 +172,14 @@ def train_iter(
     runtime.seed_everything(cfg.seed + dist.rank)
     out = Path(cfg.out)
     ckdir = out / CHECKPOINT_DIR
-    if dist.is_main:
-        ckdir.mkdir(parents=True, exist_ok=True)
-        runtime.atomic_write_text(ckdir / "config.json", cfg.to_json())
 
     yield Message(f"device {device}{f' x{dist.world_size} processes' if dist.enabled else ''}; loading data")
-    train_recs, val_recs, has_masks = _load_data(cfg)
+    cfg, train_recs, val_recs, has_masks = _load_data(cfg, dist.world_size, device.type)
+    if dist.is_main:  # only now: a data set that cannot be used leaves --out as it was
+        ckdir.mkdir(parents=True, exist_ok=True)
+        runtime.atomic_write_text(ckdir / "config.json", cfg.to_json())
+    if cfg.derived:
+        yield Message(f"auto settings: {_describe_derived(cfg)}")
     names = class_names_for(cfg.task)
     k = len(names)
     yield Message(f"{len(train_recs)} training / {len(val_recs)} validation images; task {cfg.task}")
