@@ -1,22 +1,86 @@
 """Atomic file writes (temporary name in the same folder, fsync, rename): a crash never leaves half a file.
 
+Also what a full disk looks like (:data:`DISK_FULL_ERRNOS`, :class:`DiskFull`): the writers here
+remove their temporary file and let the ``OSError`` through; callers that run many writes turn it
+into :class:`DiskFull` and stop, since every further write would fail the same way.
+
 Free of torch and NumPy imports, so light worker processes can use it too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
+from napari_icnn.errors import IcnnError
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "DISK_FULL_ERRNOS", "DiskFull",
+           "disk_full_errno"]
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""No space left, quota exceeded, file size limit reached: no later write into the folder can succeed."""
+
+_WHY = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the file system or the process's file size limit",
+}
+
+
+class DiskFull(IcnnError):
+    """Writing into ``folder`` failed for want of space: the run stops, as every write after it
+    would fail too; what was finished stays valid and a run with space resumes from it.
+
+    Parameters
+    ----------
+    folder
+        The folder being written into.
+    errno
+        ``ENOSPC``, ``EDQUOT`` or ``EFBIG``.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], errno: int):
+        self.folder = os.fspath(folder)
+        self.errno = errno
+        super().__init__(self.folder, errno)  # the arguments, so that it crosses process boundaries
+
+    def __str__(self) -> str:
+        why = _WHY.get(self.errno, os.strerror(self.errno))
+        return (f"{self.folder}: disk full ({why}); the run stopped, finished files keep their results: "
+                "free space and run the same command again to resume")
+
+
+def disk_full_errno(exc: BaseException | None) -> int | None:
+    """The errno of a full disk when ``exc`` is one, or was raised from or while handling one.
+
+    Writers wrap the error: pydicom re-raises a failed write as an ``OSError`` with the tag in its
+    message and no errno, chained to the original.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFull):
+            return exc.errno
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc.errno
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it into place.
+
+    Raises
+    ------
+    OSError
+        As the file system raises it (a full disk included); ``path`` is then as it was and the
+        temporary file is gone.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

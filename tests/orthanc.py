@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,9 +303,11 @@ def _text_report(path: Path, study_uid: str) -> str:
 
 
 def make_study(server: OrthancServer, folder: Path, seeds: tuple[int, ...] = (1, 2), *,
-               with_other: bool = False, study_date: str = "20240315") -> Study:
+               with_other: bool = False, study_date: str = "20240315",
+               quirks: tuple[Callable[[Any], None], ...] = ()) -> Study:
     """Upload a new study: one OP series with a fundus photograph per seed (alternating eyes and
-    encodings), plus, ``with_other``, a CT series and a text report."""
+    encodings), plus, ``with_other``, a CT series and a text report. ``quirks[i]``, when given,
+    rewrites the header of the i-th photograph as another camera or archive would have written it."""
     from pydicom.uid import generate_uid
 
     from napari_icnn.data.synth import generate_fundus
@@ -319,6 +322,8 @@ def make_study(server: OrthancServer, folder: Path, seeds: tuple[int, ...] = (1,
         ds = write_op(path, pixels, laterality="LR"[i % 2], study_instance_uid=study, series_instance_uid=series,
                       transfer_syntax=("jpeg-baseline", "rle")[i % 2], patient_name=PATIENT_NAME,
                       patient_id="PHI-1", study_date=study_date, instance_number=i + 1)
+        if i < len(quirks):
+            _rewrite(path, quirks[i])
         server.upload(path)
         op.append(str(ds.SOPInstanceUID))
     other = []
@@ -328,6 +333,20 @@ def make_study(server: OrthancServer, folder: Path, seeds: tuple[int, ...] = (1,
             server.upload(folder / name)
             other.append(uid)
     return Study(study, tuple(op), tuple(other))
+
+
+def _rewrite(path: Path, change: Callable[[Any], None]) -> None:
+    import pydicom
+    from pydicom import config
+
+    ds = pydicom.dcmread(path)
+    change(ds)
+    mode = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE  # the point is to write what is not valid
+    try:
+        ds.save_as(path)
+    finally:
+        config.settings.writing_validation_mode = mode
 
 
 if __name__ == "__main__":  # pragma: no cover - a server to poke at by hand

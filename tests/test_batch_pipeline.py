@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from output_checks import check_output_folder
 from test_batch_data import ct, op, png, truncated
 
 from napari_icnn.batch import BatchConfig, infer, infer_iter
@@ -130,8 +131,11 @@ def test_stop_keeps_finished_rows_and_a_rerun_completes(mixed, tiny_bundle, sing
 def test_killed_run_resumes_without_duplicates(tmp_path, tiny_bundle):
     src = tmp_path / "in"
     src.mkdir()
-    for i in range(16):
-        png(src / f"p{i:02d}.png", seed=i, size=160)
+    for i in range(10):
+        op(src / f"op{i:02d}.dcm", seed=i, size=160)
+    for i in range(6):
+        png(src / f"p{i:02d}.png", seed=20 + i, size=160)
+    names = sorted(p.name for p in src.iterdir())
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "napari_icnn", "infer", str(src), "--out", str(out), "--model", str(tiny_bundle),
            "--workers", "1", "--batch", "2"]
@@ -145,13 +149,22 @@ def test_killed_run_resumes_without_duplicates(tmp_path, tiny_bundle):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its worker, mid-flight
     proc.wait()
-    done_before = len(rows_of(out))
+    # What the kill left under final names is whole: results written before their row, none torn.
+    killed = check_output_folder(out)
+    done_before = len(killed.rows)
     assert 3 <= done_before < 16
+    assert {r["status"] for r in killed.rows} == {"ok"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
-    names = [Path(r["input_path"]).name for r in rows_of(out)]
-    assert sorted(names) == [f"p{i:02d}.png" for i in range(16)]
     assert f"{done_before} skipped" in result.stdout
+    done = check_output_folder(out, dciodvfy=True)
+    assert sorted(Path(r["input_path"]).name for r in done.rows) == names
+    assert {r["status"] for r in done.rows} == {"ok"}
+    # One object per result: rewritten in place where the killed run had written it already.
+    assert len(done.seg) == len(done.sr) == 10 and len(done.png) == len(done.json) == 16
+    assert done.unlisted == []
+    # Only a write the kill cut short may leave its (hidden) temporary file behind.
+    assert len(done.temporary) <= 2, done.temporary
 
 
 @pytest.mark.slow

@@ -1,13 +1,16 @@
 """Interrupted PACS runs against a real Orthanc: the PACS going down after the first stored result,
-a stop request, local results stored alone; each re-run finishes the job without retrieving,
-processing or storing anything twice."""
+a stop request, the local disk filling up, local results stored alone; each re-run finishes the job
+without retrieving, processing or storing anything twice, and no interruption leaves a file
+under a final name that is not whole."""
 
 from __future__ import annotations
 
 import json
 
 import pydicom
+from full_disk import full_disk  # noqa: F401 - the fixture
 from orthanc import USER, make_study, orthanc, private_orthanc  # noqa: F401 - the fixtures
+from output_checks import check_output_folder
 from test_pacs_dicomweb import check_results_reference_their_sources, read_summary
 
 from napari_icnn.batch import BatchConfig
@@ -63,6 +66,9 @@ def test_pacs_down_after_the_first_store_then_back_resumes_without_duplicates(
     assert len(state["stored"][str(job.store_to)]) == 1
     assert len(state["not_retrieved"].get(str(job.source), {})) == first.n_not_retrieved
     assert first.n_not_stored == 2 * len(processed) - 1
+    killed = check_output_folder(out)  # results, staged instances and state whole despite the outage
+    assert killed.temporary == [] and len(killed.seg) == len(killed.sr) == len(processed)
+    assert len(killed.staged) == len(staged)
 
     server.start()  # same storage (recovered after the kill), same ports
     second = pacs_infer(job, _cfg(out, tiny_bundle))
@@ -74,6 +80,8 @@ def test_pacs_down_after_the_first_store_then_back_resumes_without_duplicates(
     check_results_reference_their_sources(server, study, out)
     assert json.loads((out / "pacs_state.json").read_text())["not_retrieved"] == {}
     assert not (out / "pacs-staging").exists()
+    done = check_output_folder(out, dciodvfy=True)
+    assert len(done.seg) == len(done.sr) == 5 and done.unlisted == [] and done.temporary == []
 
 
 def test_pacs_down_before_retrieving_is_recorded_and_the_rerun_fetches_everything(
@@ -96,11 +104,51 @@ def test_pacs_down_before_retrieving_is_recorded_and_the_rerun_fetches_everythin
     assert sorted(not_retrieved) == sorted(study.op)
     assert "connection refused" in not_retrieved[study.op[0]]
 
+    check_output_folder(out)
+
     server.start()
     second = pacs_infer(job, _cfg(out, tiny_bundle))
     assert second.exit_code == 0 and second.n_retrieved == 3 and second.n_stored == 6
     assert json.loads((out / "pacs_state.json").read_text())["not_retrieved"] == {}
     check_results_reference_their_sources(server, study, out)
+    done = check_output_folder(out, dciodvfy=True)
+    assert len(done.seg) == len(done.sr) == 3 and done.unlisted == []
+
+
+def test_a_full_local_disk_stops_the_run_and_a_run_with_space_finishes_it(
+    orthanc, full_disk, tmp_path, tiny_bundle, monkeypatch  # noqa: F811
+):
+    study = make_study(orthanc, tmp_path / "s", seeds=(71, 72, 73, 74, 75))
+    out = full_disk.root / "out"
+    for name, value in orthanc.env.items():
+        monkeypatch.setenv(name, value)
+    args = ["infer", "--from", orthanc.dicomweb_url, "--study", study.uid, "--store-to", orthanc.dicomweb_url,
+            "--out", str(out), "--model", str(tiny_bundle), "--formats", "seg,sr", "--batch", "1",
+            "--workers", "0" if full_disk.in_process else "1"]
+
+    def one_row_in() -> bool:
+        csv = out / "summary.csv"
+        return csv.exists() and csv.read_bytes().count(b"\n") >= 2
+
+    first = full_disk.run_cli(args, fill_when=one_row_in)
+    assert full_disk.filled, first.stderr
+    assert first.returncode == 4, (full_disk.method, first.stdout, first.stderr)
+    errors = [line for line in first.stderr.splitlines() if line.startswith("icnn infer: error:")]
+    assert len(errors) == 1 and str(out) in errors[0] and "disk full" in errors[0], first.stderr
+    assert "Traceback" not in first.stderr and orthanc.password not in first.stderr
+    stopped = check_output_folder(out)
+    assert 1 <= len(stopped.rows) < 5 and {r["status"] for r in stopped.rows} == {"ok"}
+    assert stopped.temporary == []
+    assert len(orthanc.sop_uids(study.uid)) <= 5 + 2 * len(stopped.rows)  # only finished results stored
+
+    full_disk.free()
+    second = full_disk.run_cli(args)
+    assert second.returncode == 0, second.stderr
+    assert len(orthanc.sop_uids(study.uid)) == 5 + 10  # every result once
+    check_results_reference_their_sources(orthanc, study, out)
+    done = check_output_folder(out, dciodvfy=True)
+    assert len(done.seg) == len(done.sr) == 5 and done.unlisted == [] and done.temporary == []
+    assert not (out / "pacs-staging").exists()
 
 
 def test_a_stopped_run_keeps_its_work_and_a_rerun_finishes_it(orthanc, tmp_path, tiny_bundle):  # noqa: F811

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
+from napari_icnn.atomic import DiskFull
 from napari_icnn.batch import work
 from napari_icnn.batch.local import file_events
 from napari_icnn.batch.summary import Row, SummaryFile, Tally, one_line
@@ -98,6 +99,8 @@ def run_cluster(
             path = pending.pop(fut)
             try:
                 rows: list[Row] = fut.result()
+            except DiskFull:
+                raise
             except Exception as exc:  # noqa: BLE001 - a lost worker or task; the file's row says so
                 rows = [Row(path, None, "", "error", one_line(f"the cluster could not run this file ({type(exc).__name__}: {exc})"))]
             fut.release()

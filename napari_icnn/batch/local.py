@@ -4,7 +4,8 @@ outputs; the calling process runs the network over batches of frames in between.
 Work in flight is bounded (a few tasks per worker and one batch of frames), so memory does not
 grow with the number of files. A worker process that dies (a decoder crashing, the kernel killing
 it for memory) takes only its own file down: the files it may have held are retried one at a
-time, and the one that kills a worker again gets an error row.
+time, and the one that kills a worker again gets an error row. A full output disk ends the run
+(:class:`~napari_icnn.atomic.DiskFull`) at the first write that fails.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from napari_icnn.atomic import DiskFull
 from napari_icnn.batch import work
 from napari_icnn.batch.outputs import OutputSpec
 from napari_icnn.batch.summary import Row, SummaryFile, Tally
@@ -141,7 +143,15 @@ def run_local(
     pool: WorkerPool | None = None,
 ) -> Generator[Any, None, None]:
     """Process ``paths`` into ``summary``; yields progress events. ``pool``: workers started
-    beforehand (with ``workers`` processes); the run shuts them down."""
+    beforehand (with ``workers`` processes); the run shuts them down.
+
+    Raises
+    ------
+    DiskFull
+        An output or the summary could not be written for want of space.
+    Cancelled
+        ``should_stop`` returned true.
+    """
     import torch
 
     threads = torch.get_num_threads()
@@ -225,6 +235,9 @@ def run_local(
                 except BrokenProcessPool:
                     crashed.append(task)
                     continue
+                except DiskFull:
+                    # The files in flight get no rows: the run that resumes does them again.
+                    raise
                 except Exception as exc:  # noqa: BLE001 - the task functions catch everything; be safe
                     # (what reaches here failed around the task: e.g. its result could not be pickled)
                     reason = f"unexpected failure passing work to a worker process ({type(exc).__name__})"

@@ -93,14 +93,19 @@ def _target(out: Path, rel: str) -> Path:
 
 def write_outputs(
     spec: OutputSpec, image: FundusImage, expl: Explanation, input_path: str
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], list[str]]:
     """Write the requested formats for one explained frame.
+
+    A full disk (``OSError`` with ENOSPC, EDQUOT or EFBIG, possibly wrapped) is raised, not
+    reported: it is the run's failure, not this frame's.
 
     Returns
     -------
-    written, problems
-        Paths written (relative to the output folder, in format order) and one line per format
-        that could not be written (``"seg: <reason>"``); a failed format does not stop the others.
+    written, problems, notes
+        Paths written (relative to the output folder, in format order); one line per format that
+        could not be written (``"seg: <reason>"``; a failed format does not stop the others); and
+        what the frame's ``ok`` row should say: DICOM results a source without valid identity UIDs
+        cannot have, header attributes left out of them (keywords only, never values).
     """
     from napari_icnn.errors import InputError
 
@@ -110,6 +115,9 @@ def write_outputs(
     top = expl.top(spec.top_k)
     written: list[str] = []
     problems: list[str] = []
+    notes = _dicom_notes(image, formats)
+    if notes and notes[0].startswith("no "):  # nothing to reference: SEG and SR do not apply
+        formats = tuple(f for f in formats if f not in DICOM_FORMATS)
     for fmt in formats:
         rel = stem + _SUFFIX[fmt]
         try:
@@ -126,12 +134,33 @@ def write_outputs(
         except InputError as exc:
             problems.append(f"{fmt}: {exc.reason}")
         except OSError as exc:
+            from napari_icnn.atomic import disk_full_errno
+
+            if disk_full_errno(exc) is not None:
+                raise  # not this frame's fault, and every write after it would fail: the run stops
             problems.append(f"{fmt}: cannot write ({exc.strerror or exc})")
         except Exception as exc:  # noqa: BLE001 - one format failing must not lose the others
             problems.append(f"{fmt}: {type(exc).__name__}: {exc}")
         else:
             written.append(rel)
-    return written, problems
+    return written, problems, notes
+
+
+def _dicom_notes(image: FundusImage, formats: tuple[str, ...]) -> list[str]:
+    """What the DICOM results of ``image`` lack because of its header (see :mod:`napari_icnn.dicom.carry`)."""
+    dicom = [f for f in formats if f in DICOM_FORMATS]
+    if not dicom or image.header is None:
+        return []
+    from napari_icnn.dicom.carry import carry_header
+    from napari_icnn.dicom.uids import unreferenceable_reason
+
+    carried = carry_header(image)
+    if not carried.referable:
+        return [f"no {' or '.join(f.upper() for f in dicom)}: {unreferenceable_reason(carried.missing_identity)}"]
+    if carried.left_out:
+        return [f"left out of {' and '.join(f.upper() for f in dicom)} (not valid in the source): "
+                + ", ".join(carried.left_out)]
+    return []
 
 
 def _write_seg(target: Path, spec: OutputSpec, image: FundusImage, expl: Explanation, top: list) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from napari_icnn.atomic import DISK_FULL_ERRNOS, DiskFull, disk_full_errno
 from napari_icnn.batch.config import BatchConfig, BatchSummary
 from napari_icnn.batch.inputs import check_inputs, iter_input_files
 from napari_icnn.batch.outputs import OutputSpec
@@ -35,6 +36,8 @@ def _output_folder(out: str) -> Path:
     ------
     ConfigError
         It is a file, cannot be created, or is not writable.
+    DiskFull
+        Its disk has no room for even an empty file.
     """
     path = Path(out).expanduser().absolute()
     if path.exists() and not path.is_dir():
@@ -48,6 +51,8 @@ def _output_folder(out: str) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise DiskFull(path, exc.errno) from None
         raise ConfigError(f"--out {out}: the folder is not writable ({exc.strerror or exc})") from None
     return path
 
@@ -149,7 +154,27 @@ def infer_iter(
         The model bundle is missing or broken.
     Cancelled
         ``should_stop`` returned true; files finished so far keep their rows.
+    DiskFull
+        The output folder ran out of space (or quota, or file size limit): the run stops at the
+        first write that fails; files finished so far keep their rows and complete outputs, and
+        the file being written gets no row, so a run with space resumes with it.
     """
+    try:
+        return (yield from _infer_iter(cfg, should_stop, files, total))
+    except OSError as exc:
+        # What the run writes itself (lock, settings) fails like any output on a full disk.
+        code = disk_full_errno(exc)
+        if code is None:
+            raise
+        raise DiskFull(Path(cfg.out).expanduser().absolute(), code) from exc
+
+
+def _infer_iter(
+    cfg: BatchConfig,
+    should_stop: Callable[[], bool] | None,
+    files: Iterable[str] | None,
+    total: int,
+) -> Generator[Progress | Message, None, BatchSummary]:
     start = time.monotonic()
     check_inputs(cfg.inputs)
     with contextlib.ExitStack() as stack:

@@ -3,11 +3,13 @@ arrive and forced to disk row group by row group, so a crash or a kill leaves a 
 
 The rows of one file are appended in one ``write``; a file with rows is finished, which is what
 lets a second run on the same folder skip it. A last line cut short by a power failure is removed
-when the file is opened again (that input is then processed again).
+when the file is opened again (that input is then processed again); an append that fails (a full
+disk) is taken back at once, so no file is ever recorded with some of its rows only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -15,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from napari_icnn.atomic import DISK_FULL_ERRNOS, DiskFull
 from napari_icnn.errors import ConfigError
 
 __all__ = ["COLUMNS", "STATUSES", "Row", "Done", "Tally", "SummaryFile", "read_rows", "one_line"]
@@ -124,6 +127,8 @@ class SummaryFile:
     ------
     ConfigError
         The file exists but is not a batch summary (other columns), or cannot be opened.
+    DiskFull
+        No room for the header of a new file.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -135,8 +140,13 @@ class SummaryFile:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             if os.fstat(self._fd).st_size == 0:
                 self._write(_HEADER.encode())
+        except DiskFull:
+            self.close()
+            raise
         except OSError as exc:
             self.close()
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise DiskFull(self.path.parent, exc.errno) from None
             raise ConfigError(f"{self.path}: cannot open the summary for writing ({exc.strerror or exc})") from None
 
     def _repair(self) -> None:
@@ -184,18 +194,37 @@ class SummaryFile:
         return done
 
     def append(self, rows: list[Row]) -> None:
-        """Append the rows of one input file in one write and force them to disk."""
+        """Append the rows of one input file in one write and force them to disk.
+
+        Raises
+        ------
+        DiskFull
+            No room for them; the file is as it was before the call.
+        OSError
+            Another failure to write; the file is as it was, as far as the system allows.
+        """
         if rows:
             self._write(_encode(rows))
 
     def _write(self, data: bytes) -> None:
         if self._fd is None:
             raise ValueError(f"{self.path}: summary already closed")
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        os.fsync(self._fd)
+        end = os.fstat(self._fd).st_size  # only this run appends (the folder's lock)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            os.fsync(self._fd)
+        except OSError as exc:
+            # A group cut short could end on a complete line and so record its file as finished
+            # with frames missing; freeing the blocks it took cannot itself fail for want of space.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, end)
+                os.fsync(self._fd)
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise DiskFull(self.path.parent, exc.errno) from None
+            raise
 
     def close(self) -> None:
         if self._fd is not None:

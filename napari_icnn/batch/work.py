@@ -1,5 +1,6 @@
 """The per-file work of a batch, as plain functions that run in worker processes (local pool or
-Dask workers) and never raise: every outcome is a summary :class:`Row` or prepared input.
+Dask workers) and never raise but for a full disk (:class:`~napari_icnn.atomic.DiskFull`, the end of
+the run): every other outcome is a summary :class:`Row` or prepared input.
 
 - :func:`prepare_file`: read and decode a file, check each frame is a colour fundus photograph,
   preprocess it for the network (no torch needed).
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_icnn.atomic import DiskFull, disk_full_errno
 from napari_icnn.batch.outputs import OutputSpec, write_outputs
 from napari_icnn.batch.privacy import phi_values, scrub
 from napari_icnn.batch.summary import Row, one_line
@@ -62,6 +64,7 @@ def prepare_file(path: str, size: int) -> list[Prepared | Row]:
     from napari_icnn.data.fov import check_fundus
     from napari_icnn.data.image_io import iter_images
     from napari_icnn.data.transforms import preprocess
+    from napari_icnn.dicom.carry import source_uid
     from napari_icnn.dicom.read import is_dicom, read_header
 
     items: list[Prepared | Row] = []
@@ -82,10 +85,10 @@ def prepare_file(path: str, size: int) -> list[Prepared | Row]:
                 header = None  # iter_images raises the precise reason below
             if header is not None:
                 phi = phi_values(header)
-                sop = str(header.get("SOPInstanceUID", "") or "")
+                sop = source_uid(header, "SOPInstanceUID") or ""  # a stray value never reaches the summary
                 try:
                     n_frames = int(header.get("NumberOfFrames") or 1)
-                except (TypeError, ValueError):
+                except Exception:  # noqa: BLE001 - an unusable count is the reader's to report
                     n_frames = 1
         for image in iter_images(path):
             frame = image.frame
@@ -110,12 +113,25 @@ def prepare_file(path: str, size: int) -> list[Prepared | Row]:
 
 
 def write_frame(spec: OutputSpec, prepared: Prepared, expl: Explanation) -> Row:
-    """Write the outputs of one explained frame; the frame's summary row. Never raises."""
+    """Write the outputs of one explained frame; the frame's summary row.
+
+    Raises
+    ------
+    DiskFull
+        The output folder has no room left: that is the run's end, not this frame's error (its
+        outputs written so far are complete, and are written again by the run that resumes).
+    """
     image = prepared.image
     sop = image.sop_instance_uid or ""
     probability = float(np.clip(expl.probability, 0.0, 1.0))
     try:
-        written, problems = write_outputs(spec, image, expl, prepared.input_path)
+        written, problems, notes = write_outputs(spec, image, expl, prepared.input_path)
+    except OSError as exc:
+        code = disk_full_errno(exc)
+        if code is not None:
+            raise DiskFull(spec.out, code) from None
+        _, reason = _reason(exc, prepared.phi, "writing the outputs")
+        return Row(prepared.input_path, image.frame, sop, "error", reason, probability)
     except Exception as exc:  # noqa: BLE001
         _, reason = _reason(exc, prepared.phi, "writing the outputs")
         return Row(prepared.input_path, image.frame, sop, "error", reason, probability)
@@ -123,8 +139,9 @@ def write_frame(spec: OutputSpec, prepared: Prepared, expl: Explanation) -> Row:
         reason = one_line(scrub("could not write " + "; ".join(problems), list(prepared.phi)))
         return Row(prepared.input_path, image.frame, sop, "error", reason, probability, tuple(written))
     # e.g. --formats seg,sr for a PNG input: the prediction is made, no requested format applies
-    note = "" if written else "no requested output format applies to this input (SEG and SR need a DICOM source)"
-    return Row(prepared.input_path, image.frame, sop, "ok", note, probability, tuple(written))
+    if not written:
+        notes = notes or ["no requested output format applies to this input (SEG and SR need a DICOM source)"]
+    return Row(prepared.input_path, image.frame, sop, "ok", one_line("; ".join(notes)), probability, tuple(written))
 
 
 def explain_rows(model: Any, prepared: list[Prepared]) -> list[tuple[Prepared, Explanation | Row]]:
@@ -188,7 +205,8 @@ def _worker_model(job: ClusterJob) -> Any:
 
 
 def process_file(path: str, job: ClusterJob) -> list[Row]:
-    """Everything for one file on a cluster worker: rows in frame order. Never raises."""
+    """Everything for one file on a cluster worker: rows in frame order. Raises only
+    :class:`~napari_icnn.atomic.DiskFull` (see :func:`write_frame`)."""
     try:
         model = _worker_model(job)
     except Exception as exc:  # noqa: BLE001 - reported against the file; the run goes on

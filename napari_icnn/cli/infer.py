@@ -3,9 +3,9 @@
 Writes DICOM SEG + SR (DICOM inputs), a PNG evidence sheet and a prediction JSON per image, and
 DIR/summary.csv with one row per input file (per frame of multi-frame files). Exit code 0 when
 every input is ok, 3 when some are error or declined (see summary.csv) or some PACS transfers
-failed, 2 for a usage or set-up problem (an unreachable PACS, refused credentials). Running again
-into the same DIR resumes: files already in summary.csv are skipped, results already on the PACS
-are not stored again.
+failed, 2 for a usage or set-up problem (an unreachable PACS, refused credentials), 4 when the run
+stopped because DIR's disk is full. Running again into the same DIR resumes: files already in
+summary.csv are skipped, results already on the PACS are not stored again.
 
 PACS: --from dicomweb+http(s)://HOST:PORT/PATH or dimse://AET@HOST:PORT pulls the studies named
 with --study or --since instead of INPUT files; --store-to (same forms) stores every SEG and SR.
@@ -18,6 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any
+
+EXIT_DISK_FULL = 4
+"""The run stopped because the output folder's disk is full; with space, the same command resumes."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,6 +76,7 @@ def _batch_config(args: argparse.Namespace, inputs: tuple[str, ...]) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_icnn.atomic import DiskFull
     from napari_icnn.errors import BundleError, ConfigError
     from napari_icnn.progress import TextProgress
 
@@ -103,7 +107,15 @@ def run(args: argparse.Namespace) -> int:
         )
         cfg = _batch_config(args, tuple(args.inputs) or (args.source,))
         progress = TextProgress(sys.stderr)
-        summary = pacs_infer(job, cfg, on_event=lambda e: progress(_redacted_event(e, secrets)))
+
+        def show(event: Any) -> None:
+            progress(_redacted_event(event, secrets))
+
+        try:
+            summary = pacs_infer(job, cfg, on_event=show)
+        except DiskFull as err:
+            _stopped(show, err)
+            return EXIT_DISK_FULL
     except (ConfigError, BundleError) as err:
         # Set-up problems (a PACS unreachable or refusing us, a broken model): nothing ran.
         print(f"icnn infer: error: {_redact(' '.join(str(err).split()), secrets)}", file=sys.stderr)
@@ -113,19 +125,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_files(args: argparse.Namespace) -> int:
+    from napari_icnn.atomic import DiskFull
     from napari_icnn.batch import infer
     from napari_icnn.errors import BundleError
     from napari_icnn.progress import TextProgress
 
     cfg = _batch_config(args, tuple(args.inputs))
+    progress = TextProgress(sys.stderr)
     try:
-        summary = infer(cfg, on_event=TextProgress(sys.stderr))
+        summary = infer(cfg, on_event=progress)
     except BundleError as err:
         # A model that cannot be used is a set-up problem: nothing ran.
         print(f"icnn infer: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except DiskFull as err:
+        _stopped(progress, err)
+        return EXIT_DISK_FULL
     print(summary.describe())
     return summary.exit_code
+
+
+def _stopped(progress: Any, err: Exception) -> None:
+    """The one line that says why the run stopped, through the progress printer so that it starts
+    on a line of its own after a progress line a terminal was updating."""
+    from napari_icnn.progress import Message
+
+    progress(Message(f"icnn infer: error: {' '.join(str(err).split())}", level="error"))
 
 
 def _redact(text: str, secrets: tuple[str, ...]) -> str:

@@ -9,7 +9,6 @@ columns, one frame per segment, each deriving from the source frame.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import uuid
 from collections.abc import Sequence
@@ -163,7 +162,7 @@ def build_seg(
         _segment_description(i, m, algorithm, tracking_uid(ref, model, m.filter_id), laterality)
         for i, m in enumerate(maps, start=1)
     ]
-    spacing = _pixel_spacing(source)
+    spacing = ref.pixel_spacing
     pixels = np.stack([m.probability for m in maps], axis=-1)[None]
     seg = hd.seg.Segmentation(
         source_images=[_proxy(ref, spacing)],
@@ -244,14 +243,28 @@ def save_atomic(dataset: Dataset, path: str | os.PathLike[str]) -> Path:
         # os.open with 0o666 lets the umask decide permissions, as for any other output.
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as fh:
             dataset.save_as(fh, enforce_file_format=True)
+            fh.flush()
+            os.fsync(fh.fileno())  # a power failure must not leave an empty file under the final name
         os.replace(tmp, path)
     except OSError as exc:
+        from napari_icnn.atomic import disk_full_errno
+
         tmp.unlink(missing_ok=True)
-        raise InputError(path, f"cannot write: {exc.strerror or exc}") from None
+        if disk_full_errno(exc) is not None:
+            raise  # a full disk ends a batch run: it is not this result's fault
+        raise InputError(path, f"cannot write: {_root_cause(exc)}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost OSError's words: pydicom re-raises a failed write with its traceback in the text."""
+    inner: BaseException = exc
+    while isinstance(inner.__cause__ or inner.__context__, OSError):
+        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    return getattr(inner, "strerror", None) or " ".join(str(inner).split())[:200]
 
 
 def fit_text(text: str, limit: int = _LO) -> str:
@@ -344,51 +357,22 @@ def _segment_description(
     return desc
 
 
-def _pixel_spacing(source: FundusImage) -> tuple[float, float] | None:
-    """(row, column) spacing in mm, when the source states a usable one."""
-    spacing = source.pixel_spacing
-    if spacing is None and source.header is not None and "PixelSpacing" in source.header:
-        try:
-            spacing = tuple(float(v) for v in source.header.PixelSpacing)  # type: ignore[assignment]
-        except (TypeError, ValueError):
-            spacing = None
-    if spacing is None or len(spacing) != 2 or not all(math.isfinite(v) and v > 0 for v in spacing):
-        return None
-    return float(spacing[0]), float(spacing[1])
-
-
 def _proxy(ref: SourceRef, spacing: tuple[float, float] | None) -> Dataset:
-    """A copy of the source header that highdicom accepts for a photograph.
+    """The source as highdicom needs it for a photograph, built on the checked attributes of
+    ``ref.header`` (never a copy of the source header: see :mod:`napari_icnn.dicom.carry`).
 
-    highdicom treats every instance of a multi-frame IOD (OP has the Multi-frame module) as
-    an enhanced image and reads its Shared Functional Groups, and it supports sources
-    without a Frame of Reference only as one frame. The proxy keeps the SOP Instance UID
-    (and, but for wide-field OP, the SOP Class UID), so the references it produces are the
-    source's; :func:`_complete` adds the frame number of a multi-frame source.
+    highdicom treats every instance of a multi-frame IOD (OP has the Multi-frame module) as an
+    enhanced image, reads its Number of Frames and Shared Functional Groups, and supports sources
+    without a Frame of Reference only as one frame. The proxy keeps the SOP Instance UID (and, but
+    for wide-field OP, the SOP Class UID), so the references it produces are the source's;
+    :func:`_complete` adds the frame number of a multi-frame source.
     """
     from pydicom.dataset import Dataset
 
     proxy = copy.deepcopy(ref.header)
-    for kw in ("FrameOfReferenceUID", "PerFrameFunctionalGroupsSequence", "PixelData"):
-        if kw in proxy:
-            delattr(proxy, kw)
-    if "NumberOfFrames" in proxy:
-        proxy.NumberOfFrames = 1
+    proxy.NumberOfFrames = 1
     if ref.sop_class_uid in _FRAME_OF_REFERENCE_IODS:
         proxy.SOPClassUID = _POSE_AS
-    # Type 2 study/patient attributes highdicom copies; tolerate sources that omit them.
-    for kw in (
-        "PatientID",
-        "PatientName",
-        "PatientBirthDate",
-        "PatientSex",
-        "AccessionNumber",
-        "StudyID",
-        "StudyDate",
-        "StudyTime",
-    ):
-        if kw not in proxy:
-            setattr(proxy, kw, None)
     shared = Dataset()
     shared.PixelMeasuresSequence = _pixel_measures(spacing)
     proxy.SharedFunctionalGroupsSequence = [shared]
@@ -408,9 +392,8 @@ def _pixel_measures(spacing: tuple[float, float] | None) -> Any:
 
 def _complete(seg: Dataset, ref: SourceRef, spacing: tuple[float, float] | None) -> None:
     """Fix up what highdicom cannot express for a photograph."""
-    header = ref.header
     # General Image: 2C, required when there is no patient orientation/position geometry.
-    seg.PatientOrientation = header.get("PatientOrientation", "")
+    seg.PatientOrientation = ref.header.get("PatientOrientation", "")
     if spacing is None:
         # The source states no spacing; Pixel Measures is optional without a Frame of
         # Reference, and inventing a scale would be worse than having none.

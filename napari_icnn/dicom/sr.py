@@ -130,7 +130,7 @@ def build_sr(
         title=codes.cid7021.ImagingMeasurementReport,
     )
     sr = hd.sr.ComprehensiveSR(
-        evidence=[ref.header],
+        evidence=[ref.header],  # the checked attributes, not the source header
         content=report,
         series_instance_uid=uids.series_instance_uid,
         series_number=series_number,

@@ -26,6 +26,7 @@ __all__ = [
     "derived_uids",
     "tracking_uid",
     "device_uid",
+    "unreferenceable_reason",
 ]
 
 # Changing this string changes every derived UID: only do so when the meaning of the
@@ -76,6 +77,10 @@ class SourceRef:
     number_of_frames: int = 1
     frame_number: int | None = None
     """1-based frame within a multi-frame instance; ``None`` for single-frame instances."""
+    left_out: tuple[str, ...] = ()
+    """Source attributes whose values could not be carried into derived objects."""
+    pixel_spacing: tuple[float, float] | None = None
+    """(row, column) spacing in mm, when the source states a usable one."""
 
     @property
     def frame_numbers(self) -> list[int] | None:
@@ -92,43 +97,27 @@ class DerivedUids:
 def source_ref(source: FundusImage) -> SourceRef:
     """Check that ``source`` is a DICOM frame a derived object can reference.
 
+    The reference is built on the checked attributes of :func:`~napari_icnn.dicom.carry.carry_header`
+    (``SourceRef.header`` is that fresh data set, never the source header itself), so a derived
+    object copies nothing the source header holds in an unusable form.
+
     Raises
     ------
     InputError
-        The image did not come from DICOM, its header lacks an identifying UID, its
-        size disagrees with the header, or its frame index is missing or out of range.
+        The image did not come from DICOM, its header lacks a valid identifying UID, or its frame
+        index is missing or out of range.
     """
-    header = source.header
-    if header is None:
+    from napari_icnn.dicom.carry import carry_header
+
+    if source.header is None:
         raise InputError(
             source.source, "not a DICOM image: DICOM results must reference a DICOM source instance"
         )
-    missing = [
-        kw
-        for kw in (
-            "SOPClassUID",
-            "SOPInstanceUID",
-            "StudyInstanceUID",
-            "SeriesInstanceUID",
-            "Rows",
-            "Columns",
-        )
-        if not header.get(kw)
-    ]
-    if missing:
-        raise InputError(
-            source.source, f"DICOM header lacks {', '.join(missing)}; a result cannot reference it"
-        )
-    rows, columns = int(header.Rows), int(header.Columns)
-    if (rows, columns) != source.shape:
-        raise InputError(
-            source.source,
-            f"pixels are {source.shape[0]}x{source.shape[1]} but the header says {rows}x{columns}",
-        )
-    try:
-        n_frames = int(header.get("NumberOfFrames") or 1)
-    except (TypeError, ValueError):
-        raise InputError(source.source, "NumberOfFrames is not a number") from None
+    carried = carry_header(source)
+    if not carried.referable:
+        raise InputError(source.source, unreferenceable_reason(carried.missing_identity))
+    header = carried.dataset
+    n_frames = _frame_count(source.header)
     frame = source.frame
     if n_frames > 1:
         if frame is None or not 0 <= frame < n_frames:
@@ -147,11 +136,28 @@ def source_ref(source: FundusImage) -> SourceRef:
         sop_instance_uid=str(header.SOPInstanceUID),
         study_instance_uid=str(header.StudyInstanceUID),
         series_instance_uid=str(header.SeriesInstanceUID),
-        rows=rows,
-        columns=columns,
+        rows=int(header.Rows),
+        columns=int(header.Columns),
         number_of_frames=n_frames,
         frame_number=frame_number,
+        left_out=carried.left_out,
+        pixel_spacing=carried.pixel_spacing,
     )
+
+
+def unreferenceable_reason(missing: tuple[str, ...]) -> str:
+    """Why a source without usable identity UIDs cannot be referenced (names keywords, never values)."""
+    return f"the source has no valid {', '.join(missing)}, so a DICOM result cannot reference it"
+
+
+def _frame_count(header: Any) -> int:
+    """Number of frames; a single frame when the (Multi-frame module) attribute is absent or unusable:
+    the reader has already matched the frames it decoded against the header."""
+    try:
+        value = header.get("NumberOfFrames")
+        return max(1, int(value)) if value not in (None, "") else 1
+    except Exception:  # noqa: BLE001 - a mistyped count is the reader's concern, not the writer's
+        return 1
 
 
 def derive_uid(*parts: object) -> str:

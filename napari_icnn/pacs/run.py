@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from napari_icnn.atomic import DiskFull, disk_full_errno
 from napari_icnn.batch.config import BatchConfig, BatchSummary
 from napari_icnn.batch.run import exclusive_folder
 from napari_icnn.errors import ConfigError
@@ -136,7 +137,23 @@ def pacs_infer_iter(
         A PACS is unreachable or refuses us before any work starts, or a named study is not on it.
     ConfigError, BundleError, Cancelled
         As the batch job raises them; what was finished and stored so far is kept.
+    DiskFull
+        The output folder (staging included) ran out of space: the run stops as the batch job
+        does; what was finished and stored so far is kept.
     """
+    try:
+        return (yield from _pacs_infer_iter(job, cfg, should_stop))
+    except OSError as exc:
+        # The state file and the staged instances fail like the batch's outputs on a full disk.
+        code = disk_full_errno(exc)
+        if code is None:
+            raise
+        raise DiskFull(Path(cfg.out).expanduser().absolute(), code) from exc
+
+
+def _pacs_infer_iter(
+    job: PacsJob, cfg: BatchConfig, should_stop: Callable[[], bool] | None
+) -> Generator[Progress | Message, None, PacsSummary]:
     from napari_icnn.batch.run import infer_iter
 
     settings = job.settings
@@ -156,10 +173,12 @@ def pacs_infer_iter(
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if disk_full_errno(exc) is not None:
+                raise
             raise ConfigError(f"--out {cfg.out}: cannot create the folder ({exc.strerror or exc})") from None
         stack.enter_context(exclusive_folder(out, LOCK_NAME))
         state = PacsState(out / STATE_NAME)
-        stack.callback(state.save)
+        stack.push(_state_saver(state))
         storer = Storer(store, state, out, settings.retry) if store is not None else None
         staging = out / STAGING_NAME
         summary_csv = out / _SUMMARY_NAME
@@ -182,6 +201,9 @@ def pacs_infer_iter(
                              total=sum(p not in done for p in paths))
         else:
             run = infer_iter(cfg, should_stop)
+        # Stopped here by an error of its own (a full disk while storing), the batch job must still
+        # let go of its workers, summary and lock.
+        stack.callback(run.close)
         tail = SummaryTail(summary_csv)
         told_down = False
         while True:
@@ -236,6 +258,22 @@ def _store(storer: Storer, rels: list[str]) -> Generator[Progress | Message, Non
             yield Message(f"not stored: {rel}: {storer.failed[rel]}", level="warning")
         yield Progress("store", storer.n_stored + storer.n_present, 0,
                        f"{storer.n_stored} stored, {storer.n_present} already there")
+
+
+def _state_saver(state: PacsState) -> Callable[..., bool]:
+    """Save ``state`` at the end of the run, as an exit callback: when the run is already ending on
+    an error, a full disk failing the save must not hide that error (the file keeps its last
+    complete version, and results stored but not recorded are found on the PACS next time)."""
+
+    def save(exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        try:
+            state.save()
+        except OSError as err:
+            if exc is None or disk_full_errno(err) is None:
+                raise
+        return False
+
+    return save
 
 
 def _record_not_retrieved(state: PacsState, source: str, pulled: StagedSource) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from napari_icnn.atomic import DiskFull, disk_full_errno
 from napari_icnn.errors import Cancelled, ConfigError
 from napari_icnn.pacs.errors import PacsError, PacsRefused, PacsSetupError, PacsUnavailable
 from napari_icnn.pacs.remote import InstanceRef, Remote, is_image_sop_class, is_uid
@@ -172,7 +173,9 @@ class StagedSource:
     Instances whose path is in ``done`` (finished by an earlier run) are passed on without being
     retrieved; so is a file already staged (kept from an earlier run). A retrieval that fails is
     recorded in ``failed`` and passed over; once the PACS stops answering altogether, the rest is
-    recorded as not retrieved rather than each waiting out its retries.
+    recorded as not retrieved rather than each waiting out its retries. A full staging disk ends
+    the retrieval, and iterating raises :class:`~napari_icnn.atomic.DiskFull` once the files staged
+    before it are handed out.
     """
 
     connect: Callable[[], Remote]
@@ -185,6 +188,8 @@ class StagedSource:
     n_retrieved: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     """SOP Instance UID → why it could not be retrieved."""
+    disk_full: DiskFull | None = None
+    """Set when the staging folder's disk filled up: retrieving stopped there."""
 
     def __post_init__(self) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, self.ahead))
@@ -208,6 +213,8 @@ class StagedSource:
                     raise Cancelled("stopped while retrieving") from None
                 continue
             if item is _END:
+                if self.disk_full is not None:
+                    raise self.disk_full
                 return
             yield item
 
@@ -263,6 +270,11 @@ class StagedSource:
                     self.failed[ref.sop_instance_uid] = str(exc)
                     continue
                 except OSError as exc:
+                    code = disk_full_errno(exc)
+                    if code is not None:
+                        # Every further instance would fail alike: not theirs to be recorded against.
+                        self.disk_full = DiskFull(self.staging, code)
+                        return
                     self.failed[ref.sop_instance_uid] = f"cannot write {path} ({exc.strerror or exc})"
                     continue
                 except Cancelled:
