@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from napari_icnn import __version__
 from napari_icnn.errors import BundleError
 from napari_icnn.parts import filter_display_name
@@ -97,6 +99,19 @@ class LoadedModel:
     size: int
     threshold: float
     sha256: str
+    reference: Any = None
+    """``(2C,)`` float32 pooled features of the reference eye (a tensor on ``device``), or ``None``:
+    contributions are then zero-ablation."""
+    reference_cohort: str = ""
+    """What the reference eye is the mean of, e.g. "120 healthy (ICDR grade 0) validation eyes"."""
+
+    @property
+    def contribution_basis(self) -> str:
+        """How this model's contributions are measured, in words for outputs."""
+        if self.reference is None:
+            return ("zero-ablation: logit drop when the filter's map is zeroed (this model stores no reference eye; "
+                    "icnn calibrate adds one)")
+        return f"against a reference eye: the mean of {self.reference_cohort}"
 
     @property
     def name(self) -> str:
@@ -181,6 +196,7 @@ def load_bundle(bundle: str | os.PathLike[str], device: str = "auto") -> LoadedM
         raise BundleError(f"{weights}: does not fit the network recorded in metadata.json ({str(err)[:300]})") from None
     net.to(dev).eval()
     filters = [FilterInfo.from_dict(f) for f in icnn["filters"]]
+    reference, cohort = _reference(icnn.get("reference"), net.n_filters, root)
     return LoadedModel(
         path=root,
         net=net,
@@ -192,7 +208,51 @@ def load_bundle(bundle: str | os.PathLike[str], device: str = "auto") -> LoadedM
         size=int(icnn["network"].get("image_size", 256)),
         threshold=float(icnn.get("threshold", 0.5)),
         sha256=digest,
+        reference=None if reference is None else torch.as_tensor(reference, dtype=torch.float32, device=dev),
+        reference_cohort=cohort,
     )
+
+
+def _reference(entry: Any, n_filters: int, root: Path) -> tuple[np.ndarray | None, str]:
+    """The reference eye recorded in a bundle, checked; ``(None, "")`` when there is none."""
+    if entry is None:
+        return None, ""
+    try:
+        pooled = np.asarray(entry["pooled"], dtype=np.float64)
+        cohort = str(entry.get("cohort") or f"{int(entry.get('n_images', 0))} validation eyes")
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise BundleError(f"{root / METADATA}: unreadable reference eye (icnn.reference)") from None
+    if pooled.shape != (2 * n_filters,) or not np.isfinite(pooled).all():
+        raise BundleError(
+            f"{root / METADATA}: the reference eye holds {pooled.size} values; this network needs {2 * n_filters}"
+        )
+    return pooled, cohort
+
+
+def set_reference(bundle: str | os.PathLike[str], entry: Mapping[str, Any]) -> Path:
+    """Store a reference eye (:func:`napari_icnn.engine.reference.reference_entry`) in a bundle's
+    metadata, keeping a timestamped backup; the weights are untouched."""
+    root = Path(bundle)
+    meta = read_metadata(root)
+    n = len(meta["icnn"]["filters"])
+    if len(entry.get("pooled", ())) != 2 * n:
+        raise BundleError(f"{root}: a reference eye for {n} filters needs {2 * n} values")
+    meta["icnn"]["reference"] = dict(entry)
+    _write_metadata(root, meta)
+    return root
+
+
+def _write_metadata(root: Path, meta: dict[str, Any]) -> None:
+    """Replace a bundle's metadata (and its README) atomically, after a timestamped backup."""
+    from napari_icnn.atomic import atomic_write_text
+
+    meta_path = root / METADATA
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    shutil.copy2(meta_path, meta_path.with_name(f"metadata.json.bak-{stamp}"))
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    readme = root / "docs" / "README.md"
+    if readme.parent.exists():
+        atomic_write_text(readme, _bundle_readme(meta))
 
 
 def _monai_metadata(name: str, description: str, icnn: dict[str, Any], version: str) -> dict[str, Any]:
@@ -344,8 +404,6 @@ def rename_filters(bundle: str | os.PathLike[str], names: Mapping[int, str | Non
 
     An empty name clears it (the part name shows again). The weights are untouched.
     """
-    from napari_icnn.atomic import atomic_write_text
-
     root = Path(bundle)
     meta = read_metadata(root)
     filters = meta["icnn"]["filters"]
@@ -354,13 +412,7 @@ def rename_filters(bundle: str | os.PathLike[str], names: Mapping[int, str | Non
         if int(fid) not in by_id:
             raise BundleError(f"{root}: has no filter {fid} (it has {len(filters)})")
         by_id[int(fid)]["name"] = (name or "").strip() or None
-    meta_path = root / METADATA
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    shutil.copy2(meta_path, meta_path.with_name(f"metadata.json.bak-{stamp}"))
-    atomic_write_text(meta_path, json.dumps(meta, indent=2))
-    readme = root / "docs" / "README.md"
-    if readme.parent.exists():
-        atomic_write_text(readme, _bundle_readme(meta))
+    _write_metadata(root, meta)
     return root
 
 

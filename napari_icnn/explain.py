@@ -2,8 +2,9 @@
 
 :func:`explain` runs a loaded bundle on one fundus photograph and returns an :class:`Explanation`: the
 prediction, and for every interpretable filter its (masked) map, its peak on the original scan, its
-activation, its contribution (how much the predicted class's logit drops when the map is zeroed — exact
-ablation through the layers above) and its display name. Maps are kept at the feature-grid resolution and
+activation, its contribution to the decision's logit measured against a healthy reference eye
+(:meth:`napari_icnn.icnn.networks.ICNN.contributions`; zero-ablation for a bundle without one, and the
+explanation says which) and its display name. Maps are kept at the feature-grid resolution and
 resampled onto the scan's pixel grid on request (:meth:`Explanation.map_on_scan`), undoing the
 preprocessing geometry exactly.
 """
@@ -43,7 +44,8 @@ class FilterEvidence:
     strength: float
     """Activation relative to the filter's typical strong response (``act_scale`` in the bundle)."""
     contribution: float
-    """Drop of the predicted class's logit when this filter's map is zeroed."""
+    """This filter's share of the decision's logit against the reference eye (its exact Shapley value for
+    the linear head); see :attr:`Explanation.contribution_basis`."""
     peak_x: float
     """Peak position on the original scan (pixels, x = column)."""
     peak_y: float
@@ -86,6 +88,8 @@ class Explanation:
     model_sha256: str = ""
     frame: int | None = None
     laterality: str | None = None
+    contribution_basis: str = ""
+    """How the contributions are measured: against the bundle's reference eye, or zero-ablation."""
 
     @property
     def probability(self) -> float:
@@ -131,6 +135,7 @@ class Explanation:
                 "probabilities": {n: round(p, 6) for n, p in zip(self.class_names, self.probabilities)},
             },
             "model": {"name": self.model_name, "version": self.model_version, "sha256": self.model_sha256},
+            "contribution_basis": self.contribution_basis,
             "filters": [f.to_json() for f in self.top(top_k)],
             "note": "Research use only. Not for clinical use.",
         }
@@ -223,7 +228,7 @@ def explain_batch(
                 signs.append(1.0)
                 decisions.append(", ".join(found) if found else "none")
         target = torch.tensor(classes, device=model.device)
-        contrib_all = net.contributions(out.masked, target).float().cpu().numpy()
+        contrib_all = net.contributions(out.masked, target, model.reference).float().cpu().numpy()
         masked_all = out.masked.float().cpu().numpy()
     results = []
     for i, (img, (_, geom)) in enumerate(zip(imgs, prepared)):
@@ -269,6 +274,7 @@ def explain_batch(
                 model_sha256=model.sha256,
                 frame=img.frame,
                 laterality=img.laterality,
+                contribution_basis=model.contribution_basis,
             )
         )
     return results

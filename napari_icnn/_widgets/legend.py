@@ -19,8 +19,8 @@ __all__ = ["EvidenceLegend", "LegendRow"]
 
 _SWATCH = 14
 _CONTRIBUTION_TIP = (
-    "Contribution: how much the decision's logit drops when this filter's map is zeroed "
-    "(positive: the filter supports the decision)."
+    "Contribution: this filter's share of the decision's logit, measured against a healthy reference eye "
+    "(a filter that fires alike on every eye scores about 0; positive: the filter supports the decision)."
 )
 _NAME_TIP = "Your name for this filter. Press Enter to save it into the model (empty: the part's name)."
 

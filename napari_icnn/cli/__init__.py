@@ -18,7 +18,7 @@ from napari_icnn.errors import Cancelled, ConfigError, IcnnError
 __all__ = ["main", "build_parser"]
 
 # Sub-command modules, in the order ``icnn --help`` lists them.
-SUBCOMMANDS = ("synth", "train", "evaluate", "explain", "infer", "experiment", "benchmark", "demo")
+SUBCOMMANDS = ("synth", "train", "calibrate", "evaluate", "explain", "infer", "experiment", "benchmark", "demo")
 
 EXIT_OK = 0
 EXIT_USAGE = 2

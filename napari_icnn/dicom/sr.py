@@ -53,7 +53,7 @@ CODES: dict[str, tuple[str, str, str]] = {
     # SNOMED CT disorder; Present/Absent qualify it.
     "referable_dr": ("RDR", PRIVATE_SCHEME, "Referable diabetic retinopathy"),
     "activation": ("FILTACT", PRIVATE_SCHEME, "Interpretable filter activation"),
-    "contribution": ("FILTCONTRIB", PRIVATE_SCHEME, "Drop in class logit when filter is zeroed"),
+    "contribution": ("FILTCONTRIB", PRIVATE_SCHEME, "Filter contribution to class logit"),
 }
 
 

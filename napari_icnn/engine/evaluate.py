@@ -152,7 +152,7 @@ def evaluate_iter(model_path: str, data: str, *, format: str = "auto", explainer
                       cache="none", with_masks=spec.has_masks)
     dl = DataLoader(ds, batch_size=batch, shuffle=False)
     net = model.net
-    run = make_explainer(explainer, net)
+    run = make_explainer(explainer, net, reference=model.reference)
     total = len(records)
     yield Progress("evaluate", 0, total)
     events: list[int] = []

@@ -86,10 +86,12 @@ def _occlusion(net: nn.Module, class_index: int, patch: int | None = None,
     return run
 
 
-def make_explainer(name: str, net: nn.Module, class_index: int = 0) -> Callable[[torch.Tensor], MapBatch]:
-    """An explainer by name; ``icnn`` gives the network's own filter maps."""
+def make_explainer(name: str, net: nn.Module, class_index: int = 0,
+                   reference: torch.Tensor | None = None) -> Callable[[torch.Tensor], MapBatch]:
+    """An explainer by name; ``icnn`` gives the network's own filter maps (its most contributing filter
+    measured against ``reference``, the bundle's reference eye, when given)."""
     if name == "icnn":
-        return icnn_explainer(net, masked=getattr(net, "interpretable", True))
+        return icnn_explainer(net, masked=getattr(net, "interpretable", True), reference=reference)
     if name == "gradcam":
         return _gradcam(net, class_index)
     if name == "occlusion":

@@ -292,7 +292,7 @@ def train_iter(
     result = TrainResult(bundle=out, best_epoch=int(best["epoch"]), epochs_done=max(epoch, 0), history=history,
                          stopped=stopped)
     if dist.is_main and best["epoch"] > 0:
-        _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks)
+        _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks, val_recs)
     if dist.enabled:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -486,7 +486,28 @@ def filter_report(net, loader, device, has_masks: bool) -> tuple[list[str | None
     return named, score, hits, act_scale
 
 
-def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks) -> None:
+def reference_of(net, records, size: int, device, batch: int = 16) -> dict[str, Any] | None:
+    """The reference eye of ``net`` on the healthy eyes among ``records`` (bundle metadata entry), or
+    ``None`` when fewer than :data:`~napari_icnn.engine.reference.MIN_REFERENCE_EYES` are known healthy."""
+    from monai.data import DataLoader
+
+    from napari_icnn.data.datasets import make_dataset
+    from napari_icnn.engine.reference import (
+        MIN_REFERENCE_EYES,
+        healthy_eyes,
+        reference_entry,
+        reference_features,
+    )
+
+    healthy = healthy_eyes(records)
+    if len(healthy) < MIN_REFERENCE_EYES:
+        return None
+    ds = make_dataset(healthy, size=size, task=None, augment=False, cache="none")
+    feats, n = reference_features(net, DataLoader(ds, batch_size=batch, shuffle=False), device)
+    return reference_entry(feats, n, "validation cohort of the training run")
+
+
+def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks, val_recs) -> None:
     best = torch.load(ckdir / BEST, map_location=device, weights_only=True)
     net.load_state_dict(best["model"])
     net.set_mask_enabled(cfg.interpretable)
@@ -502,6 +523,7 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
                                   part_hit_rate=None if parts[f] is None else round(float(hits[f]), 4),
                                   act_scale=round(float(act_scale[f]), 5)))
     best_metrics = next((h for h in history if h["epoch"] == best["epoch"]), history[-1] if history else {})
+    reference = reference_of(net, val_recs, cfg.size, device, max(cfg.batch, 16))
     save_bundle(
         cfg.out,
         net.state_dict(),
@@ -514,7 +536,8 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
         name=Path(cfg.out).name or "fundus_icnn",
         description=(f"{'Ordinary' if cfg.ordinary else 'Interpretable'} CNN ({cfg.arch}) for {cfg.task} on "
                      f"{cfg.size} px colour fundus photographs"),
-        extra={"best_epoch": int(best["epoch"]), "history": history},
+        extra={"best_epoch": int(best["epoch"]), "history": history,
+               **({"reference": reference} if reference is not None else {})},
     )
     assert (Path(cfg.out) / WEIGHTS).is_file()
 

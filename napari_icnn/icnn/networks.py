@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from napari_icnn.errors import ConfigError
@@ -232,20 +231,23 @@ class ICNN(nn.Module):
         return ICNNOutput(logits=self.head(to_head), maps=maps, masked=masked, mu=mu)
 
     @staticmethod
-    def _pool(masked: Tensor) -> Tensor:
-        # (B, 2C): max then mean of every map; zeroing a map zeroes exactly its two entries.
+    def pooled(masked: Tensor) -> Tensor:
+        """``(B, 2C)`` features the head receives: every map's max, then every map's mean."""
         return torch.cat([masked.amax(dim=(2, 3)), masked.mean(dim=(2, 3))], dim=1)
 
     def head(self, masked: Tensor) -> Tensor:
         """Logits from (masked) maps ``(B, C, h, w)``: the layers above the interpretable one."""
-        return self.fc(self.drop(self._pool(masked)))
+        return self.fc(self.drop(self.pooled(masked)))
 
-    def contributions(self, masked: Tensor, target: Tensor | int) -> Tensor:
-        """How much ``logit[b, target[b]]`` drops when filter c's map is zeroed.
+    def contributions(self, masked: Tensor, target: Tensor | int, reference: Tensor | None = None) -> Tensor:
+        """Each filter's share of ``logit[b, target[b]]`` against a reference eye.
 
-        Exact ablation through the head with dropout off (eval behaviour whatever the module's
-        mode), all filters at once: the pooled features are replicated C times with one filter's
-        entries zeroed in each copy.
+        contribution(c) = logit(scan) − logit(scan with filter c's pooled features, its max and its
+        mean, set to their ``reference`` values). The head is linear in the pooled features (dropout
+        is off in eval), so this is the exact Shapley value of filter c, and the contributions of all
+        filters sum to logit(scan) − logit(reference). Without a reference the pooled features are
+        set to zero instead (zero-ablation: the logit drop when the map is zeroed), which makes a
+        filter that fires alike on every eye look like evidence.
 
         Parameters
         ----------
@@ -253,6 +255,8 @@ class ICNN(nn.Module):
             ``(B, C, h, w)`` maps as the head receives them.
         target
             ``(B,)`` class index per image (or one int for all); 0 for a single-logit model.
+        reference
+            ``(2C,)`` pooled features of the reference eye (:meth:`pooled` layout), or ``None``.
 
         Returns
         -------
@@ -261,12 +265,12 @@ class ICNN(nn.Module):
         """
         b, c = masked.shape[:2]
         target = torch.as_tensor(target, device=masked.device, dtype=torch.long).expand(b)
-        feats = self._pool(masked)  # (B, 2C)
-        keep = 1.0 - torch.eye(c, device=masked.device, dtype=feats.dtype)
-        ablated = feats[:, None, :] * torch.cat([keep, keep], dim=1)  # (B, C, 2C)
-        full = F.linear(feats, self.fc.weight, self.fc.bias).gather(1, target[:, None])  # (B, 1)
-        without = F.linear(ablated, self.fc.weight, self.fc.bias)  # (B, C, K)
-        return full - without.gather(2, target[:, None, None].expand(b, c, 1)).squeeze(2)
+        feats = self.pooled(masked)  # (B, 2C)
+        if reference is not None:
+            feats = feats - reference.to(device=feats.device, dtype=feats.dtype)
+        weights = self.fc.weight.to(feats.dtype)[target]  # (B, 2C): the target logit's row
+        terms = weights * feats
+        return terms[:, :c] + terms[:, c:]
 
     def extra_repr(self) -> str:
         return f"n={self.n}, stride={self.stride}, offset={self.offset:g}, interpretable={self.interpretable}"
