@@ -104,6 +104,8 @@ class LoadedModel:
     contributions are then zero-ablation."""
     reference_cohort: str = ""
     """What the reference eye is the mean of, e.g. "120 healthy (ICDR grade 0) validation eyes"."""
+    temperature: float = 1.0
+    """Probabilities are ``sigmoid(logit / temperature)``, fitted on the validation cohort (1: uncalibrated)."""
 
     @property
     def contribution_basis(self) -> str:
@@ -210,7 +212,32 @@ def load_bundle(bundle: str | os.PathLike[str], device: str = "auto") -> LoadedM
         sha256=digest,
         reference=None if reference is None else torch.as_tensor(reference, dtype=torch.float32, device=dev),
         reference_cohort=cohort,
+        temperature=_temperature(icnn.get("calibration"), root),
     )
+
+
+def _temperature(entry: Any, root: Path) -> float:
+    """The temperature recorded in a bundle (1 when it records none), checked."""
+    if entry is None:
+        return 1.0
+    try:
+        t = float(entry["temperature"])
+    except (TypeError, KeyError, ValueError):
+        raise BundleError(f"{root / METADATA}: unreadable calibration (icnn.calibration.temperature)") from None
+    if not (np.isfinite(t) and t > 0):
+        raise BundleError(f"{root / METADATA}: the calibration temperature must be a positive number; got {t}")
+    return t
+
+
+def set_calibration(bundle: str | os.PathLike[str], entry: Mapping[str, Any]) -> Path:
+    """Store a fitted temperature (:func:`napari_icnn.engine.calibration.temperature_entry`) in a bundle's
+    metadata, keeping a timestamped backup; the weights are untouched."""
+    root = Path(bundle)
+    meta = read_metadata(root)
+    _temperature(entry, root)
+    meta["icnn"]["calibration"] = dict(entry)
+    _write_metadata(root, meta)
+    return root
 
 
 def _reference(entry: Any, n_filters: int, root: Path) -> tuple[np.ndarray | None, str]:

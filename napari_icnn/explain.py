@@ -21,8 +21,15 @@ from typing import Any
 import numpy as np
 
 from napari_icnn.data.fundus_image import FundusImage
+from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, fov_radius_of, role_of
 
-__all__ = ["FilterEvidence", "Explanation", "explain", "explain_batch", "explain_file", "write_explanation"]
+__all__ = ["FORMAT_VERSION", "FilterEvidence", "Explanation", "explain", "explain_batch", "explain_file",
+           "write_explanation"]
+
+FORMAT_VERSION = 2
+"""Version of the explanation's JSON form (``explanation.json``, the batch job's JSON). 2: filters grouped
+into ``evidence``, ``context`` and ``possible_artefacts`` (each entry with its ``role`` and ``flags``),
+``contribution_basis`` added; 1 had one ``filters`` list."""
 
 
 REGION_THRESHOLD = 0.3
@@ -44,14 +51,18 @@ class FilterEvidence:
     strength: float
     """Activation relative to the filter's typical strong response (``act_scale`` in the bundle)."""
     contribution: float
-    """This filter's share of the decision's logit against the reference eye (its exact Shapley value for
-    the linear head); see :attr:`Explanation.contribution_basis`."""
+    """This filter's share of the decision's (calibrated) logit against the reference eye (its exact Shapley
+    value for the linear head); see :attr:`Explanation.contribution_basis`."""
     peak_x: float
     """Peak position on the original scan (pixels, x = column)."""
     peak_y: float
     map: np.ndarray = field(repr=False)
     """(n, n) masked map on the feature grid (raw activations)."""
     act_scale: float = 1.0
+    role: str = "evidence"
+    """``evidence``, ``context`` or ``possible artefact`` (:mod:`napari_icnn.roles`)."""
+    flags: tuple[str, ...] = ()
+    """Why the role, in words: "category filter that learned anatomy", "peak on the field-of-view rim", ..."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +75,8 @@ class FilterEvidence:
             "activation": round(self.activation, 6),
             "strength": round(self.strength, 4),
             "contribution": round(self.contribution, 6),
+            "role": self.role,
+            "flags": list(self.flags),
         }
 
 
@@ -96,8 +109,26 @@ class Explanation:
         return self.probabilities[self.class_index]
 
     def top(self, k: int | None = None, min_contribution: float | None = None) -> list[FilterEvidence]:
-        """The ``k`` filters with the largest contributions (optionally only those above a floor)."""
+        """The ``k`` filters with the largest contributions, whatever their role (optionally only those
+        above a floor). What a reader is shown as evidence is :meth:`evidence`."""
         out = [f for f in self.filters if min_contribution is None or f.contribution > min_contribution]
+        return out[:k] if k else out
+
+    def evidence(self, k: int | None = None) -> list[FilterEvidence]:
+        """The ``k`` evidence filters (lesion-type or decision-class filters that learned no anatomy and
+        peak inside the field of view) with the largest contributions."""
+        return self._role(EVIDENCE, k)
+
+    def context(self, k: int | None = None) -> list[FilterEvidence]:
+        """Anatomy context (label-free, anatomy-matched, uncategorised filters), by contribution."""
+        return self._role(CONTEXT, k)
+
+    def possible_artefacts(self, k: int | None = None) -> list[FilterEvidence]:
+        """Active filters peaking outside the field of view or on its rim, by contribution."""
+        return self._role(ARTEFACT, k)
+
+    def _role(self, role: str, k: int | None) -> list[FilterEvidence]:
+        out = [f for f in self.filters if f.role == role]
         return out[:k] if k else out
 
     def filter(self, fid: int) -> FilterEvidence:
@@ -135,8 +166,11 @@ class Explanation:
                 "probabilities": {n: round(p, 6) for n, p in zip(self.class_names, self.probabilities)},
             },
             "model": {"name": self.model_name, "version": self.model_version, "sha256": self.model_sha256},
+            "format_version": FORMAT_VERSION,
             "contribution_basis": self.contribution_basis,
-            "filters": [f.to_json() for f in self.top(top_k)],
+            "evidence": [f.to_json() for f in self.evidence(top_k)],
+            "context": [f.to_json() for f in self.context(top_k)],
+            "possible_artefacts": [f.to_json() for f in self.possible_artefacts(top_k)],
             "note": "Research use only. Not for clinical use.",
         }
 
@@ -214,7 +248,9 @@ def explain_batch(
     with torch.no_grad():
         xt = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x, _ in prepared])).to(model.device)
         out = net(xt)
-        probs_all = torch.sigmoid(out.logits.float()).cpu().numpy().astype(float)
+        # calibrated logits: the bundle's temperature (fitted on its validation cohort) keeps every decision
+        t = float(getattr(model, "temperature", 1.0))
+        probs_all = torch.sigmoid(out.logits.float() / t).cpu().numpy().astype(float)
         classes, signs, decisions = [], [], []
         for probs in probs_all:
             if len(probs) == 1:
@@ -228,7 +264,7 @@ def explain_batch(
                 signs.append(1.0)
                 decisions.append(", ".join(found) if found else "none")
         target = torch.tensor(classes, device=model.device)
-        contrib_all = net.contributions(out.masked, target, model.reference).float().cpu().numpy()
+        contrib_all = (net.contributions(out.masked, target, model.reference).float() / t).cpu().numpy()
         masked_all = out.masked.float().cpu().numpy()
     results = []
     for i, (img, (_, geom)) in enumerate(zip(imgs, prepared)):
@@ -237,11 +273,17 @@ def explain_batch(
         n = masked.shape[-1]
         flat = masked.reshape(len(masked), -1)
         peak_idx = flat.argmax(axis=1)
-        centres = cell_centres(n, n, model.size)[peak_idx]
+        # the receptive-field centres of the cells, as evaluation uses them (stride and offset of the backbone)
+        centres = cell_centres(n, n, model.size, getattr(net, "stride", None), getattr(net, "offset", None))[peak_idx]
         peaks_scan = geom.to_scan(centres.astype(np.float64))
+        h, w = img.shape
         filters = []
         for f, info in enumerate(model.filters):
             act = float(flat[f].max())
+            px, py = float(peaks_scan[f, 0]), float(peaks_scan[f, 1])
+            role = role_of(info.category, info.part, act / info.act_scale,
+                           fov_radius_of(float(centres[f, 0]), float(centres[f, 1]), model.size),
+                           inside_scan=-0.5 <= px < w - 0.5 and -0.5 <= py < h - 0.5)
             filters.append(
                 FilterEvidence(
                     id=f,
@@ -255,6 +297,8 @@ def explain_batch(
                     peak_y=float(peaks_scan[f, 1]),
                     map=masked[f],
                     act_scale=info.act_scale,
+                    role=role.role,
+                    flags=role.flags,
                 )
             )
         filters.sort(key=lambda e: (-e.contribution, -e.activation, e.id))
@@ -286,18 +330,25 @@ def _safe_stem(text: str) -> str:
 
 
 def write_explanation(expl: Explanation, image: FundusImage, out_dir: str | os.PathLike[str], top_k: int = 8) -> list[Path]:
-    """Write one PNG overlay per top filter and ``explanation.json`` into ``out_dir``; return the paths."""
+    """Write one PNG overlay per reported filter (the ``top_k`` evidence filters, then the ``top_k`` context
+    filters and the possible artefacts, each group named in the file names) and ``explanation.json`` into
+    ``out_dir``; return the paths."""
     from napari_icnn.atomic import atomic_write_text
     from napari_icnn.render import overlay_png
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for rank, f in enumerate(expl.top(top_k), start=1):
-        png = out / f"{rank:02d}_filter{f.id:03d}_{_safe_stem(f.part or f.category or 'unnamed')}.png"
-        overlay_png(image.pixels, expl.map_on_scan(f.id), f"{f.name}  contribution {f.contribution:+.3f}",
-                    (f.peak_x, f.peak_y), png)
-        written.append(png)
+    groups = (("evidence", expl.evidence(top_k)), ("context", expl.context(top_k)),
+              ("artefact", expl.possible_artefacts(top_k)))
+    for group, filters in groups:
+        for rank, f in enumerate(filters, start=1):
+            png = out / f"{group}_{rank:02d}_filter{f.id:03d}_{_safe_stem(f.part or f.category or 'unnamed')}.png"
+            title = f"{f.name}  contribution {f.contribution:+.3f}"
+            if group != "evidence":
+                title = f"[{f.role}] {title}"
+            overlay_png(image.pixels, expl.map_on_scan(f.id), title, (f.peak_x, f.peak_y), png)
+            written.append(png)
     doc = expl.to_json(top_k)
     doc["overlays"] = [p.name for p in written]
     written.append(atomic_write_text(out / "explanation.json", json.dumps(doc, indent=2)))

@@ -43,6 +43,26 @@ def make_bundle(out, *, size: int = 64, n_filters: int = 8, arch: str = "vgg", s
                        name="test_model")
 
 
+def scale_head(bundle, factor: float) -> None:
+    """Multiply a bundle's classifier weights by ``factor`` (same decisions, logits ``factor`` times larger),
+    recording the new weights' checksum, for tests that need an untrained bundle with logits that matter."""
+    import json
+
+    import torch
+
+    from napari_icnn.bundle import sha256_file
+
+    path = bundle / "models" / "model.pt"
+    state = torch.load(path, weights_only=True)
+    state["fc.weight"] *= factor
+    state["fc.bias"] *= factor
+    torch.save(state, path)
+    meta_path = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["icnn"]["model_sha256"] = sha256_file(path)
+    meta_path.write_text(json.dumps(meta))
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """Path of a small real (untrained) bundle shared by the tests of one session. Do not edit it."""

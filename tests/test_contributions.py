@@ -77,7 +77,7 @@ def cohort(tmp_path_factory):
 
 
 def test_calibrate_stores_the_reference_eye_and_explanations_use_it(tmp_path, cohort, capsys):
-    from conftest import make_bundle
+    from conftest import make_bundle, scale_head
 
     from napari_icnn.data.fov import find_fov
     from napari_icnn.data.layouts import discover
@@ -86,6 +86,7 @@ def test_calibrate_stores_the_reference_eye_and_explanations_use_it(tmp_path, co
     from napari_icnn.explain import explain
 
     bundle = make_bundle(tmp_path / "b")
+    scale_head(bundle, 300.0)  # an untrained head's logits barely move; the sum is checked on ones that do
     before = load_bundle(bundle, "cpu")
     assert before.reference is None and "zero-ablation" in before.contribution_basis
     image = np.asarray(Image.open(sorted(cohort.glob("images/*.png"))[0]).convert("RGB"))
@@ -108,7 +109,9 @@ def test_calibrate_stores_the_reference_eye_and_explanations_use_it(tmp_path, co
         logit = float(after.net(torch.from_numpy(np.asarray(x, np.float32))[None]).logits[0, 0])
         ref_logit = float(torch.nn.functional.linear(after.reference, after.net.fc.weight, after.net.fc.bias)[0])
     sign = 1.0 if expl.probability >= after.threshold else -1.0  # contributions explain the decision taken
-    assert sum(f.contribution for f in expl.filters) == pytest.approx(sign * (logit - ref_logit), abs=1e-3)
+    expected = sign * (logit - ref_logit) / after.temperature  # in units of the calibrated logit
+    assert abs(expected) > 1e-3
+    assert sum(f.contribution for f in expl.filters) == pytest.approx(expected, rel=1e-3, abs=1e-5)
 
 
 def test_calibrate_refuses_data_without_healthy_eyes(tmp_path, cohort, capsys):
@@ -155,3 +158,6 @@ def test_training_stores_the_reference_eye_of_its_validation_cohort(tmp_path, co
     assert model.reference is not None and model.reference.shape == (16,)
     n = len(healthy_eyes(discover(str(cohort)).records))
     assert f"{n} healthy" in model.contribution_basis
+    meta = json.loads((out / "configs" / "metadata.json").read_text())["icnn"]
+    assert meta["calibration"]["n_images"] == 16 and model.temperature == pytest.approx(
+        meta["calibration"]["temperature"], rel=1e-4)

@@ -1,4 +1,5 @@
-"""``icnn calibrate``: give an existing bundle its reference eye from a validation folder."""
+"""``icnn calibrate``: give an existing bundle its reference eye and its probability temperature from a
+validation folder."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "calibrate",
-        help="store the reference eye that contributions are measured against (from healthy validation eyes)",
+        help="store the reference eye contributions are measured against and fit the probability temperature",
         description=(
             "Computes the reference eye of a bundle — the mean pooled features of its interpretable filters over "
             "the healthy eyes (ICDR grade 0; without grades, every lesion label absent) of a validation folder — "
-            "and stores it in the bundle's metadata (a timestamped backup is kept; the weights are untouched). "
-            "Bundles trained by this version already carry one."
+            "and fits the temperature that makes its probabilities calibrated on the folder's labelled images; "
+            "both are stored in the bundle's metadata (a timestamped backup is kept; the weights are untouched). "
+            "Bundles trained by this version already carry both."
         ),
     )
     p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder to calibrate")
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_icnn.bundle import load_bundle, set_reference
+    from napari_icnn.bundle import load_bundle, set_calibration, set_reference
     from napari_icnn.data.layouts import discover
     from napari_icnn.engine.reference import MIN_REFERENCE_EYES, healthy_eyes
     from napari_icnn.engine.train import reference_of
@@ -44,4 +46,34 @@ def run(args: argparse.Namespace) -> int:
     entry["source"] = f"icnn calibrate on {len(records)} images"
     set_reference(args.model, entry)
     print(f"reference eye stored in {args.model}: the mean of {entry['n_images']} healthy validation eyes")
+    calibration = _temperature(model, records)
+    if calibration is None:
+        print(f"no temperature fitted: the data have no {model.task} labels of both kinds")
+        return 0
+    set_calibration(args.model, calibration)
+    print(f"temperature {calibration['temperature']:.3g} stored (fitted on {calibration['n_images']} images): "
+          f"expected calibration error {calibration['ece_uncalibrated']:.3f} -> {calibration['ece_calibrated']:.3f}")
     return 0
+
+
+def _temperature(model, records) -> dict | None:
+    """The temperature fitted on the records that carry the model's task labels, or ``None``."""
+    from monai.data import DataLoader
+
+    from napari_icnn.data.datasets import make_dataset
+    from napari_icnn.data.layouts import task_targets
+    from napari_icnn.engine.train import calibration_of
+    from napari_icnn.errors import ConfigError
+
+    labelled = []
+    for r in records:
+        try:
+            task_targets(r, model.task)
+        except ConfigError:
+            continue
+        labelled.append(r)
+    if not labelled:
+        return None
+    ds = make_dataset(labelled, size=model.size, task=model.task, augment=False, cache="none")
+    return calibration_of(model.net, DataLoader(ds, batch_size=16, shuffle=False), model.device,
+                          f"icnn calibrate on {len(labelled)} images")

@@ -36,7 +36,7 @@ class MapBatch:
 @dataclass
 class Collected:
     ids: list[str]
-    probs: np.ndarray  # (N, K)
+    probs: np.ndarray  # (N, K) sigmoid of the logits (uncalibrated)
     targets: np.ndarray  # (N, K)
     maps: np.ndarray  # (N, C, h, w) float32
     size: int  # model input side
@@ -53,6 +53,7 @@ class Collected:
     thresholds: np.ndarray  # (C,)
     tolerance: int
     top: np.ndarray | None = None  # (N,) the most contributing filter per image (see MapBatch.top)
+    logits: np.ndarray | None = None  # (N, K) float64
 
 
 def cell_centres(h: int, w: int, size: int, stride: float | None = None, offset: float | None = None) -> np.ndarray:
@@ -148,12 +149,14 @@ def collect(
     """Gather predictions, maps and per-image part statistics over ``batches`` (dicts from make_dataset)."""
     ids: list[str] = []
     probs, targets, maps_l, lm_l, packed, fov_l, shapes, top_l = [], [], [], [], [], [], None, []
+    logits_l: list[np.ndarray] = []
     has_masks = True
     done = 0
     for batch in batches:
         x = batch["image"].to(device)
         mb = explainer(x)
         probs.append(torch.sigmoid(mb.logits.float()).cpu().numpy())
+        logits_l.append(mb.logits.double().cpu().numpy())
         targets.append(batch["target"].float().cpu().numpy().reshape(len(x), -1))
         maps_l.append(mb.maps.float().clamp_min(0).cpu().numpy())
         if mb.top is not None:
@@ -218,6 +221,7 @@ def collect(
     return Collected(
         ids=ids,
         probs=np.concatenate(probs) if probs else np.zeros((0, 1)),
+        logits=np.concatenate(logits_l) if logits_l else np.zeros((0, 1)),
         targets=np.concatenate(targets) if targets else np.zeros((0, 1)),
         maps=maps,
         size=size,

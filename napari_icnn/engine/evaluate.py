@@ -165,6 +165,8 @@ def evaluate_iter(model_path: str, data: str, *, format: str = "auto", explainer
     filter_names = [f.display_name for f in model.filters] if explainer == "icnn" else None
     metrics = summarise(col, class_names=model.class_names, filter_parts=filter_parts, filter_names=filter_names,
                         has_labels=has_labels, explainer=explainer)
+    if has_labels and col.logits is not None and len(col.logits):
+        metrics.update(calibration_metrics(col.logits, col.targets, model.temperature))
     metrics["model"] = {"path": str(model.path), "name": model.name, "version": model.version, "sha256": model.sha256}
     metrics["data"] = {"path": str(data), "format": spec.format, "images": len(records)}
     metrics["seconds"] = time.monotonic() - t0
@@ -175,6 +177,19 @@ def evaluate_iter(model_path: str, data: str, *, format: str = "auto", explainer
         atomic_write_text(out, json.dumps(doc, indent=2))
     del torch
     return doc
+
+
+def calibration_metrics(logits: np.ndarray, targets: np.ndarray, temperature: float) -> dict[str, Any]:
+    """``ece`` before and after the bundle's temperature, and the reliability diagrams behind them."""
+    from napari_icnn.engine.calibration import expected_calibration_error, reliability
+
+    z = np.asarray(logits, dtype=np.float64)
+    raw, calibrated = 1.0 / (1.0 + np.exp(-z)), 1.0 / (1.0 + np.exp(-z / temperature))
+    return {
+        "ece": {"uncalibrated": expected_calibration_error(raw, targets),
+                "calibrated": expected_calibration_error(calibrated, targets), "temperature": float(temperature)},
+        "reliability": {"uncalibrated": reliability(raw, targets), "calibrated": reliability(calibrated, targets)},
+    }
 
 
 def evaluate(model_path: str, data: str, on_event: Callable[[Any], None] | None = None, **kw: Any) -> dict:

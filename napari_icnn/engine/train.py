@@ -507,6 +507,25 @@ def reference_of(net, records, size: int, device, batch: int = 16) -> dict[str, 
     return reference_entry(feats, n, "validation cohort of the training run")
 
 
+@torch.no_grad()
+def calibration_of(net, loader, device, source: str) -> dict[str, Any] | None:
+    """The temperature fitted on ``loader``'s labelled images (bundle metadata entry), or ``None`` without
+    images or with one class only (a temperature needs both to be fitted)."""
+    from napari_icnn.engine.calibration import temperature_entry
+
+    net.eval()
+    logits, targets = [], []
+    for batch in loader:
+        logits.append(net(batch["image"].to(device)).logits.double().cpu().numpy())
+        targets.append(batch["target"].double().cpu().numpy().reshape(len(logits[-1]), -1))
+    if not logits:
+        return None
+    z, y = np.concatenate(logits), np.concatenate(targets)
+    if len(np.unique(y)) < 2:
+        return None
+    return temperature_entry(z, y, source)
+
+
 def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks, val_recs) -> None:
     best = torch.load(ckdir / BEST, map_location=device, weights_only=True)
     net.load_state_dict(best["model"])
@@ -524,6 +543,7 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
                                   act_scale=round(float(act_scale[f]), 5)))
     best_metrics = next((h for h in history if h["epoch"] == best["epoch"]), history[-1] if history else {})
     reference = reference_of(net, val_recs, cfg.size, device, max(cfg.batch, 16))
+    calibration = calibration_of(net, val_dl, device, "validation cohort of the training run")
     save_bundle(
         cfg.out,
         net.state_dict(),
@@ -537,7 +557,8 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
         description=(f"{'Ordinary' if cfg.ordinary else 'Interpretable'} CNN ({cfg.arch}) for {cfg.task} on "
                      f"{cfg.size} px colour fundus photographs"),
         extra={"best_epoch": int(best["epoch"]), "history": history,
-               **({"reference": reference} if reference is not None else {})},
+               **({"reference": reference} if reference is not None else {}),
+               **({"calibration": calibration} if calibration is not None else {})},
     )
     assert (Path(cfg.out) / WEIGHTS).is_file()
 

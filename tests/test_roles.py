@@ -1,0 +1,107 @@
+"""Evidence, context and possible artefacts: the rule, and what the shipped model shows on a real photograph."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, MIN_STRENGTH, RIM, fov_radius_of, role_of
+
+
+@pytest.mark.parametrize(
+    "category, part, strength, radius, inside, role, flag",
+    [
+        ("referable DR", None, 0.8, 0.3, True, EVIDENCE, None),
+        ("HE", "HE", 0.8, 0.5, True, EVIDENCE, None),
+        ("referable DR", "optic_disc", 0.8, 0.4, True, CONTEXT, "category filter that learned anatomy"),
+        ("referable DR", "vessels", 0.8, 0.4, True, CONTEXT, "category filter that learned anatomy"),
+        ("free", "optic_disc", 0.8, 0.4, True, CONTEXT, "label-free filter (anatomy context)"),
+        ("free", None, 0.8, 0.4, True, CONTEXT, "label-free filter (anatomy context)"),
+        (None, None, 0.8, 0.4, True, CONTEXT, "no category (not an interpretable filter)"),
+        ("referable DR", None, 0.8, 0.95, True, ARTEFACT, "peak on the field-of-view rim"),
+        ("free", "optic_disc", 0.8, 1.2, True, ARTEFACT, "peak outside the field of view"),
+        ("HE", "HE", 0.8, 0.5, False, ARTEFACT, "peak outside the photograph"),
+        # a silent filter's peak position means nothing: no artefact flag
+        ("referable DR", None, MIN_STRENGTH / 2, 1.3, True, EVIDENCE, None),
+        ("free", None, MIN_STRENGTH / 2, 1.3, True, CONTEXT, "label-free filter (anatomy context)"),
+    ],
+)
+def test_the_role_rule(category, part, strength, radius, inside, role, flag):
+    got = role_of(category, part, strength, radius, inside_scan=inside)
+    assert got.role == role
+    if flag is None:
+        assert not any("peak" in f or "anatomy" in f for f in got.flags)
+    else:
+        assert flag in got.flags
+
+
+def test_rim_boundary_and_fov_radius_geometry():
+    assert role_of("HE", None, 1.0, RIM).role == EVIDENCE
+    assert role_of("HE", None, 1.0, math.nextafter(RIM, 2.0)).role == ARTEFACT
+    assert role_of("HE", None, 1.0, float("nan")).role == ARTEFACT  # never evidence by accident
+    size = 256
+    assert fov_radius_of(size / 2 - 0.5, size / 2 - 0.5, size) == 0.0
+    assert fov_radius_of(size / 2 - 0.5, -0.5, size) == pytest.approx(1.0)
+    assert fov_radius_of(-0.5, -0.5, size) == pytest.approx(math.sqrt(2))
+
+
+@pytest.fixture(scope="module")
+def retina_explanation():
+    import skimage.data
+
+    from napari_icnn.bundle import default_bundle_path, load_bundle
+    from napari_icnn.explain import explain
+
+    model = load_bundle(default_bundle_path(), "cpu")
+    return explain(skimage.data.retina(), model), model
+
+
+def test_the_shipped_model_never_lists_anatomy_or_rim_peaks_as_evidence(retina_explanation):
+    expl, model = retina_explanation
+    assert model.reference is not None and "reference eye" in expl.contribution_basis
+    groups = expl.evidence(), expl.context(), expl.possible_artefacts()
+    assert sum(len(g) for g in groups) == len(expl.filters)  # every filter in exactly one group
+    for f in expl.evidence():
+        assert f.category not in (None, "free") and f.part not in ("optic_disc", "fovea", "vessels")
+    disc = [f for f in expl.filters if f.category == "free" and f.part == "optic_disc"]
+    assert disc and all(f.role in (CONTEXT, ARTEFACT) for f in disc)
+    for f in expl.possible_artefacts():
+        assert f.strength >= MIN_STRENGTH
+        assert any(flag.startswith("peak ") for flag in f.flags)
+    for group in groups:  # each group is ranked by contribution
+        c = [f.contribution for f in group]
+        assert c == sorted(c, reverse=True)
+
+
+def test_roles_leave_maps_probabilities_and_contributions_unchanged(retina_explanation):
+    """Grouping is presentation only: the same numbers as the network computes."""
+    import skimage.data
+    import torch
+
+    from napari_icnn.data.fov import find_fov
+    from napari_icnn.data.transforms import preprocess
+
+    expl, model = retina_explanation
+    x, _, _ = preprocess(skimage.data.retina(), model.size, find_fov(skimage.data.retina()))
+    with torch.no_grad():
+        out = model.net(torch.from_numpy(np.asarray(x, np.float32))[None])
+        contrib = model.net.contributions(out.masked, 0, model.reference)[0].numpy()
+    sign, t = (1.0 if expl.probability >= model.threshold else -1.0), model.temperature
+    assert expl.probabilities[0] == pytest.approx(float(torch.sigmoid(out.logits[0, 0] / t)), abs=1e-6)
+    for f in expl.filters:
+        assert f.contribution == pytest.approx(sign * float(contrib[f.id]) / t, abs=1e-5)
+        assert np.array_equal(f.map, out.masked[0, f.id].numpy())
+
+
+def test_explanation_json_groups_the_filters(retina_explanation):
+    from napari_icnn.explain import FORMAT_VERSION
+
+    expl, _ = retina_explanation
+    doc = expl.to_json(5)
+    assert doc["format_version"] == FORMAT_VERSION == 2
+    assert "filters" not in doc and doc["contribution_basis"] == expl.contribution_basis
+    assert [e["id"] for e in doc["evidence"]] == [f.id for f in expl.evidence(5)]
+    assert [e["id"] for e in doc["context"]] == [f.id for f in expl.context(5)]
+    assert all(e["role"] == "possible artefact" and e["flags"] for e in doc["possible_artefacts"])
