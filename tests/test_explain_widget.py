@@ -1,6 +1,7 @@
 """The Explain widget in a real napari viewer (Xvfb): named per-filter Labels layers aligned with the
-scan, re-runs that replace, renaming into a copy of the model, input checks, errors as
-notifications, side-by-side grid, legend, persisted settings, and saving the evidence as DICOM SEG."""
+scan, evidence apart from anatomy context and possible artefacts, re-runs that replace, renaming into
+a copy of the model, input checks, errors as notifications, side-by-side grid, legend, persisted
+settings, and saving the evidence as DICOM SEG."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import pytest
 from conftest import make_bundle
 
 from napari_icnn._widgets.explain_widget import ExplainWidget
-from napari_icnn._widgets.layers import EVIDENCE_KEY, HEAT, REGION, UNDERLAY, evidence_info
+from napari_icnn._widgets.layers import EVIDENCE_KEY, HEAT, REGION, UNDERLAY, evidence_info, layer_name
 from napari_icnn.bundle import METADATA, WEIGHTS, load_bundle, shipped_bundle_path
+from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.data.synth import generate_fundus
 from napari_icnn.explain import REGION_THRESHOLD, explain
+from napari_icnn.parts import ANATOMY_KEYS, FREE_CATEGORY
 from napari_icnn.render import PART_COLOURS
+from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE
 
 pytestmark = pytest.mark.gui
 pytest_plugins = ["gui_support"]
@@ -53,13 +57,20 @@ def _run(qtbot, w):
     return worker
 
 
-def _evidence(viewer, role=None):
+def _evidence(viewer, role=None, group=None):
+    """The layers Explain added (bottom first), optionally of one kind (``role``) and one ``group``."""
     out = []
     for layer in viewer.layers:
         info = evidence_info(layer.metadata)
-        if info is not None and (role is None or info.role == role):
+        if info is not None and (role is None or info.role == role) and (group is None or info.group == group):
             out.append(layer)
     return out
+
+
+def _shown(expl, k):
+    """What Explain shows for ``k``, top of the layer list first: the evidence, the anatomy context and
+    the possible artefacts, each its top ``k`` (as the core ranks them)."""
+    return [*expl.evidence(k), *expl.context(k), *expl.possible_artefacts(k)]
 
 
 # --------------------------------------------------------------------------- the evidence layers
@@ -73,36 +84,65 @@ def test_explain_adds_named_labels_layers_aligned_with_the_scan(qtbot, widget, f
 
     regions = _evidence(viewer, REGION)
     expected = explain(fundus.image, load_bundle(tiny_bundle))
-    assert sorted(la.name for la in regions) == sorted(f.name for f in expected.top(4))
+    assert expected.evidence() and expected.context()  # the tiny model has both
+    assert sorted(la.name for la in _evidence(viewer, REGION, EVIDENCE)) == sorted(f.name for f in expected.evidence(4))
+    assert sorted(la.name for la in _evidence(viewer, REGION, CONTEXT)) == sorted(
+        f"context · {f.name}" for f in expected.context(4)
+    )
+    assert sorted(la.name for la in _evidence(viewer, REGION, ARTEFACT)) == sorted(
+        f"possible artefact · {f.name}" for f in expected.possible_artefacts(4)
+    )
     assert not _evidence(viewer, HEAT)  # heat maps are made when asked for
+    # The evidence on top of the layer list, the context below it, the possible artefacts at the bottom.
+    top_first = [evidence_info(la.metadata) for la in reversed(regions)]
+    assert [i.filter_id for i in top_first] == [f.id for f in _shown(expected, 4)]
     for layer in regions:
         info = evidence_info(layer.metadata)
+        f = expected.filter(info.filter_id)
+        assert info.group == f.role and layer.visible is (f.role == EVIDENCE)
+        if info.group == EVIDENCE:  # never a label-free or anatomy filter among the evidence
+            assert f.category != FREE_CATEGORY and f.part not in ANATOMY_KEYS
         assert type(layer).__name__ == "Labels" and layer.data.shape == scan.data.shape[:2]
         np.testing.assert_allclose(layer.scale, scan.scale)
         np.testing.assert_allclose(layer.translate, scan.translate)
         np.testing.assert_allclose(layer.rotate, scan.rotate)
         np.testing.assert_array_equal(layer.data, expected.region_on_scan(info.filter_id, REGION_THRESHOLD))
         np.testing.assert_allclose(layer.colormap.map(1)[:3], np.array(PART_COLOURS[info.part]) / 255)
+        if not np.asarray(layer.data).any():
+            continue
         # A pixel of the region, found through world coordinates from the scan, is the same pixel.
         r, c = np.argwhere(np.asarray(layer.data))[len(np.argwhere(np.asarray(layer.data))) // 2]
         world = scan.data_to_world((r, c))
         np.testing.assert_allclose(layer.world_to_data(world), (r, c), atol=1e-6)
+        # Hovering names the filter and shows its contribution (napari's status from `features`), once
+        # the layer is shown (napari reports nothing for a hidden layer).
+        was_visible, layer.visible = layer.visible, True
         assert layer.get_value(world, world=True) == 1
-        # Hovering names the filter and shows its contribution (napari's status from `features`).
         status = layer.get_status(world, world=True)["coordinates"]
         assert f"name: {layer.name}" in status and "contribution:" in status
+        layer.visible = was_visible
 
     # The result panel and the legend.
     assert widget.decision_label.text() == expected.predicted_class
     assert widget.probability_label.text().startswith(f"{expected.probability:.3f}")
     assert widget.model_label.text() == f"{expected.model_name} {expected.model_version}"
     assert widget.time_label.text().endswith("s") or "loading the model" in widget.time_label.text()
-    top_first = [
-        evidence_info(la.metadata).filter_id for la in reversed(list(viewer.layers)) if la in regions
-    ]
-    assert list(widget.legend.rows) == top_first
+    assert list(widget.legend.rows) == [i.filter_id for i in top_first]
     for fid, row in widget.legend.rows.items():
-        assert row.contribution.text() == f"{expected.filter(fid).contribution:+.3f}"
+        f = expected.filter(fid)
+        assert row.contribution.text() == f"{f.contribution:+.3f}"
+        assert row.checkbox.isChecked() is (f.role == EVIDENCE)
+        if f.flags:  # why a filter is context or a possible artefact, in small print under its row
+            assert row.note is not None and row.note.text() == "; ".join(f.flags)
+            assert row.note.isVisibleTo(widget.legend)
+    groups = [g for g, f in ((EVIDENCE, expected.evidence), (CONTEXT, expected.context),
+                             (ARTEFACT, expected.possible_artefacts)) if f(4)]
+    assert list(widget.legend.group_headings) == groups
+    assert widget.legend.group_headings[CONTEXT].text() == "Context (anatomy)"
+    assert widget.legend.group_headings[EVIDENCE].text() == "Evidence"
+    assert widget.legend.basis.text() == f"Contributions: {expected.contribution_basis}"
+    assert "zero-ablation" in widget.legend.basis.text()  # the tiny model has no reference eye
+    assert f"{len(expected.evidence(4))} evidence, {len(expected.context(4))} context" in widget.status.text()
 
 
 def test_rerun_replaces_the_evidence_of_that_scan_only(qtbot, widget, fundus, tiny_bundle, tmp_path):
@@ -120,7 +160,8 @@ def test_rerun_replaces_the_evidence_of_that_scan_only(qtbot, widget, fundus, ti
         info = evidence_info(layer.metadata)
         assert info.threshold == pytest.approx(0.6)
         np.testing.assert_array_equal(layer.data, expected.region_on_scan(info.filter_id, 0.6))
-        assert layer.name == expected.filter(info.filter_id).name
+        f = expected.filter(info.filter_id)
+        assert layer.name == layer_name(f.name, f.role)
         assert layer.features["filter_id"].tolist() == [info.filter_id]
         np.testing.assert_allclose(layer.colormap.map(1)[:3], np.array(PART_COLOURS[info.part]) / 255)
 
@@ -130,10 +171,12 @@ def test_rerun_replaces_the_evidence_of_that_scan_only(qtbot, widget, fundus, ti
     _run(qtbot, widget)
     expected_other = explain(fundus.image, load_bundle(other))
     shown = {evidence_info(la.metadata).filter_id for la in _evidence(viewer, REGION)}
-    assert shown == {f.id for f in expected_other.top(3)} and len(viewer.layers) == 1 + 3
+    assert shown == {f.id for f in _shown(expected_other, 3)} and len(viewer.layers) == 1 + len(shown)
     for layer in _evidence(viewer, REGION):
         info = evidence_info(layer.metadata)
-        assert info.model_path == str(other) and layer.name == expected_other.filter(info.filter_id).name
+        f = expected_other.filter(info.filter_id)
+        assert info.model_path == str(other) and layer.name == layer_name(f.name, f.role)
+        assert layer.visible is (f.role == EVIDENCE) and info.group == f.role
         assert layer.features["contribution"].tolist() == [
             round(expected_other.filter(info.filter_id).contribution, 4)
         ]
@@ -143,12 +186,14 @@ def test_rerun_replaces_the_evidence_of_that_scan_only(qtbot, widget, fundus, ti
 
     widget.top_k_spin.setValue(2)
     _run(qtbot, widget)
-    assert len(_evidence(viewer, REGION)) == 2 and len(viewer.layers) == 1 + 2
+    two = _shown(expected, 2)
+    assert len(_evidence(viewer, REGION)) == len(two) and len(viewer.layers) == 1 + len(two)
+    assert len(_evidence(viewer, REGION, EVIDENCE)) == 2
     from qtpy.QtWidgets import QLineEdit
 
     shown_edits = [e for e in widget.legend.findChildren(QLineEdit) if e.isVisibleTo(widget)]
-    assert len(shown_edits) == len(widget.legend.rows) == 2  # no rows of earlier runs linger
-    assert [la.name for la in _evidence(viewer, REGION)] == [f.name for f in reversed(expected.top(2))]
+    assert len(shown_edits) == len(widget.legend.rows) == len(two)  # no rows of earlier runs linger
+    assert [la.name for la in _evidence(viewer, REGION)] == [layer_name(f.name, f.role) for f in reversed(two)]
 
     second = _add_scan(viewer, fundus, name="second", translate=(0, 300))
     assert widget.scan_layer is second  # the scan just opened is chosen
@@ -156,7 +201,9 @@ def test_rerun_replaces_the_evidence_of_that_scan_only(qtbot, widget, fundus, ti
     by_scan = {}
     for la in _evidence(viewer, REGION):
         by_scan.setdefault(evidence_info(la.metadata).scan, []).append(la)
-    assert {str(first.unique_id): 2, str(second.unique_id): 2} == {k: len(v) for k, v in by_scan.items()}
+    assert {str(first.unique_id): len(two), str(second.unique_id): len(two)} == {
+        k: len(v) for k, v in by_scan.items()
+    }
     assert widget.scan_combo.count() == 2  # evidence layers are never offered as scans
 
 
@@ -169,7 +216,9 @@ def test_heat_maps_toggle_and_legend_checkbox_drive_visibility(qtbot, widget, fu
 
     widget.heat_check.setChecked(True)
     heats = _evidence(viewer, HEAT)
-    assert len(heats) == 2 and all(h.visible for h in heats)
+    assert len(heats) == len(_evidence(viewer, REGION)) > 2
+    # shown over the scan for the evidence only: the context's stay hidden with their regions
+    assert [h.visible for h in heats] == [evidence_info(h.metadata).group == EVIDENCE for h in heats]
     layers = list(viewer.layers)
     for heat in heats:  # each directly below its region, placed like the scan
         above = layers[layers.index(heat) + 1]
@@ -185,6 +234,7 @@ def test_heat_maps_toggle_and_legend_checkbox_drive_visibility(qtbot, widget, fu
     widget.heat_check.setChecked(True)
 
     fid, row = next(iter(widget.legend.rows.items()))
+    assert row.group == EVIDENCE
     row.checkbox.setChecked(False)
     hidden = [la for la in _evidence(viewer) if evidence_info(la.metadata).filter_id == fid]
     assert len(hidden) == 2 and not any(la.visible for la in hidden)
@@ -192,6 +242,13 @@ def test_heat_maps_toggle_and_legend_checkbox_drive_visibility(qtbot, widget, fu
     region = next(la for la in hidden if evidence_info(la.metadata).role == REGION)
     region.visible = True
     assert row.checkbox.isChecked()
+
+    # Ticking a context filter draws its region and heat map over the scan.
+    context = next(r for r in widget.legend.rows.values() if r.group == CONTEXT)
+    assert not context.checkbox.isChecked()
+    context.checkbox.setChecked(True)
+    shown = [la for la in _evidence(viewer) if evidence_info(la.metadata).filter_id == context.filter_id]
+    assert len(shown) == 2 and all(la.visible for la in shown)
 
 
 # --------------------------------------------------------------------------- the shipped model
@@ -228,6 +285,53 @@ def test_disc_filter_of_the_demo_model_covers_the_disc_in_viewer_coordinates(qtb
         # the region overlaps the disc and is centred on it, at the widget's default region threshold
         assert (hit & truth).sum() / (hit | truth).sum() > 0.3, layer.name
         assert np.linalg.norm(np.argwhere(hit).mean(axis=0) - centre) <= radius, layer.name
+
+
+@pytest.mark.skipif(
+    not (SHIPPED / WEIGHTS).exists(),
+    reason="the shipped demo bundle (napari_icnn/models/demo) is not built yet",
+)
+def test_the_optic_disc_of_a_real_photograph_is_context_not_evidence(qtbot, widget):
+    import skimage.data
+
+    viewer = widget.viewer
+    pixels = np.ascontiguousarray(skimage.data.retina())
+    viewer.add_image(pixels, rgb=True, name="retina")
+    widget.model_edit.setText(str(SHIPPED))
+    widget.top_k_spin.setValue(5)
+    _run(qtbot, widget)
+
+    expected = explain(FundusImage(pixels=pixels, source="retina"), load_bundle(SHIPPED))
+    disc = [f for f in expected.context(5) if f.part == "optic_disc" and f.category == FREE_CATEGORY]
+    assert disc, "the shipped model's label-free optic-disc filters are not among its top context here"
+    # Ranked over all filters they lead on this healthy eye: what a top-K list would have called evidence.
+    assert expected.top(1)[0].role == CONTEXT and any(f.part == "optic_disc" for f in expected.top(5))
+
+    evidence = _evidence(viewer, REGION, EVIDENCE)
+    context = _evidence(viewer, REGION, CONTEXT)
+    assert sorted(la.name for la in evidence) == sorted(f.name for f in expected.evidence(5))
+    for layer in evidence:
+        f = expected.filter(evidence_info(layer.metadata).filter_id)
+        assert f.category != FREE_CATEGORY and f.part not in ANATOMY_KEYS, layer.name
+        assert "optic disc" not in layer.name and layer.visible
+    assert sorted(la.name for la in context) == sorted(f"context · {f.name}" for f in expected.context(5))
+    layers = list(viewer.layers)
+    lowest_evidence = min(layers.index(la) for la in evidence)
+    for f in disc:
+        (layer,) = [la for la in context if evidence_info(la.metadata).filter_id == f.id]
+        assert layer.name == f"context · filter {f.id} · optic disc"
+        assert not layer.visible and layers.index(layer) < lowest_evidence  # hidden, below the evidence
+        row = widget.legend.rows[f.id]
+        assert row.group == CONTEXT and not row.checkbox.isChecked()
+        assert row.note is not None and "label-free filter (anatomy context)" in row.note.text()
+    for layer in _evidence(viewer, REGION, ARTEFACT):
+        assert layer.name.startswith("possible artefact · filter ") and not layer.visible
+        assert layers.index(layer) < lowest_evidence
+
+    headings = [h.text() for h in widget.legend.group_headings.values()]
+    assert headings[:2] == ["Evidence", "Context (anatomy)"]
+    assert widget.legend.basis.text() == f"Contributions: {expected.contribution_basis}"
+    assert "reference eye" in widget.legend.basis.text()
 
 
 # --------------------------------------------------------------------------- renaming
@@ -272,6 +376,17 @@ def test_renaming_a_filter_saves_into_a_copy_of_the_shipped_model(
     row.name_edit.editingFinished.emit()
     region = next(la for la in _evidence(viewer, REGION) if evidence_info(la.metadata).filter_id == fid)
     assert region.name == load_bundle(copy).filters[fid].display_name != new_name
+
+    # A context filter keeps its group's prefix on the layer; the legend shows the name alone.
+    cid, crow = next((i, r) for i, r in widget.legend.rows.items() if r.group == CONTEXT)
+    crow.name_edit.setText("disc rim")
+    crow.name_edit.editingFinished.emit()
+    region = next(la for la in _evidence(viewer, REGION) if evidence_info(la.metadata).filter_id == cid)
+    assert region.name == f"context · filter {cid} · disc rim" == region.features["name"].tolist()[0]
+    heat = next(la for la in _evidence(viewer, HEAT) if evidence_info(la.metadata).filter_id == cid)
+    assert heat.name == f"context · filter {cid} · disc rim · heat map"
+    assert crow.name_edit.text() == "disc rim"
+    assert load_bundle(copy).filters[cid].display_name == f"filter {cid} · disc rim"
 
 
 # --------------------------------------------------------------------------- checks and errors
@@ -351,7 +466,14 @@ def test_side_by_side_shows_the_scan_beside_its_evidence(qtbot, widget, fundus):
     cell = {la.name: grid.position(i, layers) for i, la in enumerate(layers)}
     assert cell[scan.name] == (0, 1)
     assert cell[underlay.name] == (0, 0)
-    assert all(cell[la.name] == (0, 0) for la in _evidence(viewer, REGION))
+    assert all(cell[la.name] == (0, 0) for la in _evidence(viewer, REGION, EVIDENCE))
+    # Hidden context has no cell; shown, it joins the evidence's cell and the scan stays alone beside it.
+    context = _evidence(viewer, REGION, CONTEXT)
+    assert context and all(cell[la.name] == (-1, -1) for la in context)
+    context[0].visible = True
+    assert grid.position(layers.index(context[0]), layers) == (0, 0)
+    assert grid.position(layers.index(scan), layers) == (0, 1) and grid.actual_shape(layers) == (1, 2)
+    context[0].visible = False
     assert underlay.data is scan.data
     np.testing.assert_allclose(underlay.scale, scan.scale)
     np.testing.assert_allclose(underlay.translate, scan.translate)
@@ -363,7 +485,7 @@ def test_side_by_side_shows_the_scan_beside_its_evidence(qtbot, widget, fundus):
 
     widget.side_check.setChecked(False)
     assert not grid.enabled and not _evidence(viewer, UNDERLAY)
-    assert len(_evidence(viewer, REGION)) == 3
+    assert len(_evidence(viewer, REGION, EVIDENCE)) == 3
 
 
 # --------------------------------------------------------------------------- settings and manifest
@@ -407,7 +529,7 @@ def test_the_manifest_docks_a_working_widget(qtbot, make_napari_viewer, tiny_bun
     w.model_edit.setText(str(tiny_bundle))
     w.top_k_spin.setValue(2)
     _run(qtbot, w)
-    assert len(_evidence(viewer, REGION)) == 2 and len(w.legend.rows) == 2
+    assert len(_evidence(viewer, REGION, EVIDENCE)) == 2 and len(w.legend.rows) == len(_evidence(viewer, REGION))
     w.side_check.setChecked(True)
     assert viewer.canvas.grid.enabled
 

@@ -16,23 +16,28 @@ import pytest
 from napari_icnn._widgets.layers import (
     EVIDENCE_KEY,
     FEATURE_COLUMNS,
+    GROUP_VISIBLE,
     HEAT,
     REGION,
     Placement,
     evidence_info,
     evidence_layers,
+    filter_name_of,
     heat_layer,
     label_of,
+    layer_name,
     layers_of_scan,
+    rows_in_layer_order,
     shown_filters,
 )
 from napari_icnn.bundle import load_bundle, rename_filters
 from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.data.synth import generate_fundus
 from napari_icnn.explain import explain
-from napari_icnn.parts import display_name
+from napari_icnn.parts import ANATOMY_KEYS, FREE_CATEGORY, display_name
 from napari_icnn.progress import Progress, drain
 from napari_icnn.render import PART_COLOURS
+from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE
 
 
 @pytest.fixture(scope="module")
@@ -51,51 +56,88 @@ def scan() -> FundusImage:
 
 @pytest.fixture(scope="module")
 def expl(scan, model):
-    return explain(scan, model)
+    """The tiny bundle's explanation with its strongest evidence filter turned into a possible artefact,
+    so that all three groups are populated."""
+    raw = explain(scan, model)
+    flagged = raw.evidence(1)[0].id
+    filters = tuple(
+        replace(f, role=ARTEFACT, flags=("peak on the field-of-view rim",)) if f.id == flagged else f
+        for f in raw.filters
+    )
+    out = replace(raw, filters=filters)
+    assert out.evidence() and out.context() and out.possible_artefacts()
+    return out
+
+
+def _info(layer_data):
+    return layer_data[1]["metadata"][EVIDENCE_KEY]
 
 
 # --------------------------------------------------------------------------- layer data
 
 
-def test_one_named_labels_layer_and_one_heat_map_per_top_filter(expl, scan):
-    k = 4
+def test_evidence_then_context_then_artefacts_each_its_top_k(expl, scan):
+    k = 2
     layers = evidence_layers(
         expl, scan="scan-1", top_k=k, threshold=0.4, heat_maps=True, show_heat_maps=False
     )
 
     labels = [ld for ld in layers if ld[2] == "labels"]
     heats = [ld for ld in layers if ld[2] == "image"]
-    assert len(labels) == len(heats) == k == len(layers) // 2
-    top = {f.id: f for f in expl.top(k)}
-    assert {kw["name"] for _, kw, _ in labels} == {f.name for f in top.values()}
+    expected = {EVIDENCE: expl.evidence(k), CONTEXT: expl.context(k), ARTEFACT: expl.possible_artefacts(k)}
+    assert len(labels) == len(heats) == sum(map(len, expected.values())) == len(layers) // 2
+    # Top of the layer list first: the evidence, then the anatomy context, then the possible artefacts.
+    top_first = [_info(ld).group for ld in reversed(labels)]
+    assert top_first == sorted(top_first, key=[EVIDENCE, CONTEXT, ARTEFACT].index)
+    names = {group: {ld[1]["name"] for ld in labels if _info(ld).group == group} for group in expected}
+    assert names[EVIDENCE] == {f.name for f in expected[EVIDENCE]}
+    assert names[CONTEXT] == {f"context · {f.name}" for f in expected[CONTEXT]}
+    assert names[ARTEFACT] == {f"possible artefact · {f.name}" for f in expected[ARTEFACT]}
     for data, kw, _ in labels:
         info = kw["metadata"][EVIDENCE_KEY]
-        f = top[info.filter_id]
-        assert info.role == REGION and info.scan == "scan-1" and kw["name"] == f.name
+        f = expl.filter(info.filter_id)
+        assert info.role == REGION and info.scan == "scan-1" and kw["name"] == layer_name(f.name, f.role)
+        assert info.group == f.role and info.flags == f.flags
         assert data.dtype == np.uint8 and data.shape == scan.shape
         np.testing.assert_array_equal(data, expl.region_on_scan(f.id, 0.4).astype(np.uint8))
-        assert set(np.unique(data)) <= {0, 1} and data.any()
+        assert set(np.unique(data)) <= {0, 1}
         np.testing.assert_allclose(kw["colormap"][1][:3], np.array(PART_COLOURS[f.part]) / 255)
         assert kw["colormap"][0] == "transparent"
         assert tuple(kw["features"]) == FEATURE_COLUMNS
         assert kw["features"]["index"] == [1] and kw["features"]["filter_id"] == [f.id]
+        assert kw["features"]["name"] == [kw["name"]]
         assert kw["features"]["part"] == [display_name(f.part) or "—"]
         assert kw["features"]["contribution"] == [round(f.contribution, 4)]
         assert kw["features"]["activation"] == [round(f.activation, 4)]
+        # Only the evidence is drawn over the scan at first; anatomy, once shown, is fainter.
+        assert kw["visible"] is GROUP_VISIBLE[info.group] is (info.group == EVIDENCE)
+        if info.group == EVIDENCE:
+            assert data.any()
+            # never a label-free or anatomy filter among the evidence
+            assert f.category != FREE_CATEGORY and f.part not in ANATOMY_KEYS
+        else:
+            assert f.flags
+    opacity = {_info(ld).group: ld[1]["opacity"] for ld in labels}
+    assert opacity[CONTEXT] < opacity[EVIDENCE] == opacity[ARTEFACT]
     for data, kw, _ in heats:
         info = kw["metadata"][EVIDENCE_KEY]
         assert info.role == HEAT and kw["visible"] is False and kw["blending"] == "additive"
-        assert kw["name"] == f"{top[info.filter_id].name} · heat map"
+        assert kw["name"] == f"{layer_name(expl.filter(info.filter_id).name, info.group)} · heat map"
         np.testing.assert_array_equal(data, expl.map_on_scan(info.filter_id))
         assert data.shape == scan.shape and 0.0 <= data.min() and data.max() <= 1.0
 
 
 def test_heat_maps_are_made_on_request_each_below_its_region(expl):
-    assert [t for _, _, t in evidence_layers(expl, scan="s", top_k=2)] == ["labels", "labels"]
+    n = len(shown_filters(expl, 2))
+    assert [t for _, _, t in evidence_layers(expl, scan="s", top_k=2)] == ["labels"] * n
     layers = evidence_layers(expl, scan="s", top_k=2, heat_maps=True)
-    assert [t for _, _, t in layers] == ["image", "labels", "image", "labels"]
-    assert [kw["visible"] for _, kw, t in layers if t == "image"] == [True, True]
-    for (_, heat, _), (_, region, _) in (layers[0:2], layers[2:4]):
+    assert [t for _, _, t in layers] == ["image", "labels"] * n
+    # shown heat maps are shown where their group is: over the scan only for the evidence
+    assert [kw["visible"] for _, kw, t in layers if t == "image"] == [
+        _info(ld).group == EVIDENCE for ld in layers if ld[2] == "image"
+    ]
+    for i in range(0, len(layers), 2):
+        (_, heat, _), (_, region, _) = layers[i : i + 2]
         assert heat["name"] == f"{region['name']} · heat map"
         assert heat["metadata"][EVIDENCE_KEY].filter_id == region["metadata"][EVIDENCE_KEY].filter_id
 
@@ -112,23 +154,26 @@ def test_heat_layer_of_an_existing_region(expl):
 
 
 def test_layers_are_grouped_by_part_strongest_group_on_top(expl):
-    # Interleave the parts by contribution so that grouping has something to do.
+    # Interleave the parts by contribution so that grouping has something to do (within one group).
     parts = ["fovea", "EX", "fovea", None, "EX", "optic_disc"]
     contributions = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
     filters = [
-        replace(f, part=p, contribution=c, name=f"filter {f.id} · {display_name(p) or 'unnamed'}")
+        replace(f, part=p, contribution=c, role=EVIDENCE, name=f"filter {f.id} · {display_name(p) or 'unnamed'}")
         for f, p, c in zip(expl.filters[:6], parts, contributions, strict=True)
     ]
-    rigged = replace(expl, filters=tuple(filters) + expl.filters[6:])
+    rest = [replace(f, role=CONTEXT) for f in expl.filters[6:]]
+    rigged = replace(expl, filters=tuple(filters + rest))
 
     shown = shown_filters(rigged, 6)
+    assert [f.group for f in shown] == [EVIDENCE] * 6 + [CONTEXT] * len(rest)
+    shown = shown[:6]
     assert [f.part for f in shown] == ["fovea", "fovea", "EX", "EX", None, "optic_disc"]
     assert [f.contribution for f in shown] == [0.9, 0.7, 0.8, 0.5, 0.6, 0.4]
 
     layers = evidence_layers(rigged, scan="s", top_k=6, heat_maps=True)
     # napari stacks later layers on top: the list is bottom-first, the legend order reversed.
     top_first = [kw["metadata"][EVIDENCE_KEY] for _, kw, _ in reversed(layers)]
-    assert [i.part for i in top_first if i.role == REGION] == [f.part for f in shown]
+    assert [i.part for i in top_first if i.role == REGION and i.group == EVIDENCE] == [f.part for f in shown]
     roles = [(i.part, i.role) for i in top_first]
     assert roles[:4] == [("fovea", REGION), ("fovea", HEAT), ("fovea", REGION), ("fovea", HEAT)]
 
@@ -172,10 +217,30 @@ def test_metadata_ties_layers_to_their_scan(expl):
     np.testing.assert_array_equal(prob, expl.map_on_scan(evidence_info(a[0].metadata).filter_id))
 
 
-def test_label_of_strips_only_the_filter_prefix():
+def test_legend_rows_follow_the_layers_with_their_groups_and_flags(expl):
+    class Layer:
+        def __init__(self, kw):
+            self.metadata = kw["metadata"]
+            self.name = kw["name"]
+
+    layers = [Layer(kw) for _, kw, _ in evidence_layers(expl, scan="a", top_k=3, heat_maps=True)]
+    rows = rows_in_layer_order(layers, "a")
+    shown = shown_filters(expl, 3)
+    assert [(r.filter_id, r.group, r.flags) for r in rows] == [(f.filter_id, f.group, f.flags) for f in shown]
+    assert [r.name for r in rows] == [expl.filter(r.filter_id).name for r in rows]  # without the group's prefix
+    assert [r.layer_name for r in rows] == [la.name for la in reversed(layers) if evidence_info(la.metadata).role == REGION]
+
+
+def test_label_of_strips_only_the_filter_and_group_prefixes():
     assert label_of("filter 17 · hard exudates") == "hard exudates"
     assert label_of("filter 3 · my · odd name") == "my · odd name"
     assert label_of("optic disc") == "optic disc"
+    assert label_of("context · filter 4 · optic disc") == "optic disc"
+    assert label_of("possible artefact · filter 9 · haemorrhages") == "haemorrhages"
+    assert filter_name_of("context · filter 4 · optic disc") == "filter 4 · optic disc"
+    assert filter_name_of("context · my notes") == "context · my notes"
+    assert layer_name("filter 4 · optic disc", CONTEXT) == "context · filter 4 · optic disc"
+    assert layer_name("filter 2 · hard exudates") == "filter 2 · hard exudates"
 
 
 def test_invalid_arguments_are_refused(expl):
@@ -212,9 +277,12 @@ def test_explain_job_reports_progress_and_returns_the_layers(scan, tiny_bundle):
     result = drain(explain_job(request, ModelCache()), events.append)
 
     assert [e.done for e in events] == [0, 1, 2, 3] and all(e.total == 3 for e in events)
-    assert len(result.layers) == 6
     independent = explain(scan, load_bundle(tiny_bundle))
-    assert [f.id for f in result.explanation.top(3)] == [f.id for f in independent.top(3)]
+    expected = [*independent.evidence(3), *independent.context(3), *independent.possible_artefacts(3)]
+    assert len(result.layers) == 2 * len(expected)
+    shown = [_info(ld).filter_id for ld in reversed(result.layers) if _info(ld).role == REGION]
+    assert sorted(shown) == sorted(f.id for f in expected)
+    assert [f.id for f in result.explanation.evidence(3)] == [f.id for f in independent.evidence(3)]
     assert result.explanation.probability == pytest.approx(independent.probability, abs=1e-6)
     for _, kw, _ in result.layers:
         assert kw["scale"] == (2.0, 2.0) and kw["translate"] == (5.0, 6.0)

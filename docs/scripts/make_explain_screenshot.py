@@ -1,5 +1,6 @@
 """Make ``docs/explain.png``: napari with the Explain widget docked, a synthetic fundus explained by
-the demo model, the named per-filter evidence layers, the result panel and the legend.
+the demo model, the named per-filter evidence layers above the (hidden) anatomy-context layers, the
+result panel and the legend with its groups.
 
 Needs a display; on a headless machine run it under Xvfb from the repository root:
 ``xvfb-run -a -s "-screen 0 1700x1000x24" python docs/scripts/make_explain_screenshot.py [--model DIR] [--out PATH]``.
@@ -20,11 +21,13 @@ import napari  # noqa: E402
 from _screenshot import snap, wait_until  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "explain.png"
-WINDOW = (1600, 940)
-LEFT_DOCK_WIDTH = 390
-RIGHT_DOCK_WIDTH = 430
+WINDOW = (1680, 990)
+LEFT_DOCK_WIDTH = 430
+"""Room for the layer list's whole names, "context · filter 3 · label-free, unnamed" among them."""
+RIGHT_DOCK_WIDTH = 460
 """Room for the legend's editable names and contributions."""
-TOP_K = 6
+TOP_K = 4
+"""Per group: the evidence and the anatomy context both fit in the legend without scrolling."""
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -5,6 +5,8 @@ them as they change (the problem is shown next to the field and Run stays disabl
 :func:`explain_job` off the GUI thread. The job calls :func:`napari_icnn.explain.explain` and
 :func:`napari_icnn._widgets.layers.evidence_layers`; the widget only swaps the evidence layers of
 that scan for the new ones, fills in the result panel and the legend, and carries out renames.
+The layers come in three groups (evidence, context, possible artefacts; see
+:mod:`napari_icnn._widgets.layers`), which the legend shows under their headings.
 
 Side by side
     napari's grid puts consecutive layers into one cell (``grid.stride`` of them). The evidence
@@ -63,6 +65,7 @@ from napari_icnn._widgets.layers import (
     evidence_layers,
     heat_layer,
     heat_name,
+    layer_name,
     layers_of_scan,
     rows_in_layer_order,
     scan_key,
@@ -78,6 +81,7 @@ from napari_icnn._widgets.settings import (
 from napari_icnn.errors import BundleError, DeclinedInput, IcnnError
 from napari_icnn.parts import filter_display_name
 from napari_icnn.progress import Progress
+from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE
 
 if TYPE_CHECKING:
     import napari
@@ -285,8 +289,11 @@ class ExplainWidget(QWidget):
 
         self.top_k_spin = QSpinBox()
         self.top_k_spin.setRange(*TOP_K_RANGE)
-        self.top_k_spin.setToolTip("How many filters to show, by contribution to the decision")
-        form.addRow("Filters shown", self.top_k_spin)
+        self.top_k_spin.setToolTip(
+            "How many filters to show of each group (evidence, anatomy context, possible artefacts), "
+            "by contribution to the decision"
+        )
+        form.addRow("Filters per group", self.top_k_spin)
 
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(*THRESHOLD_RANGE)
@@ -333,7 +340,7 @@ class ExplainWidget(QWidget):
         rform.addRow(research_note())
         root.addWidget(results)
 
-        evidence = QGroupBox("Evidence")
+        evidence = QGroupBox("Filters")
         ev_layout = QVBoxLayout(evidence)
         self.legend = EvidenceLegend()
         scroll = QScrollArea()
@@ -612,8 +619,15 @@ class ExplainWidget(QWidget):
         self.model_label.setToolTip(f"{result.request.model_path}\nSHA-256 {expl.model_sha256}")
         load = f" + {result.load_seconds:.1f} s loading the model" if result.load_seconds else ""
         self.time_label.setText(f"{result.seconds:.2f} s{load}")
-        shown = sum(1 for _, _, kind in result.layers if kind == "labels")
+        counts = dict.fromkeys((EVIDENCE, CONTEXT, ARTEFACT), 0)
+        for _, kwargs, kind in result.layers:
+            if kind == "labels":
+                counts[kwargs["metadata"][EVIDENCE_KEY].group] += 1
+        shown = f"{counts[EVIDENCE]} evidence, {counts[CONTEXT]} context"
+        if counts[ARTEFACT]:
+            shown += f", {counts[ARTEFACT]} possible-artefact"
         self.status.setText(f"{shown} filters shown for '{result.request.scan_name}'.")
+        self.legend.set_basis(expl.contribution_basis)
 
     # ------------------------------------------------------------------ legend
 
@@ -699,16 +713,17 @@ class ExplainWidget(QWidget):
                 self.model_edit.setText(str(target))
         self._shown_model = target
         new_name = filter_display_name(filter_id, name, info.part, info.category)
+        shown_name = layer_name(new_name, info.group)
         for layer in self._evidence(filter_id=filter_id):
             linfo = evidence_info(layer.metadata)
             layer.metadata[EVIDENCE_KEY] = replace(linfo, model_path=str(target))
             if linfo.role == REGION:
-                layer.name = new_name
+                layer.name = shown_name
                 features = layer.features.copy()
-                features["name"] = new_name
+                features["name"] = shown_name
                 layer.features = features
             elif linfo.role == HEAT:
-                layer.name = heat_name(new_name)
+                layer.name = heat_name(shown_name)
         self.legend.set_name(filter_id, new_name)
 
     # ------------------------------------------------------------------ side by side

@@ -1,7 +1,16 @@
 """An :class:`~napari_icnn.explain.Explanation` as napari layer data: one Labels layer per shown filter.
 
 Pure functions (no Qt, no napari import), so what the Explain widget shows is tested without a
-viewer. For the top-K filters by contribution each filter gets
+viewer. Filters are shown in three groups, each the top-K of its role by contribution
+(:mod:`napari_icnn.roles`; the explanation already sorts filters into them):
+
+* **evidence** (:meth:`~napari_icnn.explain.Explanation.evidence`): on top of the layer list, visible;
+* **context**, anatomy (:meth:`~napari_icnn.explain.Explanation.context`): below the evidence, named
+  ``"context · filter N · optic disc"``, hidden and fainter, so anatomy is never mistaken for evidence;
+* **possible artefacts** (:meth:`~napari_icnn.explain.Explanation.possible_artefacts`): at the bottom,
+  named ``"possible artefact · filter N · …"``, hidden.
+
+Each filter gets
 
 * a Labels layer named with the filter's display name ("filter 17 · hard exudates"): label 1 where
   the filter fires (:meth:`~napari_icnn.explain.Explanation.region_on_scan`), coloured as its part
@@ -11,9 +20,10 @@ viewer. For the top-K filters by contribution each filter gets
   black to the part's colour, blended additively, directly below its region.
 
 Every layer is placed exactly as the scan (:class:`Placement`): the maps are already on the scan's
-pixel grid, so the scan's own data-to-world transform puts them in register. Layers are grouped
-by part (groups ordered by their strongest filter, filters by contribution) and their metadata
-(:data:`EVIDENCE_KEY`) says which scan they explain, so a new run can replace them.
+pixel grid, so the scan's own data-to-world transform puts them in register. Within a group layers
+are grouped by part (parts ordered by their strongest filter, filters by contribution) and their
+metadata (:data:`EVIDENCE_KEY`) says which scan they explain and in which group, so a new run can
+replace them.
 """
 
 from __future__ import annotations
@@ -26,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_icnn.explain import REGION_THRESHOLD
-from napari_icnn.parts import display_name
+from napari_icnn.parts import FREE_CATEGORY, display_name
 from napari_icnn.render import PART_COLOURS
+from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, ROLES
 
 if TYPE_CHECKING:
     from napari_icnn.data.fundus_image import FundusImage
@@ -39,6 +50,8 @@ __all__ = [
     "HEAT",
     "UNDERLAY",
     "FEATURE_COLUMNS",
+    "GROUP_HEADINGS",
+    "GROUP_VISIBLE",
     "LayerData",
     "Placement",
     "ShownFilter",
@@ -50,6 +63,8 @@ __all__ = [
     "rows_in_layer_order",
     "scan_key",
     "label_of",
+    "layer_name",
+    "filter_name_of",
     "heat_name",
     "heat_layer",
     "part_colour",
@@ -69,7 +84,16 @@ _NAME_SEP = " · "
 _NO_PART = "—"
 REGION_OPACITY = 0.55
 """Enough to see the region at a glance while the vessels and lesions under it stay readable."""
+CONTEXT_OPACITY = 0.3
+"""Anatomy, once shown, reads as background to the evidence drawn over it."""
 HEAT_OPACITY = 0.8
+
+GROUP_HEADINGS = {EVIDENCE: "Evidence", CONTEXT: "Context (anatomy)", ARTEFACT: "Possible artefacts"}
+"""The legend's heading of each group of filters (keys: the roles of :mod:`napari_icnn.roles`)."""
+_GROUP_PREFIX = {EVIDENCE: "", CONTEXT: f"context{_NAME_SEP}", ARTEFACT: f"possible artefact{_NAME_SEP}"}
+GROUP_VISIBLE = {EVIDENCE: True, CONTEXT: False, ARTEFACT: False}
+"""Whether a group's layers start visible: only evidence is drawn over the scan until asked for."""
+_GROUP_OPACITY = {EVIDENCE: REGION_OPACITY, CONTEXT: CONTEXT_OPACITY, ARTEFACT: REGION_OPACITY}
 
 
 @dataclass(frozen=True)
@@ -138,11 +162,20 @@ class ShownFilter:
     colour: tuple[int, int, int]
     contribution: float
     activation: float
+    group: str = EVIDENCE
+    """The filter's role on this scan: ``evidence``, ``context`` or ``possible artefact``."""
+    flags: tuple[str, ...] = ()
+    """Why that role, in words ("label-free filter (anatomy context)", "peak on the field-of-view rim")."""
 
     @property
     def label(self) -> str:
         """The name without the ``"filter N · "`` prefix: what a clinician renames."""
         return label_of(self.name)
+
+    @property
+    def layer_name(self) -> str:
+        """The name of its layer: the display name with its group's prefix."""
+        return layer_name(self.name, self.group)
 
 
 @dataclass(frozen=True)
@@ -155,6 +188,9 @@ class EvidenceInfo:
     """One id per Explain run: the layers added together."""
     role: str
     filter_id: int | None = None
+    group: str = EVIDENCE
+    """The filter's role on the scan (``evidence``, ``context``, ``possible artefact``): its group of layers."""
+    flags: tuple[str, ...] = ()
     part: str | None = None
     category: str | None = None
     contribution: float | None = None
@@ -182,9 +218,24 @@ def scan_key(layer: Any) -> str:
     return str(uid if uid is not None else id(layer))
 
 
+def layer_name(name: str, group: str = EVIDENCE) -> str:
+    """The layer name of a filter called ``name`` shown in ``group``: ``"context · filter 4 · optic disc"``."""
+    return f"{_GROUP_PREFIX[group]}{name}"
+
+
+def filter_name_of(name: str) -> str:
+    """A layer's name without its group's prefix: ``"context · filter 4 · optic disc"`` →
+    ``"filter 4 · optic disc"`` (other names are returned whole)."""
+    for prefix in _GROUP_PREFIX.values():
+        if prefix and name.startswith(prefix) and name[len(prefix):].startswith("filter "):
+            return name[len(prefix):]
+    return name
+
+
 def label_of(name: str) -> str:
-    """``"filter 17 · hard exudates"`` → ``"hard exudates"`` (a name without prefix is returned whole)."""
-    head, sep, tail = name.partition(_NAME_SEP)
+    """``"filter 17 · hard exudates"`` → ``"hard exudates"`` (a name without prefix is returned whole;
+    a group's prefix, as in ``"context · filter 4 · optic disc"``, goes too)."""
+    head, sep, tail = filter_name_of(name).partition(_NAME_SEP)
     return tail if sep and head.startswith("filter ") else name
 
 
@@ -201,30 +252,37 @@ def part_heading(part: str | None, category: str | None = None) -> str:
     """The legend's heading of a part group."""
     if part is not None:
         return display_name(part) or part
+    if category == FREE_CATEGORY:
+        category = "label-free"  # "free" is the training term
     return f"not matched to a part ({category})" if category else "not matched to a part"
 
 
 def shown_filters(expl: Explanation, top_k: int) -> list[ShownFilter]:
-    """The ``top_k`` filters by contribution, grouped by part: groups ordered by their strongest
-    filter, filters within a group by contribution (top of the layer list and legend first)."""
+    """The ``top_k`` evidence filters, then the ``top_k`` context filters, then the ``top_k`` possible
+    artefacts, each by contribution (top of the layer list and legend first). Within a group filters
+    are grouped by part: parts ordered by their strongest filter, filters within a part by contribution."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1; got {top_k}")
-    top = [
-        ShownFilter(
-            filter_id=f.id,
-            name=f.name,
-            part=f.part,
-            colour=part_colour(f.part),
-            category=f.category,
-            contribution=f.contribution,
-            activation=f.activation,
-        )
-        for f in expl.top(top_k)
-    ]
-    groups: dict[str | None, list[ShownFilter]] = {}
-    for f in top:  # already by contribution, so each group's first member is its strongest
-        groups.setdefault(f.part, []).append(f)
-    return [f for members in groups.values() for f in members]
+    chosen = {EVIDENCE: expl.evidence(top_k), CONTEXT: expl.context(top_k), ARTEFACT: expl.possible_artefacts(top_k)}
+    out: list[ShownFilter] = []
+    for group in ROLES:
+        parts: dict[str | None, list[ShownFilter]] = {}
+        for f in chosen[group]:  # already by contribution, so each part's first member is its strongest
+            parts.setdefault(f.part, []).append(
+                ShownFilter(
+                    filter_id=f.id,
+                    name=f.name,
+                    part=f.part,
+                    colour=part_colour(f.part),
+                    category=f.category,
+                    contribution=f.contribution,
+                    activation=f.activation,
+                    group=group,
+                    flags=tuple(f.flags),
+                )
+            )
+        out += [f for members in parts.values() for f in members]
+    return out
 
 
 def feature_table(f: ShownFilter) -> dict[str, list[Any]]:
@@ -233,7 +291,7 @@ def feature_table(f: ShownFilter) -> dict[str, list[Any]]:
         "index": [1],
         "filter_id": [f.filter_id],
         "part": [display_name(f.part) or _NO_PART],
-        "name": [f.name],
+        "name": [f.layer_name],
         "activation": [round(float(f.activation), 4)],
         "contribution": [round(float(f.contribution), 4)],
     }
@@ -261,13 +319,14 @@ def evidence_layers(
     scan
         :func:`scan_key` of the scan's image layer (recorded in every layer's metadata).
     top_k
-        How many filters to show (by contribution).
+        How many filters to show of each group (evidence, context, possible artefacts), by contribution.
     threshold
         Region threshold: fraction of each filter's own peak (see ``region_on_scan``).
     heat_maps
         Whether to make a heat-map layer per filter (each directly below its region).
     show_heat_maps
-        Whether those start visible (default: ``heat_maps``).
+        Whether those start visible (default: ``heat_maps``), in the groups that start visible
+        (:data:`GROUP_VISIBLE`).
     placement
         The scan layer's placement (default: napari's identity placement).
     model_path, source
@@ -288,6 +347,8 @@ def evidence_layers(
             run=run,
             role=REGION,
             filter_id=f.filter_id,
+            group=f.group,
+            flags=f.flags,
             part=f.part,
             category=f.category,
             contribution=float(f.contribution),
@@ -300,19 +361,20 @@ def evidence_layers(
             explanation=expl,
             source=source,
         )
+        visible = GROUP_VISIBLE[f.group]
         if heat_maps:
-            layers.append(heat_layer(f.name, info, placement, visible=show))
+            layers.append(heat_layer(f.layer_name, info, placement, visible=show and visible))
         region = expl.region_on_scan(f.filter_id, threshold).astype(np.uint8)
         rgb = tuple(c / 255 for c in f.colour)
         layers.append(
             (
                 region,
                 {
-                    "name": f.name,
+                    "name": f.layer_name,
                     "colormap": {None: "transparent", 0: "transparent", 1: (*rgb, 1.0)},
                     "features": feature_table(f),
-                    "opacity": REGION_OPACITY,
-                    "visible": True,
+                    "opacity": _GROUP_OPACITY[f.group],
+                    "visible": visible,
                     "metadata": {EVIDENCE_KEY: info},
                     **placement.kwargs(),
                 },
@@ -375,12 +437,14 @@ def rows_in_layer_order(layers: Sequence[Any], scan: str) -> list[ShownFilter]:
         rows.append(
             ShownFilter(
                 filter_id=info.filter_id,
-                name=str(layer.name),
+                name=filter_name_of(str(layer.name)),
                 part=info.part,
                 category=info.category,
                 colour=part_colour(info.part),
-                contribution=float(info.contribution or 0.0),
-                activation=float(info.activation or 0.0),
+                contribution=0.0 if info.contribution is None else float(info.contribution),
+                activation=0.0 if info.activation is None else float(info.activation),
+                group=info.group,
+                flags=tuple(info.flags),
             )
         )
     return rows
