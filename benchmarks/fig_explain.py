@@ -5,7 +5,8 @@ half of each filter's peak, no heat maps):
 
 - ``preprocess``: the fundus check and :func:`~napari_icnn.data.transforms.preprocess`;
 - ``forward``: the rest of :func:`~napari_icnn.explain.explain` (network, contributions, peaks);
-- ``maps``: the top-K filters' regions on the scan's pixel grid (``region_on_scan``);
+- ``maps``: the regions of the top-K filters of each group (evidence, context, possible artefacts) on
+  the scan's pixel grid (``region_on_scan``);
 - ``layers``: the rest of :func:`~napari_icnn._widgets.layers.evidence_layers` plus adding its
   layers to a real ``napari.Viewer(show=False)``, only where a display is available.
 
@@ -114,7 +115,7 @@ def run(ctx: Context) -> Iterator[Figure]:
     expl = explain(image, model)
 
     def stage_maps() -> None:
-        for f in expl.top(top_k):
+        for f in expl.evidence(top_k) + expl.context(top_k) + expl.possible_artefacts(top_k):
             expl.region_on_scan(f.id, threshold)
 
     def stage_layer_data() -> list:

@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["heat_rgba", "blend", "overlay_png", "evidence_sheet", "PART_COLOURS"]
+from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE
+
+__all__ = ["heat_rgba", "blend", "overlay_png", "evidence_sheet", "role_label", "basis_label", "PART_COLOURS",
+           "ROLE_COLOURS"]
 
 # One colour per part key (also used by the napari layers and the legend).
 PART_COLOURS: dict[str | None, tuple[int, int, int]] = {
@@ -24,6 +27,30 @@ PART_COLOURS: dict[str | None, tuple[int, int, int]] = {
     "NV": (255, 255, 255),
     None: (200, 200, 200),
 }
+
+
+# Label bar and frame of a tile whose filter is not evidence (napari_icnn.roles), so that a glance
+# tells it apart from the evidence even where its title is cut off.
+ROLE_COLOURS: dict[str, tuple[int, int, int]] = {
+    CONTEXT: (40, 90, 200),
+    ARTEFACT: (200, 110, 0),
+}
+
+
+def role_label(label: str, role: str | None) -> str:
+    """``label`` prefixed ``[context]`` or ``[possible artefact]``; evidence (or no role) as it is."""
+    return label if role in (None, EVIDENCE) else f"[{role}] {label}"
+
+
+def basis_label(basis: str) -> str:
+    """The short form of an explanation's ``contribution_basis`` for a figure's title."""
+    if not basis:
+        return ""
+    if basis.startswith("zero-ablation"):
+        return "contributions: zero-ablation (no reference eye)"
+    if basis.startswith("against a reference eye"):
+        return "contributions vs " + ("healthy eye" if "healthy" in basis else "reference eye")
+    return "contributions " + " ".join(basis.split())[:60]
 
 
 def heat_rgba(m: np.ndarray, colour: tuple[int, int, int] | None = None) -> np.ndarray:
@@ -52,7 +79,10 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _annotate(img: Image.Image, label: str, peak: tuple[float, float] | None) -> None:
+def _annotate(img: Image.Image, label: str, peak: tuple[float, float] | None,
+              bar: tuple[int, int, int] | None = None) -> None:
+    """Draw the label (one line per ``\\n``) on a bar across the top and a ring at the peak; a ``bar``
+    colour also frames the image."""
     d = ImageDraw.Draw(img)
     w, h = img.size
     fs = max(12, h // 40)
@@ -60,8 +90,12 @@ def _annotate(img: Image.Image, label: str, peak: tuple[float, float] | None) ->
         r = max(4, h // 80)
         x, y = peak
         d.ellipse([x - r, y - r, x + r, y + r], outline=(255, 255, 255), width=max(1, r // 3))
-    d.rectangle([0, 0, w, fs + 8], fill=(0, 0, 0))
-    d.text((6, 4), label, fill=(255, 255, 255), font=_font(fs))
+    lines = label.split("\n")
+    if bar is not None:
+        d.rectangle([0, 0, w - 1, h - 1], outline=bar, width=max(2, h // 100))
+    d.rectangle([0, 0, w, len(lines) * (fs + 4) + 4], fill=bar or (0, 0, 0))
+    for i, line in enumerate(lines):
+        d.text((6, 4 + i * (fs + 4)), line, fill=(255, 255, 255), font=_font(fs))
 
 
 def overlay_png(rgb: np.ndarray, heat: np.ndarray, label: str, peak: tuple[float, float] | None,
@@ -76,9 +110,10 @@ def overlay_png(rgb: np.ndarray, heat: np.ndarray, label: str, peak: tuple[float
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def evidence_sheet(rgb: np.ndarray, panels: Sequence[tuple[str, np.ndarray, tuple[float, float] | None]],
-                   title: str, tile: int = 384) -> np.ndarray:
-    """A review sheet: the scan and one tile per filter (label, map in [0,1] on the scan grid, peak)."""
+def evidence_sheet(rgb: np.ndarray, panels: Sequence[tuple], title: str, tile: int = 384) -> np.ndarray:
+    """A review sheet: the scan (titled ``title``, lines split at ``\\n``) and one tile per filter, each
+    panel ``(label, map in [0, 1] on the scan grid, peak)`` or ``(label, map, peak, role)``: a role
+    other than evidence colours the tile's label bar and frame (:data:`ROLE_COLOURS`)."""
     h, w = rgb.shape[:2]
     s = tile / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
@@ -87,9 +122,10 @@ def evidence_sheet(rgb: np.ndarray, panels: Sequence[tuple[str, np.ndarray, tupl
         return Image.fromarray(a).resize(size, Image.BILINEAR)
 
     tiles = [(title, small(rgb))]
-    for label, m, peak in panels:
+    for label, m, peak, *role in panels:
         im = small(blend(rgb, heat_rgba(m)))
-        _annotate(im, label, None if peak is None else (peak[0] * s, peak[1] * s))
+        _annotate(im, label, None if peak is None else (peak[0] * s, peak[1] * s),
+                  ROLE_COLOURS.get(role[0]) if role else None)
         tiles.append(("", im))
     first = tiles[0][1]
     _annotate(first, title, None)

@@ -18,7 +18,8 @@ from test_batch_data import PATIENT_ID, PATIENT_NAME, ct, fundus, jpeg, op, png,
 from napari_icnn.batch import COLUMNS, BatchConfig, infer
 from napari_icnn.cli import main
 
-COLUMN_LINE = "input_path,frame,sop_instance_uid,status,reason,probability,outputs"
+COLUMN_LINE = "input_path,frame,sop_instance_uid,status,reason,probability,outputs,format_version"
+GROUPS = ("evidence", "context", "possible_artefacts")
 
 
 def read_summary(out: Path) -> list[dict[str, str]]:
@@ -90,18 +91,28 @@ def test_every_input_gets_rows_and_outputs_that_read_back(archive, tmp_path, tin
         assert prob == pytest.approx(expected.probability, abs=2e-6)
         doc = json.loads((out / outputs[-1]).read_text())
         assert doc["prediction"]["probability"] == pytest.approx(prob, abs=2e-6)
-        assert [f["id"] for f in doc["filters"]] == [f.id for f in expected.top(3)]
+        assert doc["format_version"] == 2 and r["format_version"] == "2"
+        assert doc["contribution_basis"] == expected.contribution_basis
+        for group in GROUPS:
+            assert [f["id"] for f in doc[group]] == [f.id for f in getattr(expected, group)(3)]
+        reported = expected.evidence(3) + expected.context(3) + expected.possible_artefacts(3)
         assert doc["input"]["frame"] == image.frame and "source" not in doc
         if dicom:
             assert r["sop_instance_uid"] == image.sop_instance_uid
             seg = hd.seg.segread(out / outputs[0])
             assert [u[2] for u in seg.get_source_image_uids()] == [image.sop_instance_uid]
-            assert seg.number_of_segments == 3
-            frames = seg.pixel_array if seg.pixel_array.ndim == 3 else seg.pixel_array[None]
-            for k, f in enumerate(expected.top(3)):
+            assert seg.number_of_segments == len(reported)
+            numbers = list(range(1, len(reported) + 1))  # a silent filter's empty frame is not stored
+            if image.frame is None:
+                px = seg.get_pixels_by_source_instance([image.sop_instance_uid], segment_numbers=numbers,
+                                                       rescale_fractional=True)[0]
+            else:
+                px = seg.get_pixels_by_source_frame(image.sop_instance_uid, source_frame_numbers=[image.frame + 1],
+                                                    segment_numbers=numbers, rescale_fractional=True)[0]
+            for k, f in enumerate(reported):
                 desc = seg.SegmentSequence[k].SegmentDescription
-                assert desc.startswith(f"Interpretable CNN filter {f.id};")
-                np.testing.assert_allclose(frames[k] / 255.0, expected.map_on_scan(f.id), atol=1 / 255 + 1e-4)
+                assert desc.startswith(f"Interpretable CNN filter {f.id};") and f"; role: {f.role}" in desc
+                np.testing.assert_allclose(px[..., k], expected.map_on_scan(f.id), atol=1 / 255 + 1e-4)
             sr = pydicom.dcmread(out / outputs[1])
             assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \
                 .ReferencedSOPSequence[0].ReferencedSOPInstanceUID == image.sop_instance_uid
@@ -207,7 +218,7 @@ def test_all_ok_exits_0_and_prints_a_summary_line(tmp_path, tiny_bundle, capsys)
     assert kinds == {"a.png": ["json"], "b.dcm": ["sr.dcm", "json"]}  # SR for the DICOM input only
     assert not list(out.rglob("*.png")) and not list(out.rglob("*.seg.dcm"))
     doc = json.loads((out / rows[0]["outputs"].split(";")[-1]).read_text())
-    assert len(doc["filters"]) == 2
+    assert all(len(doc[group]) <= 2 for group in GROUPS) and sum(len(doc[group]) for group in GROUPS) > 0
 
 
 def _one_line_error(capsys) -> str:
@@ -237,6 +248,107 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, tiny_bundle, capsys):
         assert main(["infer", *args]) == 2, args
         assert message in _one_line_error(capsys)
     assert not (tmp_path / "o1").exists()  # nothing is created when the model is unusable
+
+
+def test_a_folder_of_results_of_format_1_is_refused_with_one_line(tmp_path, tiny_bundle, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    png(src / "a.png")
+    png(src / "b.png", seed=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    old = COLUMN_LINE.removesuffix(",format_version") + f"\n{src / 'a.png'},,,ok,,0.500000,images/0123.png\n"
+    (out / "summary.csv").write_text(old)
+    assert main(["infer", str(src), "--out", str(out), "--model", str(tiny_bundle), "--workers", "0"]) == 2
+    err = _one_line_error(capsys)
+    assert "format version 1" in err and "version 2" in err and "--out" in err
+    assert (out / "summary.csv").read_text() == old and not list(out.glob("images/*"))
+
+
+def _sr_filter_roles(ds) -> list[tuple[str, str]]:
+    """(tracking identifier, "Filter role" meaning) of each filter group of an SR, in document order."""
+    found = []
+    for item in ds.get("ContentSequence", []):
+        children = item.get("ContentSequence", [])
+        ident = [str(c.TextValue) for c in children
+                 if c.get("ValueType") == "TEXT" and c.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier"]
+        role = [c.ConceptCodeSequence[0].CodeMeaning for c in children
+                if c.get("ValueType") == "CODE" and c.ConceptNameCodeSequence[0].CodeValue == "FILTROLE"]
+        if ident and role:
+            found.append((ident[0], role[0]))
+        found += _sr_filter_roles(item)
+    return found
+
+
+def test_a_real_run_reports_evidence_context_and_artefacts_apart(tmp_path, monkeypatch):
+    """The shipped model on the photograph scikit-image ships, as an OP instance: its label-free
+    optic-disc filters contribute most, and every output shows them as context, not as evidence."""
+    import skimage.data
+    from PIL import Image
+
+    from napari_icnn.batch.outputs import sheet_array
+    from napari_icnn.bundle import default_bundle_path, load_bundle
+    from napari_icnn.data.image_io import load_image
+    from napari_icnn.dicom.op_writer import write_op
+    from napari_icnn.dicom.seg import segment_label
+    from napari_icnn.dicom.sr import CODES, ROLE_CODES
+    from napari_icnn.explain import explain
+    from napari_icnn.render import ROLE_COLOURS
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_op(src / "retina.dcm", skimage.data.retina(), laterality="L")
+    out = tmp_path / "out"
+    summary = infer(BatchConfig(inputs=(str(src),), out=str(out), workers=0, top_k=3))  # the shipped model
+    assert summary.n_ok == 1
+    (row,) = read_summary(out)
+    assert row["format_version"] == "2"
+    seg_path, sr_path, png_path, json_path = (out / o for o in row["outputs"].split(";"))
+    image = load_image(src / "retina.dcm")[0]
+    expected = explain(image, load_bundle(default_bundle_path(), "cpu"))
+    reported = expected.evidence(3) + expected.context(3) + expected.possible_artefacts(3)
+    assert {"evidence", "context"} <= {f.role for f in reported}
+
+    doc = json.loads(json_path.read_text())
+    assert doc["format_version"] == 2 and doc["contribution_basis"] == expected.contribution_basis
+    assert doc["contribution_basis"].startswith("against a reference eye")
+    for group, role in (("evidence", "evidence"), ("context", "context"), ("possible_artefacts", "possible artefact")):
+        assert [f["id"] for f in doc[group]] == [f.id for f in getattr(expected, group)(3)]
+        assert all(f["role"] == role for f in doc[group])
+    disc = {f.id for f in expected.filters if f.category == "free" and f.part == "optic_disc"}
+    assert disc and all(expected.filter(i).role == "context" for i in disc)
+    assert disc & {f.id for f in expected.top(3)}  # ranked by contribution alone, they would be evidence
+    assert not disc & {f["id"] for f in doc["evidence"]} and disc & {f["id"] for f in doc["context"]}
+    assert all(f["category"] != "free" and f["part"] not in ("optic_disc", "fovea", "vessels") for f in doc["evidence"])
+
+    seg = pydicom.dcmread(seg_path)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [segment_label(f.name, f.role) for f in reported]
+    for s, f in zip(seg.SegmentSequence, reported, strict=True):
+        assert s.SegmentDescription.startswith(f"Interpretable CNN filter {f.id};")
+        assert f"; role: {f.role}" in s.SegmentDescription and all(flag in s.SegmentDescription for flag in f.flags)
+    n_evidence, n_context = len(doc["evidence"]), len(doc["context"])
+    context = seg.SegmentSequence[n_evidence : n_evidence + n_context]
+    assert context and all(s.SegmentLabel.startswith("[context] ") for s in context)
+
+    sr = pydicom.dcmread(sr_path)
+    assert _sr_filter_roles(sr) == [(f.name, CODES[ROLE_CODES[f.role]][2]) for f in reported]  # evidence first
+    for path in (seg_path, sr_path):
+        errors, _, report = run_dciodvfy(path)
+        assert errors == [], report
+
+    sheet = np.asarray(Image.open(png_path).convert("RGB"))
+    tile = sheet.shape[1] // 4
+    assert sheet.shape[:2] == ((len(reported) + 4) // 4 * tile, 4 * tile)  # the scan and the filters, four a row
+    for i, f in enumerate(reported, start=1):  # each tile's label bar in its role's colour (black: evidence)
+        y, x = (i // 4) * tile, (i % 4) * tile
+        assert tuple(sheet[y + 1, x + 1]) == ROLE_COLOURS.get(f.role, (0, 0, 0)), (i, f.role)
+    seen = {}
+    monkeypatch.setattr("napari_icnn.render.evidence_sheet",
+                        lambda rgb, panels, title, tile: seen.update(panels=panels, title=title) or rgb)
+    sheet_array(image, expected, reported)
+    assert seen["title"].splitlines()[-1] == "contributions vs healthy eye"
+    prefixes = {"evidence": "filter ", "context": "[context] filter ", "possible artefact": "[possible artefact] filter "}
+    assert all(p[0].startswith(prefixes[f.role]) for p, f in zip(seen["panels"], reported, strict=True))
 
 
 def test_unwritable_output_folder_exits_2(tmp_path, tiny_bundle, capsys):

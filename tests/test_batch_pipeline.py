@@ -46,7 +46,9 @@ def assert_same_outputs(a: Path, b: Path) -> None:
         if rel.endswith(".json"):
             ja, jb = json.loads((a / rel).read_text()), json.loads((b / rel).read_text())
             assert ja["prediction"]["probability"] == pytest.approx(jb["prediction"]["probability"], abs=1e-5)
-            assert [f["id"] for f in ja["filters"]] == [f["id"] for f in jb["filters"]]
+            assert ja["format_version"] == jb["format_version"] == 2
+            for group in ("evidence", "context", "possible_artefacts"):
+                assert [(f["id"], f["role"]) for f in ja[group]] == [(f["id"], f["role"]) for f in jb[group]]
         elif rel.endswith(".dcm"):
             da, db = (pydicom.dcmread(p, stop_before_pixels=True) for p in (a / rel, b / rel))
             assert da.SOPInstanceUID == db.SOPInstanceUID and da.SeriesInstanceUID == db.SeriesInstanceUID

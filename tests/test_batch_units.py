@@ -104,6 +104,47 @@ def test_a_foreign_summary_csv_is_refused_and_left_alone(tmp_path):
     assert path.read_text() == "patient,score\nx,1\n"
 
 
+V1_HEADER = "input_path,frame,sop_instance_uid,status,reason,probability,outputs\n"
+
+
+def test_every_row_carries_the_format_version(tmp_path):
+    from napari_icnn.explain import FORMAT_VERSION
+
+    path = tmp_path / "summary.csv"
+    with SummaryFile(path) as s:
+        s.append([Row("/a.png", None, "", "ok", "", 0.5, ("images/1.png",))])
+    assert COLUMNS[-1] == "format_version" and FORMAT_VERSION == 2
+    assert path.read_text().splitlines()[1].endswith(",images/1.png,2")
+    with pytest.raises(ValueError, match="format version 2"):
+        Row.from_fields(["/a.png", "", "", "ok", "", "0.5", "images/1.png"])  # a version 1 line
+    with pytest.raises(ValueError, match="format version 2"):
+        Row.from_fields(["/a.png", "", "", "ok", "", "0.5", "images/1.png", "3"])
+
+
+def test_a_summary_of_another_format_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "summary.csv"
+    old = V1_HEADER + "/a.png,,,ok,,0.500000,images/1.png\n"
+    path.write_text(old)
+    with pytest.raises(ConfigError, match=r"format version 1, and this icnn writes version 2") as info:
+        SummaryFile(path)
+    assert len(str(info.value).splitlines()) == 1 and "--out" in str(info.value)
+    assert path.read_text() == old
+    newer = ",".join(COLUMNS) + "\n/a.png,,,ok,,0.500000,images/1.png,3\n"
+    path.write_text(newer)
+    with pytest.raises(ConfigError, match="format version 3"):
+        SummaryFile(path)
+    assert path.read_text() == newer
+
+
+def test_a_version_1_summary_without_rows_starts_again_in_this_format(tmp_path):
+    path = tmp_path / "summary.csv"
+    path.write_text(V1_HEADER)
+    with SummaryFile(path) as s:
+        assert s.done == {}
+        s.append([Row("/a.png", None, "", "ok", "", 0.5)])
+    assert path.read_text().splitlines() == [",".join(COLUMNS), "/a.png,,,ok,,0.500000,,2"]
+
+
 def test_row_refuses_unknown_status_and_bad_probability():
     with pytest.raises(ValueError):
         Row("/a", None, "", "failed")

@@ -283,6 +283,38 @@ def test_long_display_name_is_truncated_to_the_vr_limit(tmp_path):
     assert len(label.encode()) <= 64 and label.startswith("filter 9 · very long")
 
 
+@needs_dciodvfy
+def test_roles_are_in_labels_and_descriptions(tmp_path):
+    source = make_source(tmp_path, "op-jpeg")
+    ex, disc, unnamed = make_maps()
+    long_name = "filter 23 · " + "very long clinician name " * 6
+    maps = [
+        EvidenceMap(23, long_name, None, unnamed.probability, "evidence"),
+        EvidenceMap(4, disc.name, "optic_disc", disc.probability, "context", ("label-free filter (anatomy context)",)),
+        EvidenceMap(17, ex.name, "EX", ex.probability, "possible artefact", ("peak on the field-of-view rim",)),
+    ]
+    out = write_seg(tmp_path / "seg.dcm", source, maps, MODEL)
+    errors, _, report = run_dciodvfy(out)
+    assert errors == [], report
+    segments = pydicom.dcmread(out).SegmentSequence
+    labels = [s.SegmentLabel for s in segments]
+    assert labels[0].startswith("filter 23 · very long") and all(len(v.encode()) <= 64 for v in labels)
+    assert labels[1:] == ["[context] filter 4 · optic disc", "[possible artefact] filter 17 · hard exudates"]
+    assert [s.SegmentDescription for s in segments] == [
+        "Interpretable CNN filter 23; no matched part; role: evidence",
+        "Interpretable CNN filter 4; matched part: optic disc (optic_disc); role: context "
+        "(label-free filter (anatomy context))",
+        "Interpretable CNN filter 17; matched part: hard exudates (EX); role: possible artefact "
+        "(peak on the field-of-view rim)",
+    ]
+    codes = [(s.SegmentedPropertyCategoryCodeSequence[0].CodeValue, s.SegmentedPropertyTypeCodeSequence[0].CodeValue)
+             for s in segments]
+    # the context keeps its anatomy; a possible artefact is filed as a saliency map, never as a lesion
+    assert codes[1:] == [("91723000", "81016008"), ("309825002", "130404")]
+    with pytest.raises(ValueError, match="role must be one of"):
+        EvidenceMap(4, disc.name, "optic_disc", disc.probability, "anatomy")
+
+
 def test_uids_are_deterministic_per_source_frame_and_model(tmp_path):
     source = make_source(tmp_path, "op-3frame")
     maps = make_maps()

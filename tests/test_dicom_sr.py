@@ -166,3 +166,59 @@ def test_an_existing_other_file_is_not_overwritten(tmp_path):
         write_sr(target, source, probability=0.9, predicted_class="referable", threshold=0.5, model=MODEL,
                  filters=FILTERS)  # fmt: skip
     assert target.read_bytes() == before
+
+
+ROLED = [
+    dict(FILTERS[1], role="context"),  # given first: the report puts the evidence first
+    {"id": 30, "name": "filter 30 · haemorrhages", "part": "HE", "peak_x": 2, "peak_y": 3,
+     "activation": 2.0, "contribution": -0.25, "role": "possible artefact"},
+    dict(FILTERS[0], role="possible artefact", peak_x=COLS + 40),  # in the padding beyond the photograph
+    dict(FILTERS[2], role="evidence"),
+]  # fmt: skip
+
+
+def _tracking_ids(ds) -> list[str]:
+    found = []
+    for item in ds.get("ContentSequence", []):
+        name = item.get("ConceptNameCodeSequence")
+        if item.get("ValueType") == "TEXT" and name and name[0].CodeMeaning == "Tracking Identifier":
+            found.append(str(item.TextValue))
+        found += _tracking_ids(item)
+    return found
+
+
+@needs_dciodvfy
+def test_roles_are_recorded_evidence_first(tmp_path):
+    source = make_source(tmp_path, "op-jpeg")
+    out = write_sr(tmp_path / "sr.dcm", source, probability=0.3, predicted_class="no referable DR", threshold=0.5,
+                   model=MODEL, filters=ROLED)  # fmt: skip
+    errors, warnings, report = run_dciodvfy(out)
+    assert errors == [], report
+    assert all("99ICNN" in w for w in warnings)
+
+    ds = pydicom.dcmread(out)
+    names = [f["name"] for f in (ROLED[3], ROLED[0], ROLED[1], ROLED[2])]
+    assert _tracking_ids(ds)[1:] == names  # after the image-level group; evidence, context, artefacts
+    content = hd.sr.srread(out).content
+    rois = {str(g.tracking_identifier): g for g in content.get_planar_roi_measurement_groups()}
+    whole_frame = {str(g.tracking_identifier): g for g in content.get_image_measurement_groups()}
+    assert set(rois) == set(names[:3]) and names[3] in whole_frame  # no point beyond the photograph
+    expected = {names[0]: "EVIDENCE", names[1]: "CONTEXT", names[2]: "POSSARTEFACT", names[3]: "POSSARTEFACT"}
+    for name, value in expected.items():
+        (role,) = {**rois, **whole_frame}[name].get_qualitative_evaluations()
+        assert (role.name.value, role.name.scheme_designator, role.value.value) == ("FILTROLE", "99ICNN", value)
+    assert rois[names[1]].finding_sites[0].value.value == "81016008"  # context keeps its anatomy (optic nerve head)
+    for artefact in (rois[names[2]], whole_frame[names[3]]):
+        assert artefact.finding_type is None and not artefact.finding_sites  # an artefact is no finding
+    assert [m.name.value for m in whole_frame[names[3]].get_measurements()] == ["FILTACT", "FILTCONTRIB"]
+
+
+def test_filters_without_a_role_are_reported_as_before(tmp_path):
+    rois = _report(_sr(make_source(tmp_path, "op-jpeg"))).get_planar_roi_measurement_groups()
+    assert [str(g.tracking_identifier) for g in rois] == [f["name"] for f in FILTERS]
+    assert all(not g.get_qualitative_evaluations() for g in rois)
+
+
+def test_an_unknown_role_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="role must be one of"):
+        _sr(make_source(tmp_path, "op-jpeg"), filters=[dict(FILTERS[0], role="lesion")])

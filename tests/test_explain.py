@@ -98,11 +98,16 @@ def test_a_one_cell_map_lands_on_its_scan_location(model, scan):
 
 
 def test_json_has_the_documented_keys(model, scan):
-    doc = explain(scan, model).to_json(top_k=3)
+    e = explain(scan, model)
+    doc = e.to_json(top_k=3)
     assert set(doc["prediction"]) >= {"class", "probability", "threshold"}
-    assert len(doc["filters"]) == 3
-    for item in doc["filters"]:
-        assert {"id", "name", "part", "peak_x", "peak_y", "activation", "contribution"} <= set(item)
+    assert doc["format_version"] == 2 and doc["contribution_basis"] == e.contribution_basis
+    assert "filters" not in doc
+    for group, role in (("evidence", "evidence"), ("context", "context"), ("possible_artefacts", "possible artefact")):
+        assert [item["id"] for item in doc[group]] == [f.id for f in getattr(e, group)(3)]
+        for item in doc[group]:
+            assert {"id", "name", "part", "peak_x", "peak_y", "activation", "contribution", "flags"} <= set(item)
+            assert item["role"] == role
     assert doc["model"]["sha256"] == model.sha256
     json.dumps(doc)
 
@@ -130,11 +135,17 @@ def test_cli_writes_overlays_and_json(tmp_path, tiny_bundle):
                            "--out", str(out), "--top-k", "3"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "explanation.json").read_text())
-    assert len(doc["filters"]) == 3 and len(doc["overlays"]) == 3
+    groups = {"evidence": "evidence", "context": "context", "possible_artefacts": "artefact"}
+    assert len(doc["overlays"]) == sum(len(doc[g]) for g in groups) > 0
+    assert all(len(doc[g]) <= 3 for g in groups)
+    expected = [f"{prefix}_{rank:02d}_filter{item['id']:03d}_" for g, prefix in groups.items()
+                for rank, item in enumerate(doc[g], start=1)]
+    assert [name[: len(want)] for name, want in zip(doc["overlays"], expected, strict=True)] == expected
     for name in doc["overlays"]:
         png = np.asarray(Image.open(out / name))
         assert png.shape[:2] == (256, 256)
-    assert "p =" in proc.stdout
+    assert "p =" in proc.stdout and "contributions " in proc.stdout
+    assert "\n  evidence:" in proc.stdout and "\n  context (anatomy, not evidence):" in proc.stdout
 
 
 @pytest.mark.parametrize("content", [b"", b"not an image at all"])

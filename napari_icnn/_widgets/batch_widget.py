@@ -313,7 +313,8 @@ class BatchWidget(StoppableJobWidget):
         self.top_k_spin.setRange(1, 64)
         self.top_k_spin.setValue(defaults["top_k"])
         self.top_k_spin.setToolTip(
-            "Filters reported per image: SEG segments, SR groups, sheet tiles, JSON entries"
+            "Filters reported per image in each group (evidence, anatomy context, possible artefacts): "
+            "SEG segments, SR groups, sheet tiles, JSON entries"
         )
         form.addRow("Filters reported", self.top_k_spin)
 

@@ -60,7 +60,8 @@ class BatchConfig:
     formats: tuple[str, ...] | None = None
     """Subset of :data:`FORMATS`; ``None``: every format that applies to each input."""
     top_k: int = 5
-    """Filters reported per image (SEG segments, SR groups, sheet tiles, JSON entries)."""
+    """Filters reported per image in each group, evidence, context and possible artefacts (SEG segments, SR
+    groups, sheet tiles, JSON entries)."""
 
     def __post_init__(self) -> None:
         inputs = (self.inputs,) if isinstance(self.inputs, str) else tuple(self.inputs or ())

@@ -1,6 +1,9 @@
 """Where a frame's results go and writing them: DICOM SEG and SR (DICOM inputs), a PNG evidence
 sheet and a prediction JSON.
 
+Each reports the top-K evidence filters, then the top-K anatomy-context filters and the top-K
+possible artefacts, every filter with its role (:mod:`napari_icnn.roles`).
+
 Names come from UIDs and hashes only, never from patient attributes or input file names::
 
     DIR/<hash of the Study Instance UID>/<SOP Instance UID>[_f0003].{seg.dcm,sr.dcm,png,json}
@@ -29,9 +32,9 @@ from napari_icnn.dicom.uids import ModelInfo
 
 if TYPE_CHECKING:
     from napari_icnn.data.fundus_image import FundusImage
-    from napari_icnn.explain import Explanation
+    from napari_icnn.explain import Explanation, FilterEvidence
 
-__all__ = ["OutputSpec", "path_hash", "output_stem", "write_outputs", "SHEET_TILE"]
+__all__ = ["OutputSpec", "path_hash", "output_stem", "write_outputs", "reported_filters", "sheet_array", "SHEET_TILE"]
 
 SHEET_TILE = 384
 """Side of one tile of the PNG evidence sheet, in pixels."""
@@ -84,6 +87,13 @@ def output_stem(image: FundusImage, input_path: str) -> str:
     return f"{folder}/{name}"
 
 
+def reported_filters(expl: Explanation, top_k: int) -> list[FilterEvidence]:
+    """The filters a frame's results report, in their order: the ``top_k`` evidence filters, then the
+    ``top_k`` context filters, then the ``top_k`` possible artefacts (each group by contribution), as
+    the JSON lists them."""
+    return expl.evidence(top_k) + expl.context(top_k) + expl.possible_artefacts(top_k)
+
+
 def _target(out: Path, rel: str) -> Path:
     path = (out / rel).resolve()
     if not path.is_relative_to(out.resolve()):
@@ -112,7 +122,7 @@ def write_outputs(
     out = Path(spec.out)
     stem = output_stem(image, input_path)
     formats = spec.formats_for(image.header is not None)
-    top = expl.top(spec.top_k)
+    top = reported_filters(expl, spec.top_k)
     written: list[str] = []
     problems: list[str] = []
     notes = _dicom_notes(image, formats)
@@ -166,7 +176,7 @@ def _dicom_notes(image: FundusImage, formats: tuple[str, ...]) -> list[str]:
 def _write_seg(target: Path, spec: OutputSpec, image: FundusImage, expl: Explanation, top: list) -> None:
     from napari_icnn.dicom.seg import EvidenceMap, write_seg
 
-    maps = [EvidenceMap(f.id, f.name, f.part, expl.map_on_scan(f.id)) for f in top]
+    maps = [EvidenceMap(f.id, f.name, f.part, expl.map_on_scan(f.id), f.role, f.flags) for f in top]
     write_seg(target, image, maps, spec.model)
 
 
@@ -182,6 +192,7 @@ def _write_sr(target: Path, spec: OutputSpec, image: FundusImage, expl: Explanat
             "peak_y": f.peak_y,
             "activation": f.activation,
             "contribution": f.contribution,
+            "role": f.role,
         }
         for f in top
     ]
@@ -197,7 +208,9 @@ def _write_sr(target: Path, spec: OutputSpec, image: FundusImage, expl: Explanat
 
 
 def sheet_array(image: FundusImage, expl: Explanation, top: list, tile: int = SHEET_TILE) -> np.ndarray:
-    """The evidence sheet (scan + one tile per reported filter) as an RGB array.
+    """The evidence sheet (scan + one tile per reported filter, in the order of ``top``) as an RGB
+    array. Tiles of filters that are not evidence are titled and coloured by their role; the scan's
+    tile says how the contributions were measured.
 
     The scan is shrunk to the tile size first and the maps are resampled straight onto the small
     grid, so a 4000-pixel photograph costs what a 400-pixel one does.
@@ -205,7 +218,7 @@ def sheet_array(image: FundusImage, expl: Explanation, top: list, tile: int = SH
     from PIL import Image
 
     from napari_icnn.data.geometry import Geometry
-    from napari_icnn.render import evidence_sheet
+    from napari_icnn.render import basis_label, evidence_sheet, role_label
 
     h, w = image.shape
     s = min(1.0, tile / max(h, w))
@@ -218,8 +231,11 @@ def sheet_array(image: FundusImage, expl: Explanation, top: list, tile: int = SH
         m = np.clip(geom.map_to_scan((f.map / f.act_scale).astype(np.float32)), 0.0, 1.0)
         # pixel centres sit at integers: scale about the pixel edges
         peak = ((f.peak_x + 0.5) * s - 0.5, (f.peak_y + 0.5) * s - 0.5)
-        panels.append((f"{f.name}  {f.contribution:+.3f}", m, peak))
+        panels.append((role_label(f"{f.name}  {f.contribution:+.3f}", f.role), m, peak, f.role))
     title = f"{expl.predicted_class}  p = {expl.probability:.3f}  (not for clinical use)"
+    basis = basis_label(expl.contribution_basis)
+    if basis:
+        title += "\n" + basis
     return evidence_sheet(rgb, panels, title, tile=tile)
 
 

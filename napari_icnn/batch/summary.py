@@ -5,6 +5,9 @@ The rows of one file are appended in one ``write``; a file with rows is finished
 lets a second run on the same folder skip it. A last line cut short by a power failure is removed
 when the file is opened again (that input is then processed again); an append that fails (a full
 disk) is taken back at once, so no file is ever recorded with some of its rows only.
+
+Every row names the format of the results it lists (``format_version``); a summary of another
+format is never appended to, so one folder never mixes results of two formats.
 """
 
 from __future__ import annotations
@@ -19,9 +22,15 @@ from pathlib import Path
 
 from napari_icnn.atomic import DISK_FULL_ERRNOS, DiskFull
 from napari_icnn.errors import ConfigError
+from napari_icnn.explain import FORMAT_VERSION as EXPLANATION_FORMAT
 
-__all__ = ["COLUMNS", "STATUSES", "Row", "Done", "Tally", "SummaryFile", "read_rows", "one_line"]
+__all__ = ["COLUMNS", "STATUSES", "FORMAT_VERSION", "Row", "Done", "Tally", "SummaryFile", "read_rows", "one_line"]
 
+FORMAT_VERSION = EXPLANATION_FORMAT
+"""Format of a folder's batch results, written on every row: one number for the summary and the JSON
+files its rows list, the explanation's (a change of the summary's columns bumps it too). 2: this
+column; evidence, context and possible artefacts apart in every result. 1: no such column. See
+"Format versions" in docs/batch.md."""
 COLUMNS: tuple[str, ...] = (
     "input_path",
     "frame",
@@ -30,9 +39,12 @@ COLUMNS: tuple[str, ...] = (
     "reason",
     "probability",
     "outputs",
+    "format_version",
 )
 STATUSES: tuple[str, ...] = ("ok", "error", "declined")
 _HEADER = ",".join(COLUMNS) + "\n"
+# The first format had no version column: its header is these columns up to "outputs".
+_HEADER_V1 = ",".join(COLUMNS[:7]) + "\n"
 
 
 def one_line(text: object, limit: int = 500) -> str:
@@ -75,10 +87,20 @@ class Row:
             one_line(self.reason),
             "" if self.probability is None else f"{float(self.probability):.6f}",
             ";".join(one_line(o, 1024) for o in self.outputs),
+            str(FORMAT_VERSION),
         ]
 
     @classmethod
     def from_fields(cls, f: list[str]) -> Row:
+        """The row of a line of this format.
+
+        Raises
+        ------
+        ValueError
+            Not a line of this format (other columns, another format version, bad values).
+        """
+        if len(f) != len(COLUMNS) or f[7] != str(FORMAT_VERSION):
+            raise ValueError(f"not a summary row of format version {FORMAT_VERSION}")
         return cls(
             input_path=f[0],
             frame=int(f[1]) if f[1] else None,
@@ -104,8 +126,6 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
         reader = csv.reader(fh)
         next(reader, None)
         for fields in reader:
-            if len(fields) != len(COLUMNS):
-                continue
             try:
                 yield Row.from_fields(fields)
             except ValueError:
@@ -126,7 +146,8 @@ class SummaryFile:
     Raises
     ------
     ConfigError
-        The file exists but is not a batch summary (other columns), or cannot be opened.
+        The file exists but is not a batch summary (other columns), holds results of another format
+        version, or cannot be opened.
     DiskFull
         No room for the header of a new file.
     """
@@ -181,16 +202,35 @@ class SummaryFile:
             return {}
         with open(self.path, encoding="utf-8", newline="", errors="replace") as fh:
             first = fh.readline()
-        if first.strip().lstrip("\ufeff") != _HEADER.strip():
+            rows_follow = bool(fh.readline())
+        header = first.strip().lstrip("\ufeff")
+        if header == _HEADER_V1.strip():
+            if not rows_follow:
+                # Nothing recorded yet, so nothing to mix: the file starts again in this format.
+                with open(self.path, "rb+") as fh:
+                    fh.truncate(0)
+                    os.fsync(fh.fileno())
+                return {}
+            raise _other_format(self.path, "1")
+        if header != _HEADER.strip():
             raise ConfigError(
                 f"{self.path}: exists but is not a batch summary (its columns are not "
                 f"{','.join(COLUMNS)}); choose another --out folder"
             )
         done: dict[str, Done] = {}
-        for row in read_rows(self.path):
-            d = done.setdefault(row.input_path, Done())
-            d.n_rows += 1
-            d.n_not_ok += row.status != "ok"
+        with open(self.path, encoding="utf-8", newline="", errors="replace") as fh:
+            reader = csv.reader(fh)
+            next(reader, None)
+            for fields in reader:
+                if len(fields) == len(COLUMNS) and fields[7].isdigit() and fields[7] != str(FORMAT_VERSION):
+                    raise _other_format(self.path, fields[7])
+                try:
+                    row = Row.from_fields(fields)
+                except ValueError:
+                    continue  # a malformed line: its file has no row and is processed again
+                d = done.setdefault(row.input_path, Done())
+                d.n_rows += 1
+                d.n_not_ok += row.status != "ok"
         return done
 
     def append(self, rows: list[Row]) -> None:
@@ -236,6 +276,13 @@ class SummaryFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _other_format(path: Path, version: str) -> ConfigError:
+    return ConfigError(
+        f"{path}: holds results of format version {one_line(version, 20)}, and this icnn writes version "
+        f"{FORMAT_VERSION} (see Format versions in docs/batch.md); one folder never mixes two: use another --out folder"
+    )
 
 
 @dataclass

@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import skimage.data
 
+    from napari_icnn.cli.explain import print_filters
     from napari_icnn.data.fundus_image import FundusImage
     from napari_icnn.data.image_io import load_image
 
@@ -105,9 +106,8 @@ def run(args: argparse.Namespace) -> int:
     for img, folder in ((scan, "explain_synthetic"), (real, "explain_real_photograph")):
         e = explain(img, model)
         write_explanation(e, img, out / folder, top_k=6)
-        print(f"   {img.source}: {e.predicted_class} (p = {e.probability:.3f}); top filters:")
-        for f in e.top(4):
-            print(f"     {f.name:<44s} contribution {f.contribution:+.3f}")
+        print(f"   {img.source}: {e.predicted_class} (p = {e.probability:.3f})")
+        print_filters(e, 4, indent="     ", peaks=False)
 
     t = _step("5/5  DICOM batch inference over the test cohort")
     try:

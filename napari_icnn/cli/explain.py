@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from napari_icnn.explain import Explanation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +26,21 @@ def run(args: argparse.Namespace) -> int:
     for e in results:
         frame = "" if e.frame is None else f" frame {e.frame}"
         print(f"{e.source}{frame}: {e.predicted_class} (p = {e.probability:.3f})")
-        for f in e.top(min(args.top_k, 5)):
-            print(f"  {f.name:<40s} contribution {f.contribution:+.3f}  peak ({f.peak_x:.0f}, {f.peak_y:.0f})")
+        print_filters(e, min(args.top_k, 5), indent="  ")
     print(f"written to {args.out}")
     return 0
+
+
+def print_filters(e: Explanation, k: int, indent: str = "  ", peaks: bool = True) -> None:
+    """The ``k`` evidence filters, then short lists of context and possible artefacts (never mixed with the
+    evidence), and how the contributions were measured."""
+    print(f"{indent}contributions {e.contribution_basis}")
+    short = min(k, 3)
+    groups = (("evidence", e.evidence(k)), ("context (anatomy, not evidence)", e.context(short)),
+              ("possible artefacts (not evidence)", e.possible_artefacts(short)))
+    for title, filters in groups:
+        print(f"{indent}{title}:" + ("" if filters else " none"))
+        for f in filters:
+            peak = f"  peak ({f.peak_x:.0f}, {f.peak_y:.0f})" if peaks else ""
+            flags = f"  [{'; '.join(f.flags)}]" if f.flags else ""
+            print(f"{indent}  {f.name:<40s} contribution {f.contribution:+.3f}{peak}{flags}")

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run on a Dask cluster, e.g. tcp://scheduler:8786 (shared file system needed)")
     p.add_argument("--formats", default=None, metavar="LIST",
                    help="comma-separated subset of seg,sr,png,json (default: all that apply; seg,sr for DICOM only)")
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="filters reported per image (default 5)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K",
+                   help="filters reported per image in each group: evidence, context, possible artefacts (default 5)")
     pacs = p.add_argument_group("PACS")
     pacs.add_argument("--from", dest="source", default=None, metavar="URL",
                       help="pull the inputs from a PACS: dicomweb+http(s)://HOST:PORT/PATH or dimse://AET@HOST:PORT")

@@ -1,5 +1,7 @@
 """DICOM Segmentation of the evidence: one FRACTIONAL (probability) segment per reported
-filter, on the source frame's own pixel grid, referencing the source instance and frame.
+filter, on the source frame's own pixel grid, referencing the source instance and frame. A
+segment of a filter that is not evidence (anatomy context, a possible artefact) says so in its
+label and description.
 
 Fundus photographs (OP, XC, SC) have no Frame of Reference, so the segmentation is tied to
 its source by the pixel grid alone (Spatial Locations Preserved = YES): same rows and
@@ -21,6 +23,7 @@ import numpy as np
 from napari_icnn.dicom.uids import ModelInfo, SourceRef, derived_uids, source_ref, tracking_uid
 from napari_icnn.errors import InputError
 from napari_icnn.parts import PARTS
+from napari_icnn.roles import ARTEFACT, ROLES
 
 if TYPE_CHECKING:
     import highdicom as hd
@@ -37,6 +40,7 @@ __all__ = [
     "series_description",
     "save_atomic",
     "fit_text",
+    "segment_label",
     "software_versions",
     "NOT_FOR_CLINICAL_USE",
     "LATERALITY_CODES",
@@ -50,6 +54,7 @@ MANUFACTURER = "napari-icnn"
 # lacks; UTF-8 also re-encodes patient names from any source character set faithfully.
 CHARACTER_SET = "ISO_IR 192"
 _LO = 64  # maximum length of LO values (labels, descriptions, names)
+_ST = 1024  # maximum length of ST values (Segment Description)
 
 # CID 7150 categories, and the generic property type for a filter without a matched part.
 # Such a map asserts no anatomy or pathology: "Spatial and Relational Concept" is the one
@@ -88,10 +93,17 @@ class EvidenceMap:
     """:mod:`napari_icnn.parts` key of the matched part, or ``None``."""
     probability: np.ndarray
     """``(H, W)`` float32 in [0, 1], same rows and columns as the source frame."""
+    role: str | None = None
+    """``evidence``, ``context`` or ``possible artefact`` (:mod:`napari_icnn.roles`); ``None``: not stated."""
+    flags: tuple[str, ...] = ()
+    """Why the role, in words."""
 
     def __post_init__(self) -> None:
         if not str(self.name).strip():
             raise ValueError(f"EvidenceMap of filter {self.filter_id}: name must not be empty")
+        if self.role is not None and self.role not in ROLES:
+            raise ValueError(f"EvidenceMap of filter {self.filter_id}: role must be one of {ROLES}; got {self.role!r}")
+        object.__setattr__(self, "flags", tuple(str(f) for f in self.flags))
         p = np.asarray(self.probability)
         if p.ndim != 2 or not np.issubdtype(p.dtype, np.floating):
             raise ValueError(
@@ -331,14 +343,19 @@ def _segment_description(
     import highdicom as hd
 
     part = PARTS.get(m.part_key) if m.part_key else None
-    if part is not None and part.snomed is not None:
+    coded = part is not None and part.snomed is not None
+    # A possible artefact's map asserts no structure: coding it as the lesion its filter was
+    # matched to would file an artefact as a finding.
+    if coded and m.role != ARTEFACT:
         category = _ANATOMY if part.kind == "anatomy" else _MORPHOLOGY
         prop = (part.snomed[0], "SCT", part.snomed[1])
-        matched = f"matched part: {part.display} ({part.key})"
     else:
         category, prop = _SPATIAL, _SALIENCY
+    if coded:
+        matched = f"matched part: {part.display} ({part.key})"
+    else:
         matched = f"assigned to: {m.part_key}" if m.part_key else "no matched part"
-    label = fit_text(m.name)
+    label = fit_text(segment_label(m.name, m.role))
     desc = hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=label,
@@ -349,12 +366,23 @@ def _segment_description(
         tracking_uid=track_uid,
         tracking_id=label,
     )
-    desc.SegmentDescription = f"Interpretable CNN filter {m.filter_id}; {matched}"
+    text = f"Interpretable CNN filter {m.filter_id}; {matched}"
+    if m.role is not None:
+        text += f"; role: {m.role}" + (f" ({'; '.join(m.flags)})" if m.flags else "")
+    desc.SegmentDescription = fit_text(text, _ST)
     if laterality is not None and prop is not _SALIENCY:
         desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
             hd.sr.CodedConcept(*laterality)
         ]
     return desc
+
+
+def segment_label(name: str, role: str | None) -> str:
+    """The label a viewer lists: the display name, after the role where it is not evidence (in front,
+    where shortening to the VR limit cannot cut it off), as on the evidence sheet."""
+    from napari_icnn.render import role_label
+
+    return role_label(name, role)
 
 
 def _proxy(ref: SourceRef, spacing: tuple[float, float] | None) -> Dataset:

@@ -1,6 +1,7 @@
 """DICOM Structured Report of a prediction: a TID 1500 Measurement Report with one
 image-level group (referable diabetic retinopathy) and one group per reported filter (its
-peak as a point on the source frame, its activation and contribution).
+peak as a point on the source frame, its activation and contribution, and its role: evidence,
+anatomy context or possible artefact; evidence first).
 
 Concepts without a standard code use the private coding scheme ``99ICNN``, declared in the
 document's Coding Scheme Identification Sequence; everything else is SNOMED CT or DCM.
@@ -28,16 +29,18 @@ from napari_icnn.dicom.seg import (
 from napari_icnn.dicom.uids import ModelInfo, SourceRef, derived_uids, device_uid, source_ref, tracking_uid
 from napari_icnn.errors import InputError
 from napari_icnn.parts import PARTS
+from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, ROLES
 
 if TYPE_CHECKING:
     import highdicom as hd
 
     from napari_icnn.data.fundus_image import FundusImage
 
-__all__ = ["build_sr", "write_sr", "PRIVATE_SCHEME", "CODES", "FILTER_KEYS"]
+__all__ = ["build_sr", "write_sr", "PRIVATE_SCHEME", "CODES", "FILTER_KEYS", "ROLE_CODES"]
 
 PRIVATE_SCHEME = "99ICNN"
 FILTER_KEYS = ("id", "name", "part", "peak_x", "peak_y", "activation", "contribution")
+"""Keys every filter entry of :func:`build_sr` has; ``role`` is optional."""
 
 CODES: dict[str, tuple[str, str, str]] = {
     # Verified in the DICOM-bundled SNOMED CT / DCM subsets unless noted.
@@ -54,7 +57,14 @@ CODES: dict[str, tuple[str, str, str]] = {
     "referable_dr": ("RDR", PRIVATE_SCHEME, "Referable diabetic retinopathy"),
     "activation": ("FILTACT", PRIVATE_SCHEME, "Interpretable filter activation"),
     "contribution": ("FILTCONTRIB", PRIVATE_SCHEME, "Filter contribution to class logit"),
+    # What a filter's response is to a reader (napari_icnn.roles): only evidence bears on the finding.
+    "filter_role": ("FILTROLE", PRIVATE_SCHEME, "Filter role"),
+    "role_evidence": ("EVIDENCE", PRIVATE_SCHEME, "Evidence"),
+    "role_context": ("CONTEXT", PRIVATE_SCHEME, "Context (anatomy)"),
+    "role_artefact": ("POSSARTEFACT", PRIVATE_SCHEME, "Possible artefact"),
 }
+ROLE_CODES: dict[str, str] = {EVIDENCE: "role_evidence", CONTEXT: "role_context", ARTEFACT: "role_artefact"}
+"""Key in :data:`CODES` of each role's value."""
 
 
 def build_sr(
@@ -83,16 +93,22 @@ def build_sr(
     filters
         The reported filters, each a mapping with :data:`FILTER_KEYS`: ``id``, display
         ``name``, matched ``part`` key (or ``None``), ``peak_x`` (column) and ``peak_y``
-        (row) in source pixels, ``activation`` and ``contribution``.
+        (row) in source pixels, ``activation`` and ``contribution``; optionally ``role``
+        (``evidence``, ``context``, ``possible artefact`` or ``None``), recorded as the group's
+        "Filter role". Groups are in role order (evidence first), in the given order within
+        a role. A possible artefact whose peak lies outside the image gets a group without
+        a point (TID 1501); a possible artefact claims no finding type or site.
     series_number
         Number shown by viewers.
 
     Raises
     ------
     InputError
-        ``source`` cannot be referenced, or a filter's peak lies outside the image.
+        ``source`` cannot be referenced, or the peak of a filter that is not a possible
+        artefact lies outside the image.
     ValueError
-        A probability outside [0, 1], or a filter entry with missing or non-numeric values.
+        A probability outside [0, 1], or a filter entry with missing or non-numeric values
+        or an unknown role.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -101,6 +117,7 @@ def build_sr(
     probability = _unit_interval("probability", probability)
     threshold = _unit_interval("threshold", threshold)
     checked = [_check_filter(ref, f) for f in filters]
+    checked.sort(key=lambda f: ROLES.index(f["role"]) if f["role"] else 0)
     seen = [f["id"] for f in checked]
     if len(set(seen)) != len(seen):
         raise ValueError(f"filter ids must be unique; got {seen}")
@@ -197,6 +214,9 @@ def _check_filter(ref: SourceRef, f: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"filter entry {dict(f).get('id', '?')} lacks {', '.join(missing)}")
     out = dict(f)
+    out["role"] = f.get("role")
+    if out["role"] is not None and out["role"] not in ROLES:
+        raise ValueError(f"filter entry {f['id']}: role must be one of {ROLES} or None; got {out['role']!r}")
     try:
         out["id"] = int(f["id"])
         for k in ("peak_x", "peak_y", "activation", "contribution"):
@@ -208,7 +228,9 @@ def _check_filter(ref: SourceRef, f: Mapping[str, Any]) -> dict[str, Any]:
     if not str(f["name"]).strip():
         raise ValueError(f"filter entry {out['id']}: name must not be empty")
     x, y = out["peak_x"], out["peak_y"]
-    if not (-0.5 <= x <= ref.columns - 0.5 and -0.5 <= y <= ref.rows - 0.5):
+    out["on_image"] = -0.5 <= x <= ref.columns - 0.5 and -0.5 <= y <= ref.rows - 0.5
+    # An artefact filter may peak in the padding beyond a photograph's edge; any other filter there is a bug.
+    if not out["on_image"] and out["role"] != ARTEFACT:
         raise InputError(
             ref.path,
             f"peak of filter {out['id']} at (x={x:g}, y={y:g}) lies outside the {ref.columns}x{ref.rows} image",
@@ -263,20 +285,46 @@ def _filter_group(
     part = PARTS.get(f["part"]) if f["part"] else None
     finding_type = None
     sites = None
-    if part is not None and part.snomed is not None:
+    # A possible artefact is not a finding: no lesion type, no anatomic site for it.
+    if part is not None and part.snomed is not None and f["role"] != ARTEFACT:
         code = hd.sr.CodedConcept(part.snomed[0], "SCT", part.snomed[1])
         lat = hd.sr.CodedConcept(*laterality) if laterality else None
         if part.kind == "lesion":
             finding_type = code
             code = _code("retina")
         sites = [hd.sr.FindingSite(anatomic_location=code, laterality=lat)]
+    common: dict[str, Any] = {
+        "tracking_identifier": hd.sr.TrackingIdentifier(
+            uid=tracking_uid(ref, model, f["id"]), identifier=str(f["name"])
+        ),
+        "finding_type": finding_type,
+        "finding_sites": sites,
+        "algorithm_id": algorithm,
+        "measurements": [
+            hd.sr.Measurement(name=_code("activation"), **_unitless(f["activation"])),
+            hd.sr.Measurement(name=_code("contribution"), **_unitless(f["contribution"])),
+        ],
+        "qualitative_evaluations": (
+            [hd.sr.QualitativeEvaluation(name=_code("filter_role"), value=_code(ROLE_CODES[f["role"]]))]
+            if f["role"] else None
+        ),
+    }
+    if not f["on_image"]:
+        # No point can be placed off the image: the group refers to the whole frame.
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup(
+                    referenced_sop_class_uid=ref.sop_class_uid,
+                    referenced_sop_instance_uid=ref.sop_instance_uid,
+                    referenced_frame_numbers=ref.frame_numbers,
+                )
+            ],
+            **common,
+        )
     # Graphic data are DICOM image coordinates, where the top-left corner of the first
     # pixel is (0, 0): the centre of pixel (row y, column x) is (x + 0.5, y + 0.5).
     point = np.array([[f["peak_x"] + 0.5, f["peak_y"] + 0.5]], dtype=np.float64)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid(ref, model, f["id"]), identifier=str(f["name"])
-        ),
         referenced_region=hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POINT,
             graphic_data=point,
@@ -286,11 +334,5 @@ def _filter_group(
                 referenced_frame_numbers=ref.frame_numbers,
             ),
         ),
-        finding_type=finding_type,
-        finding_sites=sites,
-        algorithm_id=algorithm,
-        measurements=[
-            hd.sr.Measurement(name=_code("activation"), **_unitless(f["activation"])),
-            hd.sr.Measurement(name=_code("contribution"), **_unitless(f["contribution"])),
-        ],
+        **common,
     )
