@@ -8,13 +8,21 @@ scaled by their bit depth, and greyscale images are declined because the models 
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 from collections.abc import Iterator
 
 import numpy as np
 
 from napari_icnn.data.fundus_image import FundusImage
-from napari_icnn.dicom.read import check_image_size, is_dicom, iter_frames
+from napari_icnn.dicom.read import (
+    check_compressed_size,
+    check_image_size,
+    is_dicom,
+    iter_frames,
+    open_bounded,
+)
 from napari_icnn.errors import DeclinedInput, InputError
 
 __all__ = ["IMAGE_SUFFIXES", "iter_images", "load_image"]
@@ -69,18 +77,21 @@ def _read_pillow(path: str, head: bytes) -> FundusImage:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with open_bounded(path) as f, Image.open(f) as image:
             check_image_size(path, image.height, image.width)
+            # Pillow allocates the whole image before decoding (4 bytes a pixel for RGB).
+            claim = f"the header describes a {image.width}×{image.height} px {image.format or ''} image"
+            check_compressed_size(path, image.width * image.height * 4, os.path.getsize(path), claim)
             image = ImageOps.exif_transpose(image)  # phones and some cameras store rotated pixels
             pixels, bits = _pillow_rgb(image, path, head)
-    except InputError:
+    except (InputError, MemoryError):
         raise
     except Image.DecompressionBombError as exc:
-        raise DeclinedInput(path, f"image too large to decode safely ({exc})") from exc
+        raise DeclinedInput(path, f"image too large to decode safely ({_brief(exc)})") from exc
     except UnidentifiedImageError as exc:
         raise InputError(path, "not an image or DICOM file (content not recognised)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(path, f"corrupt or truncated image ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise anything on corrupt data
+        raise InputError(path, f"corrupt or truncated image ({_brief(exc)})") from exc
     return FundusImage(pixels=pixels, source=path, bits_stored=bits)
 
 
@@ -108,20 +119,82 @@ def _iter_tiff(path: str) -> Iterator[FundusImage]:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes, shape = series.axes, series.shape
-            height, width = _tiff_plane(axes, shape, path)
-            check_image_size(path, height, width)
-            bits = int(series.keyframe.bitspersample)
-            arr = series.asarray()
-    except (InputError, DeclinedInput):
+        with open_bounded(path) as f:
+            _check_tiff_chain(f, path)
+            f.seek(0)
+            with tifffile.TiffFile(f) as tif:
+                _check_tiff_shapes(tif, path)
+                if not tif.series:
+                    raise InputError(path, "TIFF without any image")
+                series = tif.series[0]
+                axes, shape = series.axes, series.shape
+                height, width = _tiff_plane(axes, shape, path)
+                check_image_size(path, height, width)
+                bits = _tiff_bits(series.keyframe.bitspersample, path)
+                claim = f"the header describes a {width}×{height} px TIFF of shape {tuple(shape)}"
+                check_compressed_size(path, int(series.nbytes), os.path.getsize(path), claim)
+                arr = series.asarray()
+    except (InputError, MemoryError):
         raise
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
-        raise InputError(path, f"corrupt or unsupported TIFF ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - tifffile and its codecs raise anything on corrupt data
+        raise InputError(path, f"corrupt or unsupported TIFF ({_brief(exc)})") from exc
     images = _tiff_to_rgb_stack(arr, axes, bits, path)
     for i, pixels in enumerate(images):
         yield FundusImage(pixels=pixels, source=path, frame=i if len(images) > 1 else None, bits_stored=bits)
+
+
+def _check_tiff_chain(f: io.BufferedReader, path: str) -> None:
+    """The chain of image directories must not loop: tifffile's series detection follows it
+    without the loop check its page count has, and never ends."""
+    size = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    head = f.read(16)
+    endian = "<" if head[:2] == b"II" else ">"
+    big = struct.unpack_from(endian + "H", head, 2)[0] == 43
+    offset = struct.unpack_from(endian + ("Q" if big else "L"), head, 8 if big else 4)[0]
+    count_format, entry_size, next_format = ("Q", 20, "Q") if big else ("H", 12, "L")
+    count_format, next_format = endian + count_format, endian + next_format
+    seen: set[int] = set()
+    while 0 < offset < size:
+        if offset in seen:
+            raise InputError(path, "corrupt TIFF: its image directories form a loop")
+        seen.add(offset)
+        f.seek(offset)
+        raw = f.read(struct.calcsize(count_format))
+        if len(raw) < struct.calcsize(count_format):
+            return
+        entries = struct.unpack(count_format, raw)[0]
+        f.seek(offset + len(raw) + entry_size * entries)
+        raw = f.read(struct.calcsize(next_format))
+        if len(raw) < struct.calcsize(next_format):
+            return
+        offset = struct.unpack(next_format, raw)[0]
+
+
+def _check_tiff_shapes(tif: object, path: str) -> None:
+    """Every page must have a positive size: a negative one (a size stored as a signed type) sends
+    tifffile's series detection backwards through the pages for ever."""
+    for page in tif.pages:  # type: ignore[attr-defined]
+        shape = getattr(page, "shape", ())
+        if any(int(n) <= 0 for n in shape):
+            raise InputError(path, f"corrupt TIFF: an image of shape {tuple(shape)}")
+
+
+def _tiff_bits(value: object, path: str) -> int:
+    """Bits per sample: one number, or the same number for every sample."""
+    values = set(value) if isinstance(value, tuple | list) else {value}
+    if len(values) != 1:
+        raise DeclinedInput(path, f"TIFF samples of unequal depth ({value}) are not supported")
+    bits = int(values.pop())  # type: ignore[call-overload]
+    if not 1 <= bits <= 64:
+        raise InputError(path, f"TIFF with {bits} bits per sample")
+    return bits
+
+
+def _brief(exc: BaseException) -> str:
+    """One line of an exception's text, short enough for a batch report."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _tiff_plane(axes: str, shape: tuple[int, ...], path: str) -> tuple[int, int]:
