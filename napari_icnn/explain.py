@@ -33,7 +33,7 @@ into ``evidence``, ``context`` and ``possible_artefacts`` (each entry with its `
 
 
 REGION_THRESHOLD = 0.3
-"""Default region of a filter: where its map on the scan reaches this fraction of its own peak. With 16-cell maps
+"""Default region of a filter: where its map on the scan reaches this fraction of its own peak. With 32-cell maps
 of disc-sized templates, 0.3 outlines the optic disc (IoU 0.33-0.39 on synthetic scans) where 0.5 marks only its
 central fifth."""
 

@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+
+def _cohort_ids(cohort: Path) -> list[str]:
+    with open(cohort / "labels.csv", newline="") as fh:
+        return [row["id"] for row in csv.DictReader(fh)]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_disjoint(sets: dict[str, set | list]) -> None:
+    names = list(sets)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = set(sets[a]) & set(sets[b])
+            assert not shared, f"{a} and {b} share {sorted(shared)[:5]}"
+
+
+def test_the_leakage_check_fails_on_leakage():
+    with pytest.raises(AssertionError, match="train and test share"):
+        assert_disjoint({"train": ["s1_00001", "s1_00002"], "test": ["s3_00000", "s1_00002"]})
+    assert_disjoint({"train": ["s1_00001"], "val": ["s2_00001"], "test": ["s3_00001"]})
 
 
 @pytest.mark.slow
@@ -16,21 +42,39 @@ def test_tiny_experiment_writes_tables_figures_and_resumes(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "results.json").read_text())
-    kinds = {(r["model"], r["explainer"]) for r in doc["records"]}
-    assert kinds == {("ordinary", "icnn"), ("icnn", "icnn"), ("ordinary", "gradcam"), ("ordinary", "occlusion")}
+    kinds = {(r["model"], r["explainer"], r["role"]) for r in doc["records"]}
+    assert kinds == {("ordinary", "icnn", "explainer"), ("icnn", "icnn", "explainer"), ("ordinary", "gradcam", "explainer"),
+                     ("ordinary", "occlusion", "explainer"), ("ordinary", "icnn", "classification"),
+                     ("icnn", "icnn", "classification")}
     for r in doc["records"]:
         m = r["metrics"]
         for key in ("auc", "part_interpretability", "location_instability", "pointing_hit_rate"):
             assert key in m
     md = (out / "results.md").read_text()
-    for heading in ("Part interpretability", "Location instability", "Pointing game", "Classification", "Bars"):
+    for heading in ("Part interpretability", "Location instability", "Pointing game", "Classification", "Bars",
+                    "ECE"):
         assert heading in md
     assert (out / "figures" / "iou_histogram.png").stat().st_size > 1000
     assert (out / "figures" / "montage.png").stat().st_size > 1000
-    # the test cohort was never used for training
-    train_ids = set((out / "data" / "seed0" / "train" / "labels.csv").read_text().split())
-    test_ids = (out / "data" / "seed0" / "test" / "labels.csv").read_text().splitlines()[1:]
-    assert not any(line.split(",")[0] in train_ids for line in test_ids)
+    # no photograph is in two cohorts: neither the same id nor the same pixels
+    data = out / "data" / "seed0"
+    cohorts = {name: _cohort_ids(data / name) for name in ("train", "val", "test")}
+    assert_disjoint(cohorts)
+    digests = {name: {_digest(data / name / "images" / f"{i}.png") for i in ids} for name, ids in cohorts.items()}
+    assert all(len(d) == len(cohorts[name]) for name, d in digests.items())
+    assert_disjoint(digests)
+    # every explainer was scored on the same test images, the subset drawn from the test cohort
+    scored = {r["metrics"]["data"]["path"] for r in doc["records"] if r["role"] == "explainer"}
+    assert len(scored) == 1
+    scored_ids = {tuple(r["metrics"]["data"]["ids"]) for r in doc["records"] if r["role"] == "explainer"}
+    assert len(scored_ids) == 1 and set(next(iter(scored_ids))) <= set(cohorts["test"])
+    assert {r["metrics"]["n_images"] for r in doc["records"] if r["role"] == "classification"} == {16}
+    for r in doc["records"]:
+        if r["explainer"] == "icnn":
+            assert r["metrics"]["selection"] == "validation"
+            assert r["metrics"]["groups"].keys() == {"lesion", "anatomy"}
+    for heading in ("lesion filters", "anatomy filters", "worst seed", "mean of seeds"):
+        assert heading in md
     # a second run resumes: nothing is trained again
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0

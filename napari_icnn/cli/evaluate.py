@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="score the ICNN's filters (icnn) or a baseline heat map (gradcam, occlusion)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--select-on", default=None, metavar="DATA",
+                   help="annotated data held out from --data (the validation cohort): every choice of a filter "
+                        "(best filter per part, the parts an ordinary CNN's filters are paired with) is made on it; "
+                        "without it those figures are left out")
     p.set_defaults(func=run)
 
 
@@ -28,10 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from napari_icnn.progress import TextProgress
 
     doc = evaluate(args.model or str(default_bundle_path()), args.data, on_event=TextProgress(),
-                   format=args.format, explainer=args.explainer, device=args.device, batch=args.batch, out=args.out)
+                   format=args.format, explainer=args.explainer, device=args.device, batch=args.batch, out=args.out,
+                   select_on=args.select_on)
     keys = ("auc", "accuracy", "sensitivity_at_90_specificity", "part_interpretability",
             "part_interpretability_iou04", "location_instability", "pointing_hit_rate", "dead_filters")
-    print(json.dumps({k: doc.get(k) for k in keys if k in doc}, indent=2))
+    shown = {k: doc.get(k) for k in keys if k in doc}
+    for group, g in (doc.get("groups") or {}).items():
+        shown[group] = {k: g.get(k) for k in ("n_filters", "part_interpretability", "location_instability",
+                                              "pointing_hit_rate")}
+    print(json.dumps(shown, indent=2))
     if args.out:
         print(f"metrics written to {args.out}")
     return 0

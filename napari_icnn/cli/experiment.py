@@ -1,6 +1,9 @@
 """``icnn experiment``: the interpretability study (ICNN vs ordinary CNN vs Grad-CAM / occlusion).
 
-The study's code lives in the source checkout (``training/experiments/``); this command runs it.
+Every explainer is scored on the same seeded subset of each seed's test images, filters are chosen on the
+validation cohort, and each figure is reported per seed, as the mean of per-seed figures and for the worst seed,
+for lesion and anatomy filters apart. The study's code lives in the source checkout (``training/experiments/``);
+this command runs it.
 """
 
 from __future__ import annotations

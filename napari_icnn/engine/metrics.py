@@ -11,6 +11,13 @@ Interpretability metrics follow the paper and the official code (see the method 
   by the image diagonal; standard deviation (N-1); mean over landmarks, then over filters.
 * pointing game (fundus adaptation: lesions are small and many) — does the filter's peak fall inside a part
   of its matched kind, over the images that contain that part.
+
+How ``icnn evaluate`` reports them (``engine.evaluate.summarise``): each figure also for lesion filters and for
+anatomy filters apart (``groups``), each group scored against its own parts, since a landmark filter's easy
+overlap with the optic disc says nothing about lesion evidence; an ordinary CNN has no categories, so all its
+filters stand in both groups. Whatever picks one filter among several (the best filter for a part, the part an
+ordinary CNN's filter is named after) is decided on held-out validation data and only scored on the evaluated
+data: a maximum over filters taken on the data it is reported on is biased upwards.
 """
 
 from __future__ import annotations

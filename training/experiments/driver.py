@@ -4,7 +4,9 @@ Everything a run produces lands in ``DIR``::
 
     DIR/data/seed<S>/{train,val,test}/    synthetic cohorts (the test cohort is never seen in training)
     DIR/runs/seed<S>/<arch>-<task>-{ordinary,icnn}/        bundles
-    DIR/metrics/seed<S>/<arch>-<task>-<model>-<explainer>.json
+    DIR/data/seed<S>/test-scored<N>/      the test images every explainer is scored on (see scored_subset)
+    DIR/metrics/seed<S>/<arch>-<task>-<model>-<explainer>.json     interpretability, on test-scored<N>
+    DIR/metrics/seed<S>/<arch>-<task>-<model>-icnn-test.json       classification, on the whole test cohort
     DIR/results.json, DIR/results.md, DIR/figures/
 
 A finished step is skipped when the driver runs again into the same DIR, so a long study can be resumed.
@@ -23,15 +25,19 @@ from typing import Any
 from napari_icnn.progress import Message, drain
 from training.experiments.presets import PRESETS, Preset
 
-__all__ = ["experiment_iter", "run_experiment"]
+__all__ = ["experiment_iter", "run_experiment", "scored_subset"]
 
 
 def _cohort(path: Path, n: int, size: int, seed: int) -> Generator[Any, None, None]:
+    import torch
+
     from napari_icnn.data.synth import generate_cohort, is_cohort
 
     if is_cohort(path) and json.loads((path / "cohort.json").read_text()).get("complete", True):
         return
-    yield from generate_cohort(path, n, size=size, seed=seed, workers=2, overwrite=True)
+    # as many generator processes as torch may use threads, so OMP_NUM_THREADS=1 leaves the other core free
+    yield from generate_cohort(path, n, size=size, seed=seed, workers=max(1, min(2, torch.get_num_threads())),
+                               overwrite=True)
 
 
 def _train(out: Path, data: Path, p: Preset, arch: str, task: str, seed: int, ordinary: bool,
@@ -55,33 +61,47 @@ def _train(out: Path, data: Path, p: Preset, arch: str, task: str, seed: int, or
     return time.monotonic() - t0
 
 
-def _evaluate(bundle: Path, test: Path, out: Path, explainer: str, device: str,
-              limit: int | None) -> Generator[Any, None, dict]:
+def _evaluate(bundle: Path, data: Path, out: Path, explainer: str, device: str,
+              select_on: Path | None) -> Generator[Any, None, dict]:
     from napari_icnn.engine.evaluate import evaluate_iter
 
     if out.is_file():
         return json.loads(out.read_text())
-    data = test
-    if limit:
-        data = _subset(test, limit)
-    return (yield from evaluate_iter(str(bundle), str(data), explainer=explainer, device=device, out=str(out)))
+    return (yield from evaluate_iter(str(bundle), str(data), explainer=explainer, device=device, out=str(out),
+                                     select_on=None if select_on is None else str(select_on)))
 
 
-def _subset(cohort: Path, n: int) -> Path:
-    """A CSV-free view of the first n images of a synth cohort (a sibling folder of symlinks)."""
+SUBSET_SEED_OFFSET = 4
+"""The scored subset of seed s is drawn with numpy seed 1000·s + 4 (the cohorts use + 1, 2, 3)."""
+
+
+def scored_subset(cohort: Path, n: int, seed: int) -> Path:
+    """The test images every explainer is scored on: ``n`` drawn at random (numpy ``default_rng(seed)``, without
+    replacement, kept in cohort order) from the cohort, as a sibling folder of symlinks with its own labels.csv.
+
+    Occlusion costs a forward pass per patch, so it cannot see the whole cohort; the ICNN and Grad-CAM are scored
+    on the same subset so that no explainer is compared on images another one never saw. The draw depends on the
+    seed and the cohort's size only, never on a model or a result.
+    """
     import csv
     import os
 
-    sub = cohort.parent / f"{cohort.name}-first{n}"
-    if (sub / "labels.csv").is_file():
-        return sub
+    import numpy as np
+
     with open(cohort / "labels.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))[:n]
+        rows = list(csv.DictReader(fh))
+    take = np.sort(np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False))
+    rows = [rows[i] for i in take]
+    ids = [r["id"] for r in rows]
+    sub = cohort.parent / f"{cohort.name}-scored{len(rows)}"
+    rule = {"cohort": cohort.name, "n": len(rows), "numpy_seed": seed, "ids": ids}
+    if (sub / "labels.csv").is_file() and (sub / "subset.json").is_file():
+        if json.loads((sub / "subset.json").read_text()) == rule:
+            return sub
     (sub / "images").mkdir(parents=True, exist_ok=True)
     for part_dir in (cohort / "masks").iterdir():
         (sub / "masks" / part_dir.name).mkdir(parents=True, exist_ok=True)
-    for r in rows:
-        i = r["id"]
+    for i in ids:
         for src in [cohort / "images" / f"{i}.png", *[(d / f"{i}.png") for d in (cohort / "masks").iterdir()]]:
             dst = sub / src.relative_to(cohort)
             if not dst.exists():
@@ -90,6 +110,7 @@ def _subset(cohort: Path, n: int) -> Path:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    (sub / "subset.json").write_text(json.dumps(rule, indent=1))
     return sub
 
 
@@ -118,6 +139,7 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
         yield from _cohort(data / "train", p.n_train, p.image_size, 1000 * s + 1)
         yield from _cohort(data / "val", p.n_val, p.image_size, 1000 * s + 2)
         yield from _cohort(data / "test", p.n_test, p.image_size, 1000 * s + 3)
+        scored = scored_subset(data / "test", p.baseline_images, 1000 * s + SUBSET_SEED_OFFSET)
         for arch in p.archs:
             for task in p.tasks:
                 for model in ("ordinary", "icnn"):
@@ -129,14 +151,19 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
                         init = root / "runs" / f"seed{s}" / f"{arch}-{task}-ordinary"
                     times[f"seed{s}/{name}"] = yield from _train(bundle, data, p, arch, task, s, model == "ordinary",
                                                                  device, init)
-                    explainers = ["icnn"] + (list(p.explainers) if model == "ordinary" else [])
-                    for ex in explainers:
-                        mpath = root / "metrics" / f"seed{s}" / f"{name}-{ex}.json"
+                    # classification (and calibration) on the whole test cohort; every explainer, the ICNN's
+                    # filters included, on the scored subset; filters chosen on the validation cohort
+                    runs = [("icnn", data / "test", "classification")]
+                    runs += [(ex, scored, "explainer") for ex in ["icnn"] + (list(p.explainers) if model == "ordinary"
+                                                                            else [])]
+                    for ex, images, role in runs:
+                        suffix = "-test" if role == "classification" else ""
+                        mpath = root / "metrics" / f"seed{s}" / f"{name}-{ex}{suffix}.json"
                         mpath.parent.mkdir(parents=True, exist_ok=True)
-                        yield Message(f"seed {s}: evaluating {name} with {ex}")
-                        doc = yield from _evaluate(bundle, data / "test", mpath, ex, device,
-                                                   None if ex == "icnn" else p.baseline_images)
+                        yield Message(f"seed {s}: evaluating {name} with {ex} on {images.name}")
+                        doc = yield from _evaluate(bundle, images, mpath, ex, device, data / "val")
                         records.append({"seed": s, "arch": arch, "task": task, "model": model, "explainer": ex,
+                                        "role": role, "images": images.name,
                                         "metrics_file": str(mpath.relative_to(root)), "metrics": doc})
     from training.experiments.report import write_report
 
@@ -151,6 +178,10 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
                      "below excludes the ordinary CNN it starts from"
                      + (f"; ICNN options {p.icnn}" if p.icnn else "")) if p.finetune_epochs else
                     (f"both models {p.epochs} epochs from scratch, the first {p.warmup} without the filter loss"),
+        "scored_subset": {"images": p.baseline_images, "of": p.n_test,
+                          "rule": f"numpy default_rng(1000 * seed + {SUBSET_SEED_OFFSET}).choice without replacement, "
+                                  "drawn before any model is trained"},
+        "selection": "validation cohort (best filter per part, parts paired with an ordinary CNN's filters)",
         "train_seconds": times,
         "total_seconds": time.monotonic() - t_start,
         "records": records,

@@ -11,7 +11,7 @@ import numpy as np
 
 from napari_icnn.parts import PARTS
 
-__all__ = ["write_report", "aggregate"]
+__all__ = ["write_report", "aggregate", "per_seed", "summary_over_seeds", "tables_markdown"]
 
 LESIONS = ("MA", "HE", "EX", "SE")
 
@@ -29,124 +29,294 @@ def _fmt(m: float, s: float, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if np.isfinite(s) and s > 0 else f"{m:.{digits}f}"
 
 
+def _explainer_records(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in doc["records"] if r.get("role", "explainer") == "explainer"]
+
+
 def aggregate(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    """(arch, task) -> {model/explainer -> {metric -> list over seeds}} and per-part pointing."""
+    """(arch, task) -> {model/explainer -> {metric -> list over seeds}}, from the scored-subset documents."""
     out: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in doc["records"]:
+    for r in _explainer_records(doc):
         key = f"{r['model']}" if r["explainer"] == "icnn" else r["explainer"]
         m = r["metrics"]
         bucket = out[(r["arch"], r["task"])][key]
-        for k in ("auc", "accuracy", "sensitivity_at_90_specificity", "part_interpretability",
-                  "part_interpretability_iou04", "location_instability", "location_instability_optic_disc",
-                  "location_instability_fovea", "pointing_hit_rate", "pointing_hit_rate_tolerance", "dead_filters"):
-            if k in m:
-                bucket[k].append(m[k])
-        for part, pp in (m.get("per_part") or {}).items():
-            bucket[f"point_mean:{part}"].append(pp.get("pointing_matched_mean"))
-            bucket[f"point_best:{part}"].append(pp.get("pointing_matched_best"))
-            bucket[f"peak:{part}"].append(pp.get("peak_hit_rate_best_unit"))
-            bucket[f"top:{part}"].append(pp.get("top_filter_hit_rate"))
-            bucket[f"chance:{part}"].append(pp.get("chance"))
-            bucket[f"n_filters:{part}"].append(len(pp.get("filters") or []))
         bucket["match_iou"].extend(f.get("match_iou") for f in m.get("per_filter", []) if "match_iou" in f)
     return out
 
 
-def _bars(agg: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
-    bars = []
-    for (arch, task), b in sorted(agg.items()):
-        o, i = b.get("ordinary", {}), b.get("icnn", {})
-        if not o or not i:
-            continue
-        po, pi = _ms(o["part_interpretability"])[0], _ms(i["part_interpretability"])[0]
-        lo, li = _ms(o["location_instability"])[0], _ms(i["location_instability"])[0]
-        ao, ai = _ms(o["auc"])[0], _ms(i["auc"])[0]
-        ratio = pi / po if po > 0 else float("inf")
-        drop = 1 - li / lo if lo > 0 else float("nan")
-        bars.append((f"{arch}/{task}: part interpretability ICNN ≥ 1.5× ordinary", ratio >= 1.5,
-                     f"{pi:.3f} vs {po:.3f} = {ratio:.2f}×"))
-        bars.append((f"{arch}/{task}: location instability ≥ 30 % lower", drop >= 0.30,
-                     f"{li:.4f} vs {lo:.4f} = {100 * drop:.0f} % lower"))
+def _key(r: dict[str, Any]) -> str:
+    return r["model"] if r["explainer"] == "icnn" else r["explainer"]
+
+
+def per_seed(doc: dict[str, Any]) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """(arch, task) -> seed -> {ordinary, icnn, gradcam, occlusion: scored-subset document,
+    "classification": {ordinary, icnn: whole-test-cohort document}}."""
+    out: dict[tuple[str, str], dict[int, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
+    for r in doc["records"]:
+        slot = out[(r["arch"], r["task"])][int(r["seed"])]
+        if r.get("role") == "classification":
+            slot.setdefault("classification", {})[r["model"]] = r["metrics"]
+        else:
+            slot[_key(r)] = r["metrics"]
+    return out
+
+
+def _num(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+    return v
+
+
+def _group(m: dict[str, Any] | None, group: str, metric: str) -> float:
+    return _num(((m or {}).get("groups") or {}).get(group, {}).get(metric))
+
+
+def _part(m: dict[str, Any] | None, part: str, metric: str, field: str | None = None) -> float:
+    v = ((m or {}).get("per_part") or {}).get(part, {}).get(metric)
+    if field is not None:
+        v = (v or {}).get(field) if isinstance(v, dict) else None
+    return _num(v)
+
+
+def _ratio(a: float, b: float) -> float:
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return float("nan")
+    if b == 0:
+        return float("inf") if a > 0 else float("nan")
+    return a / b
+
+
+def _v(x: float, digits: int = 3) -> str:
+    if x is None or np.isnan(x):
+        return "–"
+    if np.isinf(x):
+        return "∞"
+    return f"{x:.{digits}f}"
+
+
+def summary_over_seeds(values: dict[int, float], higher_is_better: bool = True) -> dict[str, Any]:
+    """Mean of the per-seed values (finite ones) and the worst seed (lowest, or highest when lower is better).
+
+    Seeds without a value (NaN: nothing to score) are left out and counted in ``n`` no more; an infinite ratio
+    (the ordinary CNN scored 0) makes the mean infinite too, as it is.
+    """
+    known = {s: v for s, v in values.items() if v is not None and not np.isnan(v)}
+    if not known:
+        return {"mean": float("nan"), "worst": float("nan"), "worst_seed": None, "n": 0}
+    worst_seed = (min if higher_is_better else max)(known, key=lambda s: known[s])
+    return {"mean": float(np.mean(list(known.values()))), "worst": float(known[worst_seed]),
+            "worst_seed": worst_seed, "n": len(known)}
+
+
+def _verdict(summary: dict[str, Any], ok: Any) -> str:
+    if summary["worst_seed"] is None:
+        return "MISS"
+    mean_ok, worst_ok = bool(ok(summary["mean"])), bool(ok(summary["worst"]))
+    if mean_ok and worst_ok:
+        return "PASS"
+    if mean_ok:
+        return f"PASS on the mean, MISS on seed {summary['worst_seed']}"
+    return "MISS"
+
+
+def _seed_rows(label: str, seeds: dict[int, dict[str, Any]], columns: list[tuple[str, Any, int]],
+               ratio: tuple[str, Any] | None, higher_is_better: bool) -> list[str]:
+    """Rows of one seed table: one per seed, the mean over seeds of each column (and of the per-seed ratio),
+    and the worst seed by that ratio (or by the first column without one)."""
+    rows, cols = [], {name: {} for name, _, _ in columns}
+    ratios: dict[int, float] = {}
+    for s, slot in sorted(seeds.items()):
+        vals = [f(slot) for _, f, _ in columns]
+        for (name, _, _), v in zip(columns, vals):
+            cols[name][s] = v
+        cells = [_v(v, d) for v, (_, _, d) in zip(vals, columns)]
+        if ratio is not None:
+            ratios[s] = ratio[1](slot)
+            cells.append(_v(ratios[s], 2) + "×")
+        rows.append(f"| {label} | {s} | " + " | ".join(cells) + " |")
+    judged = ratios if ratio is not None else cols[columns[0][0]]
+    summ = summary_over_seeds(judged, higher_is_better)
+    mean_cells = [_v(summary_over_seeds(cols[name])["mean"], d) for name, _, d in columns]
+    if ratio is not None:
+        mean_cells.append(f"**{_v(summ['mean'], 2)}×**")
+    rows.append(f"| {label} | mean of seeds | " + " | ".join(mean_cells) + " |")
+    ws = summ["worst_seed"]
+    if ws is not None:
+        worst_cells = [_v(cols[name][ws], d) for name, _, d in columns]
+        if ratio is not None:
+            worst_cells.append(f"**{_v(summ['worst'], 2)}×**")
+        rows.append(f"| {label} | worst seed ({ws}) | " + " | ".join(worst_cells) + " |")
+    return rows
+
+
+def _bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(bar, verdict, detail): each judged on the mean of per-seed figures and on the worst seed."""
+    bars: list[tuple[str, str, str]] = []
+
+    def detail(values: dict[int, float], summ: dict[str, Any], digits: int = 2, unit: str = "×") -> str:
+        per = ", ".join(f"seed {s} {_v(v, digits)}{unit}" for s, v in sorted(values.items()))
+        return f"{per}; mean {_v(summ['mean'], digits)}{unit}, worst seed {summ['worst_seed']} {_v(summ['worst'], digits)}{unit}"
+
+    for (arch, task), seeds in sorted(per_seed(doc).items()):
+        for g in ("lesion", "anatomy"):
+            r = {s: _ratio(_group(x.get("icnn"), g, "part_interpretability"),
+                           _group(x.get("ordinary"), g, "part_interpretability")) for s, x in seeds.items()}
+            summ = summary_over_seeds(r)
+            bars.append((f"{arch}/{task}: {g} filters' part interpretability ICNN ≥ 1.5× ordinary",
+                         _verdict(summ, lambda v: v >= 1.5), detail(r, summ)))
+        for g in ("lesion", "anatomy"):
+            r = {s: _ratio(_group(x.get("icnn"), g, "location_instability"),
+                           _group(x.get("ordinary"), g, "location_instability")) for s, x in seeds.items()}
+            summ = summary_over_seeds(r, higher_is_better=False)
+            bars.append((f"{arch}/{task}: {g} filters' location instability ≥ 30 % lower (ICNN / ordinary ≤ 0.70)",
+                         _verdict(summ, lambda v: v <= 0.70), detail(r, summ)))
         if task == "referable":
-            bars.append((f"{arch}/{task}: ICNN AUC within 0.02 of ordinary", ai >= ao - 0.02,
-                         f"{ai:.4f} vs {ao:.4f} (Δ {ai - ao:+.4f})"))
-        g = b.get("gradcam", {})
-        if g:
+            d = {s: _num(x.get("classification", {}).get("icnn", {}).get("auc"))
+                 - _num(x.get("classification", {}).get("ordinary", {}).get("auc")) for s, x in seeds.items()}
+            summ = summary_over_seeds(d)
+            bars.append((f"{arch}/{task}: ICNN AUC within 0.02 of ordinary (ICNN − ordinary ≥ −0.02)",
+                         _verdict(summ, lambda v: v >= -0.02), detail(d, summ, 4, "")))
+        if any("gradcam" in x for x in seeds.values()):
+            r = {s: _ratio(_group(x.get("icnn"), "lesion", "pointing_hit_rate"),
+                           _group(x.get("gradcam"), "lesion", "pointing_hit_rate")) for s, x in seeds.items()}
+            summ = summary_over_seeds(r)
+            bars.append((f"{arch}/{task}: ICNN lesion filters' peaks on a lesion more often than Grad-CAM's peak",
+                         _verdict(summ, lambda v: v > 1.0), detail(r, summ)))
             for part in LESIONS:
-                pi_k = _ms(i.get(f"point_mean:{part}", []))[0]
-                pb_k = _ms(i.get(f"point_best:{part}", []))[0]
-                pt_k = _ms(i.get(f"top:{part}", []))[0]
-                pg_k = _ms(g.get(f"peak:{part}", []))[0]
-                if np.isfinite(pg_k):
-                    ok = bool(np.isfinite(pi_k) and pi_k > pg_k)
-                    top = f"; the top-contributing filter of each image {pt_k:.3f}" if np.isfinite(pt_k) else ""
-                    bars.append((f"{arch}/{task}: ICNN {PARTS[part].display} filters point better than Grad-CAM's peak",
-                                 ok, (f"{pi_k:.3f} (best filter {pb_k:.3f})" if np.isfinite(pi_k)
-                                      else f"no ICNN filter named {PARTS[part].display}") + f" vs {pg_k:.3f}{top}"))
+                r = {s: _ratio(_part(x.get("icnn"), part, "pointing_matched_mean"),
+                               _part(x.get("gradcam"), part, "peak_hit_rate_best_unit", "test"))
+                     for s, x in seeds.items()}
+                if all(np.isnan(v) for v in r.values()):
+                    named = any(x.get("icnn", {}).get("per_part", {}).get(part, {}).get("filters")
+                                for x in seeds.values())
+                    bars.append((f"{arch}/{task}: ICNN {PARTS[part].display} filters point better than Grad-CAM",
+                                 "MISS", "no seed has a scorable ICNN filter named after it" if not named
+                                 else "not scorable (Grad-CAM or the filters have no value)"))
+                    continue
+                summ = summary_over_seeds(r)
+                bars.append((f"{arch}/{task}: ICNN {PARTS[part].display} filters point better than Grad-CAM",
+                             _verdict(summ, lambda v: v > 1.0),
+                             detail(r, summ) + ("; – : no filter named after it in that seed"
+                                                 if any(np.isnan(v) for v in r.values()) else "")))
     return bars
 
 
 def tables_markdown(doc: dict[str, Any]) -> str:
-    agg = aggregate(doc)
+    seeds_all = per_seed(doc)
     n = len(doc["seeds"])
-    lines = [f"Preset `{doc['preset']}`, seeds {', '.join(map(str, doc['seeds']))} (mean ± sd over {n} seed"
-             f"{'s' if n > 1 else ''}), machine: {doc['machine']}" + (f", GPU {doc['gpu']}" if doc.get("gpu") else "")
-             + f"; total {doc['total_seconds'] / 60:.0f} min.", ""]
+    sub = doc.get("scored_subset") or {}
+    lines = [f"Preset `{doc['preset']}`, seeds {', '.join(map(str, doc['seeds']))} ({n} seed{'s' if n > 1 else ''}; "
+             "every figure per seed, the mean over seeds and the worst seed; ratios are taken per seed and then "
+             f"averaged), machine: {doc['machine']}" + (f", GPU {doc['gpu']}" if doc.get("gpu") else "")
+             + f"; this run {doc['total_seconds'] / 60:.0f} min.", ""]
     if doc.get("protocol"):
         lines += [f"Training: {doc['protocol']}.", ""]
-    lines += ["### Part interpretability (fraction of images with IoU > 0.2; IoU > 0.04 in brackets)", "",
-              "| backbone / task | ordinary CNN | ICNN | ICNN / ordinary |", "|---|---|---|---|"]
-    for (arch, task), b in sorted(agg.items()):
-        o, i = b.get("ordinary", {}), b.get("icnn", {})
-        po, pi = _ms(o.get("part_interpretability", [])), _ms(i.get("part_interpretability", []))
-        qo, qi = _ms(o.get("part_interpretability_iou04", [])), _ms(i.get("part_interpretability_iou04", []))
-        ratio = pi[0] / po[0] if po[0] > 0 else float("nan")
-        lines.append(f"| {arch} / {task} | {_fmt(*po)} ({_fmt(*qo)}) | {_fmt(*pi)} ({_fmt(*qi)}) | {ratio:.2f}× |")
-    lines += ["", "### Location instability (lower is better; chance ≈ 0.1)", "",
-              "| backbone / task | model | optic disc | fovea | mean | change |", "|---|---|---|---|---|---|"]
-    for (arch, task), b in sorted(agg.items()):
-        base = _ms(b.get("ordinary", {}).get("location_instability", []))[0]
-        for model in ("ordinary", "icnn"):
-            m = b.get(model, {})
-            mean = _ms(m.get("location_instability", []))
-            change = "" if model == "ordinary" or not base > 0 else f"{100 * (mean[0] / base - 1):+.0f} %"
-            lines.append(f"| {arch} / {task} | {'ICNN' if model == 'icnn' else 'ordinary CNN'} | "
-                         f"{_fmt(*_ms(m.get('location_instability_optic_disc', [])), 4)} | "
-                         f"{_fmt(*_ms(m.get('location_instability_fovea', [])), 4)} | {_fmt(*mean, 4)} | {change} |")
-    lines += ["", "### Pointing game per part (peak inside a part of the filter's matched kind)", "",
-              "ICNN / ordinary: mean hit rate of the filters named after the part (mean number of such filters); "
-              "ICNN top filter: the peak of each image's most contributing filter (the first evidence a reader "
-              "sees); Grad-CAM and occlusion: hit rate of the heat map's peak; chance: the part's share of the "
-              "field of view.", "",
-              "| backbone / task | part | ICNN filters | ICNN top filter | ordinary filters | Grad-CAM peak | "
-              "occlusion peak | chance |",
-              "|---|---|---|---|---|---|---|---|"]
-    for (arch, task), b in sorted(agg.items()):
+    if sub:
+        lines += [f"Scored images: every explainer (ICNN filters, ordinary filters, Grad-CAM, occlusion) on the same "
+                  f"{sub['images']} of the {sub['of']} test images per seed ({sub['rule']}); classification and "
+                  "calibration on the whole test cohort. Filters are chosen (best filter per part, parts paired "
+                  "with the ordinary CNN's filters) on the validation cohort.", ""]
+    lines += ["Lesion filters: the ICNN's category filters that did not match the optic disc, fovea or vessels; "
+              "anatomy filters: its label-free filters and those matched to an anatomy part. The ordinary CNN has "
+              "no categories: all its filters are scored in both groups, each against that group's parts only.", ""]
+    for g, parts_txt in (("lesion", "a lesion of any kind"), ("anatomy", "the optic disc, fovea or vessels")):
+        lines += [f"### Part interpretability, {g} filters (IoU > 0.2 with {parts_txt}; IoU > 0.04 beside it)", "",
+                  "| backbone / task | seed | ordinary CNN | ICNN | ordinary (> 0.04) | ICNN (> 0.04) | ICNN / ordinary |",
+                  "|---|---|---|---|---|---|---|"]
+        for (arch, task), seeds in sorted(seeds_all.items()):
+            lines += _seed_rows(f"{arch} / {task}", seeds, [
+                ("o", lambda x, g=g: _group(x.get("ordinary"), g, "part_interpretability"), 3),
+                ("i", lambda x, g=g: _group(x.get("icnn"), g, "part_interpretability"), 3),
+                ("o4", lambda x, g=g: _group(x.get("ordinary"), g, "part_interpretability_iou04"), 3),
+                ("i4", lambda x, g=g: _group(x.get("icnn"), g, "part_interpretability_iou04"), 3),
+            ], ("r", lambda x, g=g: _ratio(_group(x.get("icnn"), g, "part_interpretability"),
+                                           _group(x.get("ordinary"), g, "part_interpretability"))), True)
+        lines.append("")
+    for g in ("lesion", "anatomy"):
+        lines += [f"### Location instability, {g} filters (lower is better; chance ≈ 0.1; worst seed: highest ratio)",
+                  "", "| backbone / task | seed | ordinary CNN | ICNN | ICNN / ordinary |", "|---|---|---|---|---|"]
+        for (arch, task), seeds in sorted(seeds_all.items()):
+            lines += _seed_rows(f"{arch} / {task}", seeds, [
+                ("o", lambda x, g=g: _group(x.get("ordinary"), g, "location_instability"), 4),
+                ("i", lambda x, g=g: _group(x.get("icnn"), g, "location_instability"), 4),
+            ], ("r", lambda x, g=g: _ratio(_group(x.get("icnn"), g, "location_instability"),
+                                           _group(x.get("ordinary"), g, "location_instability"))), False)
+        lines.append("")
+    for g, parts_txt in (("lesion", "on a lesion of any kind"), ("anatomy", "on the optic disc, fovea or a vessel")):
+        lines += [f"### Pointing game, {g} filters (peak {parts_txt}, over the images that have one)", "",
+                  "Filters: mean over the group's filters; Grad-CAM and occlusion: the heat map's peak; chance: "
+                  "the group's parts' share of the field of view.", "",
+                  "| backbone / task | seed | ordinary CNN | ICNN | Grad-CAM | occlusion | chance | ICNN / Grad-CAM |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for (arch, task), seeds in sorted(seeds_all.items()):
+            lines += _seed_rows(f"{arch} / {task}", seeds, [
+                ("o", lambda x, g=g: _group(x.get("ordinary"), g, "pointing_hit_rate"), 3),
+                ("i", lambda x, g=g: _group(x.get("icnn"), g, "pointing_hit_rate"), 3),
+                ("g", lambda x, g=g: _group(x.get("gradcam"), g, "pointing_hit_rate"), 3),
+                ("c", lambda x, g=g: _group(x.get("occlusion"), g, "pointing_hit_rate"), 3),
+                ("h", lambda x, g=g: _group(x.get("icnn"), g, "pointing_chance"), 3),
+            ], ("r", lambda x, g=g: _ratio(_group(x.get("icnn"), g, "pointing_hit_rate"),
+                                           _group(x.get("gradcam"), g, "pointing_hit_rate"))), True)
+        lines.append("")
+    lines += ["### Pointing game per part (peak inside a part of the filter's kind)", "",
+              "Per seed (in seed order), then the mean over seeds and the worst seed. ICNN / ordinary filters: mean "
+              "hit rate of the filters named after the part (ordinary CNN: named on the validation cohort); ICNN "
+              "best filter: the filter whose peak hit the part most often on the validation cohort, scored on the "
+              "test images; ICNN top filter: each image's most contributing filter; Grad-CAM, occlusion: the heat "
+              "map's peak; –: no filter named after the part in that seed.", "",
+              "| backbone / task | part | ICNN filters | ICNN best filter (chosen on validation) | ICNN top filter | "
+              "ordinary filters | Grad-CAM peak | occlusion peak | chance |",
+              "|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(seeds: dict[int, dict[str, Any]], f: Any) -> str:
+        vals = {s: f(x) for s, x in sorted(seeds.items())}
+        summ = summary_over_seeds(vals)
+        per = " · ".join(_v(v) for v in vals.values())
+        if summ["worst_seed"] is None:
+            return per
+        return f"{per}; mean {_v(summ['mean'])}, worst {_v(summ['worst'])} (seed {summ['worst_seed']})"
+
+    for (arch, task), seeds in sorted(seeds_all.items()):
         for part in PARTS:
-            if not b.get("icnn", {}).get(f"chance:{part}"):
+            if not any(part in (x.get("icnn", {}).get("per_part") or {}) for x in seeds.values()):
                 continue
-
-            def cell(model: str, kind: str, b: dict = b, part: str = part) -> str:
-                m = b.get(model, {})
-                v = _ms(m.get(f"{kind}:{part}", []))
-                nf = m.get(f"n_filters:{part}", [])
-                extra = f" ({np.mean(nf):.1f})" if kind == "point_mean" and nf else ""
-                return _fmt(*v) + extra
-
-            lines.append(f"| {arch} / {task} | {PARTS[part].display} | {cell('icnn', 'point_mean')} | "
-                         f"{cell('icnn', 'top')} | {cell('ordinary', 'point_mean')} | {cell('gradcam', 'peak')} | {cell('occlusion', 'peak')} | "
-                         f"{_fmt(*_ms(b['icnn'][f'chance:{part}']), 4)} |")
-    lines += ["", "### Classification on the test cohort", "",
-              "| backbone / task | model | AUC | accuracy | sensitivity at 90 % specificity |", "|---|---|---|---|---|"]
-    for (arch, task), b in sorted(agg.items()):
+            lines.append(
+                f"| {arch} / {task} | {PARTS[part].display} | "
+                f"{cell(seeds, lambda x, p=part: _part(x.get('icnn'), p, 'pointing_matched_mean'))} | "
+                f"{cell(seeds, lambda x, p=part: _part(x.get('icnn'), p, 'peak_hit_rate_best_unit', 'test'))} | "
+                f"{cell(seeds, lambda x, p=part: _part(x.get('icnn'), p, 'top_filter_hit_rate'))} | "
+                f"{cell(seeds, lambda x, p=part: _part(x.get('ordinary'), p, 'pointing_matched_mean'))} | "
+                f"{cell(seeds, lambda x, p=part: _part(x.get('gradcam'), p, 'peak_hit_rate_best_unit', 'test'))} | "
+                f"{cell(seeds, lambda x, p=part: _part(x.get('occlusion'), p, 'peak_hit_rate_best_unit', 'test'))} | "
+                f"{' · '.join(_v(_part(x.get('icnn'), part, 'chance'), 4) for _, x in sorted(seeds.items()))} |")
+    lines += ["", "### Classification and calibration on the whole test cohort", "",
+              "| backbone / task | seed | model | AUC | accuracy | sensitivity at 90 % specificity | ECE uncalibrated | "
+              "ECE calibrated (temperature) |", "|---|---|---|---|---|---|---|---|"]
+    for (arch, task), seeds in sorted(seeds_all.items()):
         for model in ("ordinary", "icnn"):
-            m = b.get(model, {})
-            lines.append(f"| {arch} / {task} | {'ICNN' if model == 'icnn' else 'ordinary CNN'} | "
-                         f"{_fmt(*_ms(m.get('auc', [])), 4)} | {_fmt(*_ms(m.get('accuracy', [])), 3)} | "
-                         f"{_fmt(*_ms(m.get('sensitivity_at_90_specificity', [])), 3)} |")
-    lines += ["", "### Bars", ""]
-    for text, ok, detail in _bars(agg):
-        lines.append(f"- {'PASS' if ok else 'MISS'} — {text}: {detail}")
+            per: dict[str, dict[int, float]] = defaultdict(dict)
+            for s, x in sorted(seeds.items()):
+                m = x.get("classification", {}).get(model) or {}
+                ece = m.get("ece") or {}
+                vals = {"auc": _num(m.get("auc")), "acc": _num(m.get("accuracy")),
+                        "sens": _num(m.get("sensitivity_at_90_specificity")),
+                        "eu": _num(ece.get("uncalibrated")), "ec": _num(ece.get("calibrated"))}
+                for k, v in vals.items():
+                    per[k][s] = v
+                lines.append(f"| {arch} / {task} | {s} | {'ICNN' if model == 'icnn' else 'ordinary CNN'} | "
+                             f"{_v(vals['auc'], 4)} | {_v(vals['acc'])} | {_v(vals['sens'])} | {_v(vals['eu'])} | "
+                             f"{_v(vals['ec'])} ({_v(_num(ece.get('temperature')), 2)}) |")
+            sums = {k: summary_over_seeds(v, higher_is_better=k not in ("eu", "ec")) for k, v in per.items()}
+            if sums:
+                lines.append(f"| {arch} / {task} | mean (worst) | {'ICNN' if model == 'icnn' else 'ordinary CNN'} | "
+                             + " | ".join(f"{_v(sums[k]['mean'], 4 if k == 'auc' else 3)} "
+                                          f"({_v(sums[k]['worst'], 4 if k == 'auc' else 3)}, seed {sums[k]['worst_seed']})"
+                                          for k in ("auc", "acc", "sens", "eu", "ec")) + " |")
+    lines += ["", "### Bars (judged on the mean of per-seed figures and on the worst seed)", ""]
+    for text, verdict, det in _bars(doc):
+        lines.append(f"- {verdict} — {text}: {det}")
     lines += ["", "### Training times (s)", "", "| run | seconds |", "|---|---|"]
     for k, v in doc["train_seconds"].items():
         lines.append(f"| {k} | {v:.0f} |")
@@ -189,7 +359,7 @@ def _montage(root: Path, doc: dict[str, Any], path: Path, n_images: int = 4, k: 
     from napari_icnn.explain import explain
     from napari_icnn.render import blend, heat_rgba
 
-    first = doc["records"][0]
+    first = _explainer_records(doc)[0]
     s, arch, task = first["seed"], first["arch"], first["task"]
     test = root / "data" / f"seed{s}" / "test"
     import csv
