@@ -596,7 +596,7 @@ def _read_one(path: str) -> dict[str, Any]:
             "memory_error": any(isinstance(e, MemoryError) for e in _chain(exc)),
         }
     result["seconds"] = time.perf_counter() - start
-    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss"] = _peak_rss()
     result["path"] = path
     return result
 
@@ -704,6 +704,23 @@ def _child_main(read_fd: int, write_fd: int, folder: str) -> None:
         finally:
             os.unlink(path)
         _send(write_fd, result)
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes since it started its program.
+
+    Not ``ru_maxrss``: Linux carries that across ``execve``, so a worker started from a large process
+    (a test run holding torch and napari) would report its parent's size. ``VmHWM`` belongs to the
+    address space the program runs in.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class FuzzWorker:
