@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from napari_icnn.errors import IcnnError
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "DISK_FULL_ERRNOS", "DiskFull",
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "DISK_FULL_ERRNOS", "DiskFull", "disk_full_in",
            "disk_full_errno"]
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -70,6 +70,19 @@ def disk_full_errno(exc: BaseException | None) -> int | None:
             return exc.errno
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+@contextlib.contextmanager
+def disk_full_in(folder: str | os.PathLike[str]):
+    """Within the block, an ``OSError`` of a full disk (however wrapped) becomes :class:`DiskFull` naming
+    ``folder``; any other error passes unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        code = disk_full_errno(exc)
+        if code is None:
+            raise
+        raise DiskFull(Path(folder).expanduser().absolute(), code) from exc
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_icnn.atomic import DISK_FULL_ERRNOS, DiskFull, disk_full_errno
+from napari_icnn.atomic import DISK_FULL_ERRNOS, DiskFull, disk_full_in
 from napari_icnn.batch.config import BatchConfig, BatchSummary
 from napari_icnn.batch.inputs import check_inputs, iter_input_files
 from napari_icnn.batch.outputs import OutputSpec
@@ -159,14 +159,9 @@ def infer_iter(
         first write that fails; files finished so far keep their rows and complete outputs, and
         the file being written gets no row, so a run with space resumes with it.
     """
-    try:
+    # What the run writes itself (lock, settings) fails like any output on a full disk.
+    with disk_full_in(cfg.out):
         return (yield from _infer_iter(cfg, should_stop, files, total))
-    except OSError as exc:
-        # What the run writes itself (lock, settings) fails like any output on a full disk.
-        code = disk_full_errno(exc)
-        if code is None:
-            raise
-        raise DiskFull(Path(cfg.out).expanduser().absolute(), code) from exc
 
 
 def _infer_iter(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from napari_icnn.atomic import DiskFull, disk_full_errno
+from napari_icnn.atomic import disk_full_errno, disk_full_in
 from napari_icnn.batch.config import BatchConfig, BatchSummary
 from napari_icnn.batch.run import exclusive_folder
 from napari_icnn.errors import ConfigError
@@ -141,14 +141,9 @@ def pacs_infer_iter(
         The output folder (staging included) ran out of space: the run stops as the batch job
         does; what was finished and stored so far is kept.
     """
-    try:
+    # The state file and the staged instances fail like the batch's outputs on a full disk.
+    with disk_full_in(cfg.out):
         return (yield from _pacs_infer_iter(job, cfg, should_stop))
-    except OSError as exc:
-        # The state file and the staged instances fail like the batch's outputs on a full disk.
-        code = disk_full_errno(exc)
-        if code is None:
-            raise
-        raise DiskFull(Path(cfg.out).expanduser().absolute(), code) from exc
 
 
 def _pacs_infer_iter(
