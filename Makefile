@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The whole suite (about 5 minutes on a 2-core CPU). pytest's exit code 5 (no tests ran) fails it.
+# The whole suite (about 9 minutes on a 2-core CPU). pytest's exit code 5 (no tests ran) fails it.
 test: system-deps venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
