@@ -53,10 +53,10 @@ demo-bundle: venv
 	$(VENV)/bin/icnn synth $(DEMO_WORK)/train --n $(DEMO_N_TRAIN) --size $(DEMO_IMAGE_SIZE) --seed $(DEMO_TRAIN_SEED)
 	$(VENV)/bin/icnn synth $(DEMO_WORK)/val --n $(DEMO_N_VAL) --size $(DEMO_IMAGE_SIZE) --seed $(DEMO_VAL_SEED)
 	$(VENV)/bin/icnn train --ordinary --data $(DEMO_WORK)/train --val $(DEMO_WORK)/val --out $(DEMO_WORK)/ordinary \
-		--size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) --warmup-epochs $(DEMO_WARMUP) --seed $(DEMO_SEED)
+		--size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) --warmup-epochs $(DEMO_WARMUP) --categories decision --seed $(DEMO_SEED)
 	$(VENV)/bin/icnn train --data $(DEMO_WORK)/train --val $(DEMO_WORK)/val --out $(DEMO_WORK)/icnn \
 		--init $(DEMO_WORK)/ordinary --size $(DEMO_SIZE) --epochs $(DEMO_FT_EPOCHS) --warmup-epochs 0 \
-		--lr $(DEMO_FT_LR) --free-fraction $(DEMO_FREE_FRACTION) --seed $(DEMO_SEED)
+		--lr $(DEMO_FT_LR) --free-fraction $(DEMO_FREE_FRACTION) --categories $(DEMO_CATEGORIES) --seed $(DEMO_SEED)
 	rm -rf napari_icnn/models/demo && mkdir -p napari_icnn/models
 	cp -r $(DEMO_WORK)/icnn napari_icnn/models/demo && rm -rf napari_icnn/models/demo/checkpoints
 

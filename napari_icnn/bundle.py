@@ -106,6 +106,24 @@ class LoadedModel:
     """What the reference eye is the mean of, e.g. "120 healthy (ICDR grade 0) validation eyes"."""
     temperature: float = 1.0
     """Probabilities are ``sigmoid(logit / temperature)``, fitted on the validation cohort (1: uncalibrated)."""
+    targets: str = ""
+    """The labels the outputs predict, a :data:`napari_icnn.data.layouts.TASKS` key (``referable``,
+    ``referable+lesion-types``, ``lesions``); empty means the task's own."""
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            self.targets = self.task
+
+    @property
+    def decision_index(self) -> int | None:
+        """The output that is the product's yes/no decision (referable DR), or ``None`` for a multi-label model
+        without one."""
+        return 0 if self.targets in ("referable", "referable+lesion-types") else None
+
+    @property
+    def has_lesion_types(self) -> bool:
+        """Whether the filters were trained for lesion types (so their evidence is lesion-type evidence)."""
+        return self.targets in ("lesions", "referable+lesion-types")
 
     @property
     def contribution_basis(self) -> str:
@@ -213,7 +231,24 @@ def load_bundle(bundle: str | os.PathLike[str], device: str = "auto") -> LoadedM
         reference=None if reference is None else torch.as_tensor(reference, dtype=torch.float32, device=dev),
         reference_cohort=cohort,
         temperature=_temperature(icnn.get("calibration"), root),
+        targets=_targets(icnn, root),
     )
+
+
+def _targets(icnn: Mapping[str, Any], root: Path) -> str:
+    """The recorded target set, checked against the outputs (older bundles record only the task)."""
+    from napari_icnn.data.layouts import TASKS
+
+    if not icnn.get("targets"):
+        return str(icnn.get("task", "referable"))
+    targets = str(icnn["targets"])
+    if targets not in TASKS:
+        raise BundleError(f"{root / METADATA}: unknown target set {targets!r}; known: {', '.join(TASKS)}")
+    n_out = int(icnn["network"].get("n_outputs", 1))
+    if len(TASKS[targets]) != n_out:
+        raise BundleError(f"{root / METADATA}: target set {targets!r} has {len(TASKS[targets])} outputs; the "
+                          f"network has {n_out}")
+    return targets
 
 
 def _temperature(entry: Any, root: Path) -> float:

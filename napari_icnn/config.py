@@ -22,6 +22,9 @@ from napari_icnn.errors import ConfigError
 __all__ = [
     "TrainConfig",
     "TASKS",
+    "CATEGORIES",
+    "Z_ESTIMATES",
+    "DECISION_FILTERS",
     "ARCHS",
     "DEVICES",
     "DEFAULT_EPOCHS",
@@ -40,6 +43,9 @@ TASKS = ("referable", "lesions")
 ARCHS = ("vgg", "resnet")
 DEVICES = ("auto", "cpu", "cuda")
 LOSS_MODES = ("paper", "mi")
+CATEGORIES = ("auto", "lesion-types", "decision")
+Z_ESTIMATES = ("batch", "running")
+DECISION_FILTERS = ("referable-lesions", "all")
 
 DEFAULT_EPOCHS = 16
 DEFAULT_BATCH = 16
@@ -75,6 +81,22 @@ class TrainConfig:
         "--val-fraction",
     )
     task: str = _opt("referable", "referable (binary referable DR) or lesions (multi-label MA, HE, EX, SE)", "--task")
+    categories: str = _opt(
+        "auto",
+        "what each interpretable filter is trained for: lesion-types (one lesion type per filter, silent on eyes "
+        "without it; the referable decision is computed from the same filters and the lesion types' presence is "
+        "predicted beside it; needs MA/HE/EX/SE presence labels) or decision (every filter serves the decision "
+        "class: grade-only data). auto: lesion-types when every training and validation image has the four "
+        "presence labels, else decision. --task lesions always uses lesion types",
+        "--categories",
+    )
+    decision_filters: str = _opt(
+        "referable-lesions",
+        "with lesion-type categories, which filters the referable decision is computed from: referable-lesions (the "
+        "filters of haemorrhages, hard exudates and cotton-wool spots, the lesions that make an eye referable; "
+        "microaneurysm and label-free filters keep a zero weight in the decision) or all",
+        "--decision-filters",
+    )
     arch: str = _opt("vgg", "backbone: vgg (plain VGG-style stack) or resnet (MONAI ResNet)", "--arch")
     size: int = _opt(256, "model input side in pixels (the FOV is cropped and resized to it)", "--size")
     epochs: int | None = _auto(
@@ -123,6 +145,13 @@ class TrainConfig:
     )
     loss_mode: str = _opt("paper", "filter loss: paper (label-aware -MI) or mi (exact label-free -MI)", "--loss-mode")
     normalise: bool = _opt(True, "scale maps by a detached per-filter factor inside the filter loss")
+    z_estimate: str = _opt(
+        "batch",
+        "the filter loss's partition function Z_T: batch (summed over the batch and differentiated through) or "
+        "running (the paper's constant, a moving average updated gradually); compared on validation in "
+        "docs/results.md",
+        "--z-estimate",
+    )
     beta: float = _opt(
         12.0, "template slope beta: the positive part of a template reaches n/beta cells from its centre. The "
         "paper's 4 suits object parts a quarter of the image wide; fundus parts are smaller (the disc is 7 % of the "
@@ -159,8 +188,16 @@ class TrainConfig:
             raise bad("arch", f"must be one of {', '.join(ARCHS)}")
         if self.device not in DEVICES:
             raise bad("device", f"must be one of {', '.join(DEVICES)}")
+        if self.categories not in CATEGORIES:
+            raise bad("categories", f"must be one of {', '.join(CATEGORIES)}")
+        if self.task == "lesions" and self.categories == "decision":
+            raise bad("categories", "--task lesions has no decision class: its categories are the lesion types")
         if self.loss_mode not in LOSS_MODES:
             raise bad("loss_mode", f"must be one of {', '.join(LOSS_MODES)}")
+        if self.decision_filters not in DECISION_FILTERS:
+            raise bad("decision_filters", f"must be one of {', '.join(DECISION_FILTERS)}")
+        if self.z_estimate not in Z_ESTIMATES:
+            raise bad("z_estimate", f"must be one of {', '.join(Z_ESTIMATES)}")
         if self.cache not in ("memory", "disk", "none"):
             raise bad("cache", "must be memory, disk or none")
         if self.size < 64 or self.size % 16:
@@ -207,12 +244,14 @@ class TrainConfig:
         world_size: int = 1,
         device_type: str | None = None,
         cores: int | None = None,
+        lesion_labels: bool | None = None,
     ) -> TrainConfig:
         """A copy with the "auto" (``None``) settings fixed; explicit values are kept and checked.
 
         The schedule (epochs, warm-up) is always fixed. The validation fraction and the batch are fixed when
         ``n_data`` (images in ``data``) is given, with ``n_val`` the images in ``val`` when there is one;
-        the loader workers when ``device_type`` (``"cpu"`` or ``"cuda"``) is. Raises :class:`ConfigError`
+        the loader workers when ``device_type`` (``"cpu"`` or ``"cuda"``) is; the categories when
+        ``lesion_labels`` (every image has MA/HE/EX/SE presence labels) is. Raises :class:`ConfigError`
         naming the flags involved when explicit values cannot work with the data.
         """
         values: dict[str, Any] = {}
@@ -235,6 +274,21 @@ class TrainConfig:
             else:
                 values["workers"] = 0
                 why["workers"] = "on the CPU the training step already uses every core"
+        if lesion_labels is not None:
+            if self.task == "lesions" and self.categories == "auto":
+                values["categories"] = "lesion-types"
+                why["categories"] = "--task lesions"
+            elif self.categories == "auto":
+                values["categories"] = "lesion-types" if lesion_labels else "decision"
+                why["categories"] = ("every image has MA/HE/EX/SE presence labels" if lesion_labels else
+                                     "some images lack MA/HE/EX/SE presence labels, so lesion-type filters cannot "
+                                     "be trained; every filter serves the decision class")
+            elif self.categories == "lesion-types" and not lesion_labels:
+                raise ConfigError(
+                    f"{flag_of('categories')} lesion-types: some images of {flag_of('data')} {self.data} (or "
+                    f"{flag_of('val')}) lack MA/HE/EX/SE presence labels; add them (README, training data layouts) or give "
+                    f"{flag_of('categories')} decision"
+                )
         new = dataclasses.replace(self, **values)
         new._derived = {**self._derived, **why}
         return new
@@ -299,6 +353,36 @@ class TrainConfig:
     @property
     def interpretable(self) -> bool:
         return not self.ordinary
+
+    @property
+    def target_set(self) -> str:
+        """The labels the network predicts (a :data:`napari_icnn.data.layouts.TASKS` key), on a configuration whose
+        categories are resolved."""
+        if self.task == "lesions":
+            return "lesions"
+        if self.categories == "auto":
+            raise ConfigError("the categories are not resolved yet (TrainConfig.resolved(lesion_labels=...))")
+        return "referable+lesion-types" if self.categories == "lesion-types" else "referable"
+
+    @property
+    def decision_categories(self) -> tuple[int, ...] | None:
+        """Indices into :attr:`category_columns` of the categories whose filters may carry the decision (the rest,
+        label-free filters included, keep a zero weight in the decision's row of the head); ``None``: every filter."""
+        from napari_icnn.data.layouts import TASKS
+        from napari_icnn.parts import REFERABLE_LESION_KEYS
+
+        if self.ordinary or self.target_set != "referable+lesion-types" or self.decision_filters == "all":
+            return None
+        names = TASKS[self.target_set]
+        return tuple(i for i, col in enumerate(self.category_columns) if names[col] in REFERABLE_LESION_KEYS)
+
+    @property
+    def category_columns(self) -> tuple[int, ...]:
+        """The target columns that are filter categories: the lesion types after the decision, or every column."""
+        from napari_icnn.data.layouts import TASKS
+
+        n = len(TASKS[self.target_set])
+        return tuple(range(1, n)) if self.target_set == "referable+lesion-types" else tuple(range(n))
 
     def lambda_at(self, epoch: int) -> float:
         """Filter-loss weight of 1-based ``epoch`` (0 during warm-up and for the ordinary CNN); on a resolved

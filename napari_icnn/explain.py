@@ -24,7 +24,7 @@ from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, fov_radius_of, role_of
 
 __all__ = ["FORMAT_VERSION", "FilterEvidence", "Explanation", "explain", "explain_batch", "explain_file",
-           "write_explanation"]
+           "write_explanation", "lesion_type_summary"]
 
 FORMAT_VERSION = 2
 """Version of the explanation's JSON form (``explanation.json``, the batch job's JSON). 2: filters grouped
@@ -175,6 +175,18 @@ class Explanation:
         }
 
 
+def lesion_type_summary(expl: Explanation) -> str:
+    """The lesion types' predicted presence in words (``"haemorrhages 0.97 · hard exudates 0.12 · ..."``), or why
+    there is none: a model trained without presence labels predicts the decision only."""
+    from napari_icnn.parts import MASK_LESION_KEYS, display_name
+
+    shown = [f"{display_name(n)} {p:.2f}" for n, p in zip(expl.class_names, expl.probabilities)
+             if n in MASK_LESION_KEYS]
+    if not shown:
+        return "not predicted: this model was trained without lesion presence labels"
+    return " · ".join(shown)
+
+
 def _as_fundus(image: FundusImage | np.ndarray, source: str = "<array>") -> FundusImage:
     if isinstance(image, FundusImage):
         return image
@@ -250,14 +262,22 @@ def explain_batch(
         out = net(xt)
         # calibrated logits: the bundle's temperature (fitted on its validation cohort) keeps every decision
         t = float(getattr(model, "temperature", 1.0))
-        probs_all = torch.sigmoid(out.logits.float() / t).cpu().numpy().astype(float)
+        logits = out.logits.float()
+        d = getattr(model, "decision_index", 0 if logits.shape[1] == 1 else None)
+        if d is not None and logits.shape[1] > 1:
+            # the temperature was fitted on the decision; the lesion types' presence stays as trained
+            scale = torch.ones(logits.shape[1], device=logits.device)
+            scale[d] = t
+            probs_all = torch.sigmoid(logits / scale).cpu().numpy().astype(float)
+        else:
+            probs_all = torch.sigmoid(logits / t).cpu().numpy().astype(float)
         classes, signs, decisions = [], [], []
         for probs in probs_all:
-            if len(probs) == 1:
-                positive = probs[0] >= model.threshold
-                classes.append(0)
+            if d is not None:
+                positive = probs[d] >= model.threshold
+                classes.append(d)
                 signs.append(1.0 if positive else -1.0)
-                decisions.append(model.class_names[0] if positive else f"no {model.class_names[0]}")
+                decisions.append(model.class_names[d] if positive else f"no {model.class_names[d]}")
             else:
                 found = [n for n, p in zip(model.class_names, probs) if p >= model.threshold]
                 classes.append(int(np.argmax(probs)))

@@ -14,6 +14,7 @@ __all__ = [
     "ANATOMY_KEYS",
     "LESION_KEYS",
     "MASK_LESION_KEYS",
+    "REFERABLE_LESION_KEYS",
     "display_name",
     "filter_display_name",
 ]
@@ -53,6 +54,9 @@ ANATOMY_KEYS: tuple[str, ...] = tuple(k for k, p in PARTS.items() if p.kind == "
 LESION_KEYS: tuple[str, ...] = tuple(k for k, p in PARTS.items() if p.kind == "lesion")
 # The lesion types of the multi-label task (IDRiD's four).
 MASK_LESION_KEYS: tuple[str, ...] = ("MA", "HE", "EX", "SE")
+# The lesion types whose presence makes an eye referable (ICDR moderate non-proliferative DR and beyond);
+# microaneurysms alone are mild non-proliferative DR, which is not referable.
+REFERABLE_LESION_KEYS: tuple[str, ...] = ("HE", "EX", "SE")
 
 
 def display_name(part_key: str | None) -> str | None:
@@ -74,9 +78,12 @@ def filter_display_name(
     category: str | None = None,
 ) -> str:
     """A filter's display name: ``"filter N · "`` + the clinician's name if set, else the
-    matched part's display name, else the assigned category, else ``"unnamed"``."""
+    matched part's display name, else the assigned category (a lesion type by its display name), else
+    ``"unnamed"``."""
     category = (category or "").strip()
     if category == FREE_CATEGORY:
         category = "label-free, unnamed"  # "free" is the training term; a reader needs to know it has no name yet
+    elif category in PARTS:
+        category = PARTS[category].display
     label = (clinician_name or "").strip() or display_name(part_key) or category or "unnamed"
     return f"filter {filter_id} · {label}"

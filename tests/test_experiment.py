@@ -45,14 +45,26 @@ def test_tiny_experiment_writes_tables_figures_and_resumes(tmp_path):
     kinds = {(r["model"], r["explainer"], r["role"]) for r in doc["records"]}
     assert kinds == {("ordinary", "icnn", "explainer"), ("icnn", "icnn", "explainer"), ("ordinary", "gradcam", "explainer"),
                      ("ordinary", "occlusion", "explainer"), ("ordinary", "icnn", "classification"),
-                     ("icnn", "icnn", "classification")}
+                     ("icnn", "icnn", "classification"), ("icnn-types", "icnn", "explainer"),
+                     ("icnn-types", "icnn", "classification"), ("icnn", "lesion-types", "lesion-types"),
+                     ("icnn-types", "lesion-types", "lesion-types")}
     for r in doc["records"]:
         m = r["metrics"]
+        if r["role"] == "lesion-types":
+            assert set(m["types"]) == {"MA", "HE", "EX", "SE"} and "top_filter" in m
+            continue
         for key in ("auc", "part_interpretability", "location_instability", "pointing_hit_rate"):
             assert key in m
+    # the two ICNNs differ in what their filters serve: the referable class, or one lesion type each
+    runs = out / "runs" / "seed0"
+    single = json.loads((runs / "vgg-referable-icnn" / "configs" / "metadata.json").read_text())["icnn"]
+    types = json.loads((runs / "vgg-referable-icnn-types" / "configs" / "metadata.json").read_text())["icnn"]
+    assert {f["category"] for f in single["filters"]} <= {"referable DR", "free"}
+    assert {f["category"] for f in types["filters"]} - {"free"} == {"MA", "HE", "EX", "SE"}
+    assert types["class_names"] == ["referable DR", "MA", "HE", "EX", "SE"]
     md = (out / "results.md").read_text()
     for heading in ("Part interpretability", "Location instability", "Pointing game", "Classification", "Bars",
-                    "ECE"):
+                    "ECE", "Lesion-type evidence", "every lesion type has filters trained for it"):
         assert heading in md
     assert (out / "figures" / "iou_histogram.png").stat().st_size > 1000
     assert (out / "figures" / "montage.png").stat().st_size > 1000

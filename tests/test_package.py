@@ -49,6 +49,7 @@ def test_shared_vocabulary_keys():
         (dict(clinician_name="cup rim", part_key="optic_disc", category="referable"), "filter 3 · cup rim"),
         (dict(part_key="EX", category="referable"), "filter 3 · hard exudates"),
         (dict(category="referable"), "filter 3 · referable"),
+        (dict(category="HE"), "filter 3 · haemorrhages"),
         (dict(category="free"), "filter 3 · label-free, unnamed"),
         (dict(), "filter 3 · unnamed"),
         (dict(clinician_name="  "), "filter 3 · unnamed"),

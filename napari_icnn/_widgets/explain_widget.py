@@ -330,11 +330,16 @@ class ExplainWidget(QWidget):
         self.decision_label = QLabel("—")
         self.decision_label.setStyleSheet("font-weight: bold;")
         self.probability_label = QLabel("—")
+        self.lesion_types_label = QLabel("—")
+        self.lesion_types_label.setWordWrap(True)
+        self.lesion_types_label.setToolTip("Presence of each lesion type as the model predicts it beside the decision "
+                                           "(uncalibrated); a model trained without presence labels has none.")
         self.model_label = QLabel("—")
         self.model_label.setWordWrap(True)
         self.time_label = QLabel("—")
         rform.addRow("Decision", self.decision_label)
         rform.addRow("Probability", self.probability_label)
+        rform.addRow("Lesion types", self.lesion_types_label)
         rform.addRow("Model", self.model_label)
         rform.addRow("Time", self.time_label)
         rform.addRow(research_note())
@@ -615,6 +620,9 @@ class ExplainWidget(QWidget):
         self.decision_label.setText(expl.predicted_class)
         cls_name = expl.class_names[expl.class_index]
         self.probability_label.setText(f"{expl.probability:.3f} ({cls_name}; threshold {expl.threshold:g})")
+        from napari_icnn.explain import lesion_type_summary
+
+        self.lesion_types_label.setText(lesion_type_summary(expl))
         self.model_label.setText(f"{expl.model_name} {expl.model_version}")
         self.model_label.setToolTip(f"{result.request.model_path}\nSHA-256 {expl.model_sha256}")
         load = f" + {result.load_seconds:.1f} s loading the model" if result.load_seconds else ""

@@ -83,6 +83,7 @@ MAIN_FIELDS: tuple[str, ...] = (
     "format",
     "val",
     "task",
+    "categories",
     "arch",
     "init",
     "epochs",
@@ -103,6 +104,7 @@ _LABELS = {
     "format": "Layout",
     "val": "Validation data",
     "task": "Task",
+    "categories": "Filter categories",
     "arch": "Backbone",
     "init": "Start from",
     "epochs": "Epochs",
@@ -119,6 +121,7 @@ _LABELS = {
     "width": "Backbone width",
     "free_fraction": "Label-free filters",
     "loss_mode": "Filter loss",
+    "z_estimate": "Partition function Z",
     "normalise": "Normalise maps in the filter loss",
     "beta": "Template slope β",
     "ordinary": "Ordinary CNN (the baseline)",
@@ -937,7 +940,7 @@ def _same_kind(name: str, value: Any) -> bool:
 
 def _choices(name: str) -> tuple[str, ...] | None:
     """The allowed values of a TrainConfig field with a fixed set of them (``None`` otherwise)."""
-    from napari_icnn.config import ARCHS, DEVICES, LOSS_MODES, TASKS
+    from napari_icnn.config import ARCHS, CATEGORIES, DEVICES, LOSS_MODES, TASKS, Z_ESTIMATES
 
     if name == "format":
         from napari_icnn.data.layouts import FORMATS
@@ -947,7 +950,8 @@ def _choices(name: str) -> tuple[str, ...] | None:
         from napari_icnn.data.datasets import CACHE_MODES
 
         return CACHE_MODES
-    return {"task": TASKS, "arch": ARCHS, "device": DEVICES, "loss_mode": LOSS_MODES}.get(name)
+    return {"task": TASKS, "categories": CATEGORIES, "arch": ARCHS, "device": DEVICES,
+            "loss_mode": LOSS_MODES, "z_estimate": Z_ESTIMATES}.get(name)
 
 
 def _field_of(message: str, known: dict[str, Any]) -> str:

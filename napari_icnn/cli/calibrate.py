@@ -68,12 +68,13 @@ def _temperature(model, records) -> dict | None:
     labelled = []
     for r in records:
         try:
-            task_targets(r, model.task)
+            task_targets(r, model.targets)
         except ConfigError:
             continue
         labelled.append(r)
     if not labelled:
         return None
-    ds = make_dataset(labelled, size=model.size, task=model.task, augment=False, cache="none")
+    ds = make_dataset(labelled, size=model.size, task=model.targets, augment=False, cache="none")
+    decision = None if model.decision_index is None else slice(model.decision_index, model.decision_index + 1)
     return calibration_of(model.net, DataLoader(ds, batch_size=16, shuffle=False), model.device,
-                          f"icnn calibrate on {len(labelled)} images")
+                          f"icnn calibrate on {len(labelled)} images", decision)

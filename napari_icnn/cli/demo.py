@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     common = dict(data=str(out / "data" / "train"), val=str(out / "data" / "val"), size=p["size"],
                   device=args.device, seed=s)
     print("   an ordinary CNN first ...")
-    train(TrainConfig(out=str(out / "ordinary"), ordinary=True, epochs=p["epochs"], **common), on_event=show)
+    train(TrainConfig(out=str(out / "ordinary"), ordinary=True, epochs=p["epochs"], categories="decision", **common),
+          on_event=show)
     print("   ... then the interpretable fine-tuning that starts from it")
     result = train(TrainConfig(out=str(out / "model"), init=str(out / "ordinary"), epochs=p["ft_epochs"],
                                warmup_epochs=0, lr=FINETUNE_LR, **common), on_event=show)
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_icnn.cli.explain import print_filters
     from napari_icnn.data.fundus_image import FundusImage
     from napari_icnn.data.image_io import load_image
+    from napari_icnn.explain import lesion_type_summary
 
     model = load_bundle(out / "model", device=args.device)
     test_images = sorted((out / "data" / "test" / "images").glob("*.png"))
@@ -106,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     for img, folder in ((scan, "explain_synthetic"), (real, "explain_real_photograph")):
         e = explain(img, model)
         write_explanation(e, img, out / folder, top_k=6)
-        print(f"   {img.source}: {e.predicted_class} (p = {e.probability:.3f})")
+        print(f"   {img.source}: {e.predicted_class} (p = {e.probability:.3f}); lesion types: "
+              f"{lesion_type_summary(e)}")
         print_filters(e, 4, indent="     ", peaks=False)
 
     t = _step("5/5  DICOM batch inference over the test cohort")

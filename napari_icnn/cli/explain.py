@@ -20,12 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_icnn.explain import explain_file
+    from napari_icnn.explain import explain_file, lesion_type_summary
 
     results = explain_file(args.image, args.model, args.out, top_k=args.top_k, device=args.device)
     for e in results:
         frame = "" if e.frame is None else f" frame {e.frame}"
         print(f"{e.source}{frame}: {e.predicted_class} (p = {e.probability:.3f})")
+        print(f"  lesion types: {lesion_type_summary(e)}")
         print_filters(e, min(args.top_k, 5), indent="  ")
     print(f"written to {args.out}")
     return 0

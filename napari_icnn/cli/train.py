@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
-from napari_icnn.config import ARCHS, DEVICES, LOSS_MODES, TASKS, TrainConfig
+from napari_icnn.config import ARCHS, CATEGORIES, DEVICES, LOSS_MODES, TASKS, Z_ESTIMATES, TrainConfig
 
-_CHOICES = {"task": TASKS, "arch": ARCHS, "device": DEVICES, "loss_mode": LOSS_MODES,
+_CHOICES = {"task": TASKS, "categories": CATEGORIES, "arch": ARCHS, "device": DEVICES, "loss_mode": LOSS_MODES,
+            "z_estimate": Z_ESTIMATES,
             "cache": ("memory", "disk", "none"),
             "format": ("auto", "synth", "idrid-seg", "idrid-grading", "csv", "dicom")}
 

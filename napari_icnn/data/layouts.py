@@ -38,8 +38,13 @@ from napari_icnn.parts import MASK_LESION_KEYS, PART_KEYS, PARTS
 __all__ = ["Record", "DataSpec", "FORMATS", "TASKS", "LABEL_KEYS", "discover", "task_targets"]
 
 FORMATS: tuple[str, ...] = ("synth", "idrid-seg", "idrid-grading", "csv", "dicom")
-TASKS: dict[str, tuple[str, ...]] = {"referable": ("referable",), "lesions": MASK_LESION_KEYS}
-"""Each task's targets, in order: the label names :func:`task_targets` reads."""
+TASKS: dict[str, tuple[str, ...]] = {
+    "referable": ("referable",),
+    "lesions": MASK_LESION_KEYS,
+    "referable+lesion-types": ("referable", *MASK_LESION_KEYS),
+}
+"""Each target set, in order: the label names :func:`task_targets` reads. ``referable+lesion-types`` is the
+referable decision with the lesion types' presence beside it (the lesion-type recipe of ``--task referable``)."""
 LABEL_KEYS: tuple[str, ...] = ("grade", "referable", "dme", *MASK_LESION_KEYS)
 _LABEL_RANGE = {"grade": 4, "dme": 2}  # largest value; every other label is 0/1
 LANDMARK_KEYS: tuple[str, ...] = ("optic_disc", "fovea")
@@ -167,7 +172,8 @@ def discover(path: str | os.PathLike[str], format: str = "auto") -> DataSpec:
 
 
 def task_targets(record: Record, task: str) -> np.ndarray:
-    """A record's targets for a task: ``"referable"`` -> ``(1,)``, ``"lesions"`` -> ``(4,)`` MA, HE, EX, SE.
+    """A record's targets for a target set: ``"referable"`` -> ``(1,)``, ``"lesions"`` -> ``(4,)`` MA, HE, EX, SE,
+    ``"referable+lesion-types"`` -> ``(5,)`` referable, MA, HE, EX, SE.
 
     Raises
     ------

@@ -66,16 +66,20 @@ def cell_centres(h: int, w: int, size: int, stride: float | None = None, offset:
     return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
 
 
-def icnn_explainer(net: torch.nn.Module, masked: bool = True,
-                   reference: torch.Tensor | None = None) -> Callable[[torch.Tensor], MapBatch]:
+def icnn_explainer(net: torch.nn.Module, masked: bool = True, reference: torch.Tensor | None = None,
+                   decision: int | None = None) -> Callable[[torch.Tensor], MapBatch]:
     """The ICNN's own maps: the masked maps of the interpretable filters (the plain maps for ordinary nets),
-    and each image's most contributing filter (against ``reference`` when given)."""
+    and each image's most contributing filter to the ``decision`` output (the most probable output when
+    ``None``), against ``reference`` when given."""
 
     @torch.no_grad()
     def run(x: torch.Tensor) -> MapBatch:
         out = net(x)
         maps = out.masked if masked else out.maps
-        target = out.logits.argmax(dim=1) if out.logits.shape[1] > 1 else 0
+        if decision is not None:
+            target = decision
+        else:
+            target = out.logits.argmax(dim=1) if out.logits.shape[1] > 1 else 0
         top = net.contributions(out.masked, target, reference).argmax(dim=1)
         return MapBatch(out.logits, maps, top)
 

@@ -254,15 +254,15 @@ def evaluate_iter(model_path: str, data: str, *, format: str = "auto", explainer
     has_labels = True
     try:
         for r in records:
-            task_targets(r, model.task)
+            task_targets(r, model.targets)
     except ConfigError as err:
         has_labels = False
         yield Message(f"no {model.task} labels ({err}); classification metrics skipped")
-    ds = make_dataset(records, size=model.size, task=model.task if has_labels else None, augment=False,
+    ds = make_dataset(records, size=model.size, task=model.targets if has_labels else None, augment=False,
                       cache="none", with_masks=spec.has_masks)
     dl = DataLoader(ds, batch_size=batch, shuffle=False)
     net = model.net
-    run = make_explainer(explainer, net, reference=model.reference)
+    run = make_explainer(explainer, net, reference=model.reference, decision=model.decision_index)
     total = len(records)
     yield Progress("evaluate", 0, total)
     events: list[int] = []
@@ -288,8 +288,17 @@ def evaluate_iter(model_path: str, data: str, *, format: str = "auto", explainer
     metrics = summarise(col, class_names=model.class_names, filter_parts=filter_parts, filter_names=filter_names,
                         has_labels=has_labels, explainer=explainer, filter_categories=filter_categories,
                         select=selection)
+    d = model.decision_index
+    if has_labels and d is not None and len(model.class_names) > 1:
+        # the decision is the model's output; the lesion types' presence is reported beside it
+        decision = metrics["per_class"][model.class_names[d]]
+        metrics["lesion_types_auc"] = float(np.nanmean([v["auc"] for k, v in metrics["per_class"].items()
+                                                        if k != model.class_names[d]]))
+        for key in ("auc", "accuracy", "sensitivity_at_90_specificity"):
+            metrics[key] = decision[key]
     if has_labels and col.logits is not None and len(col.logits):
-        metrics.update(calibration_metrics(col.logits, col.targets, model.temperature))
+        cols = slice(None) if model.decision_index is None else slice(model.decision_index, model.decision_index + 1)
+        metrics.update(calibration_metrics(col.logits[:, cols], col.targets[:, cols], model.temperature))
     metrics["model"] = {"path": str(model.path), "name": model.name, "version": model.version, "sha256": model.sha256}
     metrics["data"] = {"path": str(data), "format": spec.format, "images": len(records),
                        "ids": [r.id for r in records] if all(hasattr(r, "id") for r in records) else None}

@@ -87,11 +87,13 @@ def _occlusion(net: nn.Module, class_index: int, patch: int | None = None,
 
 
 def make_explainer(name: str, net: nn.Module, class_index: int = 0,
-                   reference: torch.Tensor | None = None) -> Callable[[torch.Tensor], MapBatch]:
-    """An explainer by name; ``icnn`` gives the network's own filter maps (its most contributing filter
-    measured against ``reference``, the bundle's reference eye, when given)."""
+                   reference: torch.Tensor | None = None, decision: int | None = None) -> Callable[[torch.Tensor], MapBatch]:
+    """An explainer by name; ``icnn`` gives the network's own filter maps (its most contributing filter to the
+    ``decision`` output, measured against ``reference``, the bundle's reference eye, when given); the
+    baselines explain output ``class_index``."""
     if name == "icnn":
-        return icnn_explainer(net, masked=getattr(net, "interpretable", True), reference=reference)
+        return icnn_explainer(net, masked=getattr(net, "interpretable", True), reference=reference,
+                              decision=decision)
     if name == "gradcam":
         return _gradcam(net, class_index)
     if name == "occlusion":

@@ -47,11 +47,11 @@ class TrainResult:
 
 
 def class_names_for(task: str) -> list[str]:
+    """Output names of a target set (:data:`napari_icnn.data.layouts.TASKS` key): the decision is "referable DR",
+    lesion types keep their part keys."""
     from napari_icnn.data.layouts import TASKS
 
-    if task == "referable":
-        return ["referable DR"]
-    return list(TASKS[task])
+    return ["referable DR" if k == "referable" else k for k in TASKS[task]]
 
 
 BEST_TOLERANCE = 0.005
@@ -88,6 +88,7 @@ def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[Tra
     """The records to train and validate on, and ``cfg`` resolved for them (see :meth:`TrainConfig.resolved`)."""
     from napari_icnn.data.datasets import split_records
     from napari_icnn.data.layouts import discover, task_targets
+    from napari_icnn.parts import MASK_LESION_KEYS
 
     spec = discover(cfg.data, cfg.format)
     records = list(spec.records)
@@ -99,8 +100,9 @@ def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[Tra
         val = list(vspec.records)
         for r in val:
             task_targets(r, cfg.task)
+    lesion_labels = all(set(MASK_LESION_KEYS) <= set(r.labels) for r in records + (val or []))
     cfg = cfg.resolved(len(records), None if val is None else len(val), world_size=world_size,
-                       device_type=device_type)
+                       device_type=device_type, lesion_labels=lesion_labels)
     if val is not None:
         train = records
         has_masks = vspec.has_masks
@@ -115,7 +117,10 @@ def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[Tra
 def _describe_derived(cfg: TrainConfig) -> str:
     from napari_icnn.config import flag_of
 
-    return "; ".join(f"{flag_of(name)} {getattr(cfg, name):g} ({how})" for name, how in cfg.derived.items())
+    def shown(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+    return "; ".join(f"{flag_of(name)} {shown(getattr(cfg, name))} ({how})" for name, how in cfg.derived.items())
 
 
 def _checkpoint_state(net, opt, sched, assignment, epoch, best, history, cfg, lam_scale) -> dict[str, Any]:
@@ -180,13 +185,18 @@ def train_iter(
         runtime.atomic_write_text(ckdir / "config.json", cfg.to_json())
     if cfg.derived:
         yield Message(f"auto settings: {_describe_derived(cfg)}")
-    names = class_names_for(cfg.task)
+    names = class_names_for(cfg.target_set)
     k = len(names)
-    yield Message(f"{len(train_recs)} training / {len(val_recs)} validation images; task {cfg.task}")
+    cat_names = [names[c] for c in cfg.category_columns]
+    about = (f"outputs: {', '.join(names)} (no filter categories: the ordinary CNN)" if cfg.ordinary else
+             f"filter categories: {', '.join(cat_names)}"
+             + (" (lesion-type evidence needs MA/HE/EX/SE presence labels)" if "categories" in cfg.derived
+                and cfg.categories == "decision" else ""))
+    yield Message(f"{len(train_recs)} training / {len(val_recs)} validation images; task {cfg.task}; {about}")
     cache_dir = out / CHECKPOINT_DIR / "cache" if cfg.cache == "disk" else None
-    train_ds = make_dataset(train_recs, size=cfg.size, task=cfg.task, augment=cfg.augment, cache=cfg.cache,
+    train_ds = make_dataset(train_recs, size=cfg.size, task=cfg.target_set, augment=cfg.augment, cache=cfg.cache,
                             cache_dir=cache_dir)
-    val_ds = make_dataset(val_recs, size=cfg.size, task=cfg.task, augment=False, cache=cfg.cache,
+    val_ds = make_dataset(val_recs, size=cfg.size, task=cfg.target_set, augment=False, cache=cfg.cache,
                           cache_dir=cache_dir, with_masks=has_masks)
     sampler = None
     if dist.enabled:
@@ -208,8 +218,14 @@ def train_iter(
         yield Message(f"initialised from bundle {cfg.init}")
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    assignment = FilterAssignment(cfg.n_filters, k, n_free=n_free_filters(cfg)).to(device)
+    assignment = FilterAssignment(cfg.n_filters, len(cat_names), n_free=n_free_filters(cfg),
+                                  balanced=cfg.categories == "lesion-types").to(device)
     filter_weights = filter_weights_for(cfg, device)
+    running_z = None
+    if cfg.z_estimate == "running" and cfg.interpretable:
+        from napari_icnn.icnn.loss import RunningLogZ
+
+        running_z = RunningLogZ(cfg.n_filters, net.bank.n_templates).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -222,12 +238,19 @@ def train_iter(
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         assignment.load_state_dict(saved["assignment"])
+        if running_z is not None and "running_z" in saved:
+            running_z.load_state_dict(saved["running_z"])
         start_epoch = int(saved["epoch"]) + 1
         best, history = saved["best"], list(saved["history"])
         lam_scale = saved.get("lam_scale")
         torch.set_rng_state(saved["rng_torch"])
         yield Message(f"resumed after epoch {saved['epoch']} of {cfg.epochs}")
         del saved
+    decision_from = cfg.decision_categories
+    if decision_from is not None:
+        keep = ", ".join(cat_names[i] for i in decision_from)
+        yield Message(f"the referable decision is computed from the {keep} filters")
+        restrict_decision(net, assignment, decision_from)
     model = net
     if dist.enabled:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -249,6 +272,8 @@ def train_iter(
             lam = lam * (lam_scale or 1.0)
             model.train()
             assignment.train()
+            if running_z is not None:
+                running_z.train()
             sums = {"loss": 0.0, "cls_loss": 0.0, "filter_loss": 0.0}
             seen = 0
             for i, batch in enumerate(train_dl):
@@ -257,7 +282,9 @@ def train_iter(
                 x = batch["image"].to(device, non_blocking=True)
                 y = batch["target"].to(device, non_blocking=True).float().view(len(x), -1)
                 loss, cls, floss = train_step(model, net, x, y, opt, sched, assignment, cfg, lam, filter_weights,
-                                              dist)
+                                              dist, log_z=running_z)
+                if decision_from is not None:
+                    restrict_decision(net, assignment, decision_from)
                 b = len(x)
                 seen += b
                 sums["loss"] += float(loss.detach()) * b
@@ -279,8 +306,12 @@ def train_iter(
                         "epoch": epoch, "eligible": True}
             if dist.is_main:
                 state = _checkpoint_state(net, opt, sched, assignment, epoch, best, history, cfg, lam_scale)
+                if running_z is not None:
+                    state["running_z"] = running_z.state_dict()
                 if improved:
-                    runtime.atomic_torch_save({"model": net.state_dict(), "epoch": epoch}, ckdir / BEST)
+                    # the assignment of that epoch too: the filters' categories must be those its weights learnt
+                    runtime.atomic_torch_save({"model": net.state_dict(), "epoch": epoch,
+                                               "assignment": assignment.state_dict()}, ckdir / BEST)
                 runtime.atomic_torch_save(state, ckdir / LAST)
                 runtime.atomic_write_text(ckdir / "history.json", json.dumps(history, indent=2))
             if dist.enabled:
@@ -331,11 +362,12 @@ def phase_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], fl
 
 
 def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: float, filter_weights,
-               dist: runtime.DistInfo | None = None, filter_loss=None) -> tuple[torch.Tensor, ...]:
+               dist: runtime.DistInfo | None = None, filter_loss=None, log_z=None) -> tuple[torch.Tensor, ...]:
     """One optimisation step: classification loss + ``lam`` × the weighted template filter loss.
 
     ``model`` is ``net`` or its DDP wrapper. Returns the detached (total, classification, filter) losses.
-    ``filter_loss`` replaces the template filter loss (the benchmark's materialised reference uses it).
+    ``filter_loss`` replaces the template filter loss (the benchmark's materialised reference uses it);
+    ``log_z`` (a :class:`~napari_icnn.icnn.loss.RunningLogZ`) makes Z_T the paper's running constant.
     """
     from napari_icnn.icnn.loss import template_filter_loss
 
@@ -344,18 +376,21 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
         x = x.contiguous(memory_format=torch.channels_last)
     with runtime.autocast_for(device, cfg.amp):
         out = model(x)
-        cls = F.binary_cross_entropy_with_logits(out.logits.float(), y)
+        cls = classification_loss(out.logits.float(), y, cfg)
     floss = torch.zeros((), device=device)
     if cfg.interpretable:
         maps = out.maps.float()
         max_act = maps.detach().flatten(2).amax(2)
-        assignment.update(*_gathered(max_act, y, dist or runtime.DistInfo()))
+        y_cat = y[:, list(cfg.category_columns)]
+        assignment.update(*_gathered(max_act, y_cat, dist or runtime.DistInfo()))
         if lam > 0:
-            positive = assignment.positive_mask(y)
+            positive = assignment.positive_mask(y_cat)
             # the mask's argmax is the loss's T̂ (same values; saves a second pass over the maps)
             mu = out.mu if net.mask.locate == "argmax" else None
+            kw = {} if log_z is None else {"log_z": log_z}
             per_filter = (filter_loss or template_filter_loss)(maps, positive, net.bank, mode=cfg.loss_mode,
-                                                               normalise=cfg.normalise, reduction="none", mu=mu)
+                                                               normalise=cfg.normalise, reduction="none", mu=mu,
+                                                               **kw)
             floss = (per_filter * filter_weights).mean()
     loss = cls + lam * floss
     opt.zero_grad(set_to_none=True)
@@ -363,6 +398,32 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
     opt.step()
     sched.step()
     return loss.detach(), cls.detach(), floss.detach()
+
+
+def classification_loss(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                        reduction: str = "mean") -> torch.Tensor:
+    """Binary cross-entropy of every output; with lesion types beside the decision, the decision weighs as much
+    as the lesion types together (it is the product's output; the lesion types teach the filters their parts)."""
+    per = F.binary_cross_entropy_with_logits(logits, y, reduction="none")  # (B, K)
+    if cfg.target_set == "referable+lesion-types":
+        per = 0.5 * (per[:, :1] + per[:, 1:].mean(dim=1, keepdim=True))
+    per = per.mean(dim=1)
+    return per.mean() if reduction == "mean" else per.sum()
+
+
+@torch.no_grad()
+def restrict_decision(net, assignment, categories: tuple[int, ...], output: int = 0) -> None:
+    """Zero the decision's weights on every filter whose current category is not in ``categories`` (label-free
+    filters included): a projected step, so the decision is computed from those filters alone while the
+    assignment moves, and the saved weights say so themselves."""
+    cats = assignment.categories.to(net.fc.weight.device)
+    allowed = torch.zeros_like(cats, dtype=torch.bool)
+    for c in categories:
+        allowed |= cats == c
+    c_all = len(cats)
+    row = net.fc.weight[output]
+    row[:c_all].masked_fill_(~allowed, 0.0)
+    row[c_all:].masked_fill_(~allowed, 0.0)
 
 
 def filter_weights_for(cfg: TrainConfig, device: torch.device) -> torch.Tensor:
@@ -397,10 +458,9 @@ def _calibrate_lambda(net, loader, device, assignment, cfg: TrainConfig, dist: r
         y = batch["target"].to(device).float().view(len(x), -1)
         out = net(x)
         maps = out.maps.float()
-        g_ce = torch.autograd.grad(F.binary_cross_entropy_with_logits(out.logits.float(), y), maps,
-                                   retain_graph=True)[0]
-        fl = template_filter_loss(maps, assignment.positive_mask(y), net.bank, mode=cfg.loss_mode,
-                                  normalise=cfg.normalise)
+        g_ce = torch.autograd.grad(classification_loss(out.logits.float(), y, cfg), maps, retain_graph=True)[0]
+        fl = template_filter_loss(maps, assignment.positive_mask(y[:, list(cfg.category_columns)]), net.bank,
+                                  mode=cfg.loss_mode, normalise=cfg.normalise)
         g_f = torch.autograd.grad(fl, maps)[0]
         ratios.append(float(g_f.norm()) / max(float(g_ce.norm()), 1e-12))
     net.train(was_training)
@@ -436,12 +496,18 @@ def _validate(net, loader, device, names, cfg: TrainConfig) -> dict[str, float]:
         y = batch["target"].to(device).float().view(len(x), -1)
         with runtime.autocast_for(device, cfg.amp):
             logits = net(x).logits.float()
-        loss_sum += float(F.binary_cross_entropy_with_logits(logits, y, reduction="sum")) / y.shape[1]
+        loss_sum += float(classification_loss(logits, y, cfg, reduction="sum"))
         n += len(x)
         probs.append(torch.sigmoid(logits).cpu().numpy())
         targets.append(y.cpu().numpy())
     m = classification_metrics(np.concatenate(probs), np.concatenate(targets), names)
-    return {"val_loss": loss_sum / max(n, 1), "val_auc": float(m["auc"]), "val_accuracy": float(m["accuracy"])}
+    out = {"val_loss": loss_sum / max(n, 1), "val_auc": float(m["auc"]), "val_accuracy": float(m["accuracy"])}
+    if cfg.target_set == "referable+lesion-types":
+        # the best epoch is chosen by the decision; the lesion types' AUC is reported beside it
+        decision = m["per_class"][names[0]]
+        out["val_auc_lesion_types"] = float(np.nanmean([m["per_class"][n_]["auc"] for n_ in names[1:]]))
+        out["val_auc"], out["val_accuracy"] = float(decision["auc"]), float(decision["accuracy"])
+    return out
 
 
 def _init_from(net, bundle: str) -> None:
@@ -508,9 +574,10 @@ def reference_of(net, records, size: int, device, batch: int = 16) -> dict[str, 
 
 
 @torch.no_grad()
-def calibration_of(net, loader, device, source: str) -> dict[str, Any] | None:
+def calibration_of(net, loader, device, source: str, columns: slice | None = None) -> dict[str, Any] | None:
     """The temperature fitted on ``loader``'s labelled images (bundle metadata entry), or ``None`` without
-    images or with one class only (a temperature needs both to be fitted)."""
+    images or with one class only (a temperature needs both to be fitted). ``columns``: the outputs it is fitted
+    on (default all; the decision alone for a model that predicts lesion types beside it)."""
     from napari_icnn.engine.calibration import temperature_entry
 
     net.eval()
@@ -521,6 +588,8 @@ def calibration_of(net, loader, device, source: str) -> dict[str, Any] | None:
     if not logits:
         return None
     z, y = np.concatenate(logits), np.concatenate(targets)
+    if columns is not None:
+        z, y = z[:, columns], y[:, columns]
     if len(np.unique(y)) < 2:
         return None
     return temperature_entry(z, y, source)
@@ -529,6 +598,8 @@ def calibration_of(net, loader, device, source: str) -> dict[str, Any] | None:
 def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks, val_recs) -> None:
     best = torch.load(ckdir / BEST, map_location=device, weights_only=True)
     net.load_state_dict(best["model"])
+    if "assignment" in best:
+        assignment.load_state_dict(best["assignment"])
     net.set_mask_enabled(cfg.interpretable)
     net.eval()
     parts, scores, hits, act_scale = filter_report(net, val_dl, device, has_masks)
@@ -536,14 +607,15 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
     filters = []
     for f in range(cfg.n_filters):
         c = cats[f]
-        category = None if c is None else (FREE_CATEGORY if c < 0 else names[c])
+        category = None if c is None else (FREE_CATEGORY if c < 0 else names[cfg.category_columns[c]])
         filters.append(FilterInfo(id=f, category=category, part=parts[f],
                                   part_score=None if parts[f] is None else round(float(scores[f]), 4),
                                   part_hit_rate=None if parts[f] is None else round(float(hits[f]), 4),
                                   act_scale=round(float(act_scale[f]), 5)))
     best_metrics = next((h for h in history if h["epoch"] == best["epoch"]), history[-1] if history else {})
     reference = reference_of(net, val_recs, cfg.size, device, max(cfg.batch, 16))
-    calibration = calibration_of(net, val_dl, device, "validation cohort of the training run")
+    decision_only = slice(0, 1) if cfg.target_set == "referable+lesion-types" else None
+    calibration = calibration_of(net, val_dl, device, "validation cohort of the training run", decision_only)
     save_bundle(
         cfg.out,
         net.state_dict(),
@@ -556,7 +628,7 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
         name=Path(cfg.out).name or "fundus_icnn",
         description=(f"{'Ordinary' if cfg.ordinary else 'Interpretable'} CNN ({cfg.arch}) for {cfg.task} on "
                      f"{cfg.size} px colour fundus photographs"),
-        extra={"best_epoch": int(best["epoch"]), "history": history,
+        extra={"best_epoch": int(best["epoch"]), "history": history, "targets": cfg.target_set,
                **({"reference": reference} if reference is not None else {}),
                **({"calibration": calibration} if calibration is not None else {})},
     )

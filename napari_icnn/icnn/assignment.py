@@ -5,6 +5,11 @@ average of its mean per-image max activation over each category's positive image
 code's ``sliceMag``), updated after training steps only. Images of its category must fit the
 positive template at the filter's peak; all others must fit T⁻. "Free" filters are label-free:
 every image is positive for them, so they settle on parts present in every image (the optic disc).
+
+With ``balanced`` (several categories, e.g. lesion types) every category gets an equal share of the
+filters, given to the filters most selective for it: (mean on positives − mean on negatives) /
+(their sum), matched greedily. The paper's argmax leaves a category that co-occurs with a stronger
+one (microaneurysms beside haemorrhages) without any filter.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ class FilterAssignment(nn.Module):
     average (the official code's column-1 replacement is a quirk, not a rule).
     """
 
-    def __init__(self, n_filters: int, n_categories: int, n_free: int = 0, momentum: float = 0.9):
+    def __init__(self, n_filters: int, n_categories: int, n_free: int = 0, momentum: float = 0.9,
+                 balanced: bool = False):
         super().__init__()
         if n_filters < 1 or n_categories < 1:
             raise ConfigError(
@@ -59,8 +65,19 @@ class FilterAssignment(nn.Module):
             raise ConfigError(f"filter assignment momentum must be in [0, 1) (got {momentum!r})")
         self.n_filters, self.n_categories, self.n_free = n_filters, n_categories, n_free
         self.momentum = float(momentum)
+        self.balanced = bool(balanced) and n_categories > 1
         self.register_buffer("ema", torch.zeros(n_filters, n_categories))
+        self.register_buffer("ema_negative", torch.zeros(n_filters, n_categories))
         self.register_buffer("initialised", torch.zeros(n_categories, dtype=torch.bool))
+        self.register_buffer("negatives_seen", torch.zeros(n_categories, dtype=torch.bool))
+        self._cached: tuple[int, Tensor] | None = None  # (version, categories) of the balanced matching
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the negatives' average existed
+        state_dict.setdefault(prefix + "ema_negative", torch.zeros_like(self.ema_negative))
+        state_dict.setdefault(prefix + "negatives_seen", torch.zeros_like(self.negatives_seen))
+        self._cached = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _labels(self, labels: Tensor, batch: int | None = None) -> Tensor:
         if labels.ndim == 1 and self.n_categories == 1:
@@ -95,25 +112,68 @@ class FilterAssignment(nn.Module):
                 f"max activations must have shape (B, {self.n_filters}), got {tuple(max_act.shape)}"
             )
         pos = self._labels(labels, max_act.shape[0]).to(self.ema.dtype)  # (B, K)
+        act = max_act.detach().to(self.ema.dtype)
         # no host-device synchronisation here: categories absent from the batch are left as they are
         count = pos.sum(dim=0)  # (K,)
         seen = count > 0
-        mean = (max_act.detach().to(self.ema.dtype).T @ pos) / count.clamp(min=1)  # (C, K)
+        mean = (act.T @ pos) / count.clamp(min=1)  # (C, K)
         blended = self.momentum * self.ema + (1.0 - self.momentum) * mean
         new = torch.where(self.initialised, blended, mean)
         self.ema.copy_(torch.where(seen, new, self.ema))
+        neg = 1.0 - pos
+        n_neg = neg.sum(dim=0)
+        mean_neg = (act.T @ neg) / n_neg.clamp(min=1)
+        new_neg = torch.where(self.negatives_seen, self.momentum * self.ema_negative + (1.0 - self.momentum) * mean_neg,
+                              mean_neg)
+        self.ema_negative.copy_(torch.where(n_neg > 0, new_neg, self.ema_negative))
+        self.negatives_seen.logical_or_(n_neg > 0)
         self.initialised.logical_or_(seen)
+        self._cached = None
 
     @property
     def categories(self) -> Tensor:
         """``(C,)`` long: each filter's category, -1 for free filters."""
         device = self.ema.device
         n_rest = self.n_filters - self.n_free
+        if self.balanced and n_rest:
+            if self._cached is None:
+                self._cached = self._balanced().to(device)
+            return self._cached
         learnt = self.ema[self.n_free :].masked_fill(~self.initialised, float("-inf")).argmax(dim=1)
         dealt = torch.arange(n_rest, device=device) % self.n_categories
         # tensor-side choice (no .item()), so training on a GPU never waits for it
         rest = torch.where(self.initialised.any(), learnt, dealt)
         return torch.cat([torch.full((self.n_free,), -1, dtype=torch.long, device=device), rest])
+
+    def selectivity(self) -> Tensor:
+        """``(C, K)`` (mean on positives − mean on negatives) / their sum, in [-1, 1]; 0 for a category seen on
+        every image so far (no filter can be selective for it yet), -inf for unseen categories."""
+        pos, neg = self.ema, self.ema_negative
+        sel = (pos - neg) / (pos + neg).clamp(min=1e-8)
+        sel = sel.masked_fill(~self.negatives_seen, 0.0)
+        return sel.masked_fill(~self.initialised, float("-inf"))
+
+    def _balanced(self) -> Tensor:
+        """Equal shares (the first ``n_rest % K`` categories one more), each filter to the category it is most
+        selective for while that category has room: greedy on the selectivity, on the CPU (C·K is small)."""
+        k, n_free = self.n_categories, self.n_free
+        n_rest = self.n_filters - n_free
+        room = [n_rest // k + (1 if c < n_rest % k else 0) for c in range(k)]
+        out = torch.full((self.n_filters,), -1, dtype=torch.long)
+        if not bool(self.initialised.any()):
+            out[n_free:] = torch.arange(n_rest) % k
+            return out
+        sel = self.selectivity()[n_free:].detach().cpu().double()
+        order = torch.argsort(sel.flatten(), descending=True, stable=True)
+        taken = torch.zeros(n_rest, dtype=torch.bool)
+        for flat in order.tolist():
+            f, c = divmod(flat, k)
+            if taken[f] or room[c] == 0:
+                continue
+            out[n_free + f] = c
+            taken[f] = True
+            room[c] -= 1
+        return out
 
     def positive_mask(self, labels: Tensor) -> Tensor:
         """``(B, C)`` bool: image b is a positive for filter c (always, for free filters)."""
@@ -123,5 +183,5 @@ class FilterAssignment(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"n_filters={self.n_filters}, n_categories={self.n_categories}, n_free={self.n_free}, "
-            f"momentum={self.momentum:g}"
+            f"momentum={self.momentum:g}, balanced={self.balanced}"
         )

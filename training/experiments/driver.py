@@ -7,6 +7,11 @@ Everything a run produces lands in ``DIR``::
     DIR/data/seed<S>/test-scored<N>/      the test images every explainer is scored on (see scored_subset)
     DIR/metrics/seed<S>/<arch>-<task>-<model>-<explainer>.json     interpretability, on test-scored<N>
     DIR/metrics/seed<S>/<arch>-<task>-<model>-icnn-test.json       classification, on the whole test cohort
+    DIR/metrics/seed<S>/<arch>-<task>-<model>-lesion-types.json    lesion-type evidence (ICNNs), on test-scored<N>
+
+Models: ``ordinary`` (the baseline), ``icnn`` (every filter serves the decision class, ``--categories decision``)
+and ``icnn-types`` (one lesion type per filter, ``--categories lesion-types``), both ICNNs fine-tuned from the
+same ordinary CNN.
     DIR/results.json, DIR/results.md, DIR/figures/
 
 A finished step is skipped when the driver runs again into the same DIR, so a long study can be resumed.
@@ -41,7 +46,7 @@ def _cohort(path: Path, n: int, size: int, seed: int) -> Generator[Any, None, No
 
 
 def _train(out: Path, data: Path, p: Preset, arch: str, task: str, seed: int, ordinary: bool,
-           device: str, init: Path | None = None) -> Generator[Any, None, float]:
+           device: str, init: Path | None = None, categories: str = "auto") -> Generator[Any, None, float]:
     """Train one arm. With ``init`` (the ICNN arm when the preset fine-tunes), start from that trained
     ordinary bundle and run ``p.finetune_epochs`` interpretable epochs at ``p.finetune_lr``."""
     from napari_icnn.config import TrainConfig
@@ -54,7 +59,7 @@ def _train(out: Path, data: Path, p: Preset, arch: str, task: str, seed: int, or
     if init is not None:
         schedule = dict(epochs=p.finetune_epochs, warmup_epochs=0, lr=p.finetune_lr, init=str(init))
     cfg = TrainConfig(data=str(data / "train"), val=str(data / "val"), out=str(out), task=task, arch=arch,
-                      size=p.size, seed=seed, ordinary=ordinary, device=device,
+                      size=p.size, seed=seed, ordinary=ordinary, device=device, categories=categories,
                       resume=(out / "checkpoints" / "last.pt").is_file(), **{**schedule, **overrides})
     t0 = time.monotonic()
     yield from train_iter(cfg)
@@ -64,9 +69,13 @@ def _train(out: Path, data: Path, p: Preset, arch: str, task: str, seed: int, or
 def _evaluate(bundle: Path, data: Path, out: Path, explainer: str, device: str,
               select_on: Path | None) -> Generator[Any, None, dict]:
     from napari_icnn.engine.evaluate import evaluate_iter
+    from napari_icnn.engine.lesion_types import lesion_type_figures_iter
 
     if out.is_file():
         return json.loads(out.read_text())
+    if explainer == "lesion-types":
+        return (yield from lesion_type_figures_iter(str(bundle), str(data), str(select_on), device=device,
+                                                    out=str(out)))
     return (yield from evaluate_iter(str(bundle), str(data), explainer=explainer, device=device, out=str(out),
                                      select_on=None if select_on is None else str(select_on)))
 
@@ -142,20 +151,25 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
         scored = scored_subset(data / "test", p.baseline_images, 1000 * s + SUBSET_SEED_OFFSET)
         for arch in p.archs:
             for task in p.tasks:
-                for model in ("ordinary", "icnn"):
+                models = ["ordinary", "icnn"] + (["icnn-types"] if p.lesion_types and task == "referable" else [])
+                for model in models:
                     name = f"{arch}-{task}-{model}"
                     bundle = root / "runs" / f"seed{s}" / name
                     yield Message(f"seed {s}: training {name}")
                     init = None
-                    if model == "icnn" and p.finetune_epochs:
+                    if model != "ordinary" and p.finetune_epochs:
                         init = root / "runs" / f"seed{s}" / f"{arch}-{task}-ordinary"
+                    # the ordinary CNN and the single-category ICNN predict the referable decision alone
+                    categories = {"icnn-types": "lesion-types"}.get(model, "decision" if task == "referable" else "auto")
                     times[f"seed{s}/{name}"] = yield from _train(bundle, data, p, arch, task, s, model == "ordinary",
-                                                                 device, init)
+                                                                 device, init, categories)
                     # classification (and calibration) on the whole test cohort; every explainer, the ICNN's
                     # filters included, on the scored subset; filters chosen on the validation cohort
                     runs = [("icnn", data / "test", "classification")]
                     runs += [(ex, scored, "explainer") for ex in ["icnn"] + (list(p.explainers) if model == "ordinary"
                                                                             else [])]
+                    if model != "ordinary" and p.lesion_types:
+                        runs.append(("lesion-types", scored, "lesion-types"))
                     for ex, images, role in runs:
                         suffix = "-test" if role == "classification" else ""
                         mpath = root / "metrics" / f"seed{s}" / f"{name}-{ex}{suffix}.json"

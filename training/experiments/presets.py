@@ -30,6 +30,9 @@ class Preset:
     # ImageNet weights) and what the feasibility study found necessary on fundus.
     finetune_epochs: int = 8
     finetune_lr: float = 5e-4
+    # Also train the lesion-type ICNN (``--categories lesion-types``) beside the single-category one, and score
+    # both ICNNs' lesion-type evidence against Grad-CAM of the same model (engine.lesion_types).
+    lesion_types: bool = True
 
 
 PRESETS: dict[str, Preset] = {

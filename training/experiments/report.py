@@ -56,6 +56,8 @@ def per_seed(doc: dict[str, Any]) -> dict[tuple[str, str], dict[int, dict[str, A
         slot = out[(r["arch"], r["task"])][int(r["seed"])]
         if r.get("role") == "classification":
             slot.setdefault("classification", {})[r["model"]] = r["metrics"]
+        elif r.get("role") == "lesion-types":
+            slot.setdefault("lesion_types", {})[r["model"]] = r["metrics"]
         else:
             slot[_key(r)] = r["metrics"]
     return out
@@ -203,6 +205,119 @@ def _bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
     return bars
 
 
+def _lt(x: dict[str, Any], model: str) -> dict[str, Any]:
+    return (x.get("lesion_types") or {}).get(model) or {}
+
+
+def _lt_type(x: dict[str, Any], model: str, t: str, key: str) -> float:
+    return _num(((_lt(x, model).get("types") or {}).get(t) or {}).get(key))
+
+
+def lesion_type_bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The lesion-type ICNN's bars: filters for every type, lesion part interpretability on every seed, per-type
+    pointing and coverage against Grad-CAM of the same model, silence, the top filter, AUC."""
+    bars: list[tuple[str, str, str]] = []
+
+    def detail(values: dict[int, float], summ: dict[str, Any], digits: int = 2, unit: str = "×") -> str:
+        per = ", ".join(f"seed {s} {_v(v, digits)}{unit}" for s, v in sorted(values.items()))
+        return f"{per}; mean {_v(summ['mean'], digits)}{unit}, worst seed {summ['worst_seed']} {_v(summ['worst'], digits)}{unit}"
+
+    for (arch, task), seeds in sorted(per_seed(doc).items()):
+        if not any(_lt(x, "icnn-types") for x in seeds.values()):
+            continue
+        m = "icnn-types"
+        counts = {t: {s: _lt_type(x, m, t, "n_filters") for s, x in seeds.items()} for t in LESIONS}
+        empty = [f"{t} (seed {s})" for t in LESIONS for s, v in counts[t].items() if not v > 0]
+        bars.append((f"{arch}/{task} lesion types: every lesion type has filters trained for it",
+                     "MISS" if empty else "PASS",
+                     "; ".join(f"{t}: " + ", ".join(f"{_v(v, 0)}" for _, v in sorted(counts[t].items()))
+                               for t in LESIONS) + (f"; none for {', '.join(empty)}" if empty else "")))
+        r = {s: _ratio(_group(x.get(m), "lesion", "part_interpretability"),
+                       _group(x.get("ordinary"), "lesion", "part_interpretability")) for s, x in seeds.items()}
+        summ = summary_over_seeds(r)
+        ok = summ["worst_seed"] is not None and summ["worst"] >= 1.5
+        bars.append((f"{arch}/{task} lesion types: lesion filters' part interpretability ≥ 1.5× ordinary on every "
+                     "seed", "PASS" if ok else "MISS", detail(r, summ)))
+        for t in LESIONS:
+            for key, what in (("hit_rate", "hit rate (peak in a lesion of the type)"),
+                              ("coverage", "coverage of lesion instances at Grad-CAM's area")):
+                vals = {s: _lt_type(x, m, t, f"{key}_icnn" if key == "coverage" else f"icnn_{key}")
+                        - _lt_type(x, m, t, f"{key}_gradcam" if key == "coverage" else f"gradcam_{key}")
+                        for s, x in seeds.items()}
+                summ = summary_over_seeds(vals)
+                pairs = ", ".join(
+                    f"seed {s} {_v(_lt_type(x, m, t, f'{key}_icnn' if key == 'coverage' else f'icnn_{key}'), 2)} vs "
+                    f"{_v(_lt_type(x, m, t, f'{key}_gradcam' if key == 'coverage' else f'gradcam_{key}'), 2)}"
+                    for s, x in sorted(seeds.items()))
+                verdict = "MISS" if summ["worst_seed"] is None else ("PASS" if summ["mean"] >= 0 else "MISS")
+                bars.append((f"{arch}/{task} lesion types: {PARTS[t].display} filters' {what} ≥ Grad-CAM of the "
+                             "type's logit (mean over seeds)", verdict,
+                             f"ICNN vs Grad-CAM {pairs}; mean difference {_v(summ['mean'], 3)}"))
+        share = {s: _num(np.nanmean([_lt_type(x, m, t, "silent_filters_share") for t in LESIONS]))
+                 for s, x in seeds.items()}
+        worst = {s: _num(np.nanmin([_lt_type(x, m, t, "silence_worst") for t in LESIONS])) for s, x in seeds.items()}
+        summ = summary_over_seeds(share)
+        ok = summ["worst_seed"] is not None and summ["worst"] >= 1.0
+        bars.append((f"{arch}/{task} lesion types: every filter silent (below its validation threshold) on ≥ 80 % of "
+                     "the test images without its type", "PASS" if ok else "MISS",
+                     "share of filters meeting it " + ", ".join(f"seed {s} {_v(v, 2)}" for s, v in sorted(share.items()))
+                     + "; least silent filter " + ", ".join(f"seed {s} {_v(v, 2)}" for s, v in sorted(worst.items()))))
+        top = {s: _num(_lt(x, m).get("top_filter", {}).get("own_type_rate")) for s, x in seeds.items()}
+        summ = summary_over_seeds(top)
+        bars.append((f"{arch}/{task} lesion types: the top-contributing filter of a referable scan peaks in a lesion "
+                     "of its own type on ≥ 60 % of them", _verdict(summ, lambda v: v >= 0.6), detail(top, summ, 2, "")))
+        d = {s: _num(x.get("classification", {}).get(m, {}).get("per_class", {}).get("referable DR", {}).get("auc"))
+             - _num(x.get("classification", {}).get("ordinary", {}).get("auc")) for s, x in seeds.items()}
+        summ = summary_over_seeds(d)
+        bars.append((f"{arch}/{task} lesion types: referable AUC within 0.02 of the ordinary CNN's",
+                     _verdict(summ, lambda v: v >= -0.02), detail(d, summ, 4, "")))
+    return bars
+
+
+def lesion_types_markdown(doc: dict[str, Any]) -> list[str]:
+    """Tables of the lesion-type evidence of both ICNNs (engine.lesion_types), per seed."""
+    seeds_all = per_seed(doc)
+    if not any(x.get("lesion_types") for seeds in seeds_all.values() for x in seeds.values()):
+        return []
+    lines = ["", "### Lesion-type evidence (engine.lesion_types; scored subset, thresholds fixed on validation)", "",
+             "ICNN (types): one lesion type per filter; ICNN (single): every filter serves the referable class, so "
+             "no filter is trained for a type. Hit rate: a type's filters' peaks inside a lesion of that type, over "
+             "the images that have one (mean over the type's filters); Grad-CAM: the peak of Grad-CAM of the same "
+             "model for the type's own logit. Coverage: lesion instances with ≥ half their pixels inside the union "
+             "of the type's filter regions, Grad-CAM thresholded to the same area. Silence: share of the type's "
+             "filters below their firing threshold on ≥ 80 % of the images without the type.", "",
+             "| backbone / task | seed | type | filters | hit rate ICNN | hit rate Grad-CAM | coverage ICNN | "
+             "coverage Grad-CAM | region / FOV | silence mean (worst) | silent filters |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (arch, task), seeds in sorted(seeds_all.items()):
+        for s, x in sorted(seeds.items()):
+            for t in LESIONS:
+                if not _lt(x, "icnn-types"):
+                    continue
+                g = lambda k, t=t, x=x: _lt_type(x, "icnn-types", t, k)  # noqa: E731
+                lines.append(f"| {arch} / {task} | {s} | {t} | {_v(g('n_filters'), 0)} | {_v(g('icnn_hit_rate'), 2)} | "
+                             f"{_v(g('gradcam_hit_rate'), 2)} | {_v(g('coverage_icnn'), 2)} | "
+                             f"{_v(g('coverage_gradcam'), 2)} | {_v(g('region_fraction_of_fov'), 4)} | "
+                             f"{_v(g('silence_mean'), 2)} ({_v(g('silence_worst'), 2)}) | "
+                             f"{_v(g('silent_filters_share'), 2)} |")
+    lines += ["", "Top filter of the referable test scans (the filter contributing most to the referable logit, "
+              "against the reference eye): its peak in a lesion of its own type, of any type, and how often it is "
+              "an anatomy or label-free filter; Grad-CAM of the referable logit: its peak on any lesion.", "",
+              "| backbone / task | seed | model | own type | any lesion | anatomy / label-free | Grad-CAM any lesion | "
+              "chance (own type's area) |", "|---|---|---|---|---|---|---|---|"]
+    for (arch, task), seeds in sorted(seeds_all.items()):
+        for s, x in sorted(seeds.items()):
+            for model, label in (("icnn", "ICNN (single)"), ("icnn-types", "ICNN (types)")):
+                tf = _lt(x, model).get("top_filter")
+                if not tf:
+                    continue
+                lines.append(f"| {arch} / {task} | {s} | {label} | {_v(_num(tf.get('own_type_rate')), 2)} | "
+                             f"{_v(_num(tf.get('any_lesion_rate')), 2)} | {_v(_num(tf.get('context_rate')), 2)} | "
+                             f"{_v(_num(_lt(x, model).get('gradcam_decision_any_lesion_rate')), 2)} | "
+                             f"{_v(_num(tf.get('own_type_chance')), 4)} |")
+    return lines
+
+
 def tables_markdown(doc: dict[str, Any]) -> str:
     seeds_all = per_seed(doc)
     n = len(doc["seeds"])
@@ -314,8 +429,9 @@ def tables_markdown(doc: dict[str, Any]) -> str:
                              + " | ".join(f"{_v(sums[k]['mean'], 4 if k == 'auc' else 3)} "
                                           f"({_v(sums[k]['worst'], 4 if k == 'auc' else 3)}, seed {sums[k]['worst_seed']})"
                                           for k in ("auc", "acc", "sens", "eu", "ec")) + " |")
+    lines += lesion_types_markdown(doc)
     lines += ["", "### Bars (judged on the mean of per-seed figures and on the worst seed)", ""]
-    for text, verdict, det in _bars(doc):
+    for text, verdict, det in _bars(doc) + lesion_type_bars(doc):
         lines.append(f"- {verdict} — {text}: {det}")
     lines += ["", "### Training times (s)", "", "| run | seconds |", "|---|---|"]
     for k, v in doc["train_seconds"].items():

@@ -1,0 +1,292 @@
+"""Lesion-type evidence: does each lesion type's filters point at it, cover it, and stay silent without it?
+
+Scored on annotated images (the study's scored test subset), with every threshold fixed on held-out
+validation images, and with Grad-CAM of the same model on the same images as the baseline:
+
+- **filters trained for a type**: the filters whose category is that lesion type (named or not). A model
+  whose filters all serve the decision class (``--categories decision``, the ordinary CNN) has none.
+- **hit rate**: per filter, the share of the images that contain its type on which its peak (the receptive
+  field centre of its strongest cell) lies inside a lesion of that type (a silent filter misses); the mean
+  over the type's filters. Grad-CAM: the peak of its map for the type's own logit (the decision's logit for
+  a model without lesion-type outputs).
+- **coverage**: the share of the type's lesion instances (8-connected components) of which at least half
+  the pixels lie inside the union of the type's filter regions (a filter's region: its map, upsampled, at
+  or above the filter's firing threshold). Grad-CAM's map is thresholded to the same number of pixels on
+  each image, so both cover the same area.
+- **silence**: per filter, the share of the images *without* its type on which its peak stays below its
+  firing threshold; reported per filter, as the mean, the worst filter and the share of filters at ≥ 0.8.
+- **firing threshold** (per filter, on the validation images): the peak activation that best separates
+  the images with its type from those without (Youden's J of "peak ≥ t"), so "fires" means "says its
+  lesion is here". Filters without a lesion type use :data:`~napari_icnn.roles.MIN_STRENGTH` of their
+  typical strong response.
+- **top filter**: on each referable image, the filter contributing most to the decision (against the
+  bundle's reference eye); a hit when it is a lesion-type filter whose peak lies in a lesion of its own
+  type. Also reported: its peak in a lesion of any type, and how often it is an anatomy or label-free one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+
+from napari_icnn.parts import ANATOMY_KEYS, FREE_CATEGORY, MASK_LESION_KEYS
+from napari_icnn.progress import Message, Progress
+
+__all__ = ["lesion_type_figures_iter", "firing_thresholds", "COVERED_FRACTION", "SILENCE_BAR"]
+
+COVERED_FRACTION = 0.5
+"""An instance is covered when at least this share of its pixels lies inside the region."""
+SILENCE_BAR = 0.8
+
+
+def filter_types(model: Any) -> list[str | None]:
+    """The lesion type each filter was trained for (its category when that is a lesion type), else None."""
+    return [f.category if f.category in MASK_LESION_KEYS else None for f in model.filters]
+
+
+def firing_thresholds(scores: np.ndarray, present: np.ndarray, types: list[str | None],
+                      act_scale: np.ndarray) -> np.ndarray:
+    """Per-filter firing thresholds from validation peaks ``scores`` (N, C) and type presence ``present`` (N, T)
+    in :data:`MASK_LESION_KEYS` order (see the module docstring)."""
+    from napari_icnn.roles import MIN_STRENGTH
+
+    out = MIN_STRENGTH * np.asarray(act_scale, np.float64)
+    for f, t in enumerate(types):
+        if t is None:
+            continue
+        y = present[:, MASK_LESION_KEYS.index(t)]
+        if y.all() or not y.any():
+            continue
+        s = scores[:, f].astype(np.float64)
+        cands = np.unique(s)
+        # J(t) = TPR - FPR of "peak >= t"; thresholds halfway between neighbouring peaks
+        cands = np.concatenate([[cands[0] - 1e-6], (cands[1:] + cands[:-1]) / 2, [cands[-1] + 1e-6]])
+        tpr = (s[y][None, :] >= cands[:, None]).mean(axis=1)
+        fpr = (s[~y][None, :] >= cands[:, None]).mean(axis=1)
+        best = int(np.argmax(tpr - fpr))
+        out[f] = max(float(cands[best]), 1e-6)
+    return out
+
+
+def _forward(model: Any, loader: Any, gradcam_outputs: list[int],
+             progress: Any = None) -> dict[str, np.ndarray]:
+    """Masked maps, logits, decision contributions, Grad-CAM maps per output, masks and presence labels."""
+    import torch
+
+    from napari_icnn.engine.explainers import make_explainer
+
+    net = model.net
+    net.eval()
+    cams = {k: make_explainer("gradcam", net, class_index=k) for k in gradcam_outputs}
+    d = model.decision_index if model.decision_index is not None else 0
+    keep: dict[str, list[np.ndarray]] = {k: [] for k in ("maps", "logits", "contrib", "masks", "fov")}
+    keep.update({f"cam{k}": [] for k in gradcam_outputs})
+    done = 0
+    for batch in loader:
+        x = batch["image"].to(model.device)
+        with torch.no_grad():
+            out = net(x)
+            keep["maps"].append(out.masked.float().cpu().numpy())
+            keep["logits"].append(out.logits.double().cpu().numpy())
+            keep["contrib"].append(net.contributions(out.masked, d, model.reference).double().cpu().numpy())
+        for k, cam in cams.items():
+            keep[f"cam{k}"].append(cam(x).maps[:, 0].float().cpu().numpy())
+        keep["masks"].append(batch["masks"].cpu().numpy().astype(bool))
+        fov = batch.get("fov")
+        keep["fov"].append(fov.reshape(len(x), *fov.shape[-2:]).cpu().numpy().astype(bool) if fov is not None
+                           else np.ones((len(x), *batch["masks"].shape[-2:]), bool))
+        done += len(x)
+        if progress is not None:
+            progress(done)
+    return {k: np.concatenate(v) for k, v in keep.items()}
+
+
+def _upsample(maps: np.ndarray, size: int) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
+
+
+def _covered(labels: np.ndarray, n: int, region: np.ndarray) -> int:
+    """Instances (1..n in ``labels``) with at least COVERED_FRACTION of their pixels inside ``region``."""
+    if n == 0:
+        return 0
+    total = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    inside = np.bincount(labels[region].ravel(), minlength=n + 1)[1:]
+    return int((inside >= COVERED_FRACTION * np.maximum(total, 1)).sum())
+
+
+def _top_area(heat: np.ndarray, area: int) -> np.ndarray:
+    """The ``area`` highest pixels of ``heat`` (ties broken by position)."""
+    region = np.zeros(heat.size, bool)
+    if area > 0:
+        region[np.argsort(-heat.ravel(), kind="stable")[:area]] = True
+    return region.reshape(heat.shape)
+
+
+def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, device: str = "auto",
+                             batch: int = 16, out: str | None = None) -> Generator[Any, None, dict]:
+    """Score a bundle's lesion-type evidence on annotated ``data``, thresholds fixed on ``select_on``;
+    yields progress, returns (and optionally writes) the figures document."""
+    import json
+    import time
+
+    from monai.data import DataLoader
+    from scipy import ndimage
+
+    from napari_icnn.bundle import load_bundle
+    from napari_icnn.data.datasets import make_dataset
+    from napari_icnn.data.layouts import discover
+    from napari_icnn.engine.collect import cell_centres
+    from napari_icnn.engine.evaluate import _nan_to_none
+    from napari_icnn.errors import ConfigError
+
+    t0 = time.monotonic()
+    model = load_bundle(model_path, device=device)
+    net = model.net
+    types = filter_types(model)
+    lesion_outputs = {t: model.class_names.index(t) for t in MASK_LESION_KEYS if t in model.class_names}
+    d = model.decision_index if model.decision_index is not None else 0
+    cam_outputs = sorted({d, *lesion_outputs.values()})
+    parts = MASK_LESION_KEYS
+
+    def loader(path: str) -> tuple[Any, list[Any]]:
+        spec = discover(path)
+        missing = [p for p in parts if p not in spec.mask_parts]
+        if missing:
+            raise ConfigError(f"{path}: lesion-type figures need masks of {', '.join(missing)}")
+        recs = list(spec.records)
+        ds = make_dataset(recs, size=model.size, task=None, augment=False, cache="none", with_masks=True,
+                          mask_parts=parts)
+        return DataLoader(ds, batch_size=batch, shuffle=False), recs
+
+    val_dl, val_recs = loader(select_on)
+    yield Message(f"firing thresholds on {len(val_recs)} images of {select_on}")
+    val = _forward(model, val_dl, [])
+    val_present = val["masks"].reshape(len(val["masks"]), len(parts), -1).any(axis=2)
+    act_scale = np.array([f.act_scale for f in model.filters], np.float64)
+    thr = firing_thresholds(val["maps"].reshape(*val["maps"].shape[:2], -1).max(axis=2), val_present, types,
+                            act_scale)
+
+    test_dl, recs = loader(data)
+    total = len(recs)
+    yield Progress("lesion-type figures", 0, total)
+    events: list[int] = []
+    test = _forward(model, test_dl, cam_outputs, progress=events.append)
+    yield Progress("lesion-type figures", total, total)
+
+    n, c, h, w = test["maps"].shape
+    size = model.size
+    centres = cell_centres(h, w, size, getattr(net, "stride", None), getattr(net, "offset", None))
+    flat = test["maps"].reshape(n, c, -1)
+    scores = flat.max(axis=2)
+    peaks = np.clip(np.round(centres[flat.argmax(axis=2)]).astype(int), 0, size - 1)  # (N, C, 2) x, y
+    present = test["masks"].reshape(n, len(parts), -1).any(axis=2)
+    referable = np.array([r.labels.get("referable", -1) for r in recs])
+    top = test["contrib"].argmax(axis=1)
+
+    per_type: dict[str, Any] = {}
+    stats = {t: {"hits": np.zeros(c), "with": 0, "silent": np.zeros(c), "without": 0, "inst": 0,
+                 "cov_icnn": 0, "cov_cam": 0, "cam_hits": 0, "area": []} for t in parts}
+    top_own = top_any = top_context = top_n = 0
+    chance_own: list[float] = []
+    cam_ref_any = 0
+    for i in range(n):
+        m = test["masks"][i]
+        any_lesion = m.any(axis=0)
+        px, py = peaks[i, :, 0], peaks[i, :, 1]
+        up = None
+        for k, t in enumerate(parts):
+            fs = [f for f in range(c) if types[f] == t]
+            st = stats[t]
+            if not present[i, k]:
+                st["without"] += 1
+                st["silent"][fs] += scores[i, fs] < thr[fs]
+                continue
+            st["with"] += 1
+            st["hits"][fs] += (scores[i, fs] > 0) & m[k, py[fs], px[fs]]
+            cam = test[f"cam{lesion_outputs.get(t, d)}"][i]
+            cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
+            st["cam_hits"] += int(m[k, cy, cx])
+            labels, n_inst = ndimage.label(m[k], structure=np.ones((3, 3), bool))
+            st["inst"] += n_inst
+            region = np.zeros((size, size), bool)
+            if fs:
+                if up is None:
+                    up = _upsample(test["maps"][i], size)
+                region = ((up[fs] >= thr[fs, None, None]) & (up[fs] > 0)).any(axis=0)
+            area = int(region.sum())
+            st["area"].append(area / max(1, int(test["fov"][i].sum())))
+            st["cov_icnn"] += _covered(labels, n_inst, region)
+            st["cov_cam"] += _covered(labels, n_inst, _top_area(cam, area))
+        if referable[i] == 1:
+            top_n += 1
+            f = int(top[i])
+            t = types[f]
+            hit_any = bool(any_lesion[py[f], px[f]])
+            top_any += hit_any
+            if t is not None and present[i, parts.index(t)]:
+                top_own += bool(m[parts.index(t), py[f], px[f]])
+                chance_own.append(float(m[parts.index(t)].sum()) / max(1, int(test["fov"][i].sum())))
+            cat, part = model.filters[f].category, model.filters[f].part
+            top_context += cat == FREE_CATEGORY or part in ANATOMY_KEYS
+            cam = test[f"cam{d}"][i]
+            cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
+            cam_ref_any += bool(any_lesion[cy, cx])
+    nan = float("nan")
+    for t in parts:
+        st = stats[t]
+        fs = [f for f in range(c) if types[f] == t]
+        hit = st["hits"][fs] / st["with"] if st["with"] else np.full(len(fs), nan)
+        sil = st["silent"][fs] / st["without"] if st["without"] else np.full(len(fs), nan)
+        per_type[t] = {
+            "filters": fs,
+            "n_filters": len(fs),
+            "images_with": st["with"],
+            "images_without": st["without"],
+            "icnn_hit_rate": float(np.mean(hit)) if fs and st["with"] else nan,
+            "icnn_hit_rate_per_filter": [float(v) for v in hit],
+            "gradcam_hit_rate": st["cam_hits"] / st["with"] if st["with"] else nan,
+            "instances": st["inst"],
+            "coverage_icnn": st["cov_icnn"] / st["inst"] if st["inst"] else nan,
+            "coverage_gradcam": st["cov_cam"] / st["inst"] if st["inst"] else nan,
+            "region_fraction_of_fov": float(np.mean(st["area"])) if st["area"] else nan,
+            "silence_per_filter": [float(v) for v in sil],
+            "silence_mean": float(np.mean(sil)) if fs and st["without"] else nan,
+            "silence_worst": float(np.min(sil)) if fs and st["without"] else nan,
+            "silent_filters_share": float(np.mean(sil >= SILENCE_BAR)) if fs and st["without"] else nan,
+        }
+    from napari_icnn.engine.metrics import roc_auc
+
+    dec_auc = nan
+    if (referable >= 0).all() and len(np.unique(referable)) == 2:
+        dec_auc = roc_auc(test["logits"][:, d], referable.astype(float))
+    doc = {
+        "model": {"path": str(model.path), "name": model.name, "sha256": model.sha256, "targets": model.targets},
+        "data": {"path": str(data), "images": n, "referable": int((referable == 1).sum())},
+        "selection_data": {"path": str(select_on), "images": len(val_recs)},
+        "decision_auc": dec_auc,
+        "lesion_type_outputs": list(lesion_outputs),
+        "types": per_type,
+        "top_filter": {
+            "referable_images": top_n,
+            "own_type_rate": top_own / top_n if top_n else nan,
+            "any_lesion_rate": top_any / top_n if top_n else nan,
+            "context_rate": top_context / top_n if top_n else nan,
+            "own_type_chance": float(np.mean(chance_own)) if chance_own else nan,
+        },
+        "gradcam_decision_any_lesion_rate": cam_ref_any / top_n if top_n else nan,
+        "firing_thresholds": [float(v) for v in thr],
+        "contribution_basis": model.contribution_basis,
+        "seconds": time.monotonic() - t0,
+    }
+    doc = _nan_to_none(doc)
+    if out:
+        from napari_icnn.atomic import atomic_write_text
+
+        atomic_write_text(out, json.dumps(doc, indent=2))
+    return doc

@@ -1,0 +1,249 @@
+"""Lesion-type filters: categories from presence labels, balanced assignment, the decision beside the lesion
+types, and the lesion-type evidence figures — on real training runs of small synthetic cohorts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from napari_icnn.config import TrainConfig
+from napari_icnn.errors import ConfigError
+from napari_icnn.icnn.assignment import FilterAssignment
+
+
+def test_categories_follow_the_presence_labels():
+    cfg = TrainConfig(data="d", out="o")
+    with_labels = cfg.resolved(lesion_labels=True)
+    assert with_labels.categories == "lesion-types" and with_labels.target_set == "referable+lesion-types"
+    assert with_labels.category_columns == (1, 2, 3, 4)
+    grade_only = cfg.resolved(lesion_labels=False)
+    assert grade_only.categories == "decision" and grade_only.target_set == "referable"
+    assert "presence labels" in grade_only.derived["categories"]
+    with pytest.raises(ConfigError, match="--categories lesion-types: some images"):
+        TrainConfig(data="d", out="o", categories="lesion-types").resolved(lesion_labels=False)
+    with pytest.raises(ConfigError, match="--categories"):
+        TrainConfig(data="d", out="o", task="lesions", categories="decision")
+    # an explicit choice is kept, and the multi-label task's categories are its outputs
+    assert TrainConfig(data="d", out="o", categories="decision").resolved(lesion_labels=True).categories == "decision"
+    lesions = TrainConfig(data="d", out="o", task="lesions").resolved(lesion_labels=True)
+    assert lesions.target_set == "lesions" and lesions.category_columns == (0, 1, 2, 3)
+
+
+def test_balanced_assignment_gives_every_type_its_share_to_the_most_selective_filters():
+    a = FilterAssignment(n_filters=10, n_categories=4, n_free=2, balanced=True)
+    # before any update the 8 category filters are dealt round-robin: 2 per type
+    assert a.categories.tolist() == [-1, -1, 0, 1, 2, 3, 0, 1, 2, 3]
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.random((64, 4)) < 0.5).float()
+    labels[:, 0] = 1.0  # type 0 (think: microaneurysms) is in every positive eye, and dominant in raw activation
+    act = torch.full((64, 10), 0.1)
+    # filters 2..9 respond to the type given below; every filter also fires strongly wherever type 0 is
+    wanted = {2: 1, 3: 1, 4: 2, 5: 2, 6: 3, 7: 3, 8: 0, 9: 0}
+    for f, t in wanted.items():
+        act[:, f] += 5.0 * labels[:, t]
+    a.train()
+    for _ in range(3):
+        a.update(act, labels)
+    cats = a.categories.tolist()
+    assert cats[:2] == [-1, -1]
+    assert sorted(cats[2:]) == [0, 0, 1, 1, 2, 2, 3, 3]  # equal shares
+    # the selective filters got their types; type 0, on every eye, cannot be told apart and takes the rest
+    assert all(cats[f] == t for f, t in wanted.items() if t != 0)
+    # filters that respond to "any lesion" (how many types an eye has): the paper's argmax gives every one of
+    # them to the type that co-occurs most; the balanced matching still gives each type its share
+    generic = 0.1 + labels.sum(dim=1, keepdim=True).expand(64, 10) + 0.01 * torch.arange(10.0)
+    plain = FilterAssignment(n_filters=10, n_categories=4, n_free=2)
+    even = FilterAssignment(n_filters=10, n_categories=4, n_free=2, balanced=True)
+    for x in (plain, even):
+        x.train()
+        x.update(generic, labels)
+    assert len(set(plain.categories.tolist()[2:])) == 1
+    assert sorted(even.categories.tolist()[2:]) == [0, 0, 1, 1, 2, 2, 3, 3]
+    # positives follow the assigned type; free filters take every image
+    pos = a.positive_mask(labels)
+    assert pos[:, :2].all() and torch.equal(pos[:, 4], labels[:, 2] > 0.5)
+
+
+def test_checkpoints_without_the_negative_average_still_load():
+    a = FilterAssignment(8, 4, n_free=2, balanced=True)
+    state = {k: v for k, v in a.state_dict().items() if k not in ("ema_negative", "negatives_seen")}
+    b = FilterAssignment(8, 4, n_free=2, balanced=True)
+    b.load_state_dict(state)
+    assert torch.equal(b.ema_negative, torch.zeros(8, 4))
+
+
+def test_the_decision_weighs_as_much_as_the_lesion_types_together():
+    from napari_icnn.engine.train import classification_loss
+
+    cfg = TrainConfig(data="d", out="o").resolved(lesion_labels=True)
+    logits = torch.zeros(2, 5)
+    y = torch.zeros(2, 5)
+    y[:, 0] = 1.0  # only the decision is wrong
+    only_decision = float(classification_loss(logits, y, cfg))
+    y2 = torch.zeros(2, 5)
+    y2[:, 1:] = 1.0  # only the four lesion types are wrong
+    assert only_decision == pytest.approx(float(classification_loss(logits, y2, cfg)))
+
+
+def test_firing_thresholds_separate_eyes_with_and_without_the_type():
+    from napari_icnn.engine.lesion_types import firing_thresholds
+    from napari_icnn.roles import MIN_STRENGTH
+
+    present = np.zeros((6, 4), bool)
+    present[:3, 1] = True  # HE in the first three eyes
+    scores = np.array([[0.2, 3.0], [0.1, 2.5], [0.3, 4.0], [0.2, 0.4], [0.1, 0.2], [0.3, 0.9]])
+    thr = firing_thresholds(scores, present, [None, "HE"], np.array([2.0, 4.0]))
+    assert thr[0] == pytest.approx(MIN_STRENGTH * 2.0)  # no lesion type: the product's "active" rule
+    assert 0.9 < thr[1] <= 2.5  # between the highest negative and the lowest positive
+
+
+def test_covered_instances_and_matched_area():
+    from scipy import ndimage
+
+    from napari_icnn.engine.lesion_types import _covered, _top_area
+
+    mask = np.zeros((10, 10), bool)
+    mask[1:3, 1:3] = True  # 4 px
+    mask[6:8, 6:9] = True  # 6 px
+    labels, n = ndimage.label(mask)
+    region = np.zeros_like(mask)
+    region[1:3, 1:2] = True  # half of the first
+    region[6, 6] = True  # a sixth of the second
+    assert _covered(labels, n, region) == 1
+    heat = np.arange(100, dtype=float).reshape(10, 10)
+    top = _top_area(heat, 7)
+    assert top.sum() == 7 and top[9, 9] and not top[0, 0]
+
+
+@pytest.fixture(scope="module")
+def lesion_cohorts(tmp_path_factory):
+    from napari_icnn.data.synth import generate_cohort
+    from napari_icnn.progress import drain
+
+    root = tmp_path_factory.mktemp("lesion-types")
+    drain(generate_cohort(root / "train", 40, size=128, seed=7101))
+    drain(generate_cohort(root / "val", 24, size=128, seed=7102))
+    return root
+
+
+@pytest.fixture(scope="module")
+def lesion_bundle(lesion_cohorts):
+    """A real two-stage training run (ordinary, then lesion-type fine-tuning) on a small cohort."""
+    from napari_icnn.engine.train import train
+
+    root = lesion_cohorts
+    common = dict(data=str(root / "train"), val=str(root / "val"), size=64, batch=8, n_filters=10, width=8, seed=3)
+    train(TrainConfig(out=str(root / "ordinary"), ordinary=True, epochs=2, warmup_epochs=1, **common))
+    train(TrainConfig(out=str(root / "types"), init=str(root / "ordinary"), epochs=2, warmup_epochs=0, lr=5e-4,
+                      **common))
+    return root / "types"
+
+
+def test_synthetic_cohorts_train_lesion_type_filters_and_the_decision_beside_them(lesion_bundle, lesion_cohorts):
+    from napari_icnn.bundle import load_bundle
+    from napari_icnn.data.image_io import load_image
+    from napari_icnn.explain import explain
+
+    meta = json.loads((lesion_bundle / "configs" / "metadata.json").read_text())["icnn"]
+    assert meta["targets"] == "referable+lesion-types"
+    assert meta["class_names"] == ["referable DR", "MA", "HE", "EX", "SE"]
+    cats = [f["category"] for f in meta["filters"]]
+    assert cats.count("free") == 2 and sorted(c for c in cats if c != "free") == ["EX", "EX", "HE", "HE", "MA",
+                                                                                   "MA", "SE", "SE"]
+    train_cfg = json.loads((lesion_bundle / "configs" / "train.json").read_text())
+    assert train_cfg["categories"] == "lesion-types" and "presence labels" in train_cfg["derived"]["categories"]
+    assert meta["calibration"]["n_images"] == 24  # fitted on the decision of the validation cohort
+
+    model = load_bundle(lesion_bundle, device="cpu")
+    assert model.decision_index == 0 and model.has_lesion_types
+    # the decision is computed from the haemorrhage, exudate and cotton-wool-spot filters alone
+    w, n = model.net.fc.weight[0].detach(), len(model.filters)
+    for f in model.filters:
+        carries = bool(w[f.id] != 0 or w[n + f.id] != 0)
+        assert carries == (f.category in ("HE", "EX", "SE")), f
+    img = load_image(next((lesion_cohorts / "val" / "images").glob("*.png")))[0]
+    e = explain(img, model)
+    assert e.class_index == 0 and e.predicted_class in ("referable DR", "no referable DR")
+    assert set(e.to_json()["prediction"]["probabilities"]) == {"referable DR", "MA", "HE", "EX", "SE"}
+    # contributions explain the decision's logit: they sum to logit(scan) - logit(reference), calibrated
+    with torch.no_grad():
+        from napari_icnn.data.fov import check_fundus
+        from napari_icnn.data.transforms import preprocess
+
+        x, _, _ = preprocess(img.pixels, model.size, check_fundus(img.pixels, img.source))
+        out = model.net(torch.from_numpy(np.asarray(x, np.float32))[None])
+        ref_logit = float(model.net.fc.weight[0] @ model.reference + model.net.fc.bias[0])
+        gap = (float(out.logits[0, 0]) - ref_logit) / model.temperature
+    sign = 1.0 if e.predicted_class == "referable DR" else -1.0
+    assert sum(f.contribution for f in e.filters) == pytest.approx(sign * gap, abs=1e-3)
+    # lesion-type filters are evidence, label-free ones context (unless they peak on the rim)
+    for f in e.filters:
+        if f.category == "free":
+            assert f.role != "evidence"
+
+
+def test_lesion_type_figures_score_filters_and_grad_cam_on_the_same_images(lesion_bundle, lesion_cohorts):
+    from napari_icnn.engine.lesion_types import lesion_type_figures_iter
+    from napari_icnn.progress import drain
+
+    doc = drain(lesion_type_figures_iter(str(lesion_bundle), str(lesion_cohorts / "val"),
+                                         str(lesion_cohorts / "train"), device="cpu"))
+    assert doc["lesion_type_outputs"] == ["MA", "HE", "EX", "SE"]
+    with open(lesion_cohorts / "val" / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for t, v in doc["types"].items():
+        assert v["n_filters"] == 2
+        with_type = sum(int(r[f"n_{t}"]) > 0 for r in rows)
+        assert v["images_with"] == with_type and v["images_without"] == len(rows) - with_type
+        for key in ("icnn_hit_rate", "gradcam_hit_rate", "coverage_icnn", "coverage_gradcam", "silence_mean"):
+            assert v[key] is None or 0.0 <= v[key] <= 1.0
+    assert doc["top_filter"]["referable_images"] == sum(r["referable"] == "1" for r in rows)
+    assert len(doc["firing_thresholds"]) == 10
+
+
+def test_grade_only_data_trains_decision_filters_and_says_why(tmp_path, lesion_cohorts):
+    """A CSV layout without presence columns: every filter serves the decision, and the run says why."""
+    images = sorted((lesion_cohorts / "train" / "images").glob("*.png"))[:12]
+    table = tmp_path / "grades.csv"
+    with open(lesion_cohorts / "train" / "labels.csv", newline="") as fh:
+        ref = {r["id"]: r["referable"] for r in csv.DictReader(fh)}
+    with open(table, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label"])
+        for p in images:
+            w.writerow([str(p), ref[p.stem]])
+    proc = subprocess.run([sys.executable, "-m", "napari_icnn", "train", "--data", str(table), "--out",
+                           str(tmp_path / "m"), "--size", "64", "--epochs", "2", "--batch", "4", "--filters", "6"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "lesion-type evidence needs MA/HE/EX/SE presence labels" in proc.stdout + proc.stderr
+    meta = json.loads((tmp_path / "m" / "configs" / "metadata.json").read_text())["icnn"]
+    assert meta["targets"] == "referable" and meta["class_names"] == ["referable DR"]
+    assert {f["category"] for f in meta["filters"]} <= {"referable DR", "free"}
+    refused = subprocess.run([sys.executable, "-m", "napari_icnn", "train", "--data", str(table), "--out",
+                              str(tmp_path / "m2"), "--size", "64", "--epochs", "2", "--batch", "4",
+                              "--categories", "lesion-types"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "--categories lesion-types" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "m2" / "models").exists()
+
+
+def test_the_papers_running_z_trains_and_resumes(lesion_cohorts, tmp_path):
+    """``--z-estimate running``: Z_T is a running constant, updated in training and kept in the checkpoint."""
+    from napari_icnn.engine.train import train
+
+    cfg = dict(data=str(lesion_cohorts / "train"), val=str(lesion_cohorts / "val"), out=str(tmp_path / "m"),
+               size=64, batch=8, n_filters=10, width=8, seed=3, epochs=2, warmup_epochs=1, z_estimate="running")
+    result = train(TrainConfig(**cfg), should_stop=None)
+    assert result.epochs_done == 2 and np.isfinite(result.history[1]["filter_loss"])
+    assert result.history[1]["filter_loss"] != 0
+    saved = torch.load(tmp_path / "m" / "checkpoints" / "last.pt", weights_only=True)
+    z = saved["running_z"]
+    assert bool(z["initialised"]) and torch.isfinite(z["log_mean_z"]).all() and z["log_mean_z"].abs().sum() > 0
+    with pytest.raises(ConfigError, match="--z-estimate"):
+        TrainConfig(**{**cfg, "z_estimate": "exact"})

@@ -1,0 +1,94 @@
+"""Method choices for the lesion-type ICNN, made on a validation cohort only.
+
+``python -m training.experiments.variants --study DIR --seed S --out OUT --name NAME [TrainConfig overrides]``
+fine-tunes the study's ordinary CNN of seed S (``DIR/runs/seed<S>/vgg-referable-ordinary``) as a lesion-type
+ICNN with the study's schedule and the given overrides (``free_fraction=0``, ``z_estimate=running``), then
+scores its lesion-type evidence (engine.lesion_types) on the seed's **validation** cohort, firing thresholds
+fixed on a held-out half of that cohort. The test cohorts are never read. Results: ``OUT/<NAME>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _halves(cohort: Path, out: Path) -> tuple[Path, Path]:
+    """The cohort split into two folders of symlinks (even and odd rows): thresholds on one, figures on the other."""
+    import csv
+
+    with open(cohort / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    made = []
+    for k, name in enumerate(("select", "score")):
+        sub = out / f"{cohort.parent.name}-{cohort.name}-{name}"
+        part = rows[k::2]
+        (sub / "images").mkdir(parents=True, exist_ok=True)
+        for d in (cohort / "masks").iterdir():
+            (sub / "masks" / d.name).mkdir(parents=True, exist_ok=True)
+        for r in part:
+            for src in [cohort / "images" / f"{r['id']}.png", *[d / f"{r['id']}.png" for d in (cohort / "masks").iterdir()]]:
+                dst = sub / src.relative_to(cohort)
+                if not dst.exists():
+                    os.symlink(src.resolve(), dst)
+        with open(sub / "labels.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(part)
+        made.append(sub)
+    return made[0], made[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from napari_icnn.config import TrainConfig
+    from napari_icnn.engine.lesion_types import lesion_type_figures_iter
+    from napari_icnn.engine.train import train_iter
+    from napari_icnn.progress import TextProgress, drain
+    from training.experiments.presets import PRESETS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", required=True, type=Path)
+    ap.add_argument("--seed", required=True, type=int)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("overrides", nargs="*", help="TrainConfig field=value")
+    args = ap.parse_args(argv)
+    p = PRESETS["cpu"]
+    overrides = dict(kv.split("=", 1) for kv in args.overrides)
+    data = args.study / "data" / f"seed{args.seed}"
+    bundle = args.out / "runs" / f"seed{args.seed}" / args.name
+    if not (bundle / "models" / "model.pt").is_file():
+        cfg = TrainConfig(data=str(data / "train"), val=str(data / "val"), out=str(bundle), size=p.size,
+                          seed=args.seed, epochs=p.finetune_epochs, warmup_epochs=0, lr=p.finetune_lr,
+                          init=str(args.study / "runs" / f"seed{args.seed}" / "vgg-referable-ordinary"),
+                          categories="lesion-types", resume=(bundle / "checkpoints" / "last.pt").is_file(),
+                          **{**p.train, **p.icnn, **{k: _value(v) for k, v in overrides.items()}})
+        drain(train_iter(cfg), TextProgress())
+    select, score = _halves(data / "val", args.out)
+    doc = drain(lesion_type_figures_iter(str(bundle), str(score), str(select)), TextProgress())
+    doc["variant"] = {"name": args.name, "seed": args.seed, "overrides": overrides,
+                      "scored_on": "odd rows of the validation cohort; thresholds on its even rows"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}-seed{args.seed}.json").write_text(json.dumps(doc, indent=2))
+    tf = doc["top_filter"]
+    print(f"{args.name} seed {args.seed}: top filter own type {tf['own_type_rate']}, any lesion {tf['any_lesion_rate']}; "
+          + ", ".join(f"{t} hit {v['icnn_hit_rate']} vs Grad-CAM {v['gradcam_hit_rate']}" for t, v in doc["types"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
