@@ -67,6 +67,10 @@ class FilterInfo:
     act_scale: float = 1.0
     """Typical strong activation (99th percentile of per-image maxima on validation images): maps are divided
     by it for display, so a weak response looks weak."""
+    fire_threshold: float | None = None
+    """For a lesion-type filter: the peak activation at and above which it says "my lesion type is here", fixed on
+    the validation images (the one that best separates those with its type from those without); ``None`` for
+    other filters and older bundles."""
 
     @property
     def display_name(self) -> str:
@@ -82,6 +86,7 @@ class FilterInfo:
             part_hit_rate=None if d.get("part_hit_rate") is None else float(d["part_hit_rate"]),
             name=d.get("name"),
             act_scale=float(d.get("act_scale", 1.0) or 1.0),
+            fire_threshold=None if d.get("fire_threshold") is None else float(d["fire_threshold"]),
         )
 
 

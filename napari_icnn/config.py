@@ -33,6 +33,7 @@ __all__ = [
     "MIN_BATCH",
     "MIN_VAL_IMAGES",
     "config_help",
+    "choices_of",
     "flag_of",
     "field_of_flag",
     "validation_size",
@@ -428,6 +429,19 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def choices_of(name: str) -> tuple[str, ...] | None:
+    """The allowed values of a :class:`TrainConfig` field with a fixed set of them, ``None`` otherwise: the one
+    list the command line's ``choices`` and the Train widget's drop-down menus are made from."""
+    if name == "format":
+        from napari_icnn.data.layouts import FORMATS
+
+        return ("auto", *FORMATS)
+    if name == "cache":
+        return ("memory", "disk", "none")
+    return {"task": TASKS, "categories": CATEGORIES, "decision_filters": DECISION_FILTERS, "arch": ARCHS,
+            "device": DEVICES, "loss_mode": LOSS_MODES, "z_estimate": Z_ESTIMATES}.get(name)
 
 
 def config_help(name: str) -> str:

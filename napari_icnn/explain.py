@@ -63,6 +63,9 @@ class FilterEvidence:
     """``evidence``, ``context`` or ``possible artefact`` (:mod:`napari_icnn.roles`)."""
     flags: tuple[str, ...] = ()
     """Why the role, in words: "category filter that learned anatomy", "peak on the field-of-view rim", ..."""
+    fires: bool | None = None
+    """For a lesion-type filter: whether its peak reaches its firing threshold (fixed on validation), i.e. it says
+    its lesion type is present; ``None`` for other filters."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,7 @@ class FilterEvidence:
             "contribution": round(self.contribution, 6),
             "role": self.role,
             "flags": list(self.flags),
+            "fires": self.fires,
         }
 
 
@@ -304,6 +308,9 @@ def explain_batch(
             role = role_of(info.category, info.part, act / info.act_scale,
                            fov_radius_of(float(centres[f, 0]), float(centres[f, 1]), model.size),
                            inside_scan=-0.5 <= px < w - 0.5 and -0.5 <= py < h - 0.5)
+            fire_at = getattr(info, "fire_threshold", None)
+            fires = None if fire_at is None else act >= fire_at
+            flags = role.flags if fires is not False else (*role.flags, "below its firing threshold")
             filters.append(
                 FilterEvidence(
                     id=f,
@@ -318,7 +325,8 @@ def explain_batch(
                     map=masked[f],
                     act_scale=info.act_scale,
                     role=role.role,
-                    flags=role.flags,
+                    flags=flags,
+                    fires=fires,
                 )
             )
         filters.sort(key=lambda e: (-e.contribution, -e.activation, e.id))

@@ -182,10 +182,17 @@ def test_synthetic_cohorts_train_lesion_type_filters_and_the_decision_beside_the
         gap = (float(out.logits[0, 0]) - ref_logit) / model.temperature
     sign = 1.0 if e.predicted_class == "referable DR" else -1.0
     assert sum(f.contribution for f in e.filters) == pytest.approx(sign * gap, abs=1e-3)
-    # lesion-type filters are evidence, label-free ones context (unless they peak on the rim)
+    # lesion-type filters are evidence, label-free ones context (unless they peak on the rim); a lesion-type
+    # filter says whether it fires, by its threshold fixed on the validation images
     for f in e.filters:
+        info = model.filters[f.id]
         if f.category == "free":
-            assert f.role != "evidence"
+            assert f.role != "evidence" and f.fires is None and info.fire_threshold is None
+        else:
+            assert info.fire_threshold > 0 and f.fires == (f.activation >= info.fire_threshold)
+            assert ("below its firing threshold" in f.flags) == (not f.fires)
+    entries = [x for group in ("evidence", "context", "possible_artefacts") for x in e.to_json()[group]]
+    assert {type(x["fires"]) for x in entries} <= {bool, type(None)} and len(entries) == len(e.filters)
 
 
 def test_lesion_type_figures_score_filters_and_grad_cam_on_the_same_images(lesion_bundle, lesion_cohorts):

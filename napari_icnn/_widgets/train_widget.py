@@ -122,6 +122,7 @@ _LABELS = {
     "free_fraction": "Label-free filters",
     "loss_mode": "Filter loss",
     "z_estimate": "Partition function Z",
+    "decision_filters": "Decision computed from",
     "normalise": "Normalise maps in the filter loss",
     "beta": "Template slope β",
     "ordinary": "Ordinary CNN (the baseline)",
@@ -940,18 +941,9 @@ def _same_kind(name: str, value: Any) -> bool:
 
 def _choices(name: str) -> tuple[str, ...] | None:
     """The allowed values of a TrainConfig field with a fixed set of them (``None`` otherwise)."""
-    from napari_icnn.config import ARCHS, CATEGORIES, DEVICES, LOSS_MODES, TASKS, Z_ESTIMATES
+    from napari_icnn.config import choices_of
 
-    if name == "format":
-        from napari_icnn.data.layouts import FORMATS
-
-        return ("auto", *FORMATS)
-    if name == "cache":
-        from napari_icnn.data.datasets import CACHE_MODES
-
-        return CACHE_MODES
-    return {"task": TASKS, "categories": CATEGORIES, "arch": ARCHS, "device": DEVICES,
-            "loss_mode": LOSS_MODES, "z_estimate": Z_ESTIMATES}.get(name)
+    return choices_of(name)
 
 
 def _field_of(message: str, known: dict[str, Any]) -> str:

@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
-from napari_icnn.config import ARCHS, CATEGORIES, DEVICES, LOSS_MODES, TASKS, Z_ESTIMATES, TrainConfig
-
-_CHOICES = {"task": TASKS, "categories": CATEGORIES, "arch": ARCHS, "device": DEVICES, "loss_mode": LOSS_MODES,
-            "z_estimate": Z_ESTIMATES,
-            "cache": ("memory", "disk", "none"),
-            "format": ("auto", "synth", "idrid-seg", "idrid-grading", "csv", "dicom")}
+from napari_icnn.config import TrainConfig, choices_of
 
 
 def _flagged() -> list:
@@ -38,7 +33,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, action="store_false" if default else "store_true",
                            help=("turn off: " if default else "") + help_)
             continue
-        extra = {"choices": _CHOICES[f.name]} if f.name in _CHOICES else {}
+        choices = choices_of(f.name)
+        extra = {"choices": choices} if choices else {}
         p.add_argument(flag, dest=f.name, type=_kind(f), default=default,
                        help=f"{help_} (default: {default})" if default not in (None, "") else help_, **extra)
 

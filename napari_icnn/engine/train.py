@@ -552,6 +552,24 @@ def filter_report(net, loader, device, has_masks: bool) -> tuple[list[str | None
     return named, score, hits, act_scale
 
 
+@torch.no_grad()
+def firing_thresholds_of(net, loader, records, categories: list[str | None], act_scale, device) -> list[float | None]:
+    """Each lesion-type filter's firing threshold on the validation images (``records``, in ``loader``'s order),
+    from their presence labels (:func:`napari_icnn.engine.lesion_types.firing_thresholds`); ``None`` for the
+    other filters, and for all when the images lack presence labels."""
+    from napari_icnn.engine.lesion_types import firing_thresholds
+    from napari_icnn.parts import MASK_LESION_KEYS
+
+    types = [c if c in MASK_LESION_KEYS else None for c in categories]
+    if not any(types) or not all(set(MASK_LESION_KEYS) <= set(r.labels) for r in records):
+        return [None] * len(categories)
+    net.eval()
+    peaks = [net(b["image"].to(device)).masked.float().flatten(2).amax(2).cpu().numpy() for b in loader]
+    present = np.array([[r.labels[k] > 0 for k in MASK_LESION_KEYS] for r in records], bool)
+    thr = firing_thresholds(np.concatenate(peaks), present, types, np.asarray(act_scale, np.float64))
+    return [float(thr[f]) if types[f] else None for f in range(len(categories))]
+
+
 def reference_of(net, records, size: int, device, batch: int = 16) -> dict[str, Any] | None:
     """The reference eye of ``net`` on the healthy eyes among ``records`` (bundle metadata entry), or
     ``None`` when fewer than :data:`~napari_icnn.engine.reference.MIN_REFERENCE_EYES` are known healthy."""
@@ -604,14 +622,15 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
     net.eval()
     parts, scores, hits, act_scale = filter_report(net, val_dl, device, has_masks)
     cats = assignment.categories.cpu().tolist() if cfg.interpretable else [None] * cfg.n_filters
+    categories = [None if c is None else (FREE_CATEGORY if c < 0 else names[cfg.category_columns[c]]) for c in cats]
+    fire = firing_thresholds_of(net, val_dl, val_recs, categories, act_scale, device)
     filters = []
     for f in range(cfg.n_filters):
-        c = cats[f]
-        category = None if c is None else (FREE_CATEGORY if c < 0 else names[cfg.category_columns[c]])
-        filters.append(FilterInfo(id=f, category=category, part=parts[f],
+        filters.append(FilterInfo(id=f, category=categories[f], part=parts[f],
                                   part_score=None if parts[f] is None else round(float(scores[f]), 4),
                                   part_hit_rate=None if parts[f] is None else round(float(hits[f]), 4),
-                                  act_scale=round(float(act_scale[f]), 5)))
+                                  act_scale=round(float(act_scale[f]), 5),
+                                  fire_threshold=None if fire[f] is None else round(float(fire[f]), 6)))
     best_metrics = next((h for h in history if h["epoch"] == best["epoch"]), history[-1] if history else {})
     reference = reference_of(net, val_recs, cfg.size, device, max(cfg.batch, 16))
     decision_only = slice(0, 1) if cfg.target_set == "referable+lesion-types" else None
