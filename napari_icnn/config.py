@@ -147,10 +147,10 @@ class TrainConfig:
     loss_mode: str = _opt("paper", "filter loss: paper (label-aware -MI) or mi (exact label-free -MI)", "--loss-mode")
     normalise: bool = _opt(True, "scale maps by a detached per-filter factor inside the filter loss")
     z_estimate: str = _opt(
-        "batch",
-        "the filter loss's partition function Z_T: batch (summed over the batch and differentiated through) or "
-        "running (the paper's constant, a moving average updated gradually); compared on validation in "
-        "docs/results.md",
+        "running",
+        "the filter loss's partition function Z_T: running (the paper's constant, a moving average updated "
+        "gradually) or batch (summed over the batch and differentiated through); compared on validation in "
+        "docs/results.md, where the two tied",
         "--z-estimate",
     )
     beta: float = _opt(
