@@ -214,8 +214,9 @@ def train_iter(
 
     net = _build_net(cfg, k).to(device)
     if cfg.init and saved is None:
-        _init_from(net, cfg.init)
-        yield Message(f"initialised from bundle {cfg.init}")
+        shared = _init_from(net, cfg.init, names)
+        yield Message(f"initialised from bundle {cfg.init}"
+                      + (f" (its {', '.join(shared)} output included)" if shared else ""))
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     assignment = FilterAssignment(cfg.n_filters, len(cat_names), n_free=n_free_filters(cfg),
@@ -510,8 +511,11 @@ def _validate(net, loader, device, names, cfg: TrainConfig) -> dict[str, float]:
     return out
 
 
-def _init_from(net, bundle: str) -> None:
-    """Fine-tune start: copy every tensor of the bundle whose name and shape fit (the head may differ)."""
+def _init_from(net, bundle: str, names: list[str] | None = None) -> list[str]:
+    """Fine-tune start: copy every tensor of the bundle whose name and shape fit. Where the head differs (other
+    outputs), the rows of the outputs both networks have — by name, e.g. "referable DR" — are copied, so a
+    decision learnt by the ordinary CNN is where the fine-tuning starts from, not a random row that the small
+    fine-tuning learning rate could not move far. Returns the outputs copied that way."""
     loaded = load_bundle(bundle, device="cpu")
     src = loaded.net.state_dict()
     dst = net.state_dict()
@@ -519,7 +523,17 @@ def _init_from(net, bundle: str) -> None:
     if not fitting:
         raise ConfigError(f"--init {bundle}: none of its weights fit this network (different backbone or size?)")
     dst.update(fitting)
+    shared: list[str] = []
+    head_fits = all(k in fitting for k in ("fc.weight", "fc.bias"))
+    if names and not head_fits and "fc.weight" in src and src["fc.weight"].shape[1:] == dst["fc.weight"].shape[1:]:
+        for row, name in enumerate(names):
+            if name in loaded.class_names:
+                k = loaded.class_names.index(name)
+                dst["fc.weight"][row] = src["fc.weight"][k]
+                dst["fc.bias"][row] = src["fc.bias"][k]
+                shared.append(name)
     net.load_state_dict(dst)
+    return shared
 
 
 @torch.no_grad()
