@@ -17,7 +17,9 @@ __all__ = ["ECE_BINS", "fit_temperature", "expected_calibration_error", "reliabi
 
 ECE_BINS = 10
 """Equal-width probability bins of the ECE and the reliability diagram."""
-_T_RANGE = (0.05, 100.0)
+_T_RANGE = (1e-3, 1e3)
+"""Wide enough for a decision whose raw logits sit within a few tenths of zero (a head computed from silent
+lesion filters): the temperature is fitted, never clipped at a bound."""
 
 
 def _nll(logits: np.ndarray, targets: np.ndarray, t: float) -> float:
@@ -27,7 +29,7 @@ def _nll(logits: np.ndarray, targets: np.ndarray, t: float) -> float:
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
-    """The T in [0.05, 100] minimising the mean binary NLL of ``sigmoid(logits / T)`` against ``targets``
+    """The T in [0.001, 1000] minimising the mean binary NLL of ``sigmoid(logits / T)`` against ``targets``
     (both ``(N,)`` or ``(N, K)``; one T for all outputs). Golden-section search on log T: the NLL is
     unimodal in log T."""
     z = np.asarray(logits, dtype=np.float64).ravel()
