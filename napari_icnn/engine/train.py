@@ -229,7 +229,7 @@ def train_iter(
         running_z = RunningLogZ(cfg.n_filters, net.bank.n_templates).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(net, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, len(train_dl))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, phase_schedule(cfg, steps))
     start_epoch, best, history = 1, {"score": -math.inf, "epoch": 0}, []
@@ -264,6 +264,7 @@ def train_iter(
                 sampler.set_epoch(epoch)
             gen.manual_seed(cfg.seed * 1000 + epoch)
             net.set_mask_enabled(cfg.mask_on(epoch))
+            assignment.refresh()
             net.template_only = n_free_filters(cfg) if cfg.free_template_only and cfg.mask_on(epoch) else 0
             lam = cfg.lambda_at(epoch)
             if lam > 0 and lam_scale is None:
@@ -334,6 +335,22 @@ def train_iter(
         return result
     yield Message(f"bundle written to {out} (best epoch {best['epoch']}, {result.seconds:.0f} s)")
     return result
+
+
+HEAD_LR_FACTOR = 10.0
+"""When fine-tuning, the classifier learns this many times faster than the network below it: its rows for new
+outputs start from scratch, and a decision whose healthy eyes reach it as silent maps (logit = its bias) must
+move its bias by several units in a few hundred steps that move each weight by about the learning rate."""
+
+
+def param_groups(net, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: the classifier at ``HEAD_LR_FACTOR`` × the learning rate when
+    fine-tuning (``--init``), everything else at the learning rate."""
+    if not cfg.init:
+        return [{"params": list(net.parameters())}]
+    head = [p for n, p in net.named_parameters() if n.startswith("fc.")]
+    rest = [p for n, p in net.named_parameters() if not n.startswith("fc.")]
+    return [{"params": rest}, {"params": head, "lr": cfg.lr * HEAD_LR_FACTOR}]
 
 
 def phase_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:

@@ -70,13 +70,17 @@ class FilterAssignment(nn.Module):
         self.register_buffer("ema_negative", torch.zeros(n_filters, n_categories))
         self.register_buffer("initialised", torch.zeros(n_categories, dtype=torch.bool))
         self.register_buffer("negatives_seen", torch.zeros(n_categories, dtype=torch.bool))
-        self._cached: tuple[int, Tensor] | None = None  # (version, categories) of the balanced matching
+        # The balanced matching is kept between refresh() calls (the engine refreshes it once per epoch): greedy
+        # matching swaps near-tied filters on every small change of the averages, and a filter whose category
+        # changes at every step is fitted to T⁻ on one batch and to its part on the next.
+        self._cached: Tensor | None = None
+        self._dealt = True
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the negatives' average existed
         state_dict.setdefault(prefix + "ema_negative", torch.zeros_like(self.ema_negative))
         state_dict.setdefault(prefix + "negatives_seen", torch.zeros_like(self.negatives_seen))
-        self._cached = None
+        self._cached, self._dealt = None, True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _labels(self, labels: Tensor, batch: int | None = None) -> Tensor:
@@ -128,7 +132,8 @@ class FilterAssignment(nn.Module):
         self.ema_negative.copy_(torch.where(n_neg > 0, new_neg, self.ema_negative))
         self.negatives_seen.logical_or_(n_neg > 0)
         self.initialised.logical_or_(seen)
-        self._cached = None
+        if self._dealt:  # the first statistics replace the round-robin deal at once
+            self._cached = None
 
     @property
     def categories(self) -> Tensor:
@@ -137,6 +142,7 @@ class FilterAssignment(nn.Module):
         n_rest = self.n_filters - self.n_free
         if self.balanced and n_rest:
             if self._cached is None:
+                self._dealt = not bool(self.initialised.any())
                 self._cached = self._balanced().to(device)
             return self._cached
         learnt = self.ema[self.n_free :].masked_fill(~self.initialised, float("-inf")).argmax(dim=1)
@@ -144,6 +150,10 @@ class FilterAssignment(nn.Module):
         # tensor-side choice (no .item()), so training on a GPU never waits for it
         rest = torch.where(self.initialised.any(), learnt, dealt)
         return torch.cat([torch.full((self.n_free,), -1, dtype=torch.long, device=device), rest])
+
+    def refresh(self) -> None:
+        """Recompute the balanced matching from the current averages at the next use (once per epoch)."""
+        self._cached = None
 
     def selectivity(self) -> Tensor:
         """``(C, K)`` (mean on positives − mean on negatives) / their sum, in [-1, 1]; 0 for a category seen on

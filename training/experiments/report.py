@@ -279,7 +279,28 @@ def lesion_types_markdown(doc: dict[str, Any]) -> list[str]:
     seeds_all = per_seed(doc)
     if not any(x.get("lesion_types") for seeds in seeds_all.values() for x in seeds.values()):
         return []
-    lines = ["", "### Lesion-type evidence (engine.lesion_types; scored subset, thresholds fixed on validation)", "",
+    lines = ["", "### Three models: ordinary CNN, ICNN (single category), ICNN (lesion types)", "",
+             "Lesion filters' part interpretability (IoU > 0.2 with a lesion of any kind; the ordinary CNN's best "
+             "lesion overlap per filter) and the referable AUC on the whole test cohort.", "",
+             "| backbone / task | seed | PI ordinary | PI ICNN (single) | PI ICNN (types) | "
+             "AUC ordinary | AUC ICNN (single) | AUC ICNN (types) | PI types / ordinary |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def auc(x: dict[str, Any], model: str) -> float:
+        m = x.get("classification", {}).get(model) or {}
+        return _num((m.get("per_class") or {}).get("referable DR", {}).get("auc", m.get("auc")))
+
+    for (arch, task), seeds in sorted(seeds_all.items()):
+        lines += _seed_rows(f"{arch} / {task}", seeds, [
+            ("o", lambda x: _group(x.get("ordinary"), "lesion", "part_interpretability"), 3),
+            ("i", lambda x: _group(x.get("icnn"), "lesion", "part_interpretability"), 3),
+            ("t", lambda x: _group(x.get("icnn-types"), "lesion", "part_interpretability"), 3),
+            ("ao", lambda x: auc(x, "ordinary"), 4),
+            ("ai", lambda x: auc(x, "icnn"), 4),
+            ("at", lambda x: auc(x, "icnn-types"), 4),
+        ], ("r", lambda x: _ratio(_group(x.get("icnn-types"), "lesion", "part_interpretability"),
+                                  _group(x.get("ordinary"), "lesion", "part_interpretability"))), True)
+    lines += ["", "### Lesion-type evidence (engine.lesion_types; scored subset, thresholds fixed on validation)", "",
              "ICNN (types): one lesion type per filter; ICNN (single): every filter serves the referable class, so "
              "no filter is trained for a type. Hit rate: a type's filters' peaks inside a lesion of that type, over "
              "the images that have one (mean over the type's filters); Grad-CAM: the peak of Grad-CAM of the same "
