@@ -275,6 +275,7 @@ def test_disc_filter_of_the_demo_model_covers_the_disc_in_viewer_coordinates(qtb
     truth = fundus.masks["optic_disc"][rows, cols]
     centre = np.argwhere(truth).mean(axis=0)
     radius = np.sqrt(truth.sum() / np.pi)
+    ious = {}
     for layer in disc_layers:
         data = np.asarray(layer.data)
         hit = np.zeros(rows.shape, bool)
@@ -282,16 +283,20 @@ def test_disc_filter_of_the_demo_model_covers_the_disc_in_viewer_coordinates(qtb
             world = scan.data_to_world((rows[idx], cols[idx]))
             r, c = np.round(layer.world_to_data(world)).astype(int)
             hit[idx] = 0 <= r < data.shape[0] and 0 <= c < data.shape[1] and data[r, c] == 1
-        # the region overlaps the disc and is centred on it, at the widget's default region threshold
-        assert (hit & truth).sum() / (hit | truth).sum() > 0.3, layer.name
-        assert np.linalg.norm(np.argwhere(hit).mean(axis=0) - centre) <= radius, layer.name
+        off = np.linalg.norm(np.argwhere(hit).mean(axis=0) - centre)
+        # every disc region lies on the disc through the scan's scale and offset ...
+        assert off <= 2 * radius, (layer.name, off, radius)
+        ious[layer.name] = ((hit & truth).sum() / (hit | truth).sum(), off)
+    # ... and the best of them outlines it and is centred on it, at the widget's default region threshold
+    iou, off = max(ious.values())
+    assert iou > 0.3 and off <= radius, ious
 
 
 @pytest.mark.skipif(
     not (SHIPPED / WEIGHTS).exists(),
     reason="the shipped demo bundle (napari_icnn/models/demo) is not built yet",
 )
-def test_the_optic_disc_of_a_real_photograph_is_context_not_evidence(qtbot, widget):
+def test_anatomy_of_a_real_photograph_is_context_and_no_lesion_filter_fires(qtbot, widget):
     import skimage.data
 
     viewer = widget.viewer
@@ -302,10 +307,16 @@ def test_the_optic_disc_of_a_real_photograph_is_context_not_evidence(qtbot, widg
     _run(qtbot, widget)
 
     expected = explain(FundusImage(pixels=pixels, source="retina"), load_bundle(SHIPPED))
-    disc = [f for f in expected.context(5) if f.part == "optic_disc" and f.category == FREE_CATEGORY]
-    assert disc, "the shipped model's label-free optic-disc filters are not among its top context here"
-    # Ranked over all filters they lead on this healthy eye: what a top-K list would have called evidence.
-    assert expected.top(1)[0].role == CONTEXT and any(f.part == "optic_disc" for f in expected.top(5))
+    # a healthy eye: no referable DR, and none of the filters the decision is computed from (haemorrhage,
+    # exudate, cotton-wool-spot filters) reaches its firing threshold
+    assert expected.predicted_class == "no referable DR"
+    decision_filters = [f for f in expected.filters if f.category in ("HE", "EX", "SE")]
+    assert decision_filters and not any(f.fires for f in decision_filters)
+    assert "haemorrhages" in widget.lesion_types_label.text()
+    # the label-free (anatomy) filters have no weight in the decision, and are shown as context only
+    disc = [f for f in expected.context(5) if f.category == FREE_CATEGORY]
+    assert disc, "the shipped model's label-free filters are not among its top context here"
+    assert all(f.contribution == 0.0 for f in expected.filters if f.category == FREE_CATEGORY)
 
     evidence = _evidence(viewer, REGION, EVIDENCE)
     context = _evidence(viewer, REGION, CONTEXT)
@@ -319,7 +330,7 @@ def test_the_optic_disc_of_a_real_photograph_is_context_not_evidence(qtbot, widg
     lowest_evidence = min(layers.index(la) for la in evidence)
     for f in disc:
         (layer,) = [la for la in context if evidence_info(la.metadata).filter_id == f.id]
-        assert layer.name == f"context · filter {f.id} · optic disc"
+        assert layer.name == f"context · {f.name}"
         assert not layer.visible and layers.index(layer) < lowest_evidence  # hidden, below the evidence
         row = widget.legend.rows[f.id]
         assert row.group == CONTEXT and not row.checkbox.isChecked()
