@@ -79,7 +79,7 @@ def main() -> None:
             ax.plot(f.peak_x, f.peak_y, "o", mfc="none", mec="white", ms=12)
             title = f"{f.name}\ncontribution {f.contribution:+.2f}, strength {f.strength:.2f}"
             if f.flags:
-                title += "\n" + "; ".join(f.flags)
+                title += "\n" + "\n".join(f.flags)
             ax.set_title(title, fontsize=8.5, color=colour if role != "evidence" else "black")
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)

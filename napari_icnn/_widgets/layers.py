@@ -254,6 +254,8 @@ def part_heading(part: str | None, category: str | None = None) -> str:
         return display_name(part) or part
     if category == FREE_CATEGORY:
         category = "label-free"  # "free" is the training term
+    elif category is not None:
+        category = f"trained for {display_name(category)}"  # a lesion type by its name
     return f"not matched to a part ({category})" if category else "not matched to a part"
 
 
