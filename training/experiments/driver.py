@@ -30,7 +30,7 @@ from typing import Any
 from napari_icnn.progress import Message, drain
 from training.experiments.presets import PRESETS, Preset
 
-__all__ = ["experiment_iter", "run_experiment", "scored_subset"]
+__all__ = ["experiment_iter", "run_experiment", "scored_subset", "link_subset"]
 
 
 def _cohort(path: Path, n: int, size: int, seed: int) -> Generator[Any, None, None]:
@@ -93,7 +93,6 @@ def scored_subset(cohort: Path, n: int, seed: int) -> Path:
     seed and the cohort's size only, never on a model or a result.
     """
     import csv
-    import os
 
     import numpy as np
 
@@ -107,10 +106,21 @@ def scored_subset(cohort: Path, n: int, seed: int) -> Path:
     if (sub / "labels.csv").is_file() and (sub / "subset.json").is_file():
         if json.loads((sub / "subset.json").read_text()) == rule:
             return sub
+    link_subset(cohort, rows, sub)
+    (sub / "subset.json").write_text(json.dumps(rule, indent=1))
+    return sub
+
+
+def link_subset(cohort: Path, rows: list[dict[str, str]], sub: Path) -> Path:
+    """A folder of symlinks to ``rows`` (labels.csv rows) of a synthetic cohort: images, masks, labels.csv."""
+    import csv
+    import os
+
     (sub / "images").mkdir(parents=True, exist_ok=True)
     for part_dir in (cohort / "masks").iterdir():
         (sub / "masks" / part_dir.name).mkdir(parents=True, exist_ok=True)
-    for i in ids:
+    for r in rows:
+        i = r["id"]
         for src in [cohort / "images" / f"{i}.png", *[(d / f"{i}.png") for d in (cohort / "masks").iterdir()]]:
             dst = sub / src.relative_to(cohort)
             if not dst.exists():
@@ -119,7 +129,6 @@ def scored_subset(cohort: Path, n: int, seed: int) -> Path:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (sub / "subset.json").write_text(json.dumps(rule, indent=1))
     return sub
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +30,12 @@ def _halves(cohort: Path, out: Path) -> tuple[Path, Path]:
     """The cohort split into two folders of symlinks (even and odd rows): thresholds on one, figures on the other."""
     import csv
 
+    from training.experiments.driver import link_subset
+
     with open(cohort / "labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    made = []
-    for k, name in enumerate(("select", "score")):
-        sub = out / f"{cohort.parent.name}-{cohort.name}-{name}"
-        part = rows[k::2]
-        (sub / "images").mkdir(parents=True, exist_ok=True)
-        for d in (cohort / "masks").iterdir():
-            (sub / "masks" / d.name).mkdir(parents=True, exist_ok=True)
-        for r in part:
-            for src in [cohort / "images" / f"{r['id']}.png", *[d / f"{r['id']}.png" for d in (cohort / "masks").iterdir()]]:
-                dst = sub / src.relative_to(cohort)
-                if not dst.exists():
-                    os.symlink(src.resolve(), dst)
-        with open(sub / "labels.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(part)
-        made.append(sub)
-    return made[0], made[1]
+    return tuple(link_subset(cohort, rows[k::2], out / f"{cohort.parent.name}-{cohort.name}-{name}")
+                 for k, name in enumerate(("select", "score")))
 
 
 def main(argv: list[str] | None = None) -> int:
