@@ -72,7 +72,8 @@ def run(ctx: Context) -> Iterator[Figure]:
     batch = 4 if ctx.quick else DEFAULT_BATCH
     n_images = batch * (2 if ctx.quick else 8)
     # the loader workers the engine would choose here (explicit batch: the quick run's is smaller)
-    cfg = TrainConfig(batch=batch).resolved(n_images, device_type=ctx.device.type, cores=ctx.cores)
+    cfg = TrainConfig(batch=batch, categories="decision").resolved(n_images, device_type=ctx.device.type,
+                                                                   cores=ctx.cores)
     gen_workers = min(8, ctx.cores) if ctx.cores >= 4 else 1
     ctx.log(f"training data: {n_images} synthetic photographs of 512 px ({gen_workers} worker(s))")
     drain(generate_cohort(ctx.workdir / "cohort", n_images, size=512, seed=0, workers=gen_workers))

@@ -26,9 +26,11 @@ __all__ = ["NAME", "TrainStep", "step_config", "fixed_batch", "plan_batch", "tim
 
 
 def step_config(arch: str, size: int, batch: int, *, ordinary: bool = False, **overrides: Any):
-    """The training configuration of a step: the defaults (``TrainConfig()``) but for these."""
+    """The training configuration of a step: the defaults (``TrainConfig()``) but for these; one output (the
+    referable decision, every filter serving it), the step these benchmarks have always timed."""
     from napari_icnn.config import TrainConfig
 
+    overrides = {"categories": "decision", **overrides}
     return TrainConfig(arch=arch, size=size, batch=batch, ordinary=ordinary, device="auto", **overrides)
 
 
