@@ -114,8 +114,10 @@ def run(ctx: Context) -> Iterator[Figure]:
 
     expl = explain(image, model)
 
+    shown = expl.evidence(top_k) + expl.context(top_k) + expl.possible_artefacts(top_k)
+
     def stage_maps() -> None:
-        for f in expl.evidence(top_k) + expl.context(top_k) + expl.possible_artefacts(top_k):
+        for f in shown:
             expl.region_on_scan(f.id, threshold)
 
     def stage_layer_data() -> list:
@@ -159,7 +161,8 @@ def run(ctx: Context) -> Iterator[Figure]:
     yield Figure("explain_model_load_ms", load_ms, unit="ms", note=what)
     yield Figure("explain_preprocess_ms", pre, unit="ms", note=note)
     yield Figure("explain_forward_ms", forward, unit="ms", note="explain() less preprocessing")
-    yield Figure("explain_maps_ms", maps, unit="ms", note=f"top {top_k} regions on the scan grid")
+    yield Figure("explain_maps_ms", maps, unit="ms",
+                 note=f"{len(shown)} regions on the scan grid: top {top_k} of each group")
     yield Figure("explain_core_ms", core, unit="ms", target=ctx.target("<=", cpu=None, gpu=100.0),
                  note="preprocess + forward + maps")
     layer_data = max(med["layer_data"] - maps, 0.0)
@@ -169,7 +172,8 @@ def run(ctx: Context) -> Iterator[Figure]:
     else:
         layers_ms = layer_data + med["napari"]
         yield Figure("explain_layers_ms", layers_ms, unit="ms",
-                     note=f"layer data {layer_data:.0f} ms + adding {top_k} Labels layers {med['napari']:.0f} ms")
+                     note=f"layer data {layer_data:.0f} ms + adding {len(shown)} Labels layers (top {top_k} evidence, "
+                          f"context, possible artefacts) {med['napari']:.0f} ms")
         yield Figure("explain_total_ms", core + layers_ms, unit="ms", target=ctx.target("<=", cpu=1500.0, gpu=None),
                      note="explain + evidence_layers + adding to a napari viewer")
 
