@@ -99,6 +99,10 @@ class TrainConfig:
         "--decision-filters",
     )
     arch: str = _opt("vgg", "backbone: vgg (plain VGG-style stack) or resnet (MONAI ResNet)", "--arch")
+    top_stride: int = _opt(
+        8, "input pixels per cell of the interpretable layer's map, VGG only: 8, or 4 for a map twice as fine "
+        "(lesion-sized cells, about 4x the compute of the top layers)", "--top-stride",
+    )
     size: int = _opt(256, "model input side in pixels (the FOV is cropped and resized to it)", "--size")
     epochs: int | None = _auto(
         f"total epochs, warm-up included; auto: {DEFAULT_EPOCHS}, or twice --warmup-epochs when that is more",
@@ -201,6 +205,8 @@ class TrainConfig:
             raise bad("z_estimate", f"must be one of {', '.join(Z_ESTIMATES)}")
         if self.cache not in ("memory", "disk", "none"):
             raise bad("cache", "must be memory, disk or none")
+        if self.top_stride not in (4, 8) or (self.top_stride == 4 and self.arch != "vgg"):
+            raise bad("top_stride", "must be 8, or 4 with --arch vgg")
         if self.size < 64 or self.size % 16:
             raise bad("size", "must be a multiple of 16 and at least 64")
         if self.epochs is not None and self.epochs < 1:

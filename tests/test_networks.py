@@ -151,3 +151,35 @@ def test_bad_configurations_are_named(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         ICNN(**{"width": 4, **kwargs})
 
+
+
+def test_a_vgg_top_map_twice_as_fine_shares_the_weights_and_knows_its_cells():
+    """``--top-stride 4``: the second pooling left out, a 2n x 2n map whose cells are centred where the
+    receptive-field arithmetic says, from the same weights as the stride-8 network."""
+    import torch
+
+    from napari_icnn.config import TrainConfig
+    from napari_icnn.errors import ConfigError
+    from napari_icnn.icnn.networks import ICNN
+
+    torch.manual_seed(0)
+    coarse = ICNN(image_size=64, n_filters=4, width=16)
+    fine = ICNN(image_size=64, n_filters=4, width=16, vgg_stride=4)
+    fine.load_state_dict(coarse.state_dict())  # a fine-tuning can start from the stride-8 network
+    assert (coarse.n, coarse.stride, coarse.offset) == (8, 8, 3.0)
+    assert (fine.n, fine.stride, fine.offset) == (16, 4, 1.0)
+    assert fine(torch.zeros(1, 3, 64, 64)).maps.shape == (1, 4, 16, 16)
+    assert ICNN(**fine.config).n == 16 and "vgg_stride" not in coarse.config  # older bundles load unchanged
+    # the receptive field of cell (9, 5) is centred on input pixel offset + stride * (9, 5)
+    fine.eval()
+    grad_input = (0.5 + 0.1 * torch.randn(1, 3, 64, 64)).requires_grad_(True)
+    feats = fine.backbone(grad_input)
+    assert (feats[0, :, 9, 5] > 0).any(), feats[0, :, 9, 5]
+    feats[0, :, 9, 5].sum().backward()
+    ys, xs = torch.nonzero(grad_input.grad.abs().sum(dim=1)[0], as_tuple=True)
+    centre = ((float(ys.min()) + float(ys.max())) / 2, (float(xs.min()) + float(xs.max())) / 2)
+    assert abs(centre[0] - (1 + 4 * 9)) <= 1.0 and abs(centre[1] - (1 + 4 * 5)) <= 1.0, centre
+    with pytest.raises(ConfigError, match="--top-stride"):
+        TrainConfig(top_stride=4, arch="resnet")
+    with pytest.raises(ConfigError, match="--top-stride"):
+        TrainConfig(top_stride=2)

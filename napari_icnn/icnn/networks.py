@@ -47,8 +47,9 @@ class ICNNOutput:
             )
 
 
-def _vgg(width: int) -> tuple[nn.Module, int, int, float]:
-    """Plain conv-BN-ReLU stack of stride 8: (module, out channels, stride, offset)."""
+def _vgg(width: int, stride: int = 8) -> tuple[nn.Module, int, int, float]:
+    """Plain conv-BN-ReLU stack of stride 8 (or 4, without the second pooling): (module, out channels, stride,
+    offset). Both have the same parameters, so either starts from the other's weights."""
     from monai.networks.blocks import Convolution
 
     def block(cin: int, cout: int, **kw: Any) -> nn.Module:
@@ -60,14 +61,14 @@ def _vgg(width: int) -> tuple[nn.Module, int, int, float]:
         block(3, w, strides=2, kernel_size=5),
         nn.MaxPool2d(2),
         block(w, 2 * w),
-        nn.MaxPool2d(2),
+        nn.MaxPool2d(2) if stride == 8 else nn.Identity(),
         block(2 * w, 3 * w),
         block(3 * w, 4 * w),
     )
     # Receptive-field centre of output cell k, in input pixels: each conv/pool of kernel K,
     # stride S and padding P maps (offset, stride) to (offset + stride * ((K-1)/2 - P), stride * S).
     # stem 5/2/2: (0, 2); pool 2/2/0: (1, 4); 3x3 convs keep it; pool: (3, 8).
-    return net, 4 * w, 8, 3.0
+    return net, 4 * w, stride, 3.0 if stride == 8 else 1.0
 
 
 class _ResNetFeatures(nn.Module):
@@ -122,6 +123,8 @@ class ICNN(nn.Module):
         ``False`` builds the ordinary CNN: the same layers with the mask permanently off.
     resnet_layers
         Basic blocks in layer1..layer4 (``arch="resnet"`` only).
+    vgg_stride
+        8, or 4 for a top map twice as fine (the second pooling left out; ``arch="vgg"`` only).
 
     Attributes
     ----------
@@ -149,6 +152,7 @@ class ICNN(nn.Module):
         locate: str = "argmax",
         interpretable: bool = True,
         resnet_layers: tuple[int, ...] | list[int] = (1, 1, 1, 1),
+        vgg_stride: int = 8,
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -164,8 +168,10 @@ class ICNN(nn.Module):
         if len(resnet_layers) != 4 or min(resnet_layers) < 1:
             raise ConfigError(f"resnet_layers must be 4 positive block counts (got {resnet_layers!r})")
 
+        if vgg_stride not in (4, 8) or (arch != "vgg" and vgg_stride != 8):
+            raise ConfigError(f"vgg_stride must be 8 or 4, and 4 only for arch 'vgg' (got {vgg_stride!r} for {arch!r})")
         if arch == "vgg":
-            self.backbone, channels, self.stride, self.offset = _vgg(width)
+            self.backbone, channels, self.stride, self.offset = _vgg(width, vgg_stride)
         else:
             self.backbone = _ResNetFeatures(width, resnet_layers)
             channels, self.stride, self.offset = self.backbone.out_channels, 16, 0.0
@@ -191,6 +197,7 @@ class ICNN(nn.Module):
             locate=locate,
             interpretable=bool(interpretable),
             resnet_layers=list(resnet_layers),
+            **({"vgg_stride": vgg_stride} if vgg_stride != 8 else {}),
         )
         self.n_filters, self.n_outputs, self.image_size = n_filters, n_outputs, image_size
         self.interpretable = bool(interpretable)
