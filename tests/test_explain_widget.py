@@ -54,6 +54,8 @@ def _run(qtbot, w):
     worker = w.run()
     assert worker is not None
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    # a run that failed or was declined leaves the previous layers: say so rather than fail on them later
+    assert "failed" not in w.status.text() and "declined" not in w.status.text(), w.status.text()
     return worker
 
 
