@@ -153,13 +153,15 @@ def _seed_rows(label: str, seeds: dict[int, dict[str, Any]], columns: list[tuple
     return rows
 
 
+def _detail(values: dict[int, float], summ: dict[str, Any], digits: int = 2, unit: str = "×") -> str:
+    """``"seed 10 1.48×, seed 11 1.95×; mean 1.72×, worst seed 10 1.48×"``."""
+    per = ", ".join(f"seed {s} {_v(v, digits)}{unit}" for s, v in sorted(values.items()))
+    return f"{per}; mean {_v(summ['mean'], digits)}{unit}, worst seed {summ['worst_seed']} {_v(summ['worst'], digits)}{unit}"
+
+
 def _bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(bar, verdict, detail): each judged on the mean of per-seed figures and on the worst seed."""
     bars: list[tuple[str, str, str]] = []
-
-    def detail(values: dict[int, float], summ: dict[str, Any], digits: int = 2, unit: str = "×") -> str:
-        per = ", ".join(f"seed {s} {_v(v, digits)}{unit}" for s, v in sorted(values.items()))
-        return f"{per}; mean {_v(summ['mean'], digits)}{unit}, worst seed {summ['worst_seed']} {_v(summ['worst'], digits)}{unit}"
 
     for (arch, task), seeds in sorted(per_seed(doc).items()):
         for g in ("lesion", "anatomy"):
@@ -167,25 +169,25 @@ def _bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
                            _group(x.get("ordinary"), g, "part_interpretability")) for s, x in seeds.items()}
             summ = summary_over_seeds(r)
             bars.append((f"{arch}/{task}: {g} filters' part interpretability ICNN ≥ 1.5× ordinary",
-                         _verdict(summ, lambda v: v >= 1.5), detail(r, summ)))
+                         _verdict(summ, lambda v: v >= 1.5), _detail(r, summ)))
         for g in ("lesion", "anatomy"):
             r = {s: _ratio(_group(x.get("icnn"), g, "location_instability"),
                            _group(x.get("ordinary"), g, "location_instability")) for s, x in seeds.items()}
             summ = summary_over_seeds(r, higher_is_better=False)
             bars.append((f"{arch}/{task}: {g} filters' location instability ≥ 30 % lower (ICNN / ordinary ≤ 0.70)",
-                         _verdict(summ, lambda v: v <= 0.70), detail(r, summ)))
+                         _verdict(summ, lambda v: v <= 0.70), _detail(r, summ)))
         if task == "referable":
             d = {s: _num(x.get("classification", {}).get("icnn", {}).get("auc"))
                  - _num(x.get("classification", {}).get("ordinary", {}).get("auc")) for s, x in seeds.items()}
             summ = summary_over_seeds(d)
             bars.append((f"{arch}/{task}: ICNN AUC within 0.02 of ordinary (ICNN − ordinary ≥ −0.02)",
-                         _verdict(summ, lambda v: v >= -0.02), detail(d, summ, 4, "")))
+                         _verdict(summ, lambda v: v >= -0.02), _detail(d, summ, 4, "")))
         if any("gradcam" in x for x in seeds.values()):
             r = {s: _ratio(_group(x.get("icnn"), "lesion", "pointing_hit_rate"),
                            _group(x.get("gradcam"), "lesion", "pointing_hit_rate")) for s, x in seeds.items()}
             summ = summary_over_seeds(r)
             bars.append((f"{arch}/{task}: ICNN lesion filters' peaks on a lesion more often than Grad-CAM's peak",
-                         _verdict(summ, lambda v: v > 1.0), detail(r, summ)))
+                         _verdict(summ, lambda v: v > 1.0), _detail(r, summ)))
             for part in LESIONS:
                 r = {s: _ratio(_part(x.get("icnn"), part, "pointing_matched_mean"),
                                _part(x.get("gradcam"), part, "peak_hit_rate_best_unit", "test"))
@@ -200,7 +202,7 @@ def _bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
                 summ = summary_over_seeds(r)
                 bars.append((f"{arch}/{task}: ICNN {PARTS[part].display} filters point better than Grad-CAM",
                              _verdict(summ, lambda v: v > 1.0),
-                             detail(r, summ) + ("; – : no filter named after it in that seed"
+                             _detail(r, summ) + ("; – : no filter named after it in that seed"
                                                  if any(np.isnan(v) for v in r.values()) else "")))
     return bars
 
@@ -218,10 +220,6 @@ def lesion_type_bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
     pointing and coverage against Grad-CAM of the same model, silence, the top filter, AUC."""
     bars: list[tuple[str, str, str]] = []
 
-    def detail(values: dict[int, float], summ: dict[str, Any], digits: int = 2, unit: str = "×") -> str:
-        per = ", ".join(f"seed {s} {_v(v, digits)}{unit}" for s, v in sorted(values.items()))
-        return f"{per}; mean {_v(summ['mean'], digits)}{unit}, worst seed {summ['worst_seed']} {_v(summ['worst'], digits)}{unit}"
-
     for (arch, task), seeds in sorted(per_seed(doc).items()):
         if not any(_lt(x, "icnn-types") for x in seeds.values()):
             continue
@@ -237,18 +235,15 @@ def lesion_type_bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
         summ = summary_over_seeds(r)
         ok = summ["worst_seed"] is not None and summ["worst"] >= 1.5
         bars.append((f"{arch}/{task} lesion types: lesion filters' part interpretability ≥ 1.5× ordinary on every "
-                     "seed", "PASS" if ok else "MISS", detail(r, summ)))
+                     "seed", "PASS" if ok else "MISS", _detail(r, summ)))
         for t in LESIONS:
-            for key, what in (("hit_rate", "hit rate (peak in a lesion of the type)"),
-                              ("coverage", "coverage of lesion instances at Grad-CAM's area")):
-                vals = {s: _lt_type(x, m, t, f"{key}_icnn" if key == "coverage" else f"icnn_{key}")
-                        - _lt_type(x, m, t, f"{key}_gradcam" if key == "coverage" else f"gradcam_{key}")
-                        for s, x in seeds.items()}
+            for ours, theirs, what in (("icnn_hit_rate", "gradcam_hit_rate", "hit rate (peak in a lesion of the type)"),
+                                       ("coverage_icnn", "coverage_gradcam",
+                                        "coverage of lesion instances at Grad-CAM's area")):
+                vals = {s: _lt_type(x, m, t, ours) - _lt_type(x, m, t, theirs) for s, x in seeds.items()}
                 summ = summary_over_seeds(vals)
-                pairs = ", ".join(
-                    f"seed {s} {_v(_lt_type(x, m, t, f'{key}_icnn' if key == 'coverage' else f'icnn_{key}'), 2)} vs "
-                    f"{_v(_lt_type(x, m, t, f'{key}_gradcam' if key == 'coverage' else f'gradcam_{key}'), 2)}"
-                    for s, x in sorted(seeds.items()))
+                pairs = ", ".join(f"seed {s} {_v(_lt_type(x, m, t, ours), 2)} vs {_v(_lt_type(x, m, t, theirs), 2)}"
+                                  for s, x in sorted(seeds.items()))
                 verdict = "MISS" if summ["worst_seed"] is None else ("PASS" if summ["mean"] >= 0 else "MISS")
                 bars.append((f"{arch}/{task} lesion types: {PARTS[t].display} filters' {what} ≥ Grad-CAM of the "
                              "type's logit (mean over seeds)", verdict,
@@ -265,12 +260,12 @@ def lesion_type_bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
         top = {s: _num(_lt(x, m).get("top_filter", {}).get("own_type_rate")) for s, x in seeds.items()}
         summ = summary_over_seeds(top)
         bars.append((f"{arch}/{task} lesion types: the top-contributing filter of a referable scan peaks in a lesion "
-                     "of its own type on ≥ 60 % of them", _verdict(summ, lambda v: v >= 0.6), detail(top, summ, 2, "")))
+                     "of its own type on ≥ 60 % of them", _verdict(summ, lambda v: v >= 0.6), _detail(top, summ, 2, "")))
         d = {s: _num(x.get("classification", {}).get(m, {}).get("per_class", {}).get("referable DR", {}).get("auc"))
              - _num(x.get("classification", {}).get("ordinary", {}).get("auc")) for s, x in seeds.items()}
         summ = summary_over_seeds(d)
         bars.append((f"{arch}/{task} lesion types: referable AUC within 0.02 of the ordinary CNN's",
-                     _verdict(summ, lambda v: v >= -0.02), detail(d, summ, 4, "")))
+                     _verdict(summ, lambda v: v >= -0.02), _detail(d, summ, 4, "")))
     return bars
 
 
