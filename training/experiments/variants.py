@@ -76,4 +76,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from napari_icnn.errors import IcnnError
+
+    try:
+        raise SystemExit(main())
+    except IcnnError as err:  # a wrong folder or option: one line, not a traceback
+        print(f"variants: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
