@@ -4,7 +4,8 @@ The ``full_disk`` fixture uses the most real of three ways this machine allows, 
 test runs rather than assumed:
 
 1. ``tmpfs``: a small tmpfs mounted on the folder (root with ``CAP_SYS_ADMIN``). :meth:`FullDisk.fill`
-   writes a filler file until only a few kilobytes are left, so every write after it fails with
+   writes a filler file until only a few kilobytes are left, and keeps topping it up (the run
+   deletes files as it goes: processed PACS instances), so every write after it fails with
    ``ENOSPC`` as on a real full disk; :meth:`FullDisk.free` deletes the filler.
 2. ``rlimit``: ``RLIMIT_FSIZE`` lowered, mid-run, to just above the size of ``summary.csv`` for the
    process writing the batch (and its worker processes, with ``prlimit``): every larger write then
@@ -74,6 +75,8 @@ class FullDisk:
         """The processes a run writes from; ``None``: this one."""
         self._budget: int | None = None
         self._lock = threading.Lock()
+        self._hog: threading.Thread | None = None
+        self._hog_stop = threading.Event()
         self.filled = False
         if method == "inject":
             self._inject()
@@ -89,19 +92,13 @@ class FullDisk:
         """From now on, writes into ``root`` fail for want of space (after ``slack`` more bytes,
         give or take a page; the ``rlimit`` way has none)."""
         if self.method == "tmpfs":
-            st = os.statvfs(self.root)
-            left = st.f_bavail * st.f_frsize - slack
-            chunk = b"\0" * (1 << 20)
-            with open(self._filler, "wb") as fh:
-                while left > 0:
-                    n = min(left, len(chunk))
-                    try:
-                        fh.write(chunk[:n])
-                        fh.flush()
-                    except OSError as exc:
-                        assert exc.errno == errno.ENOSPC, exc
-                        break
-                    left -= n
+            fh = open(self._filler, "wb", buffering=0)
+            self._top_up(fh, slack)
+            # Space the run frees (a processed instance it deletes) is taken again at once, as a
+            # disk filled by something else stays full: else a run can finish on what it freed.
+            self._hog_stop = threading.Event()
+            self._hog = threading.Thread(target=self._keep_full, args=(fh, slack), daemon=True)
+            self._hog.start()
         elif self.method == "rlimit":
             summary = self.root / "out" / "summary.csv"
             limit = (summary.stat().st_size if summary.exists() else 0) + 200
@@ -117,11 +114,36 @@ class FullDisk:
     def free(self) -> None:
         """Space again (a run started after this has all it needs)."""
         if self.method == "tmpfs":
+            if self._hog is not None:
+                self._hog_stop.set()
+                self._hog.join()
+                self._hog = None
             self._filler.unlink(missing_ok=True)
         elif self.method == "inject":
             with self._lock:
                 self._budget = None
         self.filled = False
+
+    def _top_up(self, fh, slack: int) -> None:
+        """Write to the filler until ``slack`` bytes are left free."""
+        st = os.statvfs(self.root)
+        left = st.f_bavail * st.f_frsize - slack
+        chunk = b"\0" * (1 << 20)
+        while left > 0:
+            n = min(left, len(chunk))
+            try:
+                written = fh.write(chunk[:n])
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                return
+            if not written:
+                return
+            left -= written
+
+    def _keep_full(self, fh, slack: int) -> None:
+        with fh:
+            while not self._hog_stop.wait(0.002):
+                self._top_up(fh, slack)
 
     # ------------------------------------------------------------------ running the batch
 
@@ -270,6 +292,7 @@ def full_disk(tmp_path, monkeypatch, capsys):
     try:
         yield disk
     finally:
+        disk.free()
         # A run in this process may have lowered its own limit; pytest writes files after the test.
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         if method == "tmpfs":
