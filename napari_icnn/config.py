@@ -98,6 +98,14 @@ class TrainConfig:
         "microaneurysm and label-free filters keep a zero weight in the decision) or all",
         "--decision-filters",
     )
+    decision_min_selectivity: float = _opt(
+        0.0,
+        "with --decision-filters referable-lesions, a filter also keeps a zero weight in the decision while its "
+        "selectivity for its lesion type is below this, (mean peak on eyes with the type - on eyes without) / "
+        "their sum, from the running averages at the start of each epoch: a filter that fires alike on every eye "
+        "(it learnt the optic disc) is anatomy, not evidence. 0: off",
+        "--decision-min-selectivity",
+    )
     arch: str = _opt("vgg", "backbone: vgg (plain VGG-style stack) or resnet (MONAI ResNet)", "--arch")
     top_stride: int = _opt(
         8, "input pixels per cell of the interpretable layer's map, VGG only: 8, or 4 for a map twice as fine "
@@ -201,6 +209,8 @@ class TrainConfig:
             raise bad("loss_mode", f"must be one of {', '.join(LOSS_MODES)}")
         if self.decision_filters not in DECISION_FILTERS:
             raise bad("decision_filters", f"must be one of {', '.join(DECISION_FILTERS)}")
+        if not 0.0 <= self.decision_min_selectivity < 1.0:
+            raise bad("decision_min_selectivity", "must be in [0, 1)")
         if self.z_estimate not in Z_ESTIMATES:
             raise bad("z_estimate", f"must be one of {', '.join(Z_ESTIMATES)}")
         if self.cache not in ("memory", "disk", "none"):

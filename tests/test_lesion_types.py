@@ -91,6 +91,36 @@ def test_the_decision_weighs_as_much_as_the_lesion_types_together():
     assert only_decision == pytest.approx(float(classification_loss(logits, y2, cfg)))
 
 
+def test_filters_firing_alike_with_and_without_their_type_keep_no_decision_weight():
+    from types import SimpleNamespace
+
+    from napari_icnn.engine.train import restrict_decision, unselective_filters
+
+    a = FilterAssignment(n_filters=6, n_categories=2, n_free=2, balanced=True)
+    assert unselective_filters(a, 0.2) is not None and not unselective_filters(a, 0.2).any()  # nothing seen yet
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]] * 16)
+    act = torch.full((32, 6), 0.1)
+    act[:, 2] += 4.0 * labels[:, 0]  # selective for type 0
+    act[:, 3] += 4.0  # fires on every eye: an optic-disc detector, whatever type it is given
+    act[:, 4] += 4.0 * labels[:, 1]
+    act[:, 5] += 4.0
+    a.train()
+    a.update(act, labels)
+    weak = unselective_filters(a, 0.2)
+    assert weak.tolist() == [False, False, False, True, False, True]
+    assert unselective_filters(a, 0.0) is None
+    net = SimpleNamespace(fc=torch.nn.Linear(12, 3))  # 6 max- and 6 mean-pooled features, 3 outputs
+    with torch.no_grad():
+        net.fc.weight.fill_(1.0)
+        restrict_decision(net, a, categories=(0, 1), unselective=weak)
+    row = net.fc.weight[0]
+    kept = [f for f in range(6) if row[f] != 0]
+    assert kept == [2, 4] and torch.equal(row[:6] != 0, row[6:] != 0)
+    assert bool((net.fc.weight[1:] == 1.0).all())  # only the decision's row is restricted
+    with pytest.raises(ConfigError, match="--decision-min-selectivity"):
+        TrainConfig(data="d", out="o", decision_min_selectivity=1.0)
+
+
 def test_firing_thresholds_separate_eyes_with_and_without_the_type():
     from napari_icnn.engine.lesion_types import firing_thresholds
     from napari_icnn.roles import MIN_STRENGTH

@@ -123,6 +123,7 @@ _LABELS = {
     "loss_mode": "Filter loss",
     "z_estimate": "Partition function Z",
     "decision_filters": "Decision computed from",
+    "decision_min_selectivity": "Decision: least filter selectivity",
     "normalise": "Normalise maps in the filter loss",
     "beta": "Template slope β",
     "ordinary": "Ordinary CNN (the baseline)",
@@ -155,6 +156,7 @@ _INT_RANGES = {
 _FLOAT_RANGES = {
     "val_fraction": (0.0, 0.99),
     "free_fraction": (0.0, 1.0),
+    "decision_min_selectivity": (0.0, 0.99),
     "dropout": (0.0, 0.95),
     "lr": (1e-8, 10.0),
     "weight_decay": (0.0, 10.0),

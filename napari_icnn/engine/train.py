@@ -266,6 +266,14 @@ def train_iter(
             gen.manual_seed(cfg.seed * 1000 + epoch)
             net.set_mask_enabled(cfg.mask_on(epoch))
             assignment.refresh()
+            unselective = unselective_filters(assignment, cfg.decision_min_selectivity) if decision_from else None
+            if unselective is not None:
+                cats = assignment.categories
+                left_out = [int((unselective & (cats == c)).sum()) for c in decision_from]
+                if any(left_out):
+                    yield Message(f"epoch {epoch}: left out of the decision, firing alike on eyes with and without "
+                                  "their type: " + ", ".join(f"{n} {cat_names[c]}" for c, n in zip(decision_from,
+                                                                                               left_out) if n))
             net.template_only = n_free_filters(cfg) if cfg.free_template_only and cfg.mask_on(epoch) else 0
             lam = cfg.lambda_at(epoch)
             if lam > 0 and lam_scale is None:
@@ -287,7 +295,7 @@ def train_iter(
                 loss, cls, floss = train_step(model, net, x, y, opt, sched, assignment, cfg, lam, filter_weights,
                                               dist, log_z=running_z)
                 if decision_from is not None:
-                    restrict_decision(net, assignment, decision_from)
+                    restrict_decision(net, assignment, decision_from, unselective=unselective)
                 b = len(x)
                 seen += b
                 sums["loss"] += float(loss.detach()) * b
@@ -431,18 +439,34 @@ def classification_loss(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
 
 
 @torch.no_grad()
-def restrict_decision(net, assignment, categories: tuple[int, ...], output: int = 0) -> None:
+def restrict_decision(net, assignment, categories: tuple[int, ...], output: int = 0,
+                      unselective: torch.Tensor | None = None) -> None:
     """Zero the decision's weights on every filter whose current category is not in ``categories`` (label-free
-    filters included): a projected step, so the decision is computed from those filters alone while the
-    assignment moves, and the saved weights say so themselves."""
+    filters included), and on the ``unselective`` ones: a projected step, so the decision is computed from those
+    filters alone while the assignment moves, and the saved weights say so themselves."""
     cats = assignment.categories.to(net.fc.weight.device)
     allowed = torch.zeros_like(cats, dtype=torch.bool)
     for c in categories:
         allowed |= cats == c
+    if unselective is not None:
+        allowed &= ~unselective.to(allowed.device)
     c_all = len(cats)
     row = net.fc.weight[output]
     row[:c_all].masked_fill_(~allowed, 0.0)
     row[c_all:].masked_fill_(~allowed, 0.0)
+
+
+def unselective_filters(assignment, min_selectivity: float) -> torch.Tensor | None:
+    """``(C,)`` bool: category filters whose selectivity for their own category is below ``min_selectivity``
+    (a filter that fires alike on eyes with and without its type); ``None`` when off. Categories not yet seen
+    on positives and negatives keep their filters (nothing is known about them yet)."""
+    if min_selectivity <= 0:
+        return None
+    cats = assignment.categories
+    sel = assignment.selectivity()
+    known = assignment.initialised & assignment.negatives_seen
+    own = sel.gather(1, cats.clamp(min=0)[:, None]).squeeze(1).to(cats.device)
+    return (cats >= 0) & known.to(cats.device)[cats.clamp(min=0)] & (own < min_selectivity)
 
 
 def filter_weights_for(cfg: TrainConfig, device: torch.device) -> torch.Tensor:
