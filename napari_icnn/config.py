@@ -190,7 +190,7 @@ class TrainConfig:
         self.validate()
 
     def _bad(self, name: str, why: str) -> ConfigError:
-        return ConfigError(f"{flag_of(name)}: {why} (got {getattr(self, name)!r})")
+        return ConfigError(f"{flag_of(name)}: {why} (got {getattr(self, name)!r})", field=name)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid option (by its ``icnn train`` flag)."""

@@ -42,7 +42,19 @@ class BundleError(IcnnError, RuntimeError):
 
 
 class ConfigError(IcnnError, ValueError):
-    """An option or configuration value is invalid."""
+    """An option or configuration value is invalid.
+
+    Parameters
+    ----------
+    message
+        What is wrong, naming the option as the user wrote it (``--lambda``).
+    field
+        The configuration field it concerns (``lam``), where there is one: forms mark that field.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        self.field = field
+        super().__init__(message)
 
 
 class Cancelled(IcnnError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,12 +21,18 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Progress:
-    """``done`` of ``total`` units of one stage are finished (``total`` 0 = unknown)."""
+    """``done`` of ``total`` units of one stage are finished (``total`` 0 = unknown).
+
+    ``epoch``/``n_epochs`` say which training epoch a step belongs to; ``counts`` carries a batch's
+    running tally (``ok``, ``error``, ``declined``): a GUI reads these, never the text."""
 
     stage: str
     done: int
     total: int
     detail: str = ""
+    epoch: int | None = None
+    n_epochs: int | None = None
+    counts: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)

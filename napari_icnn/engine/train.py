@@ -301,7 +301,8 @@ def train_iter(
                 sums["loss"] += float(loss.detach()) * b
                 sums["cls_loss"] += float(cls.detach()) * b
                 sums["filter_loss"] += float(floss.detach()) * b
-                yield Progress(f"epoch {epoch}/{cfg.epochs}", i + 1, steps, f"loss {sums['loss'] / seen:.4f}")
+                yield Progress(f"epoch {epoch}/{cfg.epochs}", i + 1, steps, f"loss {sums['loss'] / seen:.4f}",
+                               epoch=epoch, n_epochs=cfg.epochs)
             metrics = {key: v / max(seen, 1) for key, v in sums.items()}
             metrics["lambda"] = cfg.lambda_at(epoch)
             metrics["lambda_effective"] = lam
