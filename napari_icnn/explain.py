@@ -247,7 +247,7 @@ def explain_batch(
 
     from napari_icnn.data.fov import check_fundus, find_fov
     from napari_icnn.data.transforms import preprocess
-    from napari_icnn.engine.collect import cell_centres
+    from napari_icnn.icnn.cells import cell_centres
 
     imgs = [_as_fundus(im) for im in images]
     if not imgs:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_icnn.engine.collect import MapBatch, cell_centres, collect
+from napari_icnn.engine.collect import MapBatch, collect
 from napari_icnn.engine.metrics import (
     activation_thresholds,
     classification_metrics,
@@ -18,6 +18,7 @@ from napari_icnn.engine.metrics import (
     pointing_game,
     roc_auc,
 )
+from napari_icnn.icnn.cells import cell_centres
 
 
 def _auc_pairs(s, t):

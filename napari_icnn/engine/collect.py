@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from napari_icnn.engine.metrics import activation_thresholds
+from napari_icnn.icnn.cells import cell_centres
 from napari_icnn.parts import LESION_KEYS, PART_KEYS
 
-__all__ = ["MapBatch", "Collected", "collect", "icnn_explainer", "cell_centres"]
+__all__ = ["MapBatch", "Collected", "collect", "icnn_explainer"]
 
 LANDMARKS = ("optic_disc", "fovea")
 
@@ -54,16 +55,6 @@ class Collected:
     tolerance: int
     top: np.ndarray | None = None  # (N,) the most contributing filter per image (see MapBatch.top)
     logits: np.ndarray | None = None  # (N, K) float64
-
-
-def cell_centres(h: int, w: int, size: int, stride: float | None = None, offset: float | None = None) -> np.ndarray:
-    """(h*w, 2) model-pixel (x, y) centres of the cells of an h×w map covering a size×size input."""
-    ii, jj = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    if stride is not None and offset is not None:
-        ys, xs = offset + stride * ii, offset + stride * jj
-    else:
-        ys, xs = (ii + 0.5) * size / h - 0.5, (jj + 0.5) * size / w - 0.5
-    return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
 
 
 def icnn_explainer(net: torch.nn.Module, masked: bool = True, reference: torch.Tensor | None = None,

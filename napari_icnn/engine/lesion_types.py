@@ -141,9 +141,9 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
     from napari_icnn.bundle import load_bundle
     from napari_icnn.data.datasets import make_dataset
     from napari_icnn.data.layouts import discover
-    from napari_icnn.engine.collect import cell_centres
     from napari_icnn.engine.evaluate import _nan_to_none
     from napari_icnn.errors import ConfigError
+    from napari_icnn.icnn.cells import cell_centres
 
     t0 = time.monotonic()
     model = load_bundle(model_path, device=device)
