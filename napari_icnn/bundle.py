@@ -43,6 +43,10 @@ __all__ = [
     "editable_bundle",
     "user_bundle_dir",
     "sha256_file",
+    "check_model",
+    "require_model",
+    "same_bundle",
+    "ModelCache",
 ]
 
 METADATA = Path("configs") / "metadata.json"
@@ -176,6 +180,84 @@ def read_metadata(bundle: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(icnn, dict) or "network" not in icnn or "filters" not in icnn:
         raise BundleError(f"{meta_path}: not a napari-icnn bundle (no 'icnn' section with network and filters)")
     return meta
+
+
+def check_model(text: str | os.PathLike[str]) -> str | None:
+    """Why ``text`` does not name a usable bundle folder (``None`` when it does).
+
+    The check every form and ``icnn explain`` make before loading, so that both refuse a bundle in the
+    same words. It reads the metadata but not the weights (hashing them on every keystroke would be
+    slow): a tampered weights file is refused by :func:`load_bundle`.
+    """
+    text = os.fspath(text).strip()
+    if not text:
+        return "Choose a model bundle folder."
+    path = Path(text).expanduser()
+    try:
+        read_metadata(path)
+    except BundleError as err:
+        return str(err)
+    if not (path / WEIGHTS).is_file():
+        return f"{path}: models/model.pt is missing"
+    return None
+
+
+def require_model(text: str | os.PathLike[str]) -> Path:
+    """The bundle folder ``text`` names, after :func:`check_model`.
+
+    Raises
+    ------
+    BundleError
+        With :func:`check_model`'s words.
+    """
+    problem = check_model(text)
+    if problem is not None:
+        raise BundleError(problem)
+    return Path(os.fspath(text).strip()).expanduser()
+
+
+def same_bundle(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name the same folder (``~`` and links resolved; unresolvable paths differ)."""
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except OSError:
+        return False
+
+
+class ModelCache:
+    """The last loaded model, reused while its bundle's metadata and weights are unchanged.
+
+    Loading (hashing and unpickling the weights, building the network) takes most of a second, so an
+    interactive caller keeps one cache; a renamed filter or retrained model changes the files and so
+    the key, and the next :meth:`get` loads them again.
+    """
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
+        self._key: tuple[Any, ...] | None = None
+        self._model: LoadedModel | None = None
+
+    @staticmethod
+    def key(path: str | os.PathLike[str]) -> tuple[Any, ...]:
+        """What identifies the bundle's state: its resolved path and its metadata's and weights' stamps."""
+        root = Path(path)
+        stamps: list[tuple[int, int] | None] = []
+        for part in (METADATA, WEIGHTS):
+            try:
+                st = (root / part).stat()
+                stamps.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamps.append(None)
+        return (str(root.resolve()), *stamps)
+
+    def get(self, path: str | os.PathLike[str]) -> tuple[LoadedModel, bool]:
+        """The model of ``path`` and whether it was (re)loaded now (:func:`load_bundle`'s errors pass)."""
+        key = self.key(path)
+        if self._model is not None and key == self._key:
+            return self._model, False
+        model = load_bundle(path, device=self.device)
+        self._key, self._model = key, model
+        return model, True
 
 
 def load_bundle(bundle: str | os.PathLike[str], device: str = "auto") -> LoadedModel:

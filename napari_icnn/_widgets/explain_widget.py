@@ -78,7 +78,8 @@ from napari_icnn._widgets.settings import (
     load_settings,
     save_settings,
 )
-from napari_icnn.errors import BundleError, DeclinedInput, IcnnError
+from napari_icnn.bundle import ModelCache, check_model
+from napari_icnn.errors import DeclinedInput, IcnnError
 from napari_icnn.parts import filter_display_name
 from napari_icnn.progress import Progress
 from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE
@@ -86,17 +87,14 @@ from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE
 if TYPE_CHECKING:
     import napari
 
-    from napari_icnn.bundle import LoadedModel
     from napari_icnn.explain import Explanation
 
 __all__ = [
     "ExplainWidget",
     "ExplainRequest",
     "ExplainResult",
-    "ModelCache",
     "explain_job",
     "check_scan",
-    "check_model",
 ]
 
 _log = logging.getLogger(__name__)
@@ -135,38 +133,6 @@ class ExplainResult:
     """Time of the explanation itself (the model was loaded or taken from the cache before)."""
     load_seconds: float
     """Time spent loading the model (0 when the cached one was used)."""
-
-
-class ModelCache:
-    """The last loaded model, reused while its bundle's metadata and weights are unchanged."""
-
-    def __init__(self) -> None:
-        self._key: tuple[Any, ...] | None = None
-        self._model: LoadedModel | None = None
-
-    @staticmethod
-    def key(path: Path) -> tuple[Any, ...]:
-        from napari_icnn.bundle import METADATA, WEIGHTS
-
-        stamps = []
-        for part in (METADATA, WEIGHTS):
-            try:
-                st = (path / part).stat()
-                stamps.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                stamps.append(None)
-        return (str(path.resolve()), *stamps)
-
-    def get(self, path: Path) -> tuple[LoadedModel, bool]:
-        """The model of ``path`` and whether it was (re)loaded now."""
-        from napari_icnn.bundle import load_bundle
-
-        key = self.key(path)
-        if self._model is not None and key == self._key:
-            return self._model, False
-        model = load_bundle(path)
-        self._key, self._model = key, model
-        return model, True
 
 
 def explain_job(request: ExplainRequest, cache: ModelCache) -> Generator[Progress, None, ExplainResult]:
@@ -220,22 +186,6 @@ def check_scan(layer: Any) -> str | None:
         return f"'{layer.name}' is not an RGB colour image; a fundus photograph has 3 colour channels."
     if layer.ndim != 2:
         return f"'{layer.name}' has {layer.ndim} dimensions; choose one 2-D photograph (one frame)."
-    return None
-
-
-def check_model(text: str) -> str | None:
-    """Why ``text`` is not a usable bundle folder (``None`` when it is)."""
-    from napari_icnn.bundle import WEIGHTS, read_metadata
-
-    if not text.strip():
-        return "Choose a model bundle folder."
-    path = Path(text.strip()).expanduser()
-    try:
-        read_metadata(path)
-    except BundleError as err:
-        return str(err)
-    if not (path / WEIGHTS).is_file():
-        return f"{path}: models/model.pt is missing"
     return None
 
 

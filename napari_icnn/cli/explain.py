@@ -20,9 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_icnn.bundle import default_bundle_path, require_model
     from napari_icnn.explain import explain_file, lesion_type_summary
 
-    results = explain_file(args.image, args.model, args.out, top_k=args.top_k, device=args.device)
+    # The Explain widget's check, before the scan is read, so both refuse a bad bundle in the same words.
+    model = require_model(default_bundle_path() if args.model is None else args.model)
+    results = explain_file(args.image, model, args.out, top_k=args.top_k, device=args.device)
     for e in results:
         frame = "" if e.frame is None else f" frame {e.frame}"
         print(f"{e.source}{frame}: {e.predicted_class} (p = {e.probability:.3f})")
