@@ -12,6 +12,7 @@ explicit, plus a note of what was derived and why) next to the model, so a run c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass, field, fields
@@ -27,11 +28,16 @@ __all__ = [
     "DECISION_FILTERS",
     "ARCHS",
     "DEVICES",
+    "LOSS_MODES",
+    "CACHE_MODES",
     "DEFAULT_EPOCHS",
     "DEFAULT_BATCH",
     "DEFAULT_VAL_FRACTION",
     "MIN_BATCH",
     "MIN_VAL_IMAGES",
+    "Setting",
+    "setting",
+    "settings",
     "config_help",
     "choices_of",
     "flag_of",
@@ -44,6 +50,7 @@ TASKS = ("referable", "lesions")
 ARCHS = ("vgg", "resnet")
 DEVICES = ("auto", "cpu", "cuda")
 LOSS_MODES = ("paper", "mi")
+CACHE_MODES = ("memory", "disk", "none")
 CATEGORIES = ("auto", "lesion-types", "decision")
 Z_ESTIMATES = ("batch", "running")
 DECISION_FILTERS = ("referable-lesions", "all")
@@ -58,30 +65,56 @@ MIN_VAL_IMAGES = 2
 MAX_AUTO_WORKERS = 8
 
 
-def _opt(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:
-    """A field; ``flag`` is its ``icnn train`` option (fields without one have no option)."""
-    return field(default=default, metadata={"help": help, "flag": flag, **kw})
+def _opt(
+    default: Any,
+    help: str,
+    flag: str,
+    *,
+    label: str | None = None,
+    placeholder: str = "",
+    bounds: tuple[float, float] | None = None,
+    step: float | None = None,
+    derived: bool = False,
+) -> Any:
+    """A field and how it is presented: ``flag`` is its ``icnn train`` option, ``label`` its name in the Train
+    widget's form, ``placeholder`` the grey text of an empty path field, ``bounds`` (and ``step``) the limits of
+    its spin box. The bounds only keep a box usable; what is *valid* is :meth:`TrainConfig.validate`'s to say.
+    A field whose default is ``None`` reads ``None`` at the lowest bound ("auto" or "all")."""
+    return field(default=default, metadata={"help": help, "flag": flag, "label": label, "placeholder": placeholder,
+                                            "bounds": bounds, "step": step, "derived": derived})
 
 
-def _auto(help: str, flag: str) -> Any:
+def _auto(help: str, flag: str, **kw: Any) -> Any:
     """A field whose default is derived by :meth:`TrainConfig.resolved`."""
-    return _opt(None, help, flag, derived=True)
+    return _opt(None, help, flag, derived=True, **kw)
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Written next to the model so any run can be repeated."""
 
-    data: str = _opt("", "training data: a folder (synth, IDRiD or DICOM+CSV layout) or a CSV file", "--data")
-    out: str = _opt("", "output bundle folder", "--out")
-    format: str = _opt("auto", "data layout: auto, synth, idrid-seg, idrid-grading, csv, dicom", "--format")
-    val: str | None = _opt(None, "separate validation data (same forms as --data)", "--val")
+    data: str = _opt(
+        "", "training data: a folder (synth, IDRiD or DICOM+CSV layout) or a CSV file", "--data",
+        label="Training data", placeholder="a folder (synth, IDRiD, DICOM + CSV) or a CSV file",
+    )
+    out: str = _opt(
+        "", "output bundle folder", "--out", label="Output folder", placeholder="a new folder for the model bundle"
+    )
+    format: str = _opt(
+        "auto", "data layout: auto, synth, idrid-seg, idrid-grading, csv, dicom", "--format", label="Layout"
+    )
+    val: str | None = _opt(
+        None, "separate validation data (same forms as --data)", "--val",
+        label="Validation data", placeholder="optional: a held-out part of the training data is used",
+    )
     val_fraction: float | None = _auto(
         f"fraction of --data held out for validation when --val is not given; auto: {DEFAULT_VAL_FRACTION:g}, "
         f"raised on small data sets so that {MIN_VAL_IMAGES} images are held out",
-        "--val-fraction",
+        "--val-fraction", label="Validation fraction", bounds=(0.0, 0.99),
     )
-    task: str = _opt("referable", "referable (binary referable DR) or lesions (multi-label MA, HE, EX, SE)", "--task")
+    task: str = _opt(
+        "referable", "referable (binary referable DR) or lesions (multi-label MA, HE, EX, SE)", "--task", label="Task"
+    )
     categories: str = _opt(
         "auto",
         "what each interpretable filter is trained for: lesion-types (one lesion type per filter, silent on eyes "
@@ -89,14 +122,14 @@ class TrainConfig:
         "predicted beside it; needs MA/HE/EX/SE presence labels) or decision (every filter serves the decision "
         "class: grade-only data). auto: lesion-types when every training and validation image has the four "
         "presence labels, else decision. --task lesions always uses lesion types",
-        "--categories",
+        "--categories", label="Filter categories",
     )
     decision_filters: str = _opt(
         "referable-lesions",
         "with lesion-type categories, which filters the referable decision is computed from: referable-lesions (the "
         "filters of haemorrhages, hard exudates and cotton-wool spots, the lesions that make an eye referable; "
         "microaneurysm and label-free filters keep a zero weight in the decision) or all",
-        "--decision-filters",
+        "--decision-filters", label="Decision computed from",
     )
     decision_min_selectivity: float = _opt(
         0.0,
@@ -104,85 +137,110 @@ class TrainConfig:
         "selectivity for its lesion type is below this, (mean peak on eyes with the type - on eyes without) / "
         "their sum, from the running averages at the start of each epoch: a filter that fires alike on every eye "
         "(it learnt the optic disc) is anatomy, not evidence. 0: off",
-        "--decision-min-selectivity",
+        "--decision-min-selectivity", label="Decision: least filter selectivity", bounds=(0.0, 0.99),
     )
-    arch: str = _opt("vgg", "backbone: vgg (plain VGG-style stack) or resnet (MONAI ResNet)", "--arch")
+    arch: str = _opt("vgg", "backbone: vgg (plain VGG-style stack) or resnet (MONAI ResNet)", "--arch", label="Backbone")
     top_stride: int = _opt(
         8, "input pixels per cell of the interpretable layer's map, VGG only: 8, or 4 for a map twice as fine "
         "(lesion-sized cells, about 4x the compute of the top layers)", "--top-stride",
+        label="Top-layer stride",
     )
-    size: int = _opt(256, "model input side in pixels (the FOV is cropped and resized to it)", "--size")
+    size: int = _opt(
+        256, "model input side in pixels (the FOV is cropped and resized to it)", "--size",
+        label="Input size", bounds=(64, 4096), step=16,
+    )
     epochs: int | None = _auto(
         f"total epochs, warm-up included; auto: {DEFAULT_EPOCHS}, or twice --warmup-epochs when that is more",
-        "--epochs",
+        "--epochs", label="Epochs", bounds=(0, 10_000),
     )
     warmup_epochs: int | None = _auto(
         "epochs trained ordinarily (no mask, no filter loss) before the ICNN epochs; auto: half of --epochs, "
         "rounded down (16 -> 8, 4 -> 2, 1 -> 0)",
-        "--warmup-epochs",
+        "--warmup-epochs", label="Warm-up epochs", bounds=(-1, 10_000),
     )
     lam: float = _opt(
         0.3,
         "filter-loss weight lambda0, relative: at the first interpretable epoch the filter loss's gradient on the "
         "maps is lambda0 times the classification loss's; epoch t after warm-up uses lambda0 / (t - warmup)",
-        "--lambda",
+        "--lambda", label="Filter-loss weight λ",
     )
     batch: int | None = _auto(
         f"batch size (per process under torchrun), at least {MIN_BATCH}; auto: {DEFAULT_BATCH}, or the number of "
         "training images (per process) when there are fewer",
-        "--batch",
+        "--batch", label="Batch size", bounds=(1, 4096),
     )
-    lr: float = _opt(1e-3, "peak learning rate (AdamW, one-cycle schedule)", "--lr")
-    weight_decay: float = _opt(1e-4, "AdamW weight decay")
-    device: str = _opt("auto", "auto (CUDA when present), cpu or cuda", "--device")
-    seed: int = _opt(0, "random seed (CPU runs are reproducible for a seed)", "--seed")
-    ordinary: bool = _opt(False, "train the same network without masks and filter loss (the baseline)", "--ordinary")
-    init: str | None = _opt(None, "fine-tune from this bundle (retraining on local data)", "--init")
+    lr: float = _opt(
+        1e-3, "peak learning rate (AdamW, one-cycle schedule)", "--lr", label="Learning rate", bounds=(1e-8, 10.0)
+    )
+    weight_decay: float = _opt(1e-4, "AdamW weight decay", "--weight-decay", label="Weight decay", bounds=(0.0, 10.0))
+    device: str = _opt("auto", "auto (CUDA when present), cpu or cuda", "--device", label="Device")
+    seed: int = _opt(0, "random seed (CPU runs are reproducible for a seed)", "--seed", bounds=(0, 2**31 - 1))
+    ordinary: bool = _opt(
+        False, "train the same network without masks and filter loss (the baseline)", "--ordinary",
+        label="Ordinary CNN (the baseline)",
+    )
+    init: str | None = _opt(
+        None, "fine-tune from this bundle (retraining on local data)", "--init",
+        label="Start from", placeholder="optional: train from scratch",
+    )
     resume: bool = _opt(False, "continue the interrupted run in --out from its last checkpoint", "--resume")
-    n_filters: int = _opt(64, "interpretable filters in the top layer", "--filters")
-    width: int = _opt(32, "base channel width of the backbone")
+    n_filters: int = _opt(
+        64, "interpretable filters in the top layer", "--filters", label="Interpretable filters", bounds=(1, 4096)
+    )
+    width: int = _opt(
+        32, "base channel width of the backbone", "--width", label="Backbone width", bounds=(4, 1024), step=4
+    )
     free_fraction: float = _opt(
         0.25, "fraction of filters trained label-free (they settle on always-present anatomy such as the disc)",
-        "--free-fraction",
+        "--free-fraction", label="Label-free filters", bounds=(0.0, 1.0),
     )
     free_weight: float = _opt(
         1.0, "filter-loss weight of the label-free (anatomy) filters relative to the category filters (stronger "
         "pulls were tried on fundus and made fewer anatomy filters, not more; see docs/results.md)",
-        "--free-weight",
+        "--free-weight", label="Label-free filter-loss weight",
     )
     free_template_only: bool = _opt(
         True, "during the interpretable epochs the label-free filters learn from the template loss alone (their "
         "maps reach the classifier without its gradient), so the classification loss cannot turn them into lesion "
         "detectors",
-        "--free-with-classifier-gradient",
+        "--free-with-classifier-gradient", label="Label-free filters learn from the template loss alone",
     )
-    loss_mode: str = _opt("paper", "filter loss: paper (label-aware -MI) or mi (exact label-free -MI)", "--loss-mode")
-    normalise: bool = _opt(True, "scale maps by a detached per-filter factor inside the filter loss")
+    loss_mode: str = _opt(
+        "paper", "filter loss: paper (label-aware -MI) or mi (exact label-free -MI)", "--loss-mode", label="Filter loss"
+    )
+    normalise: bool = _opt(
+        True, "scale maps by a detached per-filter factor inside the filter loss", "--no-normalise",
+        label="Normalise maps in the filter loss",
+    )
     z_estimate: str = _opt(
         "running",
         "the filter loss's partition function Z_T: running (the paper's constant, a moving average updated "
         "gradually) or batch (summed over the batch and differentiated through); compared on validation in "
         "docs/results.md, where the two tied",
-        "--z-estimate",
+        "--z-estimate", label="Partition function Z",
     )
     beta: float = _opt(
         12.0, "template slope beta: the positive part of a template reaches n/beta cells from its centre. The "
         "paper's 4 suits object parts a quarter of the image wide; fundus parts are smaller (the disc is 7 % of the "
         "field), so 12 at n = 32 gives a disc-sized template (the official code also adapts beta, from the "
         "activation spread)",
-        "--beta",
+        "--beta", label="Template slope β",
     )
-    dropout: float = _opt(0.3, "dropout before the classifier")
-    augment: bool = _opt(True, "random flips, rotations, scaling and colour jitter while training")
-    cache: str = _opt("memory", "dataset cache: memory, disk or none", "--cache")
+    dropout: float = _opt(0.3, "dropout before the classifier", "--dropout", bounds=(0.0, 0.95))
+    augment: bool = _opt(
+        True, "random flips, rotations, scaling and colour jitter while training", "--no-augment",
+        label="Augment while training",
+    )
+    cache: str = _opt("memory", "dataset cache: memory, disk or none", "--cache", label="Data cache")
     workers: int | None = _auto(
         "data-loader worker processes; auto: 0 on the CPU (the training step already uses every core), on CUDA "
         f"one per core but the one that drives the GPU, at most {MAX_AUTO_WORKERS} (per process under torchrun)",
-        "--workers",
+        "--workers", label="Loader workers", bounds=(-1, 256),
     )
-    amp: bool = _opt(True, "mixed precision (bf16) on CUDA")
+    amp: bool = _opt(True, "mixed precision (bf16) on CUDA", "--no-amp", label="Mixed precision on CUDA")
     max_train_images: int | None = _opt(
-        None, "use at most this many training images (quick runs)", "--max-train-images"
+        None, "use at most this many training images (quick runs)", "--max-train-images",
+        label="At most … training images", bounds=(0, 10**8),
     )
 
     def __post_init__(self) -> None:
@@ -213,8 +271,8 @@ class TrainConfig:
             raise bad("decision_min_selectivity", "must be in [0, 1)")
         if self.z_estimate not in Z_ESTIMATES:
             raise bad("z_estimate", f"must be one of {', '.join(Z_ESTIMATES)}")
-        if self.cache not in ("memory", "disk", "none"):
-            raise bad("cache", "must be memory, disk or none")
+        if self.cache not in CACHE_MODES:
+            raise bad("cache", f"must be one of {', '.join(CACHE_MODES)}")
         if self.top_stride not in (4, 8) or (self.top_stride == 4 and self.arch != "vgg"):
             raise bad("top_stride", "must be 8, or 4 with --arch vgg")
         if self.size < 64 or self.size % 16:
@@ -229,7 +287,8 @@ class TrainConfig:
                 raise ConfigError(
                     f"{flag_of('warmup_epochs')} {self.warmup_epochs}: must be less than {flag_of('epochs')} "
                     f"({self.epochs}), which leaves no interpretable epoch; give fewer warm-up epochs, or leave "
-                    f"{flag_of('warmup_epochs')} out for half of the epochs"
+                    f"{flag_of('warmup_epochs')} out for half of the epochs",
+                    field="warmup_epochs",
                 )
         if self.lam < 0:
             raise bad("lam", "must be non-negative")
@@ -243,6 +302,16 @@ class TrainConfig:
             raise bad("free_weight", "must be non-negative")
         if self.n_filters < 1:
             raise bad("n_filters", "must be positive")
+        if self.width < 1:
+            raise bad("width", "must be positive")
+        if not self.lr > 0:
+            raise bad("lr", "must be positive")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", "must be non-negative")
+        if not 0 <= self.dropout < 1:
+            raise bad("dropout", "must be in [0, 1)")
+        if not self.beta > 0:
+            raise bad("beta", "must be positive")
         if self.workers is not None and self.workers < 0:
             raise bad("workers", "must not be negative")
         if self.max_train_images and self.max_train_images < MIN_BATCH:
@@ -304,7 +373,8 @@ class TrainConfig:
                 raise ConfigError(
                     f"{flag_of('categories')} lesion-types: some images of {flag_of('data')} {self.data} (or "
                     f"{flag_of('val')}) lack MA/HE/EX/SE presence labels; add them (README, training data layouts) or give "
-                    f"{flag_of('categories')} decision"
+                    f"{flag_of('categories')} decision",
+                    field="categories",
                 )
         new = dataclasses.replace(self, **values)
         new._derived = {**self._derived, **why}
@@ -316,13 +386,14 @@ class TrainConfig:
         if self.val:
             if n_val is not None and n_val < MIN_VAL_IMAGES:
                 raise ConfigError(f"{flag_of('val')} {self.val}: {n_val} validation image(s); at least "
-                                  f"{MIN_VAL_IMAGES} are needed")
+                                  f"{MIN_VAL_IMAGES} are needed", field="val")
             n_train = n_data
         else:
             if n_data < MIN_VAL_IMAGES + MIN_BATCH:
                 raise ConfigError(
                     f"{data}: {n_data} image(s) are too few to hold out {MIN_VAL_IMAGES} for validation and train "
-                    f"on {MIN_BATCH}; give {flag_of('val')} or more images"
+                    f"on {MIN_BATCH}; give {flag_of('val')} or more images",
+                    field="data",
                 )
             fraction = self.val_fraction
             if fraction is None:
@@ -338,7 +409,8 @@ class TrainConfig:
                     f"{flag_of('val_fraction')} {fraction:g}: holds out {held} of the {n_data} images of {data}, "
                     f"leaving {n_data - held} to train on; validation needs at least {MIN_VAL_IMAGES} and training "
                     f"{MIN_BATCH}: leave {flag_of('val_fraction')} out to hold out just enough, or give "
-                    f"{flag_of('val')}"
+                    f"{flag_of('val')}",
+                    field="val_fraction",
                 )
             n_train = n_data - held
         if self.max_train_images:
@@ -355,7 +427,7 @@ class TrainConfig:
             batch = min(DEFAULT_BATCH, per_process)
             if batch < MIN_BATCH:
                 raise ConfigError(f"{', '.join(given)}: {per_process} training image(s){where}, too few for a "
-                                  f"batch of {MIN_BATCH}")
+                                  f"batch of {MIN_BATCH}", field="data")
             values["batch"] = batch
             why["batch"] = ("the default" if batch == DEFAULT_BATCH else
                             f"all {per_process} training images{where}: fewer than {DEFAULT_BATCH}")
@@ -363,7 +435,8 @@ class TrainConfig:
             raise ConfigError(
                 f"{flag_of('batch')} {self.batch}: more than the {per_process} training images{where} of "
                 f"{', '.join(given)}; give {flag_of('batch')} {per_process} or less, or leave {flag_of('batch')} "
-                "out to fit the data"
+                "out to fit the data",
+                field="batch",
             )
         return values
 
@@ -447,6 +520,65 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One :class:`TrainConfig` field as the command line and the Train widget present it (see :func:`_opt`)."""
+
+    name: str
+    default: Any
+    kind: type
+    """``bool``, ``int``, ``float`` or ``str``: the type of a value other than ``None``."""
+    optional: bool
+    """``None`` is a value: derived ("auto") when :attr:`derived`, else "not given" ("all", "none")."""
+    derived: bool
+    help: str
+    flag: str
+    label: str
+    placeholder: str
+    bounds: tuple[float, float] | None
+    step: float | None
+    choices: tuple[str, ...] | None
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` (read back from JSON, say) is of this setting's type; an int is no bool."""
+        if value is None:
+            return self.optional
+        if self.kind is bool or isinstance(value, bool):
+            return self.kind is bool and isinstance(value, bool)
+        if self.kind is float:
+            return isinstance(value, (int, float))
+        return isinstance(value, self.kind)
+
+
+def _kind(annotation: Any) -> type:
+    first = str(annotation).split(" | ")[0]  # the annotations are strings: postponed evaluation
+    return {"bool": bool, "int": int, "float": float}.get(first, str)
+
+
+@functools.cache
+def settings() -> tuple[Setting, ...]:
+    """Every :class:`TrainConfig` field as a :class:`Setting`, in field order: what ``icnn train``'s options and
+    the Train widget's form are made from."""
+    out = []
+    for f in fields(TrainConfig):
+        m = f.metadata
+        out.append(Setting(
+            name=f.name, default=f.default, kind=_kind(f.type), optional=f.default is None,
+            derived=bool(m["derived"]), help=m["help"], flag=m["flag"],
+            label=m["label"] or f.name.replace("_", " ").capitalize(), placeholder=m["placeholder"],
+            bounds=m["bounds"], step=m["step"], choices=choices_of(f.name),
+        ))
+    return tuple(out)
+
+
+def setting(name: str) -> Setting:
+    """The :class:`Setting` of field ``name`` (``KeyError`` for an unknown one)."""
+    for s in settings():
+        if s.name == name:
+            return s
+    raise KeyError(name)
+
+
 def choices_of(name: str) -> tuple[str, ...] | None:
     """The allowed values of a :class:`TrainConfig` field with a fixed set of them, ``None`` otherwise: the one
     list the command line's ``choices`` and the Train widget's drop-down menus are made from."""
@@ -454,32 +586,27 @@ def choices_of(name: str) -> tuple[str, ...] | None:
         from napari_icnn.data.layouts import FORMATS
 
         return ("auto", *FORMATS)
-    if name == "cache":
-        return ("memory", "disk", "none")
     return {"task": TASKS, "categories": CATEGORIES, "decision_filters": DECISION_FILTERS, "arch": ARCHS,
-            "device": DEVICES, "loss_mode": LOSS_MODES, "z_estimate": Z_ESTIMATES}.get(name)
+            "device": DEVICES, "loss_mode": LOSS_MODES, "z_estimate": Z_ESTIMATES, "cache": CACHE_MODES}.get(name)
 
 
 def config_help(name: str) -> str:
     """The help text of a :class:`TrainConfig` field (for CLI and GUI tooltips)."""
-    for f in fields(TrainConfig):
-        if f.name == name:
-            return str(f.metadata.get("help", ""))
-    raise KeyError(name)
+    return _metadata(name)["help"]
 
 
 def flag_of(name: str) -> str:
-    """The ``icnn train`` option of a field (``lam`` -> ``--lambda``); ``--name-with-dashes`` for a field the
-    command line does not expose."""
-    for f in fields(TrainConfig):
-        if f.name == name and f.metadata.get("flag"):
-            return str(f.metadata["flag"])
-    return "--" + name.replace("_", "-")
+    """The ``icnn train`` option of a field (``lam`` -> ``--lambda``); every field has one."""
+    return _metadata(name)["flag"]
 
 
 def field_of_flag(flag: str) -> str | None:
     """The field an ``icnn train`` option sets (``--lambda`` -> ``lam``); ``None`` when there is none."""
+    return next((f.name for f in fields(TrainConfig) if f.metadata["flag"] == flag), None)
+
+
+def _metadata(name: str) -> Any:
     for f in fields(TrainConfig):
-        if flag_of(f.name) == flag:
-            return f.name
-    return None
+        if f.name == name:
+            return f.metadata
+    raise KeyError(name)
