@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, fields
 
-from napari_icnn.config import TrainConfig, choices_of
-
-
-def _flagged() -> list:
-    """The TrainConfig fields the command line exposes (those with a ``flag`` in their metadata)."""
-    return [f for f in fields(TrainConfig) if f.metadata.get("flag")]
-
-
-def _kind(f) -> type:
-    annotation = str(f.type)  # a string: the module uses postponed annotations
-    return int if annotation.startswith("int") else float if annotation.startswith("float") else str
+from napari_icnn.config import TrainConfig, settings
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    """Add one option per exposed TrainConfig field, flag, defaults and help taken from TrainConfig itself.
+    """Add one option per TrainConfig field, its flag, default, choices and help taken from TrainConfig itself
+    (:func:`~napari_icnn.config.settings`).
 
     A field whose default is derived ("auto", ``None``) keeps ``None`` when its option is not given, so the
     configuration can tell a value the user chose from one it may derive.
     """
-    for f in _flagged():
-        flag = f.metadata["flag"]
-        default = f.default if f.default is not MISSING else None
-        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
-        if isinstance(default, bool):
+    for s in settings():
+        help_ = s.help.replace("%", "%%")  # argparse formats help with %
+        if s.kind is bool:
             # a flag switches a default off when the default is on
-            p.add_argument(flag, dest=f.name, action="store_false" if default else "store_true",
-                           help=("turn off: " if default else "") + help_)
+            p.add_argument(s.flag, dest=s.name, action="store_false" if s.default else "store_true",
+                           help=("turn off: " if s.default else "") + help_)
             continue
-        choices = choices_of(f.name)
-        extra = {"choices": choices} if choices else {}
-        p.add_argument(flag, dest=f.name, type=_kind(f), default=default,
-                       help=f"{help_} (default: {default})" if default not in (None, "") else help_, **extra)
+        extra = {"choices": s.choices} if s.choices else {}
+        p.add_argument(s.flag, dest=s.name, type=s.kind, default=s.default,
+                       help=f"{help_} (default: {s.default})" if s.default not in (None, "") else help_, **extra)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,17 +34,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_icnn.engine.preflight import check_training
+    from napari_icnn.engine.run_folder import missing_output
     from napari_icnn.engine.train import train
-    from napari_icnn.errors import ConfigError
     from napari_icnn.progress import TextProgress
 
-    values = {f.name: getattr(args, f.name) for f in _flagged() if hasattr(args, f.name)}
-    if not args.resume:
-        if not values.get("data"):
-            raise ConfigError("--data: give a training folder or CSV file")
-    if not values.get("out"):
-        raise ConfigError("--out: give the folder the model bundle is written to")
-    cfg = TrainConfig(**values) if not args.resume else TrainConfig(out=args.out, resume=True, data=args.data or "")
+    if args.resume:
+        if not args.out:
+            raise missing_output()
+        cfg = TrainConfig(out=args.out, resume=True, data=args.data or "")
+    else:
+        # The Train widget's checks, so both refuse the same inputs with the same words.
+        cfg = check_training({s.name: getattr(args, s.name) for s in settings()}).raise_first()
     result = train(cfg, on_event=TextProgress())
     if result.stopped:
         print(f"stopped after epoch {result.epochs_done}; bundle from epoch {result.best_epoch} in {result.bundle}")

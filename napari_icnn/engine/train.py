@@ -25,15 +25,12 @@ import torch.nn.functional as F
 from napari_icnn.bundle import WEIGHTS, FilterInfo, load_bundle, save_bundle
 from napari_icnn.config import TrainConfig
 from napari_icnn.engine import runtime
+from napari_icnn.engine.run_folder import BEST, CACHE, CHECKPOINT_DIR, CONFIG, HISTORY, LAST, check_output
 from napari_icnn.errors import Cancelled, ConfigError
 from napari_icnn.parts import FREE_CATEGORY
 from napari_icnn.progress import EpochEnd, Message, Progress
 
 __all__ = ["TrainResult", "train_iter", "train", "train_step", "class_names_for", "CHECKPOINT_DIR"]
-
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.pt"
-BEST = "best.pt"
 
 
 @dataclass
@@ -140,21 +137,6 @@ def _checkpoint_state(net, opt, sched, assignment, epoch, best, history, cfg, la
     }
 
 
-def _check_out(cfg: TrainConfig) -> None:
-    out = Path(cfg.out)
-    if not cfg.out:
-        raise ConfigError("--out: give the folder the model bundle is written to")
-    if cfg.resume:
-        if not (out / CHECKPOINT_DIR / LAST).is_file():
-            raise ConfigError(f"--resume: {out} has no checkpoint to resume ({CHECKPOINT_DIR}/{LAST} is missing)")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(
-            f"--out {out}: the folder exists and is not empty; choose a new folder, or add --resume to "
-            "continue an interrupted run there (nothing was overwritten)"
-        )
-
-
 def train_iter(
     cfg: TrainConfig, should_stop: Callable[[], bool] | None = None
 ) -> Generator[Any, None, TrainResult]:
@@ -165,13 +147,12 @@ def train_iter(
     from napari_icnn.icnn.assignment import FilterAssignment
 
     t0 = time.monotonic()
+    check_output(cfg.out, cfg.resume)
     if cfg.resume:
-        _check_out(cfg)
         saved = torch.load(Path(cfg.out) / CHECKPOINT_DIR / LAST, map_location="cpu", weights_only=True)
         resumed_cfg = TrainConfig.from_dict({**saved["config"], "resume": True})
         cfg = resumed_cfg
     else:
-        _check_out(cfg)
         saved = None
     dist = runtime.init_distributed(cfg.device)
     device = runtime.resolve_device(cfg.device, dist.local_rank)
@@ -183,7 +164,7 @@ def train_iter(
     cfg, train_recs, val_recs, has_masks = _load_data(cfg, dist.world_size, device.type)
     if dist.is_main:  # only now: a data set that cannot be used leaves --out as it was
         ckdir.mkdir(parents=True, exist_ok=True)
-        runtime.atomic_write_text(ckdir / "config.json", cfg.to_json())
+        runtime.atomic_write_text(ckdir / CONFIG, cfg.to_json())
     if cfg.derived:
         yield Message(f"auto settings: {_describe_derived(cfg)}")
     names = class_names_for(cfg.target_set)
@@ -194,7 +175,7 @@ def train_iter(
              + (" (lesion-type evidence needs MA/HE/EX/SE presence labels)" if "categories" in cfg.derived
                 and cfg.categories == "decision" else ""))
     yield Message(f"{len(train_recs)} training / {len(val_recs)} validation images; task {cfg.task}; {about}")
-    cache_dir = out / CHECKPOINT_DIR / "cache" if cfg.cache == "disk" else None
+    cache_dir = out / CHECKPOINT_DIR / CACHE if cfg.cache == "disk" else None
     train_ds = make_dataset(train_recs, size=cfg.size, task=cfg.target_set, augment=cfg.augment, cache=cfg.cache,
                             cache_dir=cache_dir)
     val_ds = make_dataset(val_recs, size=cfg.size, task=cfg.target_set, augment=False, cache=cfg.cache,
@@ -325,7 +306,7 @@ def train_iter(
                     runtime.atomic_torch_save({"model": net.state_dict(), "epoch": epoch,
                                                "assignment": assignment.state_dict()}, ckdir / BEST)
                 runtime.atomic_torch_save(state, ckdir / LAST)
-                runtime.atomic_write_text(ckdir / "history.json", json.dumps(history, indent=2))
+                runtime.atomic_write_text(ckdir / HISTORY, json.dumps(history, indent=2))
             if dist.enabled:
                 torch.distributed.barrier()
             yield EpochEnd(epoch, cfg.epochs, {k_: v for k_, v in metrics.items() if k_ not in ("epoch",)})
