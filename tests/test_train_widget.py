@@ -12,21 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from qtpy.QtWidgets import QCheckBox, QLabel, QLineEdit
+from test_train_preflight import PARITY, WIDGET_CANNOT, cli_error, parity_case, write_cohorts
 
 from napari_icnn._widgets.explain_widget import ExplainWidget
 from napari_icnn._widgets.layers import filter_name_of
-from napari_icnn._widgets.train_widget import (
-    TrainWidget,
-    _field_of,
-    check_data,
-    describe_device,
-    explain_widgets,
-    inspect_output,
-    train_job,
-)
+from napari_icnn._widgets.train_widget import TrainWidget, explain_widgets, train_job
 from napari_icnn.bundle import WEIGHTS, load_bundle, sha256_file
-from napari_icnn.config import ARCHS, DEVICES, TASKS, TrainConfig, config_help
+from napari_icnn.config import ARCHS, DEVICES, TASKS, TrainConfig, config_help, settings
 from napari_icnn.data.synth import generate_fundus, write_cohort
+from napari_icnn.engine.run_folder import inspect_output
+from napari_icnn.engine.runtime import describe_device
 from napari_icnn.progress import EpochEnd
 
 WAIT_MS = 240_000  # training on a shared 2-core machine: generous, the runs themselves take ~10-30 s
@@ -76,6 +72,21 @@ def test_form_is_made_from_train_config(widget):
         for name in ("task", "arch", "device")
     }
     assert combos == {"task": list(TASKS), "arch": list(ARCHS), "device": list(DEVICES)}
+    # labels, placeholders and box limits are TrainConfig's metadata too
+    labels = {label.text() for label in widget.findChildren(QLabel)}
+    for s in settings():
+        if s.name == "resume":
+            continue
+        editor = widget.field(s.name)
+        if isinstance(editor, QCheckBox):
+            assert editor.text() == s.label
+        else:
+            assert s.label in labels, s.name
+        if isinstance(editor, QLineEdit):
+            assert editor.placeholderText() == s.placeholder
+        if s.bounds is not None:
+            shown = 10.0 ** -getattr(editor, "decimals", lambda: 0)()  # a box rounds its limits as it shows them
+            assert (editor.minimum(), editor.maximum()) == pytest.approx(s.bounds, abs=shown), s.name
     assert widget.config() == TrainConfig()  # an untouched form is the engine's default run
     assert not widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
 
@@ -141,10 +152,10 @@ def test_auto_fields_show_the_values_the_engine_will_use(widget, cohorts, tmp_pa
     w.set_values(batch=None, warmup_epochs=1)  # explicit and in conflict with the explicit epochs
     assert "--warmup-epochs 1" in w.message("warmup_epochs") and "--epochs (1)" in w.message("warmup_epochs")
     assert not w.start_button.isEnabled()
-    w.set_values(warmup_epochs=None)
-    # a message is placed by the flag it names, also where flag and field differ
-    assert _field_of("--lambda: must be non-negative", w._fields) == "lam"
-    assert _field_of("--filters: must be positive", w._fields) == "n_filters"
+    w.set_values(warmup_epochs=None, max_train_images=1)  # a message is placed by the field it names
+    assert w.message("max_train_images").startswith("--max-train-images: must be at least 2")
+    assert not w.start_button.isEnabled()
+    w.set_values(max_train_images=None)
     assert w.config() == TrainConfig(data=str(cohorts / "train"), out=str(tmp_path / "new"), size=64, epochs=1)
     assert w.start_button.isEnabled()
 
@@ -160,16 +171,22 @@ def test_device_badge_says_what_auto_resolves_to(widget):
     assert widget.device_badge.text() == info.text and widget.device_badge.toolTip() == info.detail
 
 
-def test_check_data_and_output_folder_states(cohorts, tmp_path):
-    problem, summary = check_data(str(cohorts / "train"), "auto", "referable")
-    assert problem is None and summary.startswith("24 photographs")
-    problem, _ = check_data(str(cohorts / "train"), "idrid-seg", "referable")
-    assert problem and str(cohorts / "train") in problem
-    assert inspect_output(str(tmp_path / "missing")).state == "new"
-    (tmp_path / "empty").mkdir()
-    assert inspect_output(str(tmp_path / "empty")).can_start
-    (tmp_path / "file").write_text("x")
-    assert inspect_output(str(tmp_path / "file")).state == "file"
+@pytest.mark.gui
+def test_the_widget_shows_what_icnn_train_prints(widget, tmp_path_factory, tmp_path, capsys):
+    """One table of bad inputs: the message under the field is the CLI's error, word for word."""
+    data = write_cohorts(tmp_path_factory.mktemp("parity"))
+    w = widget
+    touched = {name for _, overrides, _ in PARITY for name in overrides}
+    untouched = {name: w.values()[name] for name in touched}
+    for what, overrides, field in PARITY:
+        if field in WIDGET_CANNOT or (field == "device" and torch.cuda.is_available()):
+            continue
+        values = parity_case(overrides, data, tmp_path)
+        w.set_values(**{**untouched, **values})
+        assert not w.start_button.isEnabled(), what
+        assert w.message(field) == cli_error(capsys, values), what
+    w.set_values(**{**untouched, **parity_case({}, data, tmp_path)})
+    assert w.start_button.isEnabled(), {n: w.message(n) for n in w.values() if w.message(n)}
 
 
 # --------------------------------------------------------------------------- running
