@@ -33,6 +33,10 @@ class Preset:
     # Also train the lesion-type ICNN (``--categories lesion-types``) beside the single-category one, and score
     # both ICNNs' lesion-type evidence against Grad-CAM of the same model (engine.lesion_types).
     lesion_types: bool = True
+    # TrainConfig overrides for the lesion-type ICNN only: the recipe chosen on seed 10's validation cohort
+    # (docs/results.md, round 7): a top map of 4-px cells, and lesion-type filters that fire alike on eyes with
+    # and without their type kept out of the decision.
+    types: dict[str, Any] = field(default_factory=lambda: {"top_stride": 4, "decision_min_selectivity": 0.2})
 
 
 PRESETS: dict[str, Preset] = {
