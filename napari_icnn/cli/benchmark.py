@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from napari_icnn.config import DEVICES
 from napari_icnn.errors import IcnnError
 
 __all__ = ["register", "run", "load_harness"]
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write the figures as JSON (name -> value, null when missing), rewritten after each group")
     p.add_argument("--only", metavar="NAME", nargs="+", default=None, help=f"run only these groups ({', '.join(_GROUPS)})")
     p.add_argument("--quick", action="store_true", help="small batches and few repetitions (checks that it runs)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to measure (default: auto)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where to measure (default: auto)")
     p.set_defaults(func=run)
 
 

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from napari_icnn.config import DEVICES
+
 # Sizes chosen so the demo trains in under 10 minutes on a 2-core CPU (about 6.5 measured).
 # An ordinary CNN first, then the interpretable fine-tuning that starts from it (the recipe of the shipped model).
 # The same sizes as the shipped model (training/demo_bundle.env): smaller cohorts or inputs gave badly calibrated
@@ -28,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("--out", default="demo-output", help="output folder (created; must be new or a previous demo)")
     p.add_argument("--quick", action="store_true", help="a tiny run (about a minute) to check the installation")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--napari", action="store_true", help="open the explained scan in napari at the end")
     p.set_defaults(func=run)

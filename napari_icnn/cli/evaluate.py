@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from napari_icnn.config import DEVICES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from napari_icnn.engine.explainers import EXPLAINERS
@@ -17,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="write the metrics as JSON to this file")
     p.add_argument("--explainer", default="icnn", choices=EXPLAINERS,
                    help="score the ICNN's filters (icnn) or a baseline heat map (gradcam, occlusion)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--select-on", default=None, metavar="DATA",
                    help="annotated data held out from --data (the validation cohort): every choice of a filter "

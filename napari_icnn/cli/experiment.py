@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from napari_icnn.config import DEVICES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="run the interpretability study on synthetic cohorts", description=__doc__)
@@ -19,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="cpu", help="cpu (VGG, referable DR, 3 seeds, 256 px), gpu (both backbones "
                    "and tasks at 512 px) or tiny (seconds; for tests)")
     p.add_argument("--seed", type=int, action="append", help="run only this seed (repeat for several)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--free-fraction", type=float, default=None,
                    help="fraction of the ICNN's filters trained label-free (default: the training default)")
     p.set_defaults(func=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from napari_icnn.config import DEVICES
+
 if TYPE_CHECKING:
     from napari_icnn.explain import Explanation
 
@@ -15,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--model", default=None, help="model bundle folder (default: the shipped demo model)")
     p.add_argument("--top-k", type=int, default=8, help="overlays for the K filters that contribute most")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=run)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_icnn.config import validation_size
+from napari_icnn.config import CACHE_MODES, validation_size
 from napari_icnn.data.layouts import TASKS, Record, task_targets
 from napari_icnn.data.transforms import LANDMARKS
 from napari_icnn.errors import ConfigError, IcnnError
@@ -30,7 +30,6 @@ from napari_icnn.parts import PART_KEYS
 
 __all__ = ["CACHE_MODES", "make_dataset", "collate_fundus", "split_records"]
 
-CACHE_MODES: tuple[str, ...] = ("memory", "disk", "none")
 # Part of every disk-cache key: bump when preprocessing changes what it produces.
 _PREPROCESS_VERSION = 1
 _ITEM_KEYS = ("image", "target", "id", "fov", "geometry", "landmarks", "masks")

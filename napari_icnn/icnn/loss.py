@@ -13,13 +13,13 @@ import math
 import torch
 from torch import Tensor, nn
 
+from napari_icnn.config import LOSS_MODES
 from napari_icnn.errors import ConfigError
 from napari_icnn.icnn.masked import locate_peaks
 from napari_icnn.icnn.templates import TemplateBank
 
 __all__ = ["template_filter_loss", "template_scores", "RunningLogZ", "LOSS_MODES"]
 
-LOSS_MODES = ("paper", "mi")
 _REDUCTIONS = ("mean", "sum", "none")
 
 
