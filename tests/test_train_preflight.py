@@ -213,6 +213,7 @@ PARITY = [
     ("no interpretable epoch", {"epochs": 3, "warmup_epochs": 3}, "warmup_epochs"),
     ("lesion types without lesion labels", {"data": "{cohorts}/graded", "categories": "lesion-types"}, "categories"),
     ("missing validation folder", {"val": "{tmp}/no val"}, "val"),
+    ("--init a folder that is no model", {"init": "{tmp}"}, "init"),
     ("a GPU that is not there", {"device": "cuda"}, "device"),
 ]
 WIDGET_CANNOT = {"lam", "n_filters"}

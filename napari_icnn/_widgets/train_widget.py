@@ -40,7 +40,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_icnn._widgets.explain_widget import check_model
 from napari_icnn._widgets.form import (
     choose_folder,
     hbox,
@@ -376,10 +375,6 @@ class TrainWidget(StoppableJobWidget):
             problems.setdefault(name if name in self._fields else "", text)
         hints = check.hints
         blocking_hints: dict[str, str] = {}  # shown as hints, yet they keep Train disabled
-        if values["init"]:
-            init_problem = check_model(values["init"])
-            if init_problem:
-                problems.setdefault("init", init_problem)
         self._output = inspect_output(values["out"]) if values["out"] else OutputFolder(Path(), "new")
         if not self._output.can_start:
             # A run of its own (interrupted or finished) is no mistake, but a new one needs a new folder.

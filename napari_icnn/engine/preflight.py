@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from napari_icnn.config import TrainConfig, flag_of
 from napari_icnn.data.preflight import DataCheck, check_data
 from napari_icnn.engine.run_folder import missing_output
-from napari_icnn.errors import ConfigError, IcnnError
+from napari_icnn.errors import BundleError, ConfigError, IcnnError
 
 if TYPE_CHECKING:
     from napari_icnn.engine.runtime import DeviceInfo
@@ -67,7 +67,8 @@ def check_training(
     device: DeviceInfo | None = None,
     data_check: Callable[[str, str, str | None], DataCheck] = check_data,
 ) -> TrainCheck:
-    """Check a new run's settings (:class:`TrainConfig` field -> value), its data and its device.
+    """Check a new run's settings (:class:`TrainConfig` field -> value), its data, the bundle it starts from and
+    its device.
 
     ``device`` is what ``values["device"]`` resolves to (:func:`~napari_icnn.engine.runtime.describe_device`,
     asked when not given); ``data_check`` reads a data path (a caller may pass a cached
@@ -98,6 +99,13 @@ def check_training(
                 check._add(found[name].error, name)
             else:
                 check.hints[name] = found[name].summary
+    if values.get("init"):
+        from napari_icnn.bundle import require_model  # the words the Explain form and icnn explain use
+
+        try:
+            require_model(values["init"])
+        except BundleError as err:
+            check._add(err, "init")
     if check.config is None:
         return check
     # The engine's own resolution on the counts it will see: "auto" settings get their values, and explicit
