@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -85,8 +85,12 @@ def disk_full_in(folder: str | os.PathLike[str]):
         raise DiskFull(Path(folder).expanduser().absolute(), code) from exc
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any], durable: bool = True) -> Path:
     """Call ``write(fh)`` on a temporary file beside ``path``, then rename it into place.
+
+    The temporary is created with mode 0o666 less the umask, as any other output, and, when
+    ``durable``, synced before the rename so that a power failure cannot leave an empty file under
+    the final name (``durable=False``: data that can be generated again, written by the thousand).
 
     Raises
     ------
@@ -96,12 +100,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -111,8 +116,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
     return atomic_write(path, lambda fh: fh.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """:func:`atomic_write` of ``text`` in UTF-8."""
     return atomic_write_bytes(path, text.encode("utf-8"))

@@ -14,7 +14,6 @@ import datetime as dt
 import io
 import os
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from pydicom.uid import (
 )
 
 from napari_icnn import __version__
+from napari_icnn.atomic import atomic_write
 from napari_icnn.dicom.read import normalize_laterality
 from napari_icnn.errors import ConfigError, InputError
 
@@ -416,14 +416,8 @@ def _jpeg(frame: np.ndarray, quality: int) -> bytes:
 
 
 def _save_atomically(ds: Dataset, target: Path) -> None:
-    """Write next to ``target`` under a hidden temporary name, then rename over it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    """:func:`~napari_icnn.atomic.atomic_write` of the DICOM file; an error names ``target``."""
     try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, target)
+        atomic_write(target, lambda fh: ds.save_as(fh, enforce_file_format=True))
     except OSError as exc:
         raise InputError(target, f"cannot be written ({exc.strerror or exc})") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_icnn.atomic import atomic_write, disk_full_errno
 from napari_icnn.dicom.uids import ModelInfo, SourceRef, derived_uids, source_ref, tracking_uid
 from napari_icnn.errors import InputError
 from napari_icnn.parts import PARTS
@@ -250,25 +250,12 @@ def save_atomic(dataset: Dataset, path: str | os.PathLike[str]) -> Path:
         raise InputError(folder, "output folder does not exist")
     if path.exists() and _sop_instance_uid(path) != str(dataset.SOPInstanceUID):
         raise InputError(path, "already exists and is not an earlier copy of this result; not overwritten")
-    tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
     try:
-        # os.open with 0o666 lets the umask decide permissions, as for any other output.
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as fh:
-            dataset.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())  # a power failure must not leave an empty file under the final name
-        os.replace(tmp, path)
+        return atomic_write(path, lambda fh: dataset.save_as(fh, enforce_file_format=True))
     except OSError as exc:
-        from napari_icnn.atomic import disk_full_errno
-
-        tmp.unlink(missing_ok=True)
         if disk_full_errno(exc) is not None:
             raise  # a full disk ends a batch run: it is not this result's fault
         raise InputError(path, f"cannot write: {_root_cause(exc)}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _root_cause(exc: BaseException) -> str:

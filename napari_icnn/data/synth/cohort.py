@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from napari_icnn import __version__
+from napari_icnn.atomic import atomic_write
 from napari_icnn.data.synth.fundus import (
     EXTRA_COLUMNS,
     GRADE_MIX,
@@ -278,19 +279,22 @@ def _meta(n: int, size: int, seed: int, dicom: bool) -> dict[str, Any]:
 
 
 def _atomic(path: Path, write: Any, binary: bool = True) -> None:
-    """Write through ``write(file)`` to a hidden temporary next to ``path``, then rename over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write through ``write(file)`` with :func:`~napari_icnn.atomic.atomic_write` (not synced: a cohort is
+    generated again from its seed)."""
+
+    def body(fh: Any) -> None:
+        if binary:
+            write(fh)
+            return
+        text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+        write(text)
+        text.flush()
+        text.detach()
+
     try:
-        with open(
-            tmp, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})
-        ) as f:
-            write(f)
-        os.replace(tmp, path)
+        atomic_write(path, body, durable=False)
     except OSError as exc:
         raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
