@@ -74,7 +74,7 @@ def test_every_input_gets_rows_and_outputs_that_read_back(archive, tmp_path, tin
     assert by[("multi.dcm", "1")]["status"] == "declined" and by[("multi.dcm", "1")]["reason"]
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 6
-    assert (summary.n_ok, summary.n_declined, summary.n_error, summary.n_skipped) == (6, 2, 0, 0)
+    assert (summary.counts.ok, summary.counts.declined, summary.counts.error, summary.counts.skipped) == (6, 2, 0, 0)
     assert summary.exit_code == 3 and summary.images_per_second > 0
 
     model = load_bundle(tiny_bundle, "cpu")
@@ -167,7 +167,7 @@ def test_rerun_skips_finished_inputs_and_adds_only_new_ones(tmp_path, tiny_bundl
     out = tmp_path / "out"
     first = run([src], out, tiny_bundle)
     before = (out / "summary.csv").read_bytes()
-    assert (first.n_ok, first.n_declined, first.exit_code) == (3, 1, 3)
+    assert (first.counts.ok, first.counts.declined, first.exit_code) == (3, 1, 3)
 
     png(src / "p_new.png", seed=9)
     second = run([src], out, tiny_bundle)
@@ -175,11 +175,11 @@ def test_rerun_skips_finished_inputs_and_adds_only_new_ones(tmp_path, tiny_bundl
     assert after.startswith(before)
     added = read_summary(out)[4:]
     assert [Path(r["input_path"]).name for r in added] == ["p_new.png"]
-    assert (second.n_ok, second.n_skipped, second.n_skipped_not_ok) == (1, 4, 1)
+    assert (second.counts.ok, second.counts.skipped, second.counts.skipped_not_ok) == (1, 4, 1)
     assert second.exit_code == 3  # the CT declined earlier still stands
 
     third = run([src, src / "p0.png"], out, tiny_bundle)
-    assert third.n_processed == 0 and third.n_skipped == 5
+    assert third.counts.rows == 0 and third.counts.skipped == 5
     assert (out / "summary.csv").read_bytes() == after
     names = [r["input_path"] for r in read_summary(out)]
     assert len(names) == len(set(names)) == 5
@@ -197,7 +197,7 @@ def test_torn_last_line_is_repaired_and_that_input_redone(tmp_path, tiny_bundle)
     torn = "".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2]  # a kill in the middle of the last append
     (out / "summary.csv").write_text(torn)
     again = run([src], out, tiny_bundle)
-    assert (again.n_ok, again.n_skipped) == (1, 2)
+    assert (again.counts.ok, again.counts.skipped) == (1, 2)
     rows = read_summary(out)
     assert sorted(Path(r["input_path"]).name for r in rows) == ["p0.png", "p1.png", "p2.png"]
     assert (out / "summary.csv").read_text() == text
@@ -301,7 +301,7 @@ def test_a_real_run_reports_evidence_context_and_artefacts_apart(tmp_path, monke
     write_op(src / "retina.dcm", skimage.data.retina(), laterality="L")
     out = tmp_path / "out"
     summary = infer(BatchConfig(inputs=(str(src),), out=str(out), workers=0, top_k=3))  # the shipped model
-    assert summary.n_ok == 1
+    assert summary.counts.ok == 1
     (row,) = read_summary(out)
     assert row["format_version"] == "2"
     seg_path, sr_path, png_path, json_path = (out / o for o in row["outputs"].split(";"))

@@ -77,7 +77,7 @@ def single_process_run(mixed, tiny_bundle, tmp_path_factory):
 def test_worker_processes_give_the_same_rows_and_outputs(mixed, tiny_bundle, single_process_run, tmp_path):
     out = tmp_path / "out"
     summary = infer(BatchConfig(inputs=(str(mixed),), out=str(out), model=str(tiny_bundle), workers=2, batch=4))
-    assert (summary.n_ok, summary.n_error, summary.n_declined) == (7, 1, 1)
+    assert (summary.counts.ok, summary.counts.error, summary.counts.declined) == (7, 1, 1)
     assert comparable(out) == comparable(single_process_run)
     assert_same_outputs(out, single_process_run)
 
@@ -105,7 +105,7 @@ def test_a_dying_worker_costs_only_its_own_file(mixed, tiny_bundle, single_proce
     rows = {Path(r["input_path"]).name: r for r in rows_of(out)}
     assert len(rows_of(out)) == len(rows) == 9
     assert rows["p1.png"]["status"] == "error" and "worker process" in rows["p1.png"]["reason"]
-    assert (summary.n_ok, summary.n_error, summary.n_declined) == (6, 2, 1)
+    assert (summary.counts.ok, summary.counts.error, summary.counts.declined) == (6, 2, 1)
     expected = {(Path(r[0]).name, r[3]) for r in comparable(single_process_run)} - {("p1.png", "ok")}
     assert {(n, r["status"]) for n, r in rows.items()} - {("p1.png", "error")} == expected
 
@@ -125,7 +125,7 @@ def test_stop_keeps_finished_rows_and_a_rerun_completes(mixed, tiny_bundle, sing
     partial = rows_of(out)
     assert 3 <= len(partial) < 9
     summary = infer(cfg)
-    assert summary.n_skipped == len(partial) and summary.n_processed == 9 - len(partial)
+    assert summary.counts.skipped == len(partial) and summary.counts.rows == 9 - len(partial)
     assert comparable(out) == comparable(single_process_run)
 
 
@@ -177,7 +177,7 @@ def test_dask_cluster_gives_the_same_rows_and_outputs(mixed, tiny_bundle, single
                                   dashboard_address=None) as cluster:
         summary = infer(BatchConfig(inputs=(str(mixed),), out=str(out), model=str(tiny_bundle),
                                     scheduler=cluster.scheduler_address))
-    assert (summary.n_ok, summary.n_error, summary.n_declined) == (7, 1, 1)
+    assert (summary.counts.ok, summary.counts.error, summary.counts.declined) == (7, 1, 1)
     assert comparable(out) == comparable(single_process_run)
     assert_same_outputs(out, single_process_run)
 

@@ -107,7 +107,7 @@ def test_the_run_goes_on_and_exits_3(bad_run):
     assert len(rows) == len(EXPECTED)
     n_error = sum(s == "error" for s, _ in EXPECTED.values())
     n_declined = sum(s == "declined" for s, _ in EXPECTED.values())
-    assert (summary.n_ok, summary.n_error, summary.n_declined) == (2, n_error, n_declined)
+    assert (summary.counts.ok, summary.counts.error, summary.counts.declined) == (2, n_error, n_declined)
     assert summary.exit_code == 3
 
 
@@ -134,4 +134,4 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(tmp_path, tiny_b
         summary = infer(BatchConfig(inputs=(str(root),), out=str(out), model=str(tiny_bundle), workers=0))
     with open(out / "summary.csv", newline="") as fh:
         assert [Path(r["input_path"]).name for r in csv.DictReader(fh)] == ["a.dcm"]
-    assert summary.n_skipped == 1 and summary.exit_code == 0
+    assert summary.counts.skipped == 1 and summary.exit_code == 0

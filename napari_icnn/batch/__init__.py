@@ -10,11 +10,25 @@ Every input file (every frame of a multi-frame file) gets a row in ``results/sum
 JSON), ``error`` (unreadable or broken) or ``declined`` (readable, but not a colour fundus
 photograph). A bad file never stops the run; a second run into the same folder skips the files
 already recorded. Worker processes decode while the network runs (``workers``); a Dask scheduler
-address runs the same batch on a cluster (``scheduler``).
+address runs the same batch on a cluster (``scheduler``). :func:`preflight` refuses a set-up that
+cannot start, for ``icnn infer`` and the Batch widget alike.
 """
 
-from napari_icnn.batch.config import FORMATS, BatchConfig, BatchSummary
-from napari_icnn.batch.run import infer, infer_iter
+from napari_icnn.batch.config import FORMATS, BatchConfig, BatchCounts, BatchSummary
+from napari_icnn.batch.preflight import preflight, problems
+from napari_icnn.batch.run import Stopped, infer, infer_iter, infer_until_stopped
 from napari_icnn.batch.summary import COLUMNS
 
-__all__ = ["BatchConfig", "BatchSummary", "infer_iter", "infer", "FORMATS", "COLUMNS"]
+__all__ = [
+    "BatchConfig",
+    "BatchCounts",
+    "BatchSummary",
+    "Stopped",
+    "infer_iter",
+    "infer",
+    "infer_until_stopped",
+    "preflight",
+    "problems",
+    "FORMATS",
+    "COLUMNS",
+]

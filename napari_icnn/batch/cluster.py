@@ -14,9 +14,11 @@ from typing import Any
 
 from napari_icnn.atomic import DiskFull
 from napari_icnn.batch import work
+from napari_icnn.batch.config import BatchCounts
 from napari_icnn.batch.local import file_events
-from napari_icnn.batch.summary import Row, SummaryFile, Tally, one_line
-from napari_icnn.errors import Cancelled, ConfigError
+from napari_icnn.batch.preflight import NEEDS_DISTRIBUTED
+from napari_icnn.batch.summary import Row, SummaryFile, one_line
+from napari_icnn.errors import ConfigError
 
 __all__ = ["connect", "run_cluster", "CONNECT_TIMEOUT_S", "WORKER_WAIT_S"]
 
@@ -39,7 +41,7 @@ def connect(address: str, out: str, model_path: str) -> Any:
     try:
         from distributed import Client
     except ImportError:
-        raise ConfigError("--scheduler needs the 'distributed' package (pip install distributed)") from None
+        raise ConfigError(NEEDS_DISTRIBUTED, field="scheduler") from None
     try:
         client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
@@ -69,12 +71,12 @@ def run_cluster(
     client: Any,
     job: work.ClusterJob,
     summary: SummaryFile,
-    tally: Tally,
-    total: int,
+    counts: BatchCounts,
     should_stop: Callable[[], bool] | None = None,
-) -> Generator[Any, None, None]:
-    """Process ``paths`` on the cluster of ``client`` (see :func:`connect`) into ``summary``;
-    yields progress events."""
+) -> Generator[Any, None, tuple[BatchCounts, bool]]:
+    """Process ``paths`` on the cluster of ``client`` (see :func:`connect`) into ``summary``; yields
+    progress events, returns ``counts`` with the files finished added, and whether it stopped because
+    ``should_stop`` returned true."""
     from distributed import as_completed
 
     pending: dict[Any, str] = {}
@@ -94,7 +96,7 @@ def run_cluster(
         while len(pending) < window and submit_next():
             pass
         if not pending:
-            return
+            return counts, False
         for fut in queue:
             path = pending.pop(fut)
             try:
@@ -105,12 +107,13 @@ def run_cluster(
                 rows = [Row(path, None, "", "error", one_line(f"the cluster could not run this file ({type(exc).__name__}: {exc})"))]
             fut.release()
             summary.append(rows)
-            tally.add(rows)
-            yield from file_events(path, rows, tally, total)
+            counts = counts.add_file(rows)
+            yield from file_events(path, rows, counts)
             if should_stop is not None and should_stop():
-                raise Cancelled("stop requested")
+                return counts, True
             while len(pending) < window and submit_next():
                 pass
+        return counts, False
     finally:
         for fut in pending:
             fut.cancel()

@@ -1,19 +1,35 @@
-"""What a batch run is asked to do (:class:`BatchConfig`) and what it did (:class:`BatchSummary`)."""
+"""What a batch run is asked to do (:class:`BatchConfig`), what it has done so far (:class:`BatchCounts`)
+and what it did (:class:`BatchSummary`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
+from napari_icnn.batch.preflight import NO_INPUTS, NO_OUT
 from napari_icnn.errors import ConfigError
+from napari_icnn.progress import Progress
 
-__all__ = ["FORMATS", "DICOM_FORMATS", "BatchConfig", "BatchSummary", "parse_formats"]
+if TYPE_CHECKING:
+    from napari_icnn.batch.summary import Row
+
+__all__ = ["FORMATS", "DICOM_FORMATS", "FORMAT_NAMES", "FORMAT_HELP", "PROGRESS_STAGE", "BatchConfig", "BatchCounts", "BatchSummary", "parse_formats"]
 
 FORMATS: tuple[str, ...] = ("seg", "sr", "png", "json")
 """Every output format, in the order they are listed."""
 DICOM_FORMATS: frozenset[str] = frozenset({"seg", "sr"})
 """Formats that reference a source DICOM instance, so apply to DICOM inputs only."""
+FORMAT_NAMES: dict[str, str] = {"seg": "DICOM SEG", "sr": "DICOM SR", "png": "PNG sheet", "json": "JSON"}
+FORMAT_HELP: dict[str, str] = {
+    "seg": "The evidence as a DICOM Segmentation referencing the source instance (DICOM inputs only)",
+    "sr": "The prediction as a DICOM Structured Report, TID 1500 (DICOM inputs only)",
+    "png": "A PNG review sheet: the scan and one tile per reported filter",
+    "json": "The prediction and the reported filters as JSON",
+}
 _DEVICES = ("auto", "cpu", "cuda")
+PROGRESS_STAGE = "infer"
+"""Stage of the progress events that carry the batch's :class:`BatchCounts`."""
 
 
 def parse_formats(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -30,9 +46,10 @@ def parse_formats(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     names = {str(i).strip().lower() for i in items if str(i).strip()}
     unknown = sorted(names - set(FORMATS))
     if unknown:
-        raise ConfigError(f"--formats: unknown format(s) {', '.join(unknown)} (choose from {','.join(FORMATS)})")
+        raise ConfigError(f"--formats: unknown format(s) {', '.join(unknown)} (choose from {','.join(FORMATS)})",
+                          field="formats")
     if not names:
-        raise ConfigError(f"--formats: give at least one of {','.join(FORMATS)}")
+        raise ConfigError(f"--formats: give at least one of {','.join(FORMATS)}", field="formats")
     return tuple(f for f in FORMATS if f in names)
 
 
@@ -67,22 +84,22 @@ class BatchConfig:
         inputs = (self.inputs,) if isinstance(self.inputs, str) else tuple(self.inputs or ())
         inputs = tuple(str(i) for i in inputs if str(i).strip())
         if not inputs:
-            raise ConfigError("no INPUT given: name DICOM/image files or folders to run on")
+            raise ConfigError(NO_INPUTS, field="inputs")
         object.__setattr__(self, "inputs", inputs)
         if not str(self.out or "").strip():
-            raise ConfigError("--out: an output folder is required")
+            raise ConfigError(NO_OUT, field="out")
         object.__setattr__(self, "out", str(self.out))
         if self.model is not None:
             object.__setattr__(self, "model", str(self.model))
         if self.device not in _DEVICES:
-            raise ConfigError(f"--device: must be one of {', '.join(_DEVICES)} (got {self.device!r})")
+            raise ConfigError(f"--device: must be one of {', '.join(_DEVICES)} (got {self.device!r})", field="device")
         for name, low in (("batch", 1), ("top_k", 1), ("workers", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{flag}: must be an integer >= {low} (got {value!r})")
+                raise ConfigError(f"{flag}: must be an integer >= {low} (got {value!r})", field=name)
         if self.scheduler is not None and not str(self.scheduler).strip():
-            raise ConfigError("--scheduler: give the Dask scheduler's address, e.g. tcp://host:8786")
+            raise ConfigError("--scheduler: give the Dask scheduler's address, e.g. tcp://host:8786", field="scheduler")
         object.__setattr__(self, "formats", parse_formats(self.formats))
 
     def formats_for(self, is_dicom: bool) -> tuple[str, ...]:
@@ -92,36 +109,111 @@ class BatchConfig:
 
 
 @dataclass(frozen=True)
-class BatchSummary:
-    """What a batch run did. Counts are rows of ``summary.csv`` (one per file, or per frame of a
-    multi-frame file) for the inputs of this run."""
+class BatchCounts:
+    """What a batch run has done so far: ``summary.csv`` rows of its inputs by status, the input files
+    finished of those it is to process, and the files an earlier run into the folder had done."""
 
-    n_ok: int
-    n_error: int
+    ok: int = 0
+    error: int = 0
     """Unreadable or broken inputs, and results that could not be written."""
-    n_declined: int
+    declined: int = 0
     """Readable inputs that are not colour fundus photographs this model can process."""
-    n_skipped: int
-    """Rows already in ``summary.csv`` from an earlier run: their inputs were not processed again."""
+    files_done: int = 0
+    """Input files finished by this run."""
+    files_total: int = 0
+    """Input files this run is to process (0: not known yet, e.g. while they still arrive)."""
+    skipped: int = 0
+    """Rows already in ``summary.csv`` from an earlier run: their inputs are not processed again."""
+    skipped_files: int = 0
+    skipped_not_ok: int = 0
+    """Of the skipped rows, those with status ``error`` or ``declined``."""
+
+    @property
+    def rows(self) -> int:
+        """Rows recorded by this run."""
+        return self.ok + self.error + self.declined
+
+    def add_file(self, rows: Iterable[Row]) -> BatchCounts:
+        """These counts with one more input file finished, with ``rows``."""
+        by = self.by_status()
+        for row in rows:
+            by[row.status if row.status in by else "error"] += 1
+        return replace(self, **by, files_done=self.files_done + 1)
+
+    def by_status(self) -> dict[str, int]:
+        """``{"ok": …, "error": …, "declined": …}``: what a progress event carries (:attr:`Progress.counts`)."""
+        return {"ok": self.ok, "error": self.error, "declined": self.declined}
+
+    def detail(self) -> str:
+        return f"{self.ok} ok, {self.error} error, {self.declined} declined"
+
+    def progress(self) -> Progress:
+        """The batch's progress event for these counts."""
+        return Progress(PROGRESS_STAGE, self.files_done, self.files_total, self.detail(), counts=self.by_status())
+
+    @classmethod
+    def from_progress(cls, event: Progress) -> BatchCounts | None:
+        """The counts a batch progress event carries (``None`` for any other event)."""
+        if event.stage != PROGRESS_STAGE or event.counts is None:
+            return None
+        c = event.counts
+        return cls(int(c.get("ok", 0)), int(c.get("error", 0)), int(c.get("declined", 0)), event.done, event.total)
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """What a batch run did: its :class:`BatchCounts`, and where the rows are."""
+
+    counts: BatchCounts
     summary_csv: str
     seconds: float
     images_per_second: float
     """Rows processed in this run per second of wall time."""
-    n_skipped_not_ok: int = 0
-    """Of the skipped rows, those with status ``error`` or ``declined``."""
+    stopped: bool = False
+    """The run was stopped on request; files finished keep their rows, a run into the same folder continues."""
+
+    # Shorthands for the counts, under the names callers of the summary have long used.
+    @property
+    def n_ok(self) -> int:
+        return self.counts.ok
+
+    @property
+    def n_error(self) -> int:
+        return self.counts.error
+
+    @property
+    def n_declined(self) -> int:
+        return self.counts.declined
+
+    @property
+    def n_skipped(self) -> int:
+        return self.counts.skipped
+
+    @property
+    def n_skipped_not_ok(self) -> int:
+        return self.counts.skipped_not_ok
 
     @property
     def n_processed(self) -> int:
-        return self.n_ok + self.n_error + self.n_declined
+        return self.counts.rows
 
     @property
     def exit_code(self) -> int:
         """0 when every input of the run is ok (now or in the earlier run), else 3."""
-        return 3 if self.n_error or self.n_declined or self.n_skipped_not_ok else 0
+        c = self.counts
+        return 3 if c.error or c.declined or c.skipped_not_ok else 0
 
     def describe(self) -> str:
-        skipped = f", {self.n_skipped} skipped (done earlier)" if self.n_skipped else ""
+        """One line for the user: the counts, and where the rows are (what to do next, when stopped)."""
+        c = self.counts
+        if self.stopped:
+            of = f" of {c.files_total}" if c.files_total else ""
+            return (
+                f"Stopped after {c.files_done}{of} files ({c.detail()}). Finished files keep their rows in "
+                f"{self.summary_csv}; run again into the same output folder to continue."
+            )
+        skipped = f", {c.skipped} skipped (done earlier)" if c.skipped else ""
         return (
-            f"{self.n_ok} ok, {self.n_error} error, {self.n_declined} declined{skipped} "
-            f"in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); summary: {self.summary_csv}"
+            f"{c.detail()}{skipped} in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); "
+            f"summary: {self.summary_csv}"
         )

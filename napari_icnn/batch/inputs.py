@@ -12,22 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 
-from napari_icnn.errors import ConfigError
-
-__all__ = ["check_inputs", "iter_input_files"]
-
-
-def check_inputs(inputs: Sequence[str]) -> None:
-    """Refuse INPUT arguments that do not exist (a typo should stop the run before it starts).
-
-    Raises
-    ------
-    ConfigError
-        Naming the first missing input.
-    """
-    for item in inputs:
-        if not os.path.exists(item):
-            raise ConfigError(f"INPUT {item}: no such file or folder")
+__all__ = ["iter_input_files"]
 
 
 def iter_input_files(inputs: Sequence[str], exclude: str | os.PathLike[str] | None = None) -> Iterator[str]:

@@ -22,10 +22,10 @@ from typing import Any
 
 from napari_icnn.atomic import DiskFull
 from napari_icnn.batch import work
+from napari_icnn.batch.config import BatchCounts
 from napari_icnn.batch.outputs import OutputSpec
-from napari_icnn.batch.summary import Row, SummaryFile, Tally
-from napari_icnn.errors import Cancelled
-from napari_icnn.progress import Message, Progress
+from napari_icnn.batch.summary import Row, SummaryFile
+from napari_icnn.progress import Message
 
 __all__ = ["run_local", "file_events", "usable_cores", "WorkerPool"]
 
@@ -118,14 +118,15 @@ class _Task:
     crashes: int = 0
 
 
-def file_events(path: str, rows: list[Row], tally: Tally, total: int) -> list[Any]:
-    """The progress events for one finished input file."""
+def file_events(path: str, rows: list[Row], counts: BatchCounts) -> list[Any]:
+    """The events for one finished input file: a warning per row that is not ok, then the progress
+    with ``counts`` (which count the file)."""
     events: list[Any] = []
     for row in rows:
         if row.status != "ok":
             frame = "" if row.frame is None else f" (frame {row.frame})"
             events.append(Message(f"{row.status}: {path}{frame}: {row.reason}", level="warning"))
-    events.append(Progress("infer", tally.files_done, total, tally.detail()))
+    events.append(counts.progress())
     return events
 
 
@@ -135,22 +136,20 @@ def run_local(
     model: Any,
     spec: OutputSpec,
     summary: SummaryFile,
-    tally: Tally,
-    total: int,
+    counts: BatchCounts,
     batch: int,
     workers: int,
     should_stop: Callable[[], bool] | None = None,
     pool: WorkerPool | None = None,
-) -> Generator[Any, None, None]:
-    """Process ``paths`` into ``summary``; yields progress events. ``pool``: workers started
-    beforehand (with ``workers`` processes); the run shuts them down.
+) -> Generator[Any, None, tuple[BatchCounts, bool]]:
+    """Process ``paths`` into ``summary``; yields progress events, returns ``counts`` with the files
+    finished added, and whether it stopped because ``should_stop`` returned true. ``pool``: workers
+    started beforehand (with ``workers`` processes); the run shuts them down.
 
     Raises
     ------
     DiskFull
         An output or the summary could not be written for want of space.
-    Cancelled
-        ``should_stop`` returned true.
     """
     import torch
 
@@ -174,13 +173,14 @@ def run_local(
         inflight[ex.submit(fn, *task.args)] = task
 
     def add_rows(file: _File, rows: list[Row]) -> list[Any]:
+        nonlocal counts
         file.rows += rows
         if not file.complete:
             return []
         done = sorted(file.rows, key=lambda r: -1 if r.frame is None else r.frame)
         summary.append(done)
-        tally.add(done)
-        return file_events(file.path, done, tally, total)
+        counts = counts.add_file(done)
+        return file_events(file.path, done, counts)
 
     def failed(task: _Task) -> list[Any]:
         if task.kind == "prepare":
@@ -194,7 +194,7 @@ def run_local(
     try:
         while True:
             if should_stop is not None and should_stop():
-                raise Cancelled("stop requested")
+                return counts, True
             n_prep = sum(t.kind == "prepare" for t in inflight.values())
             if retry:
                 if not inflight:  # after a worker died: suspects run alone, to find the culprit
@@ -265,6 +265,7 @@ def run_local(
                     else:
                         retry.append(task)
             yield from events
+        return counts, False
     finally:
         # Every task handed out has been collected, or cancelled (one already running finishes its
         # atomic writes on its own): the processes only have to exit, a second or more of

@@ -8,20 +8,30 @@ import json
 import os
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from napari_icnn.atomic import DISK_FULL_ERRNOS, DiskFull, disk_full_in
-from napari_icnn.batch.config import BatchConfig, BatchSummary
-from napari_icnn.batch.inputs import check_inputs, iter_input_files
+from napari_icnn.batch.config import BatchConfig, BatchCounts, BatchSummary
+from napari_icnn.batch.inputs import iter_input_files
 from napari_icnn.batch.outputs import OutputSpec
-from napari_icnn.batch.summary import SummaryFile, Tally, one_line
+from napari_icnn.batch.preflight import model_path, out_problem, preflight
+from napari_icnn.batch.summary import Done, SummaryFile, one_line
 from napari_icnn.dicom.uids import ModelInfo
-from napari_icnn.errors import BundleError, ConfigError
+from napari_icnn.errors import BundleError, Cancelled, ConfigError
 from napari_icnn.progress import Message, Progress, drain
 
-__all__ = ["infer_iter", "infer", "exclusive_folder", "SUMMARY_NAME", "SETTINGS_NAME", "LOCK_NAME"]
+__all__ = [
+    "infer_iter",
+    "infer",
+    "infer_until_stopped",
+    "Stopped",
+    "exclusive_folder",
+    "SUMMARY_NAME",
+    "SETTINGS_NAME",
+    "LOCK_NAME",
+]
 
 SUMMARY_NAME = "summary.csv"
 SETTINGS_NAME = ".icnn-batch.json"
@@ -40,12 +50,13 @@ def _output_folder(out: str) -> Path:
         Its disk has no room for even an empty file.
     """
     path = Path(out).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
+    problem = out_problem(out)
+    if problem:  # it may have changed since the preflight
+        raise ConfigError(problem, field="out")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+        raise ConfigError(f"--out {out}: cannot create the folder ({exc.strerror or exc})", field="out") from None
     probe = path / f".icnn-write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
@@ -53,7 +64,7 @@ def _output_folder(out: str) -> Path:
     except OSError as exc:
         if exc.errno in DISK_FULL_ERRNOS:
             raise DiskFull(path, exc.errno) from None
-        raise ConfigError(f"--out {out}: the folder is not writable ({exc.strerror or exc})") from None
+        raise ConfigError(f"--out {out}: the folder is not writable ({exc.strerror or exc})", field="out") from None
     return path
 
 
@@ -116,9 +127,9 @@ def _model_info(cfg: BatchConfig) -> tuple[str, ModelInfo, Any]:
     BundleError
         The bundle is missing or broken.
     """
-    from napari_icnn.bundle import WEIGHTS, default_bundle_path, load_bundle, read_metadata, sha256_file
+    from napari_icnn.bundle import WEIGHTS, load_bundle, read_metadata, sha256_file
 
-    path = os.path.abspath(cfg.model) if cfg.model else str(default_bundle_path())
+    path = model_path(cfg.model)
     if cfg.scheduler:
         meta = read_metadata(path)  # the workers load it; here only its identity is needed
         weights = Path(path) / WEIGHTS
@@ -130,6 +141,15 @@ def _model_info(cfg: BatchConfig) -> tuple[str, ModelInfo, Any]:
     return path, ModelInfo(model.name, model.version, model.sha256), model
 
 
+class Stopped(Cancelled):
+    """A batch stopped on request: :attr:`summary` says what it had done (its ``stopped`` set). Files
+    finished keep their rows; a run into the same folder continues with the others."""
+
+    def __init__(self, summary: BatchSummary):
+        super().__init__(summary.describe())
+        self.summary = summary
+
+
 def infer_iter(
     cfg: BatchConfig,
     should_stop: Callable[[], bool] | None = None,
@@ -139,7 +159,8 @@ def infer_iter(
     """Run batch inference; yields progress, returns the :class:`BatchSummary`.
 
     Every input file gets rows in ``summary.csv`` (one per frame of a multi-frame file); files
-    with rows from an earlier run into the same folder are skipped.
+    with rows from an earlier run into the same folder are skipped. The progress events of the
+    stage ``"infer"`` carry the running counts (:meth:`BatchCounts.from_progress` reads them).
 
     ``files``, when given, are the input files in place of the walk of ``cfg.inputs`` (which must
     still exist): each is taken when the run is ready for more, so they may still be arriving
@@ -148,12 +169,14 @@ def infer_iter(
     Raises
     ------
     ConfigError
-        A usage or set-up problem: missing input, no input files, unusable output folder, another
-        run writing into it, results of other settings in it, unknown device, unreachable cluster.
+        A usage or set-up problem (:func:`~napari_icnn.batch.preflight.preflight`, before anything
+        starts), or one found as the run starts: no input files, an output folder that takes no
+        writes, another run writing into it, results of other settings in it, an unreachable cluster.
     BundleError
         The model bundle is missing or broken.
-    Cancelled
-        ``should_stop`` returned true; files finished so far keep their rows.
+    Stopped
+        ``should_stop`` returned true (a :class:`~napari_icnn.errors.Cancelled`); files finished so
+        far keep their rows.
     DiskFull
         The output folder ran out of space (or quota, or file size limit): the run stops at the
         first write that fails; files finished so far keep their rows and complete outputs, and
@@ -171,7 +194,7 @@ def _infer_iter(
     total: int,
 ) -> Generator[Progress | Message, None, BatchSummary]:
     start = time.monotonic()
-    check_inputs(cfg.inputs)
+    preflight(cfg)
     with contextlib.ExitStack() as stack:
         pool = None
         if not cfg.scheduler and cfg.workers:
@@ -179,76 +202,78 @@ def _infer_iter(
 
             pool = WorkerPool(cfg.workers)  # the processes start while the model loads
             stack.callback(pool.close)
-        model_path, info, model = _model_info(cfg)
+        bundle, info, model = _model_info(cfg)
         out = _output_folder(cfg.out)
         client = None
         if cfg.scheduler:
             from napari_icnn.batch.cluster import connect
 
-            client = connect(cfg.scheduler, str(out), model_path)
+            client = connect(cfg.scheduler, str(out), bundle)
             stack.callback(client.close)
         stack.enter_context(exclusive_folder(out))
         _check_settings(out, info, cfg)
         summary = stack.enter_context(SummaryFile(out / SUMMARY_NAME))
+        skipped: list[Done] = []
         if files is None:
-            found = yield from _count(cfg, out, summary)
+            counts = yield from _count(cfg, out, summary)
             todo = (p for p in iter_input_files(cfg.inputs, exclude=out) if one_line(p, 4096) not in summary.done)
         else:
-            found = _Found(n_files=total)
-            todo = _unfinished(files, summary, found)
+            counts = BatchCounts(files_total=total)
+            todo = _unfinished(files, summary, skipped)
         spec = OutputSpec(out=str(out), model=info, formats=cfg.formats, top_k=cfg.top_k)
-        tally = Tally()
-        if found.n_files:
-            yield Progress("infer", 0, found.n_files)
+        if counts.files_total:
+            yield counts.progress()
         if client is not None:
             from napari_icnn.batch.cluster import run_cluster
             from napari_icnn.batch.work import ClusterJob
 
-            job = ClusterJob(model_path, info.sha256, cfg.device, cfg.batch, spec)
-            yield from run_cluster(todo, client=client, job=job, summary=summary, tally=tally,
-                                   total=found.n_files, should_stop=should_stop)
+            job = ClusterJob(bundle, info.sha256, cfg.device, cfg.batch, spec)
+            counts, stopped = yield from run_cluster(todo, client=client, job=job, summary=summary, counts=counts,
+                                                     should_stop=should_stop)
         else:
             from napari_icnn.batch.local import run_local
 
-            yield from run_local(todo, model=model, spec=spec, summary=summary, tally=tally, total=found.n_files,
-                                 batch=cfg.batch, workers=cfg.workers, should_stop=should_stop, pool=pool)
+            counts, stopped = yield from run_local(todo, model=model, spec=spec, summary=summary, counts=counts,
+                                                   batch=cfg.batch, workers=cfg.workers, should_stop=should_stop,
+                                                   pool=pool)
+        counts = _with_skipped(counts, skipped)
     seconds = time.monotonic() - start
-    return BatchSummary(
-        n_ok=tally.n_ok,
-        n_error=tally.n_error,
-        n_declined=tally.n_declined,
-        n_skipped=found.n_skipped,
+    result = BatchSummary(
+        counts=counts,
         summary_csv=str(out / SUMMARY_NAME),
         seconds=seconds,
-        images_per_second=tally.n_rows / seconds if seconds > 0 else 0.0,
-        n_skipped_not_ok=found.n_skipped_not_ok,
+        images_per_second=counts.rows / seconds if seconds > 0 else 0.0,
+        stopped=stopped,
+    )
+    if stopped:  # raised once the workers, the summary and the folder's lock are let go
+        raise Stopped(result)
+    return result
+
+
+def _with_skipped(counts: BatchCounts, skipped: list[Done]) -> BatchCounts:
+    """``counts`` with the files an earlier run had done (``skipped``) added."""
+    if not skipped:
+        return counts
+    return replace(
+        counts,
+        skipped=counts.skipped + sum(d.n_rows for d in skipped),
+        skipped_files=counts.skipped_files + len(skipped),
+        skipped_not_ok=counts.skipped_not_ok + sum(d.n_not_ok for d in skipped),
     )
 
 
-@dataclass
-class _Found:
-    n_files: int = 0
-    """Input files to process."""
-    n_skipped_files: int = 0
-    n_skipped: int = 0
-    """Rows of the skipped files."""
-    n_skipped_not_ok: int = 0
-
-
-def _unfinished(files: Iterable[str], summary: SummaryFile, found: _Found) -> Iterator[str]:
-    """The absolute paths of ``files`` without rows from an earlier run (those are counted as skipped)."""
+def _unfinished(files: Iterable[str], summary: SummaryFile, skipped: list[Done]) -> Iterator[str]:
+    """The absolute paths of ``files`` without rows from an earlier run (what those did goes to ``skipped``)."""
     for path in files:
         path = os.path.abspath(path)
         done = summary.done.get(one_line(path, 4096))
         if done is None:
             yield path
         else:
-            found.n_skipped_files += 1
-            found.n_skipped += done.n_rows
-            found.n_skipped_not_ok += done.n_not_ok
+            skipped.append(done)
 
 
-def _count(cfg: BatchConfig, out: Path, summary: SummaryFile) -> Generator[Progress | Message, None, _Found]:
+def _count(cfg: BatchConfig, out: Path, summary: SummaryFile) -> Generator[Progress | Message, None, BatchCounts]:
     """Walk the inputs once to count them (a progress total) against what an earlier run did.
 
     Raises
@@ -256,23 +281,22 @@ def _count(cfg: BatchConfig, out: Path, summary: SummaryFile) -> Generator[Progr
     ConfigError
         No input file at all.
     """
-    found = _Found()
+    n_files = 0
+    skipped: list[Done] = []
     for path in iter_input_files(cfg.inputs, exclude=out):
         done = summary.done.get(one_line(path, 4096))
         if done is None:
-            found.n_files += 1
+            n_files += 1
         else:
-            found.n_skipped_files += 1
-            found.n_skipped += done.n_rows
-            found.n_skipped_not_ok += done.n_not_ok
-        seen = found.n_files + found.n_skipped_files
+            skipped.append(done)
+        seen = n_files + len(skipped)
         if seen % 2000 == 0:
             yield Progress("finding inputs", seen, 0)
-    if found.n_files + found.n_skipped_files == 0:
-        raise ConfigError(f"no input files found in {', '.join(cfg.inputs)}")
-    earlier = f"; {found.n_skipped_files} done in an earlier run (skipped)" if found.n_skipped_files else ""
-    yield Message(f"{found.n_files} input files to process{earlier}")
-    return found
+    if n_files + len(skipped) == 0:
+        raise ConfigError(f"no input files found in {', '.join(cfg.inputs)}", field="inputs")
+    earlier = f"; {len(skipped)} done in an earlier run (skipped)" if skipped else ""
+    yield Message(f"{n_files} input files to process{earlier}")
+    return _with_skipped(BatchCounts(files_total=n_files), skipped)
 
 
 def infer(
@@ -282,3 +306,14 @@ def infer(
 ) -> BatchSummary:
     """:func:`infer_iter` run to the end; events go to ``on_event``."""
     return drain(infer_iter(cfg, should_stop=should_stop), on_event)
+
+
+def infer_until_stopped(
+    cfg: BatchConfig, should_stop: Callable[[], bool] | None = None
+) -> Generator[Progress | Message, None, BatchSummary]:
+    """:func:`infer_iter`, where a stop is an outcome rather than an error: it returns the summary of
+    what was done, with ``stopped`` set."""
+    try:
+        return (yield from infer_iter(cfg, should_stop))
+    except Stopped as stop:
+        return stop.summary

@@ -16,6 +16,7 @@ import contextlib
 import csv
 import io
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from napari_icnn.atomic import DISK_FULL_ERRNOS, DiskFull
 from napari_icnn.errors import ConfigError
 from napari_icnn.explain import FORMAT_VERSION as EXPLANATION_FORMAT
 
-__all__ = ["COLUMNS", "STATUSES", "FORMAT_VERSION", "Row", "Done", "Tally", "SummaryFile", "read_rows", "one_line"]
+__all__ = ["COLUMNS", "STATUSES", "STATUS_HELP", "FORMAT_VERSION", "Row", "Done", "SummaryFile", "read_rows", "last_rows", "one_line"]
 
 FORMAT_VERSION = EXPLANATION_FORMAT
 """Format of a folder's batch results, written on every row: one number for the summary and the JSON
@@ -42,6 +43,11 @@ COLUMNS: tuple[str, ...] = (
     "format_version",
 )
 STATUSES: tuple[str, ...] = ("ok", "error", "declined")
+STATUS_HELP: dict[str, str] = {
+    "ok": "processed, outputs written",
+    "error": "unreadable or broken inputs, or outputs that could not be written",
+    "declined": "readable, but not a colour fundus photograph this model can process",
+}
 _HEADER = ",".join(COLUMNS) + "\n"
 # The first format had no version column: its header is these columns up to "outputs".
 _HEADER_V1 = ",".join(COLUMNS[:7]) + "\n"
@@ -130,6 +136,14 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
                 yield Row.from_fields(fields)
             except ValueError:
                 continue
+
+
+def last_rows(path: str | os.PathLike[str], n: int) -> list[Row]:
+    """The last ``n`` well-formed rows of a summary file (``[]`` when there is none)."""
+    try:
+        return list(deque(read_rows(path), maxlen=n))
+    except OSError:
+        return []
 
 
 @dataclass
@@ -283,30 +297,3 @@ def _other_format(path: Path, version: str) -> ConfigError:
         f"{path}: holds results of format version {one_line(version, 20)}, and this icnn writes version "
         f"{FORMAT_VERSION} (see Format versions in docs/batch.md); one folder never mixes two: use another --out folder"
     )
-
-
-@dataclass
-class Tally:
-    """Rows recorded by this run, by status, and the input files finished."""
-
-    n_ok: int = 0
-    n_error: int = 0
-    n_declined: int = 0
-    files_done: int = 0
-
-    def add(self, rows: list[Row]) -> None:
-        for row in rows:
-            if row.status == "ok":
-                self.n_ok += 1
-            elif row.status == "declined":
-                self.n_declined += 1
-            else:
-                self.n_error += 1
-        self.files_done += 1
-
-    @property
-    def n_rows(self) -> int:
-        return self.n_ok + self.n_error + self.n_declined
-
-    def detail(self) -> str:
-        return f"{self.n_ok} ok, {self.n_error} error, {self.n_declined} declined"

@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     secrets: tuple[str, ...] = ()
     try:
+        from napari_icnn.batch import preflight
         from napari_icnn.pacs import PacsJob, Query, load_settings, pacs_infer, parse_pacs_url
 
         settings = load_settings(args.pacs_config)
@@ -106,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
             settings=settings,
             keep_staging=args.keep_staging,
         )
-        cfg = _batch_config(args, tuple(args.inputs) or (args.source,))
+        cfg = _batch_config(args, tuple(args.inputs) or ((args.source,) if args.source is not None else ()))
+        # Before any PACS is asked: the inputs pulled from one are checked as they arrive.
+        preflight(cfg, inputs=args.source is None)
         progress = TextProgress(sys.stderr)
 
         def show(event: Any) -> None:
