@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_icnn._widgets.batch_widget import BatchCounts, BatchWidget, check_scheduler, last_rows
-from napari_icnn.batch import BatchConfig
+from napari_icnn._widgets.batch_widget import BatchWidget
+from napari_icnn.batch import BatchConfig, BatchCounts
+from napari_icnn.batch.summary import last_rows
 from napari_icnn.bundle import WEIGHTS, default_bundle_path
 from napari_icnn.data.synth import generate_fundus
 from napari_icnn.dicom.op_writer import write_op
@@ -82,7 +83,7 @@ def test_batch_shows_running_counts_that_match_the_summary(
     by_status = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "declined")}
     assert by_status == {"ok": 4, "error": 1, "declined": 1}, rows
     outcome = w.outcome
-    assert not outcome.stopped and outcome.summary.exit_code == 3
+    assert not outcome.stopped and outcome.exit_code == 3
     assert (w.counts.ok, w.counts.error, w.counts.declined) == (4, 1, 1)
     assert [w.count_labels[s].text() for s in ("ok", "error", "declined")] == [
         "● 4 ok",
@@ -119,7 +120,7 @@ def test_batch_shows_running_counts_that_match_the_summary(
     # Running again into the same folder skips everything: nothing is processed twice.
     assert "earlier run" in w.out_message.text()
     _run(qtbot, w)
-    assert w.outcome.summary.n_skipped == 6 and w.outcome.summary.n_processed == 0
+    assert w.outcome.counts.skipped == 6 and w.outcome.counts.rows == 0
     assert len(_summary(out)) == 6
 
 
@@ -150,8 +151,8 @@ def test_stop_keeps_finished_rows_and_a_rerun_completes(qtbot, widget, tmp_path,
     assert w.run_button.isEnabled() and w.form_box.isEnabled()
 
     _run(qtbot, w)
-    summary = w.outcome.summary
-    assert summary.n_skipped == len(rows) and summary.n_ok == N_MANY - len(rows)
+    counts = w.outcome.counts
+    assert not w.outcome.stopped and counts.skipped == len(rows) and counts.ok == N_MANY - len(rows)
     final = _summary(out)
     assert len(final) == N_MANY and len({r["input_path"] for r in final}) == N_MANY
     assert all(r["outputs"].endswith(".json") for r in final)
@@ -160,8 +161,8 @@ def test_stop_keeps_finished_rows_and_a_rerun_completes(qtbot, widget, tmp_path,
 def test_invalid_inputs_block_run(widget, tmp_path, tiny_bundle):
     w = widget
     assert not w.run_button.isEnabled() and w.run() is None
-    assert "Add the files or folders" in w.inputs_message.text()
-    assert "Choose a folder" in w.out_message.text()
+    assert "no INPUT given" in w.inputs_message.text()
+    assert "an output folder is required" in w.out_message.text()
 
     missing = tmp_path / "nowhere"
     w.add_inputs([missing])
@@ -217,11 +218,20 @@ def test_scheduler_field_checks_the_address_and_replaces_local_workers(widget, a
     assert w.config().scheduler == "tcp://10.0.0.5:8786" and not w.workers_spin.isEnabled()
     w.scheduler_edit.setText("  ")
     assert w.config().scheduler is None and w.workers_spin.isEnabled()
-    for ok in ("tcp://127.0.0.1:8786", "scheduler-host:8786", "tls://dask.hospital.local:8786", "tcp://[::1]:8786",
-               "TCP://Scheduler:8786", "10.1.2.3"):
-        assert check_scheduler(ok) is None, ok
-    for bad in ("http://host:8786", "host:port", "tcp://", "tcp://host:99999", "-", "inproc://x", "a b:1"):
-        assert check_scheduler(bad), bad
+
+
+def test_the_device_is_checked_here_only_when_the_batch_runs_here(widget, archive, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    w = widget
+    w.add_inputs([archive])
+    w.out_edit.setText(str(tmp_path / "results"))
+    w.device_combo.setCurrentText("cuda")
+    assert "no CUDA device" in w.device_message.text() and not w.run_button.isEnabled()
+    w.scheduler_edit.setText("tcp://10.0.0.5:8786")  # the cluster's workers resolve it
+    assert w.device_message.text() == "" and w.run_button.isEnabled()
 
 
 def test_a_run_on_a_dask_cluster_gives_the_rows_of_a_local_run(qtbot, widget, archive, tmp_path, notes):

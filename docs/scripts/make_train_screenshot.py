@@ -125,7 +125,7 @@ def _batch_picture(work: Path, bundle: Path, target: Path) -> Path:
 
 
 def _ok_rows(widget):
-    from napari_icnn._widgets.batch_widget import last_rows
+    from napari_icnn.batch.summary import last_rows
 
     rows = [r for r in last_rows(widget.summary_csv(), 1000) if r.status == "ok"]
     return sorted(rows, key=lambda r: r.input_path)

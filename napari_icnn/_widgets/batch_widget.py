@@ -1,26 +1,23 @@
 """The Batch dock widget: run a model over folders of DICOM and image files, as ``icnn infer`` does.
 
-Thin over :func:`napari_icnn.batch.infer_iter` (defaults from :class:`~napari_icnn.batch.BatchConfig`):
-the widget gathers the inputs, runs the batch in a worker thread with a progress bar, keeps running
-counts of ok / error / declined inputs, and shows the last rows of ``summary.csv``. Stop ends the
-run after the files under way; files finished keep their rows, and running again into the same
-output folder continues where it stopped.
+Qt over :mod:`napari_icnn.batch` and nothing more: the form shows the problems of
+:func:`~napari_icnn.batch.problems` (the checks ``icnn infer`` makes, in its words), the run is
+:func:`~napari_icnn.batch.infer_until_stopped` in a worker thread with a progress bar, the ok / error /
+declined counts are the ones its progress events carry, and its :class:`~napari_icnn.batch.BatchSummary`
+says how it ended. Stop ends the run after the files under way; files finished keep their rows, and
+running again into the same output folder continues where it stopped.
 """
 
 from __future__ import annotations
 
-import functools
-import re
 import threading
-import time
-from collections import deque
 from collections.abc import Generator
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QUrl
-from qtpy.QtGui import QDesktopServices
+from qtpy.QtGui import QColor, QDesktopServices
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -40,7 +37,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_icnn._widgets.explain_widget import check_model
 from napari_icnn._widgets.form import (
     choose_folder,
     hbox,
@@ -54,161 +50,31 @@ from napari_icnn._widgets.form import (
 )
 from napari_icnn._widgets.jobs import StoppableJobWidget, guarded, thin_progress
 from napari_icnn._widgets.train_widget import DeviceBadge
+from napari_icnn.batch.config import BatchCounts
 from napari_icnn.progress import Message, Progress
 
 if TYPE_CHECKING:
     import napari
 
     from napari_icnn.batch import BatchConfig, BatchSummary
-    from napari_icnn.batch.summary import Row
 
-__all__ = ["BatchWidget", "BatchCounts", "BatchOutcome", "batch_job", "check_scheduler", "last_rows"]
+__all__ = ["BatchWidget", "batch_job"]
 
-_FORMAT_LABELS = {"seg": "DICOM SEG", "sr": "DICOM SR", "png": "PNG sheet", "json": "JSON"}
-_FORMAT_TIPS = {
-    "seg": "The evidence as a DICOM Segmentation referencing the source instance (DICOM inputs only)",
-    "sr": "The prediction as a DICOM Structured Report, TID 1500 (DICOM inputs only)",
-    "png": "A PNG review sheet: the scan and one tile per reported filter",
-    "json": "The prediction and the reported filters as JSON",
-}
-# Tally.detail() of the batch engine: "3 ok, 1 error, 0 declined".
-_COUNTS = re.compile(r"(\d+) ok, (\d+) error, (\d+) declined")
 _STATUS_COLOURS = {"ok": "#6aa84f", "error": "#e06666", "declined": "#f1c232"}
 _LAST_ROWS = 20
 _ROWS_SHOWN = 10
 """Rows visible without scrolling."""
 
 
-# ---------------------------------------------------------------------------------- the job (no Qt)
-
-
-@dataclass(frozen=True)
-class BatchCounts:
-    """Rows recorded by a run so far, and input files finished of those to do."""
-
-    ok: int = 0
-    error: int = 0
-    declined: int = 0
-    files_done: int = 0
-    files_total: int = 0
-
-    @classmethod
-    def from_progress(cls, event: Progress) -> BatchCounts | None:
-        """The counts an ``infer`` progress event carries (``None`` for other events)."""
-        m = _COUNTS.search(event.detail)
-        if event.stage != "infer" or m is None:
-            return None
-        ok, error, declined = (int(g) for g in m.groups())
-        return cls(ok, error, declined, event.done, event.total)
-
-    @classmethod
-    def from_summary(cls, summary: BatchSummary, files_total: int) -> BatchCounts:
-        return cls(summary.n_ok, summary.n_error, summary.n_declined, files_total, files_total)
-
-
-@dataclass(frozen=True)
-class BatchOutcome:
-    """How a run from the widget ended."""
-
-    summary: BatchSummary | None
-    """The engine's summary; ``None`` when the run was stopped."""
-    counts: BatchCounts
-    summary_csv: Path
-    seconds: float
-
-    @property
-    def stopped(self) -> bool:
-        return self.summary is None
-
-    def describe(self) -> str:
-        c = self.counts
-        if self.summary is not None:
-            return self.summary.describe()
-        return (
-            f"Stopped after {c.files_done} of {c.files_total} files ({c.ok} ok, {c.error} error, "
-            f"{c.declined} declined). Finished files keep their rows in {self.summary_csv}; run again "
-            "into the same output folder to continue."
-        )
-
-
 def batch_job(
     cfg: BatchConfig, stop: threading.Event, min_interval: float = 0.1
-) -> Generator[Progress | Message, None, BatchOutcome]:
-    """Run :func:`~napari_icnn.batch.infer_iter` until done or ``stop`` is set.
+) -> Generator[Progress | Message, None, BatchSummary]:
+    """:func:`~napari_icnn.batch.infer_until_stopped` until done or ``stop`` is set, its progress thinned
+    to one event per ``min_interval`` seconds (the last always passes). Every error is raised as a
+    :class:`~napari_icnn._widgets.jobs.JobFailed` (see there why)."""
+    from napari_icnn.batch import infer_until_stopped
 
-    Progress is thinned to one event per ``min_interval`` seconds (the last always passes). Every
-    error is raised as a :class:`~napari_icnn._widgets.jobs.JobFailed` (see there why).
-    """
-    return (yield from guarded(_run_batch(cfg, stop, min_interval)))
-
-
-def _run_batch(cfg: BatchConfig, stop: threading.Event, min_interval: float):
-    from napari_icnn.batch import infer_iter
-    from napari_icnn.batch.run import SUMMARY_NAME
-
-    t0 = time.monotonic()
-    counts = BatchCounts()
-
-    def tally(event: Progress) -> None:  # thinned events too: the outcome carries the final counts
-        nonlocal counts
-        counts = BatchCounts.from_progress(event) or counts
-
-    summary = yield from thin_progress(infer_iter(cfg, should_stop=stop.is_set), min_interval, tally)
-    seconds = time.monotonic() - t0
-    if summary is None:  # stopped: files finished so far keep their rows; the counts are this run's
-        return BatchOutcome(None, counts, Path(cfg.out).expanduser().absolute() / SUMMARY_NAME, seconds)
-    return BatchOutcome(
-        summary,
-        BatchCounts.from_summary(summary, counts.files_total),
-        Path(summary.summary_csv),
-        seconds,
-    )
-
-
-# [protocol://]host[:port], the host a name, an IPv4 address or a bracketed IPv6 one
-_SCHEDULER = re.compile(
-    r"^(?:(?P<scheme>[A-Za-z]+)://)?(?:\[[0-9A-Fa-f:.]+(?:%[\w.-]+)?\]|[A-Za-z0-9][A-Za-z0-9_.-]*)"
-    r"(?::(?P<port>\d{1,5}))?/?$"
-)
-_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss")
-"""Dask's network protocols (``inproc`` only reaches its own process)."""
-
-
-def check_scheduler(text: str) -> str | None:
-    """Why ``text`` is not a Dask scheduler address (``None`` when it is one, or empty: run here).
-
-    Only the form is checked here; whether the scheduler answers is found when the batch starts.
-    """
-    address = text.strip()
-    if not address:
-        return None
-    m = _SCHEDULER.match(address)
-    scheme = (m.group("scheme") or "tcp").lower() if m else ""
-    if not m or scheme not in _SCHEMES or (m.group("port") and not 0 < int(m.group("port")) < 65536):
-        return f"{address}: not a scheduler address; give one like tcp://host:8786"
-    if not _has_distributed():
-        return "Running on a Dask cluster needs the 'distributed' package (pip install distributed)."
-    return None
-
-
-@functools.lru_cache(maxsize=1)
-def _has_distributed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("distributed") is not None
-
-
-def last_rows(summary_csv: str | Path, n: int = _LAST_ROWS) -> list[Row]:
-    """The last ``n`` well-formed rows of a ``summary.csv`` (``[]`` when there is none)."""
-    from napari_icnn.batch.summary import read_rows
-
-    try:
-        return list(deque(read_rows(summary_csv), maxlen=n))
-    except OSError:
-        return []
-
-
-# ---------------------------------------------------------------------------------- the widget
+    return (yield from guarded(thin_progress(infer_until_stopped(cfg, stop.is_set), min_interval)))
 
 
 class BatchWidget(StoppableJobWidget):
@@ -234,7 +100,9 @@ class BatchWidget(StoppableJobWidget):
 
     def _build(self) -> None:
         from napari_icnn.batch import FORMATS, BatchConfig
+        from napari_icnn.batch.config import FORMAT_HELP, FORMAT_NAMES
         from napari_icnn.batch.local import usable_cores
+        from napari_icnn.batch.summary import STATUS_HELP
         from napari_icnn.bundle import default_bundle_path
         from napari_icnn.config import DEVICES
 
@@ -286,13 +154,10 @@ class BatchWidget(StoppableJobWidget):
         form.addRow("Device", hbox(self.device_combo, self.device_badge))
         form.addRow("", self.device_message)
 
-        self.workers_spin = QSpinBox()
-        self.workers_spin.setRange(0, max(64, 4 * usable_cores()))
-        self.workers_spin.setValue(defaults["workers"])
-        self.workers_spin.setToolTip(
-            f"Processes that decode inputs and write outputs while the network runs "
-            f"(0: all in this process; about the number of cores, here "
-            f"{usable_cores()})"
+        self.workers_spin = _spin(
+            0, max(64, 4 * usable_cores()), defaults["workers"],
+            "Processes that decode inputs and write outputs while the network runs (0: all in this process; "
+            f"about the number of cores, here {usable_cores()})",
         )
         form.addRow("Workers", self.workers_spin)
         self.scheduler_edit = QLineEdit()
@@ -304,29 +169,21 @@ class BatchWidget(StoppableJobWidget):
         self.scheduler_message = message_label()
         form.addRow("Dask scheduler", self.scheduler_edit)
         form.addRow("", self.scheduler_message)
-        self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(1, 1024)
-        self.batch_spin.setValue(defaults["batch"])
-        self.batch_spin.setToolTip("Images per forward pass of the network (16-64 on a GPU)")
+        self.batch_spin = _spin(1, 1024, defaults["batch"], "Images per forward pass of the network (16-64 on a GPU)")
         form.addRow("Batch size", self.batch_spin)
-        self.top_k_spin = QSpinBox()
-        self.top_k_spin.setRange(1, 64)
-        self.top_k_spin.setValue(defaults["top_k"])
-        self.top_k_spin.setToolTip(
+        self.top_k_spin = _spin(
+            1, 64, defaults["top_k"],
             "Filters reported per image in each group (evidence, anatomy context, possible artefacts): "
-            "SEG segments, SR groups, sheet tiles, JSON entries"
+            "SEG segments, SR groups, sheet tiles, JSON entries",
         )
         form.addRow("Filters reported", self.top_k_spin)
 
         self.format_checks: dict[str, QCheckBox] = {}
-        boxes = []
         for name in FORMATS:
-            box = QCheckBox(_FORMAT_LABELS.get(name, name))
+            box = self.format_checks[name] = QCheckBox(FORMAT_NAMES.get(name, name))
             box.setChecked(True)
-            box.setToolTip(_FORMAT_TIPS.get(name, ""))
-            self.format_checks[name] = box
-            boxes.append(box)
-        form.addRow("Formats", hbox(*boxes, stretch_first=False))
+            box.setToolTip(FORMAT_HELP.get(name, ""))
+        form.addRow("Formats", hbox(*self.format_checks.values(), stretch_first=False))
         root.addWidget(self.form_box)
 
         self.run_button = QPushButton("Run")
@@ -338,20 +195,11 @@ class BatchWidget(StoppableJobWidget):
         self.progress.setFormat("idle")
         root.addWidget(self.progress)
         self.count_labels = {}
-        counts = []
         for status, colour in _STATUS_COLOURS.items():
-            label = QLabel()
-            label.setToolTip(
-                {
-                    "ok": "processed, outputs written",
-                    "error": "unreadable or broken inputs, or outputs that could not be written",
-                    "declined": "readable, but not a colour fundus photograph this model can process",
-                }[status]
-            )
+            label = self.count_labels[status] = QLabel()
+            label.setToolTip(STATUS_HELP[status])
             label.setStyleSheet(f"color: {colour}; font-weight: bold;")
-            self.count_labels[status] = label
-            counts.append(label)
-        root.addWidget(hbox(*counts, stretch_first=False))
+        root.addWidget(hbox(*self.count_labels.values(), stretch_first=False))
         self._show_counts(BatchCounts())
         self.status = status_label()
         root.addWidget(self.status)
@@ -428,62 +276,46 @@ class BatchWidget(StoppableJobWidget):
         chosen = tuple(name for name, box in self.format_checks.items() if box.isChecked())
         return None if len(chosen) == len(self.format_checks) else chosen
 
+    def _values(self) -> dict[str, Any]:
+        """The form as :class:`~napari_icnn.batch.BatchConfig` arguments (empty model: the default one)."""
+        return {
+            "inputs": tuple(self.inputs),
+            "out": self.out_edit.text().strip(),
+            "model": self.model_edit.text().strip() or None,
+            "device": self.device_combo.currentText(),
+            "batch": self.batch_spin.value(),
+            "workers": self.workers_spin.value(),
+            "scheduler": self.scheduler_edit.text().strip() or None,
+            "formats": self.formats(),
+            "top_k": self.top_k_spin.value(),
+        }
+
     def config(self) -> BatchConfig:
         """The BatchConfig of the form (raises ConfigError naming the first invalid option)."""
         from napari_icnn.batch import BatchConfig
 
-        return BatchConfig(
-            inputs=tuple(self.inputs),
-            out=self.out_edit.text().strip(),
-            model=self.model_edit.text().strip() or None,
-            device=self.device_combo.currentText(),
-            batch=self.batch_spin.value(),
-            workers=self.workers_spin.value(),
-            scheduler=self.scheduler_edit.text().strip() or None,
-            formats=self.formats(),
-            top_k=self.top_k_spin.value(),
-        )
+        return BatchConfig(**self._values())
 
     def validate(self) -> bool:
-        """Check the inputs, show problems next to their fields, enable Run only when all is well."""
-        from napari_icnn.batch.run import SUMMARY_NAME
+        """Show the problems :func:`~napari_icnn.batch.problems` finds next to their fields (the checks
+        and words of ``icnn infer``); enable Run only when there are none."""
+        from napari_icnn.batch import problems
+        from napari_icnn.batch.preflight import out_note
         from napari_icnn.errors import ConfigError
 
-        inputs = self.inputs
-        missing = [p for p in inputs if not Path(p).expanduser().exists()]
-        if not inputs:
-            inputs_problem = "Add the files or folders to run on."
-        elif missing:
-            inputs_problem = f"{missing[0]}: no such file or folder"
-        else:
-            inputs_problem = None
-        show_problem(self.inputs_list, self.inputs_message, inputs_problem)
-
-        out_text = self.out_edit.text().strip()
-        out_hint = None
-        if not out_text:
-            out_problem = "Choose a folder for the results."
-        elif Path(out_text).expanduser().exists() and not Path(out_text).expanduser().is_dir():
-            out_problem = f"{out_text}: exists and is not a folder"
-        else:
-            out_problem = None
-            if (Path(out_text).expanduser() / SUMMARY_NAME).is_file():
-                out_hint = "Holds results of an earlier run: inputs already in its summary.csv are skipped."
-        show_problem(self.out_edit, self.out_message, out_problem, hint=out_hint)
-
-        model_problem = check_model(self.model_edit.text())
-        show_problem(self.model_edit, self.model_message, model_problem)
-
-        device_problem = self.device_badge.show_device(self.device_combo.currentText()).problem
-        show_message(self.device_message, device_problem)
-
-        scheduler_problem = check_scheduler(self.scheduler_edit.text())
-        show_problem(self.scheduler_edit, self.scheduler_message, scheduler_problem)
+        v = self._values()
+        out, scheduler = v["out"], v["scheduler"]
+        self.device_badge.show_device(v["device"])
+        found = problems(v["inputs"], out, model=v["model"], device=v["device"], scheduler=scheduler)
+        show_problem(self.inputs_list, self.inputs_message, found.get("inputs"))
+        show_problem(self.out_edit, self.out_message, found.get("out"), hint=out_note(out))
+        show_problem(self.model_edit, self.model_message, found.get("model"))
+        show_message(self.device_message, found.get("device"))
+        show_problem(self.scheduler_edit, self.scheduler_message, found.get("scheduler"))
         # a cluster runs the batch on its own workers: the local worker count does not apply
-        self.workers_spin.setEnabled(not self.scheduler_edit.text().strip())
+        self.workers_spin.setEnabled(scheduler is None)
 
-        ok = not (inputs_problem or out_problem or model_problem or device_problem or scheduler_problem)
-        config_problem = None
+        ok, config_problem = not found, None
         if ok:
             try:
                 self.config()
@@ -493,7 +325,7 @@ class BatchWidget(StoppableJobWidget):
             self._show_unplaced(config_problem)
         self.run_button.setEnabled(ok and not self._running)
         self.stop_button.setEnabled(self._running and not self._stop.is_set())
-        self.open_button.setEnabled(bool(out_text) and Path(out_text).expanduser().is_dir())
+        self.open_button.setEnabled(bool(out) and Path(out).expanduser().is_dir())
         return ok
 
     # ------------------------------------------------------------------ running
@@ -516,43 +348,40 @@ class BatchWidget(StoppableJobWidget):
         )
         return self._launch(batch_job, cfg, text)
 
-    def _show_counts(self, counts: BatchCounts) -> None:
+    def _show_counts(self, counts: BatchCounts, progress: str | None = None) -> None:
+        """Show ``counts`` in the count labels and, with a ``progress`` text, on the progress bar."""
         self._counts = counts
         for status, label in self.count_labels.items():
-            label.setText(f"● {getattr(counts, status)} {status}")
+            label.setText(f"● {counts.by_status()[status]} {status}")
+        if progress is not None:
+            self.progress.setRange(0, max(1, counts.files_total))
+            self.progress.setValue(counts.files_done)
+            self.progress.setFormat(progress)
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, Progress):
             counts = BatchCounts.from_progress(event)
             if counts is not None:
-                self._show_counts(counts)
-                self.progress.setRange(0, max(1, counts.files_total))
-                self.progress.setValue(counts.files_done)
-                self.progress.setFormat(f"{counts.files_done} / {counts.files_total} files")
+                self._show_counts(counts, f"{counts.files_done} / {counts.files_total} files")
             else:
                 self.progress.setFormat(f"{event.stage}: {event.done}")
         elif isinstance(event, Message) and not self._stop.is_set():
             text = event.text if len(event.text) < 300 else event.text[:297] + "…"
             self.status.setText(text[:1].upper() + text[1:])
 
-    def _on_returned(self, outcome: BatchOutcome) -> None:
+    def _on_returned(self, summary: BatchSummary) -> None:
         from napari.utils.notifications import show_info, show_warning
 
-        self._outcome = outcome
-        self._show_counts(outcome.counts)
+        self._outcome = summary
         self._set_running(False)
-        c = outcome.counts
-        if outcome.stopped:
-            self.progress.setFormat(f"stopped · {c.files_done} / {c.files_total} files")
-        else:
-            self.progress.setRange(0, max(1, c.files_total))
-            self.progress.setValue(c.files_total)
-            self.progress.setFormat(f"done · {c.files_total} files")
-        text = outcome.describe()
+        c = summary.counts
+        ended = f"stopped · {c.files_done} / {c.files_total}" if summary.stopped else f"done · {c.files_total}"
+        self._show_counts(c, f"{ended} files")
+        text = summary.describe()
         self.status.setText(text)
-        if outcome.stopped:
+        if summary.stopped:
             show_info(f"Batch stopped. {text}")
-        elif outcome.summary.exit_code == 0:
+        elif summary.exit_code == 0:
             show_info(f"Batch finished: {text}")
         else:
             show_warning(f"Batch finished; some inputs were not processed (see summary.csv): {text}")
@@ -589,7 +418,9 @@ class BatchWidget(StoppableJobWidget):
         self.rows_button.setText("Hide last rows" if on else "Show last rows")
 
     def _refresh_rows(self) -> None:
-        rows = last_rows(self.summary_csv())
+        from napari_icnn.batch.summary import last_rows
+
+        rows = last_rows(self.summary_csv(), _LAST_ROWS)
         table = self.rows_table
         table.setRowCount(len(rows))
         for i, row in enumerate(reversed(rows)):  # newest first
@@ -600,7 +431,7 @@ class BatchWidget(StoppableJobWidget):
                 item = QTableWidgetItem(text)
                 item.setToolTip(row.input_path if j == 1 else text)
                 if j == 0:
-                    item.setForeground(_qcolor(_STATUS_COLOURS.get(row.status, "#999999")))
+                    item.setForeground(QColor(_STATUS_COLOURS.get(row.status, "#999999")))
                 table.setItem(i, j, item)
         shown = min(_ROWS_SHOWN, max(len(rows), 1))
         rows_height = shown * table.verticalHeader().defaultSectionSize()
@@ -609,7 +440,9 @@ class BatchWidget(StoppableJobWidget):
         )
 
 
-def _qcolor(hex_colour: str) -> Any:
-    from qtpy.QtGui import QColor
-
-    return QColor(hex_colour)
+def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
