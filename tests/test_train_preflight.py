@@ -5,13 +5,14 @@ messages: ``icnn train`` prints exactly what the widget shows next to the field.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from napari_icnn.cli import main
 from napari_icnn.config import TrainConfig, flag_of, settings
-from napari_icnn.data.preflight import check_data
+from napari_icnn.data.preflight import DataCheckCache, check_data
 from napari_icnn.data.synth import write_cohort
 from napari_icnn.engine import train as engine
 from napari_icnn.engine.preflight import check_training
@@ -76,6 +77,21 @@ def test_check_data_names_what_is_wrong_and_keeps_the_error(cohorts, tmp_path):
     assert isinstance(unlabelled.error, ConfigError) and "has no MA, HE, EX, SE label" in unlabelled.problem
     blank = check_data("  ")  # never the working directory
     assert isinstance(blank.error, ConfigError) and blank.count == 0
+
+
+def test_data_checks_are_redone_when_the_folder_changes(tmp_path):
+    checks = DataCheckCache(size=2)
+    folder = tmp_path / "d"
+    folder.mkdir()
+    first = checks(str(folder))
+    assert "the folder is empty" in first.problem and checks(str(folder)) is first
+    (folder / "labels.csv").write_text("path,label\n")
+    stamp = folder.stat().st_mtime_ns + 10**9  # a second later, whatever the file system's resolution
+    os.utime(folder, ns=(stamp, stamp))
+    assert "no photographs found" in checks(str(folder)).problem
+    checks(str(tmp_path / "a"))
+    checks(str(tmp_path / "b"))
+    assert len(checks._checks) == 2  # the oldest are let go
 
 
 # --------------------------------------------------------------------------- the output folder

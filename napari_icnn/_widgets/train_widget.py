@@ -53,7 +53,7 @@ from napari_icnn._widgets.jobs import StoppableJobWidget, guarded, thin_progress
 from napari_icnn._widgets.plot import MetricsPlot
 from napari_icnn._widgets.settings import load_document, save_document
 from napari_icnn.config import Setting, TrainConfig, setting, settings
-from napari_icnn.data.preflight import DataCheck, check_data
+from napari_icnn.data.preflight import DataCheckCache
 from napari_icnn.engine.preflight import check_training
 from napari_icnn.engine.run_folder import OutputFolder, RunFolder, TrainOutcome, inspect_output
 from napari_icnn.progress import EpochEnd, Message, Progress
@@ -178,7 +178,7 @@ class TrainWidget(StoppableJobWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         super().__init__(napari_viewer, parent)
         self._fields: dict[str, _Field] = {}
-        self._checks: dict[tuple[Any, ...], DataCheck] = {}
+        self._checks = DataCheckCache()
         self._output = OutputFolder(Path(), "new")
         self._validate_timer = QTimer(self)
         self._validate_timer.setSingleShot(True)
@@ -369,7 +369,7 @@ class TrainWidget(StoppableJobWidget):
         self._validate_timer.stop()
         values = self.values()
         info = self.device_badge.show_device(values["device"])
-        check = check_training(values, device=info, data_check=self._cached)
+        check = check_training(values, device=info, data_check=self._checks)
         problems: dict[str, str] = {}
         for name, text in check.problems.items():
             problems.setdefault(name if name in self._fields else "", text)
@@ -391,20 +391,6 @@ class TrainWidget(StoppableJobWidget):
         self.resume_button.setEnabled(self._output.can_resume and not self._running)
         self.stop_button.setEnabled(self._running and not self._stop.is_set())
         return ok
-
-    def _cached(self, path: str, fmt: str, task: str | None) -> DataCheck:
-        """:func:`~napari_icnn.data.preflight.check_data`, redone only when the path, layout, task or the
-        folder's time stamp change."""
-        try:
-            stamp = Path(path).expanduser().stat().st_mtime_ns if path.strip() else None
-        except OSError:
-            stamp = None
-        key = (path, fmt, task, stamp)
-        if key not in self._checks:
-            if len(self._checks) > 8:  # typing a path visits many; keep the recent ones
-                self._checks.clear()
-            self._checks[key] = check_data(path, fmt, task)
-        return self._checks[key]
 
     # ------------------------------------------------------------------ running
 

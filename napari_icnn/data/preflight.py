@@ -7,10 +7,12 @@ same words; the engine reads the layout the same way (:func:`~napari_icnn.data.l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from napari_icnn.errors import ConfigError, IcnnError, InputError
 
-__all__ = ["DataCheck", "check_data"]
+__all__ = ["DataCheck", "check_data", "DataCheckCache"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +60,24 @@ def check_data(path: str, fmt: str = "auto", task: str | None = None) -> DataChe
     n = len(spec.records)
     lesion_labels = all(set(MASK_LESION_KEYS) <= set(r.labels) for r in spec.records)
     return DataCheck(None, f"{n} photographs · {spec.format} layout{masks}", n, lesion_labels)
+
+
+class DataCheckCache:
+    """:func:`check_data`, redone only when the path, layout, task or the path's time stamp change: a form
+    checks on every pause in typing, and a DICOM layout is slow to read."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._checks: dict[tuple[Any, ...], DataCheck] = {}
+
+    def __call__(self, path: str, fmt: str = "auto", task: str | None = None) -> DataCheck:
+        try:
+            stamp = Path(path.strip()).expanduser().stat().st_mtime_ns if path.strip() else None
+        except OSError:
+            stamp = None
+        key = (path, fmt, task, stamp)
+        if key not in self._checks:
+            if len(self._checks) >= self.size:  # typing a path visits many; keep the recent ones
+                self._checks.pop(next(iter(self._checks)))
+            self._checks[key] = check_data(path, fmt, task)
+        return self._checks[key]
