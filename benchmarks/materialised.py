@@ -84,14 +84,14 @@ def check_against_real(seed: int = 0, b: int = 3, c: int = 5, n: int = 6) -> flo
     """Largest relative difference, per-filter losses and gradient of a weighted sum, between this loss
     and the real one on a small float64 case (both modes; some images positive, some not). About 1e-13
     when they agree (the real loss sums in another order)."""
-    from napari_icnn.icnn.loss import template_filter_loss
+    from napari_icnn.icnn.loss import LOSS_MODES, template_filter_loss
     from napari_icnn.icnn.templates import TemplateBank
 
     g = torch.Generator().manual_seed(seed)
     bank = TemplateBank(n).double()
     worst = 0.0
     weights = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
-    for mode in ("paper", "mi"):
+    for mode in LOSS_MODES:
         x = (torch.rand(b, c, n, n, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
         positive = torch.rand(b, c, generator=g) < 0.5
         losses, grads = [], []
