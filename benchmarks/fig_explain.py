@@ -7,7 +7,7 @@ half of each filter's peak, no heat maps):
 - ``forward``: the rest of :func:`~napari_icnn.explain.explain` (network, contributions, peaks);
 - ``maps``: the regions of the top-K filters of each group (evidence, context, possible artefacts) on
   the scan's pixel grid (``region_on_scan``);
-- ``layers``: the rest of :func:`~napari_icnn._widgets.layers.evidence_layers` plus adding its
+- ``layers``: the rest of :func:`~napari_icnn.layer_data.evidence_layers` plus adding its
   layers to a real ``napari.Viewer(show=False)``, only where a display is available.
 
 ``core`` = preprocess + forward + maps (GPU target <= 100 ms); ``total`` adds the layers (CPU target
@@ -83,13 +83,13 @@ def _viewer(image) -> tuple[Any, Any]:
 
 
 def run(ctx: Context) -> Iterator[Figure]:
-    from napari_icnn._widgets.layers import Placement, evidence_layers, scan_key
     from napari_icnn._widgets.settings import ExplainSettings
     from napari_icnn.bundle import load_bundle
     from napari_icnn.data.fov import check_fundus
     from napari_icnn.data.fundus_image import FundusImage
     from napari_icnn.data.transforms import preprocess
     from napari_icnn.explain import explain
+    from napari_icnn.layer_data import Placement, evidence_layers, scan_key
 
     settings = ExplainSettings()
     top_k, threshold = settings.top_k, settings.threshold

@@ -1,4 +1,4 @@
-"""napari writers for the evidence layers the Explain widget makes.
+"""napari writers for the evidence layers the Explain widget makes (read through :mod:`napari_icnn.layer_data`).
 
 * ``.dcm``: one DICOM Segmentation (FRACTIONAL, one segment per filter, labelled with the layer's
   name) referencing the source instance and frame. Needs a scan read from DICOM.
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_icnn._widgets.layers import REGION, EvidenceInfo, LayerData, evidence_info
 from napari_icnn.atomic import atomic_write_text
 from napari_icnn.errors import InputError
+from napari_icnn.layer_data import REGION, EvidenceInfo, LayerData, evidence_info
 
 __all__ = [
     "write_evidence_seg",

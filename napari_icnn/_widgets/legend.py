@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QCheckBox, QGridLayout, QLabel, QLineEdit, QSizePolicy, QVBoxLayout, QWidget
 
-from napari_icnn._widgets.layers import GROUP_HEADINGS, GROUP_VISIBLE, ShownFilter, label_of, part_heading
+from napari_icnn.layer_data import GROUP_HEADINGS, GROUP_VISIBLE, ShownFilter, label_of, part_heading
 from napari_icnn.roles import ARTEFACT, CONTEXT
 
 __all__ = ["EvidenceLegend", "LegendRow"]
