@@ -1,5 +1,11 @@
-"""Running a widget's long work off the GUI thread: progress thinning, the error wrapper, the
-worker, failure notices, and the base of the widgets whose run can be stopped (Train, Batch)."""
+"""Running a widget's long work off the GUI thread, and the Qt bits the job widgets share.
+
+:class:`JobWidget` holds the life cycle of one background job once: start, typed progress events
+(:mod:`napari_icnn.progress`), stop, the result, failure, and the worker's end. The Explain widget
+uses it as it is; :class:`StoppableJobWidget` adds the form that is frozen and the Stop button of the
+Train and Batch widgets. Beside it: progress thinning, the error wrapper, the worker, failure notices
+and the device badge.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,22 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-from qtpy.QtWidgets import QWidget
+from qtpy.QtWidgets import QLabel, QWidget
 
 from napari_icnn._widgets.form import ERROR_STYLE, HINT_STYLE
 from napari_icnn.errors import Cancelled, IcnnError
-from napari_icnn.progress import Progress
+from napari_icnn.progress import EpochEnd, Message, Progress
 
-__all__ = ["thin_progress", "JobFailed", "guarded", "new_worker", "notify_failure", "StoppableJobWidget"]
+__all__ = [
+    "thin_progress",
+    "JobFailed",
+    "guarded",
+    "new_worker",
+    "notify_failure",
+    "JobWidget",
+    "StoppableJobWidget",
+    "DeviceBadge",
+]
 
 E = TypeVar("E")
 R = TypeVar("R")
@@ -64,11 +79,19 @@ class JobFailed(Exception):
 
 
 def guarded(job: Generator[E, None, R]) -> Generator[E, None, R]:
-    """``job``, with every error it raises wrapped in :class:`JobFailed`."""
+    """``job``, with every error it raises wrapped in :class:`JobFailed` (once: a job that guards
+    itself may be guarded again)."""
     try:
         return (yield from job)
+    except JobFailed:
+        raise
     except Exception as err:  # noqa: BLE001 - reported on the GUI thread, see JobFailed
         raise JobFailed(err) from err
+
+
+def _guarded_call(job: Callable[..., Generator[E, None, R]], *args: Any) -> Generator[E, None, R]:
+    # A generator function, so that napari makes a generator worker of it.
+    return (yield from guarded(job(*args)))
 
 
 def new_worker(
@@ -106,19 +129,22 @@ def notify_failure(what: str, err: BaseException, log: logging.Logger) -> None:
         show_error(f"{what} failed unexpectedly ({type(err).__name__}: {err})")
 
 
-class StoppableJobWidget(QWidget):
-    """Base of the dock widgets that run one stoppable job at a time.
+class JobWidget(QWidget):
+    """Base of the dock widgets that run one background job at a time.
 
-    A subclass builds ``form_box`` (disabled while running), ``progress``, ``status``
-    (:func:`~napari_icnn._widgets.form.status_label`) and ``stop_button``, and provides
-    ``validate()`` and the ``_on_event`` / ``_on_returned`` slots. Its job takes the run's settings
-    and a :class:`threading.Event` that asks it to stop.
+    A job is a generator function that yields :mod:`napari_icnn.progress` events and returns its
+    result; :meth:`_start` runs it guarded in a napari worker. A subclass builds ``progress`` (a
+    ``QProgressBar``) and ``status`` (a ``QLabel``) and provides ``validate()`` (enables its Run
+    button; called whenever running starts or ends). It handles the result by extending
+    :meth:`_on_returned`, and may override the hooks: :meth:`_on_progress`, :meth:`_on_epoch_end`,
+    :meth:`_on_message` for the events, :meth:`_show_running` for what changes while a run is under
+    way, :meth:`_report_failure` and :meth:`_failure_text` for errors, :meth:`_show_stopping`.
     """
 
     JOB_NAME = "The job"
-    """Name of the work in failure notices ("Training", "Batch")."""
+    """Name of the work in failure notices ("Explain", "Training", "Batch")."""
     STOPPING_TEXT = "Stopping…"
-    """The status line once Stop is pressed: what is kept."""
+    """The status line once a stop is asked for: what is kept."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
@@ -127,7 +153,6 @@ class StoppableJobWidget(QWidget):
         self._stop = threading.Event()
         self._running = False
         self._outcome: Any = None
-        self._status_problem = False
         stop = self._stop  # a closed widget stops its run; capture only the event, the widget is gone
         self.destroyed.connect(lambda *_: stop.set())
 
@@ -141,27 +166,28 @@ class StoppableJobWidget(QWidget):
         return self._outcome
 
     def stop(self) -> None:
-        """Ask the run to stop; what it has finished is kept (:attr:`STOPPING_TEXT` says what)."""
+        """Ask the run to stop (a job sees it through the event :meth:`_start` gave it)."""
         if not self._running or self._stop.is_set():
             return
         self._stop.set()
-        self.stop_button.setEnabled(False)
-        self.stop_button.setText("Stopping…")
-        self.status.setText(self.STOPPING_TEXT)
+        self._show_stopping()
 
-    def _launch(self, job: Callable[..., Generator[Any, None, Any]], cfg: Any, text: str) -> Any:
-        """Run ``job(cfg, stop_event)`` in the background; returns the started worker."""
+    # ------------------------------------------------------------------ life cycle
+
+    def _start(self, job: Callable[..., Generator[Any, None, Any]], *args: Any, text: str) -> Any:
+        """Run ``job(*args)`` in the background with ``text`` in the status line; returns the started worker.
+
+        Pass ``self._stop`` (or its ``is_set``) among ``args`` for a job that can stop early.
+        """
         self._stop.clear()  # the previous run's thread has returned: the event is free again
         self._outcome = None
         self._set_running(True)
-        self._status_problem = False
-        self.status.setStyleSheet(HINT_STYLE)
-        self.status.setText(text)
-        self.progress.setRange(0, 0)  # busy until the first progress: inputs are found, data read
+        self._show_status(text)
+        self.progress.setRange(0, 0)  # busy until the first progress
         self._worker = new_worker(
+            _guarded_call,
             job,
-            cfg,
-            self._stop,
+            *args,
             yielded=self._on_event,
             returned=self._on_returned,
             errored=self._on_error,
@@ -172,11 +198,102 @@ class StoppableJobWidget(QWidget):
 
     def _set_running(self, running: bool) -> None:
         self._running = running
+        if not running:  # a busy bar would keep moving
+            self.progress.setRange(0, max(1, self.progress.maximum()))
+        self._show_running(running)
+        self.validate()
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, Progress):
+            self._on_progress(event)
+        elif isinstance(event, EpochEnd):
+            self._on_epoch_end(event)
+        elif isinstance(event, Message):
+            self._on_message(event)
+
+    def _on_returned(self, result: Any) -> None:
+        self._outcome = result
+        self._set_running(False)
+
+    def _on_error(self, err: BaseException) -> None:
+        if isinstance(err, JobFailed):
+            err = err.error
+        self._set_running(False)
+        if isinstance(err, Cancelled):
+            self.status.setText("Stopped.")
+            return
+        self.progress.setFormat("failed")
+        self._report_failure(err)
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._running:  # ended without a result or an error (the worker was quit)
+            self._set_running(False)
+
+    # ------------------------------------------------------------------ hooks
+
+    def _show_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    def _show_running(self, running: bool) -> None:
+        """Show that a run started or ended (``_running`` is already set)."""
+
+    def _show_stopping(self) -> None:
+        self.status.setText(self.STOPPING_TEXT)
+
+    def _on_progress(self, event: Progress) -> None:
+        if event.total:
+            self.progress.setRange(0, event.total)
+            self.progress.setValue(min(event.done, event.total))
+        if not (event.total and event.done >= event.total) and not self._stop.is_set():
+            detail = f" ({event.detail})" if event.detail else ""
+            self.status.setText(f"{event.stage.capitalize()}{detail}…")
+
+    def _on_epoch_end(self, event: EpochEnd) -> None:
+        """An epoch ended (training jobs)."""
+
+    def _on_message(self, event: Message) -> None:
+        if not self._stop.is_set():
+            self.status.setText(event.text)
+
+    def _report_failure(self, err: BaseException) -> None:
+        notify_failure(self.JOB_NAME, err, logging.getLogger(type(self).__module__))
+        self.status.setText(self._failure_text())
+
+    def _failure_text(self) -> str:
+        return f"{self.JOB_NAME} failed (see the notification)."
+
+
+class StoppableJobWidget(JobWidget):
+    """A :class:`JobWidget` with a form frozen while it runs and a Stop button.
+
+    A subclass builds ``form_box`` (disabled while running), ``progress``, ``status``
+    (:func:`~napari_icnn._widgets.form.status_label`) and ``stop_button``, and provides
+    ``validate()`` and the ``_on_event`` / ``_on_returned`` slots. Its job takes the run's settings
+    and a :class:`threading.Event` that asks it to stop.
+    """
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
+        super().__init__(napari_viewer, parent)
+        self._status_problem = False
+
+    def _launch(self, job: Callable[..., Generator[Any, None, Any]], cfg: Any, text: str) -> Any:
+        """Run ``job(cfg, stop_event)`` in the background; returns the started worker."""
+        return self._start(job, cfg, self._stop, text=text)
+
+    def _show_status(self, text: str) -> None:
+        self._status_problem = False
+        self.status.setStyleSheet(HINT_STYLE)
+        self.status.setText(text)
+
+    def _show_running(self, running: bool) -> None:
         self.form_box.setEnabled(not running)
         self.stop_button.setText("Stop")
-        if not running:
-            self.progress.setRange(0, max(1, self.progress.maximum()))
-        self.validate()
+
+    def _show_stopping(self) -> None:
+        self.stop_button.setEnabled(False)
+        self.stop_button.setText("Stopping…")
+        super()._show_stopping()
 
     def _show_unplaced(self, problem: str | None) -> None:
         """A problem no field is named for goes into the status line (and leaves it once solved)."""
@@ -185,18 +302,38 @@ class StoppableJobWidget(QWidget):
             self.status.setStyleSheet(ERROR_STYLE if problem else HINT_STYLE)
             self._status_problem = bool(problem)
 
-    def _on_error(self, err: BaseException) -> None:
-        if isinstance(err, JobFailed):
-            err = err.error
-        self._set_running(False)
-        self.progress.setFormat("failed")
-        notify_failure(self.JOB_NAME, err, logging.getLogger(type(self).__module__))
-        self.status.setText(self._failure_text())
 
-    def _failure_text(self) -> str:
-        return f"{self.JOB_NAME} failed (see the notification)."
+# ---------------------------------------------------------------------------------- shared small widgets
 
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self._running:  # ended without a result or an error (the worker was quit)
-            self._set_running(False)
+_BADGE_STYLE = "border-radius: 8px; padding: 1px 8px; font-weight: bold; color: white; background-color: {};"
+_BADGE_COLOURS = {"gpu": "#2e7d32", "cpu": "#5f6368", "problem": "#b3261e"}
+
+
+class DeviceBadge(QLabel):
+    """A coloured "GPU · <name>" / "CPU" badge saying what a device choice resolves to.
+
+    ``describe`` turns a choice into what it resolves to (an object with ``kind``, ``text``,
+    ``detail`` and ``problem``, as :func:`napari_icnn.engine.runtime.describe_device` gives); each
+    choice is described once.
+    """
+
+    def __init__(self, parent: QWidget | None = None, describe: Callable[[str], Any] | None = None):
+        super().__init__(parent)
+        self._describe = describe
+        self._cache: dict[str, Any] = {}
+        self.info: Any = None
+
+    def show_device(self, choice: str) -> Any:
+        """Show what ``choice`` resolves to; returns that description."""
+        info = self._cache.get(choice)
+        if info is None:
+            describe = self._describe
+            if describe is None:
+                from napari_icnn.engine.runtime import describe_device as describe  # torch: only once asked
+            info = self._cache[choice] = describe(choice)
+        self.info = info
+        self.setText(info.text)
+        self.setToolTip(info.problem or info.detail)
+        colour = _BADGE_COLOURS["problem" if info.problem else info.kind]
+        self.setStyleSheet(_BADGE_STYLE.format(colour))
+        return info
