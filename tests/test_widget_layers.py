@@ -13,7 +13,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_icnn._widgets.layers import (
+from napari_icnn.bundle import load_bundle, rename_filters
+from napari_icnn.data.fundus_image import FundusImage
+from napari_icnn.data.synth import generate_fundus
+from napari_icnn.explain import explain
+from napari_icnn.layer_data import (
     EVIDENCE_KEY,
     FEATURE_COLUMNS,
     GROUP_VISIBLE,
@@ -30,10 +34,6 @@ from napari_icnn._widgets.layers import (
     rows_in_layer_order,
     shown_filters,
 )
-from napari_icnn.bundle import load_bundle, rename_filters
-from napari_icnn.data.fundus_image import FundusImage
-from napari_icnn.data.synth import generate_fundus
-from napari_icnn.explain import explain
 from napari_icnn.parts import ANATOMY_KEYS, FREE_CATEGORY, display_name
 from napari_icnn.progress import Progress, drain
 from napari_icnn.render import PART_COLOURS
@@ -255,13 +255,14 @@ def test_invalid_arguments_are_refused(expl):
 
 def _request(pixels, tiny_bundle, **kw):
     """A request to explain ``pixels`` (scan key "k") with the tiny bundle at threshold 0.5."""
-    from napari_icnn._widgets.explain_widget import ExplainRequest
+    from napari_icnn.explain_view import ExplainRequest
 
     return ExplainRequest(pixels=pixels, scan="k", model_path=tiny_bundle, threshold=0.5, **kw)
 
 
 def test_explain_job_reports_progress_and_returns_the_layers(scan, tiny_bundle):
-    from napari_icnn._widgets.explain_widget import ModelCache, explain_job
+    from napari_icnn.bundle import ModelCache
+    from napari_icnn.explain_view import explain_job
 
     request = _request(
         scan.pixels,
@@ -291,7 +292,8 @@ def test_explain_job_reports_progress_and_returns_the_layers(scan, tiny_bundle):
 
 
 def test_explain_job_converts_other_bit_depths(scan, tiny_bundle):
-    from napari_icnn._widgets.explain_widget import ModelCache, explain_job
+    from napari_icnn.bundle import ModelCache
+    from napari_icnn.explain_view import explain_job
 
     rgba16 = (
         np.concatenate([scan.pixels, np.full(scan.shape + (1,), 255, np.uint8)], axis=2).astype(np.uint16)
@@ -304,7 +306,7 @@ def test_explain_job_converts_other_bit_depths(scan, tiny_bundle):
 
 
 def test_model_cache_reuses_the_model_until_its_bundle_changes(tmp_path, tiny_bundle):
-    from napari_icnn._widgets.explain_widget import ModelCache
+    from napari_icnn.bundle import ModelCache
 
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     cache = ModelCache()
@@ -319,7 +321,7 @@ def test_model_cache_reuses_the_model_until_its_bundle_changes(tmp_path, tiny_bu
 
 
 def test_check_model_names_the_folder_and_the_reason(tmp_path, tiny_bundle):
-    from napari_icnn._widgets.explain_widget import check_model
+    from napari_icnn.bundle import check_model
 
     assert check_model(str(tiny_bundle)) is None
     missing = tmp_path / "nowhere"
