@@ -365,7 +365,8 @@ class EvidenceView:
             layer.visible = on and shown.get(evidence_info(layer.metadata).filter_id, True)
 
     def add_missing_heat_maps(self) -> bool:
-        """Give each shown region that has none its heat map (hidden), directly below it; whether any was added."""
+        """Give each shown region that has none its heat map (hidden), directly below it; whether any
+        was added."""
         have = {evidence_info(la.metadata).filter_id for la in self.evidence(HEAT)}
         added = False
         self.adding = True

@@ -199,3 +199,11 @@ def test_the_device_badge_shows_what_a_choice_resolves_to(qtbot):
     assert "#b3261e" in badge.styleSheet() and badge.info.problem
     badge.show_device("auto")
     assert asked == ["auto", "cuda"]  # each choice is described once
+
+
+def test_the_device_badge_describes_as_training_resolves_by_default(qtbot):
+    from napari_icnn.engine.runtime import describe_device
+
+    badge = DeviceBadge()
+    qtbot.addWidget(badge)
+    assert badge.show_device("auto") == describe_device("auto") and badge.text() == describe_device("auto").text

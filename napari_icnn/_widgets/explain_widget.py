@@ -116,7 +116,9 @@ class ExplainWidget(JobWidget):
         self.threshold_spin.setSingleStep(0.05)
         self.threshold_spin.setDecimals(2)
         self.threshold_spin.setSuffix(" × peak")
-        self.threshold_spin.setToolTip("A filter's region: where its map exceeds this fraction of its own peak")
+        self.threshold_spin.setToolTip(
+            "A filter's region: where its map exceeds this fraction of its own peak"
+        )
         form.addRow("Region threshold", self.threshold_spin)
 
         self.heat_check = QCheckBox("Show heat maps")
@@ -207,7 +209,9 @@ class ExplainWidget(JobWidget):
     def _scan_candidates(self) -> list[Any]:
         from napari.layers import Image
 
-        return [la for la in self.viewer.layers if isinstance(la, Image) and evidence_info(la.metadata) is None]
+        return [
+            la for la in self.viewer.layers if isinstance(la, Image) and evidence_info(la.metadata) is None
+        ]
 
     def _refresh_scans(self, prefer: Any = None) -> None:
         """Re-list the image layers, keeping the choice (or choosing ``prefer``, a layer just opened)."""
@@ -295,7 +299,8 @@ class ExplainWidget(JobWidget):
             threshold=float(self.threshold_spin.value()),
             heat_maps=self.heat_check.isChecked(),
         )
-        return self._start(explain_job, request, self._cache, self._stop.is_set, text=f"Explaining '{layer.name}'…")
+        text = f"Explaining '{layer.name}'…"
+        return self._start(explain_job, request, self._cache, self._stop.is_set, text=text)
 
     def _show_running(self, running: bool) -> None:
         self.progress.setVisible(running)
@@ -316,7 +321,9 @@ class ExplainWidget(JobWidget):
         super()._on_returned(result)
         self.status.setText("")
         if not self.view.show(result):
-            show_warning(f"'{result.request.scan_name}' was closed while it was being explained; nothing was added.")
+            show_warning(
+                f"'{result.request.scan_name}' was closed while it was being explained; nothing was added."
+            )
             return
         self._show_result(result)
         self._refresh_scans()
