@@ -49,7 +49,7 @@ from napari_icnn._widgets.form import (
     status_label,
     tool_button,
 )
-from napari_icnn._widgets.jobs import StoppableJobWidget, guarded, thin_progress
+from napari_icnn._widgets.jobs import DeviceBadge, StoppableJobWidget, guarded, thin_progress
 from napari_icnn._widgets.plot import MetricsPlot
 from napari_icnn._widgets.settings import load_document, save_document
 from napari_icnn.config import Setting, TrainConfig, setting, settings
@@ -61,8 +61,7 @@ from napari_icnn.progress import EpochEnd, Message, Progress
 if TYPE_CHECKING:
     import napari
 
-    from napari_icnn.engine.runtime import DeviceInfo
-
+# DeviceBadge lives in jobs; it is named here too for the Batch widget, which imports it from this module.
 __all__ = ["TrainWidget", "train_job", "explain_widgets", "DeviceBadge"]
 
 _log = logging.getLogger(__name__)
@@ -77,8 +76,6 @@ _PATH_FIELDS = ("data", "val", "init", "out")
 _SETTINGS_FILE = "train.json"
 _NOT_REMEMBERED = ("out", "resume")
 """Each run needs a new output folder, and Resume is a button, not a setting."""
-_BADGE_STYLE = "border-radius: 8px; padding: 1px 8px; font-weight: bold; color: white; background-color: {};"
-_BADGE_COLOURS = {"gpu": "#2e7d32", "cpu": "#5f6368", "problem": "#b3261e"}
 
 
 # ---------------------------------------------------------------------------------- the job (no Qt)
@@ -118,31 +115,6 @@ def explain_widgets(viewer: Any) -> list[Any]:
         return []
     inner = (getattr(w, "native", w) for w in docked)  # magicgui widgets wrap their Qt widget
     return [w for w in inner if isinstance(w, ExplainWidget)]
-
-
-# ---------------------------------------------------------------------------------- small widgets
-
-
-class DeviceBadge(QLabel):
-    """A coloured "GPU · <name>" / "CPU" badge saying what a device choice resolves to."""
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self._cache: dict[str, DeviceInfo] = {}
-        self.info: DeviceInfo | None = None
-
-    def show_device(self, choice: str) -> DeviceInfo:
-        from napari_icnn.engine.runtime import describe_device  # torch: not before it is needed
-
-        info = self._cache.get(choice)
-        if info is None:
-            info = self._cache[choice] = describe_device(choice)
-        self.info = info
-        self.setText(info.text)
-        self.setToolTip(info.problem or info.detail)
-        colour = _BADGE_COLOURS["problem" if info.problem else info.kind]
-        self.setStyleSheet(_BADGE_STYLE.format(colour))
-        return info
 
 
 @dataclass
@@ -426,24 +398,24 @@ class TrainWidget(StoppableJobWidget):
             self.epoch_label.setText("")
         super()._set_running(running)
 
-    def _on_event(self, event: Any) -> None:
-        if isinstance(event, Progress):
-            epoch, n = event.epoch, event.n_epochs
-            if epoch is not None and n is not None and event.total:
-                self.progress.setRange(0, n * event.total)
-                self.progress.setValue((epoch - 1) * event.total + event.done)
-                detail = f" · {event.detail}" if event.detail else ""
-                self.progress.setFormat(f"epoch {epoch}/{n} · batch {event.done}/{event.total}{detail}")
-            else:
-                self.progress.setRange(0, event.total)
-                self.progress.setValue(event.done)
-                self.progress.setFormat(f"{event.stage} {event.detail}".strip())
-        elif isinstance(event, EpochEnd):
-            self.plot.add_epoch(event.epoch, event.metrics)
-            self.epoch_label.setText(_epoch_line(event))
-        elif isinstance(event, Message):
-            if not self._stop.is_set():
-                self.status.setText(event.text[:1].upper() + event.text[1:])
+    def _on_progress(self, event: Progress) -> None:
+        epoch, n = event.epoch, event.n_epochs
+        if epoch is not None and n is not None and event.total:
+            self.progress.setRange(0, n * event.total)
+            self.progress.setValue((epoch - 1) * event.total + event.done)
+            detail = f" · {event.detail}" if event.detail else ""
+            self.progress.setFormat(f"epoch {epoch}/{n} · batch {event.done}/{event.total}{detail}")
+        else:
+            self.progress.setRange(0, event.total)
+            self.progress.setValue(event.done)
+            self.progress.setFormat(f"{event.stage} {event.detail}".strip())
+
+    def _on_epoch_end(self, event: EpochEnd) -> None:
+        self.plot.add_epoch(event.epoch, event.metrics)
+        self.epoch_label.setText(_epoch_line(event))
+
+    def _on_message(self, event: Message) -> None:
+        super()._on_message(Message(event.text[:1].upper() + event.text[1:], event.level))
 
     def _on_returned(self, outcome: TrainOutcome) -> None:
         from napari.utils.notifications import show_info
