@@ -19,6 +19,8 @@ import argparse
 import sys
 from typing import Any
 
+from napari_icnn.config import DEVICES
+
 EXIT_DISK_FULL = 4
 """The run stopped because the output folder's disk is full; with space, the same command resumes."""
 
@@ -33,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="files and folders (searched recursively)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
     p.add_argument("--model", default=None, metavar="BUNDLE", help="model bundle folder (default: the demo model)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--batch", type=int, default=8, metavar="B", help="images per forward pass (default 8)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="processes decoding inputs and writing outputs (default 1; 0: none; about the number of cores)")
