@@ -16,13 +16,13 @@ from qtpy.QtWidgets import QCheckBox, QLabel, QLineEdit
 from test_train_preflight import PARITY, WIDGET_CANNOT, cli_error, parity_case, write_cohorts
 
 from napari_icnn._widgets.explain_widget import ExplainWidget
-from napari_icnn._widgets.layers import filter_name_of
 from napari_icnn._widgets.train_widget import TrainWidget, explain_widgets, train_job
 from napari_icnn.bundle import WEIGHTS, load_bundle, sha256_file
 from napari_icnn.config import ARCHS, DEVICES, TASKS, TrainConfig, config_help, settings
 from napari_icnn.data.synth import generate_fundus, write_cohort
 from napari_icnn.engine.run_folder import inspect_output
 from napari_icnn.engine.runtime import describe_device
+from napari_icnn.layer_data import filter_name_of
 from napari_icnn.progress import EpochEnd
 
 WAIT_MS = 240_000  # training on a shared 2-core machine: generous, the runs themselves take ~10-30 s

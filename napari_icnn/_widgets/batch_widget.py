@@ -48,8 +48,7 @@ from napari_icnn._widgets.form import (
     status_label,
     tool_button,
 )
-from napari_icnn._widgets.jobs import StoppableJobWidget, guarded, thin_progress
-from napari_icnn._widgets.train_widget import DeviceBadge
+from napari_icnn._widgets.jobs import DeviceBadge, StoppableJobWidget, guarded, thin_progress
 from napari_icnn.batch.config import BatchCounts
 from napari_icnn.progress import Message, Progress
 

@@ -61,8 +61,7 @@ from napari_icnn.progress import EpochEnd, Message, Progress
 if TYPE_CHECKING:
     import napari
 
-# DeviceBadge lives in jobs; it is named here too for the Batch widget, which imports it from this module.
-__all__ = ["TrainWidget", "train_job", "explain_widgets", "DeviceBadge"]
+__all__ = ["TrainWidget", "train_job", "explain_widgets"]
 
 _log = logging.getLogger(__name__)
 
@@ -106,15 +105,14 @@ def _run_training(cfg: TrainConfig, stop: threading.Event, min_interval: float):
 
 
 def explain_widgets(viewer: Any) -> list[Any]:
-    """The Explain widgets docked in ``viewer``'s window (none for a viewer without a window)."""
-    from napari_icnn._widgets.explain_widget import ExplainWidget
-
+    """The Explain widgets docked in ``viewer``'s window (none for a viewer without a window): the docked
+    widgets that take a model folder (``set_model_path``)."""
     try:
         docked = list(viewer.window.dock_widgets.values())
     except (AttributeError, RuntimeError):
         return []
     inner = (getattr(w, "native", w) for w in docked)  # magicgui widgets wrap their Qt widget
-    return [w for w in inner if isinstance(w, ExplainWidget)]
+    return [w for w in inner if callable(getattr(w, "set_model_path", None))]
 
 
 @dataclass

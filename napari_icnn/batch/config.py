@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from napari_icnn.batch.preflight import NO_INPUTS, NO_OUT
+from napari_icnn.config import DEVICES
 from napari_icnn.errors import ConfigError
 from napari_icnn.progress import Progress
 
@@ -27,7 +28,6 @@ FORMAT_HELP: dict[str, str] = {
     "png": "A PNG review sheet: the scan and one tile per reported filter",
     "json": "The prediction and the reported filters as JSON",
 }
-_DEVICES = ("auto", "cpu", "cuda")
 PROGRESS_STAGE = "infer"
 """Stage of the progress events that carry the batch's :class:`BatchCounts`."""
 
@@ -91,8 +91,8 @@ class BatchConfig:
         object.__setattr__(self, "out", str(self.out))
         if self.model is not None:
             object.__setattr__(self, "model", str(self.model))
-        if self.device not in _DEVICES:
-            raise ConfigError(f"--device: must be one of {', '.join(_DEVICES)} (got {self.device!r})", field="device")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device: must be one of {', '.join(DEVICES)} (got {self.device!r})", field="device")
         for name, low in (("batch", 1), ("top_k", 1), ("workers", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

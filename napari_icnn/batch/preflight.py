@@ -92,22 +92,15 @@ def model_path(model: str | None) -> str:
     """The bundle folder a batch runs: ``model`` made absolute, or the default bundle."""
     from napari_icnn.bundle import default_bundle_path
 
-    return os.path.abspath(model) if model else str(default_bundle_path())
+    return os.path.abspath(os.path.expanduser(model)) if model else str(default_bundle_path())
 
 
 def model_problem(model: str | None) -> str | None:
-    """Why ``model`` (``None``: the default) is not a usable bundle folder, in the words loading it would
-    give (``None`` when it looks usable; its weights are checked when it loads)."""
-    from napari_icnn.bundle import WEIGHTS, read_metadata
+    """Why ``model`` (``None``: the default) is not a usable bundle folder: :func:`~napari_icnn.bundle.check_model`
+    of :func:`model_path` (``None`` when it looks usable; its weights are checked when it loads)."""
+    from napari_icnn.bundle import check_model
 
-    path = model_path(model)
-    try:
-        read_metadata(path)
-    except BundleError as err:
-        return str(err)
-    if not (Path(path) / WEIGHTS).is_file():
-        return f"{path}: models/model.pt is missing"
-    return None
+    return check_model(model_path(model))
 
 
 def device_problem(device: str, scheduler: str | None = None) -> str | None:
