@@ -86,9 +86,9 @@ def run(ctx: Context) -> Iterator[Figure]:
     from napari_icnn._widgets.settings import ExplainSettings
     from napari_icnn.bundle import load_bundle
     from napari_icnn.data.fov import check_fundus
-    from napari_icnn.data.fundus_image import FundusImage
     from napari_icnn.data.transforms import preprocess
     from napari_icnn.explain import explain
+    from napari_icnn.image import FundusImage
     from napari_icnn.layer_data import Placement, evidence_layers, scan_key
 
     settings = ExplainSettings()

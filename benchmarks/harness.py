@@ -292,7 +292,7 @@ def _select(only: Sequence[str] | None) -> list[str]:
 
 def write_json(path: str | os.PathLike[str], figures: Mapping[str, float | None]) -> Path:
     """Write ``figures`` (name -> value or ``None``) as JSON, through a temporary file and a rename."""
-    from napari_icnn.engine.runtime import atomic_write_text
+    from napari_icnn.atomic import atomic_write_text
 
     clean = {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in figures.items()}
     return atomic_write_text(path, json.dumps(clean, indent=2, allow_nan=False) + "\n")
@@ -341,7 +341,7 @@ def run_benchmarks(
     ConfigError
         An unknown group, or ``device="cuda"`` where there is none.
     """
-    from napari_icnn.engine.runtime import resolve_device
+    from napari_icnn.devices import resolve_device
 
     out = out or sys.stdout
     err = err or sys.stderr

@@ -4,7 +4,7 @@ Files are recognised by content (:func:`~napari_icnn.dicom.read.is_dicom`), so e
 files from PACS exports are found when their folder is opened. Each frame of each accepted
 instance becomes one RGB Image layer whose name never contains patient attributes
 (``"OP R 2024-01-02 · …347812 f0"``) and whose metadata keeps the eye, the study date, the UIDs
-and the :class:`~napari_icnn.data.fundus_image.FundusImage` itself under ``"icnn_source"``, so
+and the :class:`~napari_icnn.image.FundusImage` itself under ``"icnn_source"``, so
 the evidence layers and the DICOM SEG/SR written later can reference the source instance.
 
 Layers keep napari's default pixel scale ``(1, 1)``: evidence maps and part masks are placed in
@@ -23,9 +23,9 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.dicom.read import check_supported, is_dicom, iter_frames, read_header
 from napari_icnn.errors import InputError
+from napari_icnn.image import FundusImage
 
 __all__ = [
     "SOURCE_KEY",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from napari_icnn._reader import SOURCE_KEY
-from napari_icnn.data.fundus_image import FundusImage
+from napari_icnn.image import FundusImage
 from napari_icnn.parts import PART_KEYS, display_name
 
 __all__ = ["SYNTHETIC_SEED", "SYNTHETIC_SIZE", "real_retina", "synthetic_fundus", "part_layer"]

@@ -116,7 +116,7 @@ class LoadedModel:
     temperature: float = 1.0
     """Probabilities are ``sigmoid(logit / temperature)``, fitted on the validation cohort (1: uncalibrated)."""
     targets: str = ""
-    """The labels the outputs predict, a :data:`napari_icnn.data.layouts.TASKS` key (``referable``,
+    """The labels the outputs predict, a :data:`napari_icnn.config.TARGET_SETS` key (``referable``,
     ``referable+lesion-types``, ``lesions``); empty means the task's own."""
 
     def __post_init__(self) -> None:
@@ -180,6 +180,15 @@ def read_metadata(bundle: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(icnn, dict) or "network" not in icnn or "filters" not in icnn:
         raise BundleError(f"{meta_path}: not a napari-icnn bundle (no 'icnn' section with network and filters)")
     return meta
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` through :func:`~napari_icnn.atomic.atomic_write`: a crash never leaves half a checkpoint."""
+    import torch
+
+    from napari_icnn.atomic import atomic_write
+
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def check_model(text: str | os.PathLike[str]) -> str | None:
@@ -271,7 +280,7 @@ def load_bundle(bundle: str | os.PathLike[str], device: str = "auto") -> LoadedM
     """
     import torch
 
-    from napari_icnn.engine.runtime import resolve_device
+    from napari_icnn.devices import resolve_device
     from napari_icnn.icnn.networks import ICNN
 
     root = Path(bundle)
@@ -324,16 +333,16 @@ def load_bundle(bundle: str | os.PathLike[str], device: str = "auto") -> LoadedM
 
 def _targets(icnn: Mapping[str, Any], root: Path) -> str:
     """The recorded target set, checked against the outputs (older bundles record only the task)."""
-    from napari_icnn.data.layouts import TASKS
+    from napari_icnn.config import TARGET_SETS
 
     if not icnn.get("targets"):
         return str(icnn.get("task", "referable"))
     targets = str(icnn["targets"])
-    if targets not in TASKS:
-        raise BundleError(f"{root / METADATA}: unknown target set {targets!r}; known: {', '.join(TASKS)}")
+    if targets not in TARGET_SETS:
+        raise BundleError(f"{root / METADATA}: unknown target set {targets!r}; known: {', '.join(TARGET_SETS)}")
     n_out = int(icnn["network"].get("n_outputs", 1))
-    if len(TASKS[targets]) != n_out:
-        raise BundleError(f"{root / METADATA}: target set {targets!r} has {len(TASKS[targets])} outputs; the "
+    if len(TARGET_SETS[targets]) != n_out:
+        raise BundleError(f"{root / METADATA}: target set {targets!r} has {len(TARGET_SETS[targets])} outputs; the "
                           f"network has {n_out}")
     return targets
 
@@ -489,7 +498,7 @@ def save_bundle(
     """Write a bundle folder (each file atomically). Existing weights/metadata in ``out`` are replaced."""
     import torch
 
-    from napari_icnn.engine.runtime import atomic_torch_save, atomic_write_text
+    from napari_icnn.atomic import atomic_write_text
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)

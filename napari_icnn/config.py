@@ -19,10 +19,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from napari_icnn.errors import ConfigError
+from napari_icnn.parts import MASK_LESION_KEYS
 
 __all__ = [
     "TrainConfig",
     "TASKS",
+    "FORMATS",
+    "TARGET_SETS",
     "CATEGORIES",
     "Z_ESTIMATES",
     "DECISION_FILTERS",
@@ -47,6 +50,16 @@ __all__ = [
 ]
 
 TASKS = ("referable", "lesions")
+FORMATS: tuple[str, ...] = ("synth", "idrid-seg", "idrid-grading", "csv", "dicom")
+"""The training data layouts ``--format`` names (``auto`` detects them)."""
+TARGET_SETS: dict[str, tuple[str, ...]] = {
+    "referable": ("referable",),
+    "lesions": MASK_LESION_KEYS,
+    "referable+lesion-types": ("referable", *MASK_LESION_KEYS),
+}
+"""Each target set, in order: the label names :func:`napari_icnn.data.layouts.task_targets` reads.
+``referable+lesion-types`` is the referable decision with the lesion types' presence beside it (the lesion-type
+recipe of ``--task referable``)."""
 ARCHS = ("vgg", "resnet")
 DEVICES = ("auto", "cpu", "cuda")
 LOSS_MODES = ("paper", "mi")
@@ -446,7 +459,7 @@ class TrainConfig:
 
     @property
     def target_set(self) -> str:
-        """The labels the network predicts (a :data:`napari_icnn.data.layouts.TASKS` key), on a configuration whose
+        """The labels the network predicts (a :data:`TARGET_SETS` key), on a configuration whose
         categories are resolved."""
         if self.task == "lesions":
             return "lesions"
@@ -458,20 +471,17 @@ class TrainConfig:
     def decision_categories(self) -> tuple[int, ...] | None:
         """Indices into :attr:`category_columns` of the categories whose filters may carry the decision (the rest,
         label-free filters included, keep a zero weight in the decision's row of the head); ``None``: every filter."""
-        from napari_icnn.data.layouts import TASKS
         from napari_icnn.parts import REFERABLE_LESION_KEYS
 
         if self.ordinary or self.target_set != "referable+lesion-types" or self.decision_filters == "all":
             return None
-        names = TASKS[self.target_set]
+        names = TARGET_SETS[self.target_set]
         return tuple(i for i, col in enumerate(self.category_columns) if names[col] in REFERABLE_LESION_KEYS)
 
     @property
     def category_columns(self) -> tuple[int, ...]:
         """The target columns that are filter categories: the lesion types after the decision, or every column."""
-        from napari_icnn.data.layouts import TASKS
-
-        n = len(TASKS[self.target_set])
+        n = len(TARGET_SETS[self.target_set])
         return tuple(range(1, n)) if self.target_set == "referable+lesion-types" else tuple(range(n))
 
     def lambda_at(self, epoch: int) -> float:
@@ -583,8 +593,6 @@ def choices_of(name: str) -> tuple[str, ...] | None:
     """The allowed values of a :class:`TrainConfig` field with a fixed set of them, ``None`` otherwise: the one
     list the command line's ``choices`` and the Train widget's drop-down menus are made from."""
     if name == "format":
-        from napari_icnn.data.layouts import FORMATS
-
         return ("auto", *FORMATS)
     return {"task": TASKS, "categories": CATEGORIES, "decision_filters": DECISION_FILTERS, "arch": ARCHS,
             "device": DEVICES, "loss_mode": LOSS_MODES, "z_estimate": Z_ESTIMATES, "cache": CACHE_MODES}.get(name)

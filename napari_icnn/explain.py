@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_icnn.data.fundus_image import FundusImage
+from napari_icnn.image import FundusImage
 from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, fov_radius_of, role_of
 
 __all__ = ["FORMAT_VERSION", "FilterEvidence", "Explanation", "explain", "explain_batch", "explain_file",

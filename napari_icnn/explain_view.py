@@ -154,8 +154,8 @@ def explain_job(
 
     Raises :class:`~napari_icnn.errors.Cancelled` between stages once ``should_stop()`` is true.
     """
-    from napari_icnn.data.fundus_image import FundusImage
     from napari_icnn.explain import explain
+    from napari_icnn.image import FundusImage
 
     def stage(i: int) -> Progress:
         if should_stop is not None and should_stop():

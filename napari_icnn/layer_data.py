@@ -42,8 +42,8 @@ from napari_icnn.render import PART_COLOURS
 from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, ROLES
 
 if TYPE_CHECKING:
-    from napari_icnn.data.fundus_image import FundusImage
     from napari_icnn.explain import Explanation
+    from napari_icnn.image import FundusImage
 
 __all__ = [
     "EVIDENCE_KEY",
@@ -204,7 +204,7 @@ class EvidenceInfo:
     explanation: Any = None
     """The :class:`~napari_icnn.explain.Explanation` the layer came from (probability maps on request)."""
     source: Any = None
-    """The scan's :class:`~napari_icnn.data.fundus_image.FundusImage` when known (DICOM references)."""
+    """The scan's :class:`~napari_icnn.image.FundusImage` when known (DICOM references)."""
 
     def probability_map(self) -> np.ndarray | None:
         """The filter's map on the scan grid in [0, 1], when the explanation is at hand."""

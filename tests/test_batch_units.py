@@ -43,8 +43,8 @@ def _same(a, b, exact: bool) -> None:
 
 
 def test_explain_batch_gives_what_explain_gives(model):
-    from napari_icnn.data.fundus_image import FundusImage
     from napari_icnn.explain import explain, explain_batch
+    from napari_icnn.image import FundusImage
 
     images = [FundusImage(pixels=fundus(s, 192 + 32 * s), source=f"scan{s}", frame=s) for s in range(3)]
     singles = [explain(im, model) for im in images]
@@ -156,7 +156,7 @@ def test_row_refuses_unknown_status_and_bad_probability():
 
 
 def test_output_names_come_from_uids_and_hashes_only(tmp_path):
-    from napari_icnn.data.fundus_image import FundusImage
+    from napari_icnn.image import FundusImage
 
     px = np.zeros((8, 8, 3), np.uint8)
     dicom = FundusImage(px, "/p/DOE_JOHN/1.dcm", frame=3, sop_instance_uid="1.2.3.4", study_instance_uid="1.2.3",

@@ -15,12 +15,12 @@ from dicom_validation import run_dciodvfy
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.dicom.op_writer import write_op
 from napari_icnn.dicom.read import read_dicom
 from napari_icnn.dicom.seg import EvidenceMap, ModelInfo, build_seg, write_seg
 from napari_icnn.dicom.uids import source_ref, tracking_uid
 from napari_icnn.errors import InputError
+from napari_icnn.image import FundusImage
 
 ROWS, COLS = 96, 128  # not square, so a transposed grid cannot pass
 MODEL = ModelInfo(name="icnn-resnet18-dr", version="1.2.0", sha256="0123456789abcdef" * 4, description="test")

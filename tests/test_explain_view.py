@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from napari_icnn.bundle import METADATA, ModelCache, load_bundle
-from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.data.synth import generate_fundus
 from napari_icnn.errors import Cancelled
 from napari_icnn.explain import explain
@@ -28,6 +27,7 @@ from napari_icnn.explain_view import (
     explain_job,
     refill_layer,
 )
+from napari_icnn.image import FundusImage
 from napari_icnn.layer_data import (
     EVIDENCE_KEY,
     HEAT,

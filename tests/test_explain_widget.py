@@ -16,9 +16,9 @@ from conftest import make_bundle
 
 from napari_icnn._widgets.explain_widget import ExplainWidget
 from napari_icnn.bundle import METADATA, WEIGHTS, load_bundle, shipped_bundle_path
-from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.data.synth import generate_fundus
 from napari_icnn.explain import REGION_THRESHOLD, explain
+from napari_icnn.image import FundusImage
 from napari_icnn.layer_data import EVIDENCE_KEY, HEAT, REGION, UNDERLAY, evidence_info, layer_name
 from napari_icnn.parts import ANATOMY_KEYS, FREE_CATEGORY
 from napari_icnn.render import PART_COLOURS

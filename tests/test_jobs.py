@@ -202,7 +202,7 @@ def test_the_device_badge_shows_what_a_choice_resolves_to(qtbot):
 
 
 def test_the_device_badge_describes_as_training_resolves_by_default(qtbot):
-    from napari_icnn.engine.runtime import describe_device
+    from napari_icnn.devices import describe_device
 
     badge = DeviceBadge()
     qtbot.addWidget(badge)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_icnn.data.layouts import FORMATS, TASKS, DataSpec, Record, discover, task_targets
+from napari_icnn.config import FORMATS, TARGET_SETS
+from napari_icnn.data.layouts import DataSpec, Record, discover, task_targets
 from napari_icnn.data.synth import generate_fundus, write_cohort
 from napari_icnn.data.transforms import read_mask
 from napari_icnn.dicom.op_writer import write_op
@@ -302,7 +303,7 @@ def test_task_targets():
     np.testing.assert_array_equal(task_targets(r, "referable"), np.array([1], np.float32))
     out = task_targets(r, "lesions")
     assert out.dtype == np.float32 and out.tolist() == [1, 0, 1, 0]
-    assert TASKS["lesions"] == ("MA", "HE", "EX", "SE")
+    assert TARGET_SETS["lesions"] == ("MA", "HE", "EX", "SE")
     with pytest.raises(ConfigError, match="record 'b' .*no SE label"):
         task_targets(Record("b", "b.png", labels={"MA": 1, "HE": 0, "EX": 1}), "lesions")
     with pytest.raises(ConfigError, match="unknown task 'grading'"):

@@ -16,9 +16,9 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from napari_icnn._reader import MAX_NOTICES, layer_name, napari_get_reader, read_fundus_dicom
-from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.data.synth import generate_fundus
 from napari_icnn.dicom.op_writer import write_op
+from napari_icnn.image import FundusImage
 
 # Distinctive enough that finding them anywhere in a layer name can only mean a leak.
 PATIENT_NAME = "Quillfeather^Zenobia"

@@ -8,8 +8,8 @@ import pytest
 import skimage.data
 
 from napari_icnn._sample_data import SYNTHETIC_SEED, SYNTHETIC_SIZE, real_retina, synthetic_fundus
-from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.data.synth import generate_fundus
+from napari_icnn.image import FundusImage
 from napari_icnn.parts import MASK_LESION_KEYS, PART_KEYS, display_name
 from napari_icnn.render import PART_COLOURS
 

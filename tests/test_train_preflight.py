@@ -14,6 +14,7 @@ from napari_icnn.cli import main
 from napari_icnn.config import TrainConfig, flag_of, settings
 from napari_icnn.data.preflight import DataCheckCache, check_data
 from napari_icnn.data.synth import write_cohort
+from napari_icnn.devices import describe_device, resolve_device
 from napari_icnn.engine import train as engine
 from napari_icnn.engine.preflight import check_training
 from napari_icnn.engine.run_folder import (
@@ -25,7 +26,6 @@ from napari_icnn.engine.run_folder import (
     inspect_output,
     outcome_of,
 )
-from napari_icnn.engine.runtime import describe_device, resolve_device
 from napari_icnn.errors import ConfigError, InputError
 
 

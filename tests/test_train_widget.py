@@ -20,8 +20,8 @@ from napari_icnn._widgets.train_widget import TrainWidget, explain_widgets, trai
 from napari_icnn.bundle import WEIGHTS, load_bundle, sha256_file
 from napari_icnn.config import ARCHS, DEVICES, TASKS, TrainConfig, config_help, settings
 from napari_icnn.data.synth import generate_fundus, write_cohort
+from napari_icnn.devices import describe_device
 from napari_icnn.engine.run_folder import inspect_output
-from napari_icnn.engine.runtime import describe_device
 from napari_icnn.layer_data import filter_name_of
 from napari_icnn.progress import EpochEnd
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from napari_icnn.bundle import load_bundle, rename_filters
-from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.data.synth import generate_fundus
 from napari_icnn.explain import explain
+from napari_icnn.image import FundusImage
 from napari_icnn.layer_data import (
     EVIDENCE_KEY,
     FEATURE_COLUMNS,

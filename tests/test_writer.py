@@ -14,12 +14,12 @@ from PIL import Image
 
 from napari_icnn._writer import EVIDENCE_FORMAT, write_evidence_masks, write_evidence_seg
 from napari_icnn.bundle import load_bundle
-from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.data.synth import generate_fundus
 from napari_icnn.dicom.op_writer import write_op
 from napari_icnn.dicom.read import read_dicom
 from napari_icnn.errors import InputError
 from napari_icnn.explain import explain
+from napari_icnn.image import FundusImage
 from napari_icnn.layer_data import EVIDENCE_KEY, evidence_layers
 
 

@@ -313,7 +313,7 @@ class DeviceBadge(QLabel):
     """A coloured "GPU · <name>" / "CPU" badge saying what a device choice resolves to.
 
     ``describe`` turns a choice into what it resolves to (an object with ``kind``, ``text``,
-    ``detail`` and ``problem``, as :func:`napari_icnn.engine.runtime.describe_device` gives); each
+    ``detail`` and ``problem``, as :func:`napari_icnn.devices.describe_device` gives); each
     choice is described once.
     """
 
@@ -329,7 +329,7 @@ class DeviceBadge(QLabel):
         if info is None:
             describe = self._describe
             if describe is None:
-                from napari_icnn.engine.runtime import describe_device as describe  # torch: only once asked
+                from napari_icnn.devices import describe_device as describe  # torch: only once asked
             info = self._cache[choice] = describe(choice)
         self.info = info
         self.setText(info.text)

@@ -31,8 +31,8 @@ from napari_icnn.batch.config import DICOM_FORMATS, FORMATS
 from napari_icnn.dicom.uids import ModelInfo
 
 if TYPE_CHECKING:
-    from napari_icnn.data.fundus_image import FundusImage
     from napari_icnn.explain import Explanation, FilterEvidence
+    from napari_icnn.image import FundusImage
 
 __all__ = ["OutputSpec", "path_hash", "output_stem", "write_outputs", "reported_filters", "sheet_array", "SHEET_TILE"]
 

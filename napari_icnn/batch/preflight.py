@@ -107,7 +107,7 @@ def device_problem(device: str, scheduler: str | None = None) -> str | None:
     """Why ``device`` cannot run here (``None`` when it can). On a cluster the workers resolve it."""
     if scheduler and scheduler.strip():
         return None
-    from napari_icnn.engine.runtime import resolve_device
+    from napari_icnn.devices import resolve_device
 
     try:
         resolve_device(device)

@@ -25,9 +25,9 @@ from napari_icnn.batch.summary import Row, one_line
 from napari_icnn.errors import DeclinedInput, InputError
 
 if TYPE_CHECKING:
-    from napari_icnn.data.fundus_image import FundusImage
     from napari_icnn.data.geometry import Geometry
     from napari_icnn.explain import Explanation
+    from napari_icnn.image import FundusImage
 
 __all__ = ["Prepared", "ClusterJob", "prepare_file", "write_frame", "explain_rows", "process_file", "check_worker"]
 

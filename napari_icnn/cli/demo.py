@@ -98,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
     import skimage.data
 
     from napari_icnn.cli.explain import print_filters
-    from napari_icnn.data.fundus_image import FundusImage
     from napari_icnn.data.image_io import load_image
     from napari_icnn.explain import lesion_type_summary
+    from napari_icnn.image import FundusImage
 
     model = load_bundle(out / "model", device=args.device)
     test_images = sorted((out / "data" / "test" / "images").glob("*.png"))

@@ -1,6 +1,6 @@
 """Data: fundus images in memory, DICOM and image-file reading, data-set layouts,
 the synthetic fundus generator and the MONAI preprocessing transforms."""
 
-from napari_icnn.data.fundus_image import FundusImage
+from napari_icnn.image import FundusImage
 
 __all__ = ["FundusImage"]

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_icnn.config import CACHE_MODES, validation_size
-from napari_icnn.data.layouts import TASKS, Record, task_targets
+from napari_icnn.config import CACHE_MODES, TARGET_SETS, validation_size
+from napari_icnn.data.layouts import Record, task_targets
 from napari_icnn.data.transforms import LANDMARKS
 from napari_icnn.errors import ConfigError, IcnnError
 from napari_icnn.parts import PART_KEYS
@@ -56,7 +56,7 @@ def make_dataset(
     size
         Model input side in pixels.
     task
-        A key of :data:`~napari_icnn.data.layouts.TASKS`, or ``None`` for unlabelled data.
+        A key of :data:`~napari_icnn.config.TARGET_SETS`, or ``None`` for unlabelled data.
     augment
         Apply :func:`~napari_icnn.data.transforms.train_augmentation` (after the cache).
     cache
@@ -98,8 +98,8 @@ def make_dataset(
         raise ConfigError(f"unknown cache {cache!r}; expected one of: {', '.join(CACHE_MODES)}")
     if cache == "disk" and cache_dir is None:
         raise ConfigError("cache='disk' needs cache_dir")
-    if task is not None and task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; expected one of: {', '.join(TASKS)}")
+    if task is not None and task not in TARGET_SETS:
+        raise ConfigError(f"unknown task {task!r}; expected one of: {', '.join(TARGET_SETS)}")
     if with_masks:
         parts = (
             tuple(mask_parts)

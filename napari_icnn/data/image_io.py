@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.dicom.read import (
     check_compressed_size,
     check_image_size,
@@ -24,6 +23,7 @@ from napari_icnn.dicom.read import (
     open_bounded,
 )
 from napari_icnn.errors import DeclinedInput, InputError
+from napari_icnn.image import FundusImage
 
 __all__ = ["IMAGE_SUFFIXES", "iter_images", "load_image"]
 

@@ -32,19 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_icnn.config import FORMATS, TARGET_SETS
 from napari_icnn.errors import ConfigError, InputError
 from napari_icnn.parts import MASK_LESION_KEYS, PART_KEYS, PARTS
 
-__all__ = ["Record", "DataSpec", "FORMATS", "TASKS", "LABEL_KEYS", "discover", "task_targets"]
+__all__ = ["Record", "DataSpec", "LABEL_KEYS", "discover", "task_targets"]
 
-FORMATS: tuple[str, ...] = ("synth", "idrid-seg", "idrid-grading", "csv", "dicom")
-TASKS: dict[str, tuple[str, ...]] = {
-    "referable": ("referable",),
-    "lesions": MASK_LESION_KEYS,
-    "referable+lesion-types": ("referable", *MASK_LESION_KEYS),
-}
-"""Each target set, in order: the label names :func:`task_targets` reads. ``referable+lesion-types`` is the
-referable decision with the lesion types' presence beside it (the lesion-type recipe of ``--task referable``)."""
 LABEL_KEYS: tuple[str, ...] = ("grade", "referable", "dme", *MASK_LESION_KEYS)
 _LABEL_RANGE = {"grade": 4, "dme": 2}  # largest value; every other label is 0/1
 LANDMARK_KEYS: tuple[str, ...] = ("optic_disc", "fovea")
@@ -180,9 +173,9 @@ def task_targets(record: Record, task: str) -> np.ndarray:
     ConfigError
         Unknown task, or the record lacks a label the task needs (the record is named).
     """
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; expected one of: {', '.join(TASKS)}")
-    names = TASKS[task]
+    if task not in TARGET_SETS:
+        raise ConfigError(f"unknown task {task!r}; expected one of: {', '.join(TARGET_SETS)}")
+    names = TARGET_SETS[task]
     missing = [n for n in names if n not in record.labels]
     if missing:
         raise ConfigError(

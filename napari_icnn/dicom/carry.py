@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from napari_icnn.data.fundus_image import FundusImage
+    from napari_icnn.image import FundusImage
 
 __all__ = [
     "CARRIED",

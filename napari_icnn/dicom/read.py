@@ -4,7 +4,7 @@ Accepted: Ophthalmic Photography 8/16 bit (OP), Wide-Field OP, VL Photographic I
 Secondary Capture (single- and multi-frame true colour) instances whose pixels are colour,
 in any transfer syntax an installed decoder handles (JPEG baseline, JPEG 2000, JPEG-LS, RLE,
 uncompressed). Every frame comes out as RGB ``uint8`` (16-bit and palette data are scaled to
-8 bit), one :class:`~napari_icnn.data.fundus_image.FundusImage` per frame.
+8 bit), one :class:`~napari_icnn.image.FundusImage` per frame.
 
 Declined (:class:`~napari_icnn.errors.DeclinedInput`): other modalities, instances without pixel
 data, tiny or huge images and **monochrome (red-free) photographs**: the models are trained on
@@ -33,9 +33,9 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from napari_icnn.data.fundus_image import FundusImage
 from napari_icnn.dicom.carry import source_uid, text_value
 from napari_icnn.errors import DeclinedInput, IcnnError, InputError
+from napari_icnn.image import FundusImage
 
 __all__ = [
     "ACCEPTED_SOP_CLASSES",

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import highdicom as hd
     from pydicom.dataset import Dataset
 
-    from napari_icnn.data.fundus_image import FundusImage
+    from napari_icnn.image import FundusImage
 
 __all__ = [
     "EvidenceMap",

@@ -34,7 +34,7 @@ from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, ROLES
 if TYPE_CHECKING:
     import highdicom as hd
 
-    from napari_icnn.data.fundus_image import FundusImage
+    from napari_icnn.image import FundusImage
 
 __all__ = ["build_sr", "write_sr", "PRIVATE_SCHEME", "CODES", "FILTER_KEYS", "ROLE_CODES"]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from napari_icnn.errors import InputError
 
 if TYPE_CHECKING:
-    from napari_icnn.data.fundus_image import FundusImage
+    from napari_icnn.image import FundusImage
 
 __all__ = [
     "ModelInfo",

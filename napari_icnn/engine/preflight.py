@@ -18,7 +18,7 @@ from napari_icnn.engine.run_folder import missing_output
 from napari_icnn.errors import BundleError, ConfigError, IcnnError
 
 if TYPE_CHECKING:
-    from napari_icnn.engine.runtime import DeviceInfo
+    from napari_icnn.devices import DeviceInfo
 
 __all__ = ["TrainCheck", "check_training", "shown"]
 
@@ -70,7 +70,7 @@ def check_training(
     """Check a new run's settings (:class:`TrainConfig` field -> value), its data, the bundle it starts from and
     its device.
 
-    ``device`` is what ``values["device"]`` resolves to (:func:`~napari_icnn.engine.runtime.describe_device`,
+    ``device`` is what ``values["device"]`` resolves to (:func:`~napari_icnn.devices.describe_device`,
     asked when not given); ``data_check`` reads a data path (a caller may pass a cached
     :func:`~napari_icnn.data.preflight.check_data`). The output folder's contents are not looked at here: the
     engine refuses a used folder itself, and the widget offers to resume one.
@@ -86,7 +86,7 @@ def check_training(
     except ConfigError as err:
         check._add(err, err.field)
     if device is None:
-        from napari_icnn.engine.runtime import describe_device
+        from napari_icnn.devices import describe_device
 
         device = describe_device(values.get("device", "auto"))
     if device.problem:

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_icnn.bundle import WEIGHTS, FilterInfo, load_bundle, save_bundle
+from napari_icnn.atomic import atomic_write_text
+from napari_icnn.bundle import WEIGHTS, FilterInfo, atomic_torch_save, load_bundle, save_bundle
 from napari_icnn.config import TrainConfig
+from napari_icnn.devices import autocast_for, resolve_device
 from napari_icnn.engine import runtime
 from napari_icnn.engine.run_folder import BEST, CACHE, CHECKPOINT_DIR, CONFIG, HISTORY, LAST, check_output
 from napari_icnn.errors import Cancelled, ConfigError
@@ -44,11 +46,11 @@ class TrainResult:
 
 
 def class_names_for(task: str) -> list[str]:
-    """Output names of a target set (:data:`napari_icnn.data.layouts.TASKS` key): the decision is "referable DR",
+    """Output names of a target set (:data:`napari_icnn.config.TARGET_SETS` key): the decision is "referable DR",
     lesion types keep their part keys."""
-    from napari_icnn.data.layouts import TASKS
+    from napari_icnn.config import TARGET_SETS
 
-    return ["referable DR" if k == "referable" else k for k in TASKS[task]]
+    return ["referable DR" if k == "referable" else k for k in TARGET_SETS[task]]
 
 
 BEST_TOLERANCE = 0.005
@@ -155,7 +157,7 @@ def train_iter(
     else:
         saved = None
     dist = runtime.init_distributed(cfg.device)
-    device = runtime.resolve_device(cfg.device, dist.local_rank)
+    device = resolve_device(cfg.device, dist.local_rank)
     runtime.seed_everything(cfg.seed + dist.rank)
     out = Path(cfg.out)
     ckdir = out / CHECKPOINT_DIR
@@ -164,7 +166,7 @@ def train_iter(
     cfg, train_recs, val_recs, has_masks = _load_data(cfg, dist.world_size, device.type)
     if dist.is_main:  # only now: a data set that cannot be used leaves --out as it was
         ckdir.mkdir(parents=True, exist_ok=True)
-        runtime.atomic_write_text(ckdir / CONFIG, cfg.to_json())
+        atomic_write_text(ckdir / CONFIG, cfg.to_json())
     if cfg.derived:
         yield Message(f"auto settings: {_describe_derived(cfg)}")
     names = class_names_for(cfg.target_set)
@@ -303,10 +305,10 @@ def train_iter(
                     state["running_z"] = running_z.state_dict()
                 if improved:
                     # the assignment of that epoch too: the filters' categories must be those its weights learnt
-                    runtime.atomic_torch_save({"model": net.state_dict(), "epoch": epoch,
+                    atomic_torch_save({"model": net.state_dict(), "epoch": epoch,
                                                "assignment": assignment.state_dict()}, ckdir / BEST)
-                runtime.atomic_torch_save(state, ckdir / LAST)
-                runtime.atomic_write_text(ckdir / HISTORY, json.dumps(history, indent=2))
+                atomic_torch_save(state, ckdir / LAST)
+                atomic_write_text(ckdir / HISTORY, json.dumps(history, indent=2))
             if dist.enabled:
                 torch.distributed.barrier()
             yield EpochEnd(epoch, cfg.epochs, {k_: v for k_, v in metrics.items() if k_ not in ("epoch",)})
@@ -383,7 +385,7 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
     device = x.device
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    with runtime.autocast_for(device, cfg.amp):
+    with autocast_for(device, cfg.amp):
         out = model(x)
         cls = classification_loss(out.logits.float(), y, cfg)
     floss = torch.zeros((), device=device)
@@ -519,7 +521,7 @@ def _validate(net, loader, device, names, cfg: TrainConfig) -> dict[str, float]:
     for batch in loader:
         x = batch["image"].to(device)
         y = batch["target"].to(device).float().view(len(x), -1)
-        with runtime.autocast_for(device, cfg.amp):
+        with autocast_for(device, cfg.amp):
             logits = net(x).logits.float()
         loss_sum += float(classification_loss(logits, y, cfg, reduction="sum"))
         n += len(x)
