@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import skimage.data  # noqa: E402
 
 from napari_icnn.bundle import load_bundle, shipped_bundle_path  # noqa: E402
-from napari_icnn.data.fundus_image import FundusImage  # noqa: E402
+from napari_icnn.image import FundusImage  # noqa: E402
 from napari_icnn.explain import explain  # noqa: E402
 from napari_icnn.render import blend, heat_rgba  # noqa: E402
 
