@@ -52,6 +52,12 @@ class FilterAssignment(nn.Module):
     average (the official code's column-1 replacement is a quirk, not a rule).
     """
 
+    # registered buffers (declared for type checkers: nn.Module's __getattr__ returns Tensor | Module)
+    ema: Tensor
+    ema_negative: Tensor
+    initialised: Tensor
+    negatives_seen: Tensor
+
     def __init__(self, n_filters: int, n_categories: int, n_free: int = 0, momentum: float = 0.9,
                  balanced: bool = False):
         super().__init__()

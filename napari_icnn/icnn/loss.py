@@ -45,6 +45,10 @@ class RunningLogZ(nn.Module):
     computes anyway and uses the estimate, scaled to the batch size, as a constant Z.
     """
 
+    # registered buffers (declared for type checkers: nn.Module's __getattr__ returns Tensor | Module)
+    log_mean_z: Tensor
+    initialised: Tensor
+
     def __init__(self, n_filters: int, n_templates: int, momentum: float = 0.9):
         super().__init__()
         if n_filters < 1 or n_templates < 2:
@@ -225,7 +229,7 @@ def template_filter_loss(
         log_prior = bank.log_prior.to(s.dtype)
         batch_z = lz is None
         if mode == "mi":
-            if batch_z:
+            if lz is None:  # same as batch_z, spelt so type checkers narrow lz
                 lz = torch.logsumexp(s, dim=0)
             # log p(x_b) = logsumexp_T [log p(T) + s_bT - log Z_T]
             log_px = torch.logsumexp(s + (log_prior - lz), dim=-1)  # (B, C)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import platform
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -211,6 +212,9 @@ class TemplateBank(nn.Module):
         "conv": ("_cone",),
     }
 
+    # registered buffer (declared for type checkers: nn.Module's __getattr__ returns Tensor | Module)
+    log_prior: Tensor
+
     def __init__(self, n: int, beta: float = 4.0, tau: float | None = None):
         super().__init__()
         _check(n, beta)
@@ -232,7 +236,7 @@ class TemplateBank(nn.Module):
     def _built(self, group: str, name: str) -> Tensor:
         if self._buffers[name] is None:
             self._build(group)
-        return self._buffers[name]
+        return cast(Tensor, self._buffers[name])  # set by _build just above
 
     def _build(self, group: str) -> None:
         # Built in float64 on the CPU and rounded once, so a float64 bank is exact even when the
