@@ -62,7 +62,7 @@ def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDa
     """
     try:
         if _is_study_address(path):
-            return read_dicomweb_study
+            return read_dicomweb_study  # type: ignore[return-value]  # only for a str address, which napari hands back to it
         paths = _as_paths(path)
         if any(_holds_readable(p) for p in paths):
             return read_fundus_dicom

@@ -83,12 +83,13 @@ def write_evidence_seg(path: str, layer_data: Sequence[LayerData]) -> list[str]:
         raise InputError(path, f"the evidence layers do not identify their model ({err})") from None
     maps = []
     for r in regions:
-        prob = r.info.probability_map() if r.info is not None else None
+        info = r.info
+        assert info is not None  # layers that are not evidence were refused above
+        assert info.filter_id is not None  # Explain names the filter of every region layer it adds
+        prob = info.probability_map()
         if prob is None:  # no explanation at hand: the region itself, as certainty
             prob = (np.asarray(r.data) > 0).astype(np.float32)
-        maps.append(
-            EvidenceMap(filter_id=int(r.info.filter_id), name=r.name, part_key=r.info.part, probability=prob)
-        )
+        maps.append(EvidenceMap(filter_id=int(info.filter_id), name=r.name, part_key=info.part, probability=prob))
     return [str(write_seg(path, source, maps, model))]
 
 

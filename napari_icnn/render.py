@@ -68,11 +68,12 @@ def heat_rgba(m: np.ndarray, colour: tuple[int, int, int] | None = None) -> np.n
 
 
 def blend(rgb: np.ndarray, rgba: np.ndarray) -> np.ndarray:
+    """``rgba`` composited over the ``uint8`` RGB image ``rgb`` by its alpha channel."""
     a = rgba[..., 3:4].astype(np.float32) / 255.0
     return (rgb.astype(np.float32) * (1 - a) + rgba[..., :3].astype(np.float32) * a).astype(np.uint8)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
@@ -119,7 +120,7 @@ def evidence_sheet(rgb: np.ndarray, panels: Sequence[tuple], title: str, tile: i
     size = (max(1, round(w * s)), max(1, round(h * s)))
 
     def small(a: np.ndarray) -> Image.Image:
-        return Image.fromarray(a).resize(size, Image.BILINEAR)
+        return Image.fromarray(a).resize(size, Image.Resampling.BILINEAR)
 
     tiles = [(title, small(rgb))]
     for label, m, peak, *role in panels:

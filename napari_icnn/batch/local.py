@@ -230,8 +230,10 @@ def run_local(
             crashed: list[_Task] = []
             for fut in done:
                 task = inflight.pop(fut)
+                # prepare_file's list of Prepared and Row, or write_frame's Row
+                outcome: list[work.Prepared | Row] | Row
                 try:
-                    result = fut.result()
+                    outcome = fut.result()
                 except BrokenProcessPool:
                     crashed.append(task)
                     continue
@@ -242,17 +244,17 @@ def run_local(
                     # (what reaches here failed around the task: e.g. its result could not be pickled)
                     reason = f"unexpected failure passing work to a worker process ({type(exc).__name__})"
                     if task.kind == "prepare":
-                        result = [Row(task.file.path, None, "", "error", reason)]
+                        outcome = [Row(task.file.path, None, "", "error", reason)]
                     else:
                         p = task.args[1]
-                        result = Row(p.input_path, p.image.frame, p.image.sop_instance_uid or "", "error", reason)
-                if task.kind == "prepare":
-                    task.file.expected = len(result)
-                    rows = [r for r in result if isinstance(r, Row)]
-                    frames += [(task.file, p) for p in result if isinstance(p, work.Prepared)]
+                        outcome = Row(p.input_path, p.image.frame, p.image.sop_instance_uid or "", "error", reason)
+                if isinstance(outcome, list):
+                    task.file.expected = len(outcome)
+                    rows = [r for r in outcome if isinstance(r, Row)]
+                    frames += [(task.file, p) for p in outcome if isinstance(p, work.Prepared)]
                     events += add_rows(task.file, rows)
                 else:
-                    events += add_rows(task.file, [result])
+                    events += add_rows(task.file, [outcome])
             if crashed:
                 crashed += list(inflight.values())
                 inflight.clear()

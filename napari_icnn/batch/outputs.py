@@ -223,7 +223,7 @@ def sheet_array(image: FundusImage, expl: Explanation, top: list, tile: int = SH
     h, w = image.shape
     s = min(1.0, tile / max(h, w))
     sh, sw = max(1, round(h * s)), max(1, round(w * s))
-    rgb = image.pixels if s == 1.0 else np.asarray(Image.fromarray(image.pixels).resize((sw, sh), Image.BILINEAR))
+    rgb = image.pixels if s == 1.0 else np.asarray(Image.fromarray(image.pixels).resize((sw, sh), Image.Resampling.BILINEAR))
     g = expl.geometry
     geom = g if s == 1.0 else Geometry((sh, sw), g.x0 * s, g.y0 * s, g.side * s, g.size)
     panels = []

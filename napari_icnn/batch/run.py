@@ -214,6 +214,7 @@ def _infer_iter(
         _check_settings(out, info, cfg)
         summary = stack.enter_context(SummaryFile(out / SUMMARY_NAME))
         skipped: list[Done] = []
+        todo: Iterator[str]
         if files is None:
             counts = yield from _count(cfg, out, summary)
             todo = (p for p in iter_input_files(cfg.inputs, exclude=out) if one_line(p, 4096) not in summary.done)

@@ -48,6 +48,7 @@ def load_harness(root: Path | None = None) -> ModuleType:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     module = importlib.import_module("benchmarks.harness")
+    assert module.__file__ is not None  # imported from a file: the harness.py found above
     found = Path(module.__file__).resolve()
     if found != harness:
         raise IcnnError(f"'benchmarks' is imported from {found.parent}, not from the checkout's {harness.parent}; "
@@ -56,6 +57,7 @@ def load_harness(root: Path | None = None) -> ModuleType:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``benchmark`` parser to the ``icnn`` sub-command parsers, its handler :func:`run`."""
     p = sub.add_parser(
         "benchmark",
         help="measure the performance figures (ratios measured side by side; from a source checkout)",
@@ -75,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the requested benchmark groups; 1 when a group stopped on an error, else 0."""
     harness = load_harness()
     _, failed = harness.run_benchmarks(args.only, quick=args.quick, device=args.device, json_path=args.json)
     if args.json:

@@ -7,6 +7,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``calibrate`` parser to the ``icnn`` sub-command parsers, its handler :func:`run`."""
     from napari_icnn.config import DEVICES
 
     p = sub.add_parser(
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Store the reference eye and, where both classes are labelled, the fitted temperature in the bundle; 0."""
     from napari_icnn.bundle import load_bundle, set_calibration, set_reference
     from napari_icnn.data.layouts import discover
     from napari_icnn.engine.reference import MIN_REFERENCE_EYES, healthy_eyes
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
             f"lesion label absent); at least {MIN_REFERENCE_EYES} are needed for a reference eye"
         )
     entry = reference_of(model.net, healthy, model.size, model.device)
+    assert entry is not None  # None only with too few healthy eyes, checked above
     entry["source"] = f"icnn calibrate on {len(records)} images"
     set_reference(args.model, entry)
     print(f"reference eye stored in {args.model}: the mean of {entry['n_images']} healthy validation eyes")

@@ -26,6 +26,7 @@ FINETUNE_LR = 5e-4
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``demo`` parser to the ``icnn`` sub-command parsers, its handler :func:`run`."""
     p = sub.add_parser("demo", help="generate data, train, evaluate, explain and batch-process a demo cohort",
                        description=__doc__)
     p.add_argument("--out", default="demo-output", help="output folder (created; must be new or a previous demo)")
@@ -42,6 +43,7 @@ def _step(title: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Generate the demo cohorts, train, evaluate, explain and batch-process them into ``--out``; 0."""
     from napari_icnn.bundle import load_bundle
     from napari_icnn.config import TrainConfig
     from napari_icnn.data.synth import generate_cohort
@@ -120,9 +122,9 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("   (batch inference is not available in this build)")
     else:
-        summary = infer(BatchConfig(inputs=(str(out / "data" / "test" / "dicom"),), out=str(out / "batch"),
+        batch_summary = infer(BatchConfig(inputs=(str(out / "data" / "test" / "dicom"),), out=str(out / "batch"),
                                     model=str(out / "model"), device=args.device), on_event=show)
-        print(f"   {summary.n_ok} ok, {summary.n_error} error, {summary.n_declined} declined -> {out / 'batch'}")
+        print(f"   {batch_summary.n_ok} ok, {batch_summary.n_error} error, {batch_summary.n_declined} declined -> {out / 'batch'}")
 
     total = time.monotonic() - started
     print(f"\nDone in {total / 60:.1f} min (training {train_s / 60:.1f} min). Outputs in {out}/:")

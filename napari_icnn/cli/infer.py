@@ -26,6 +26,7 @@ EXIT_DISK_FULL = 4
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``infer`` parser to the ``icnn`` sub-command parsers, its handler :func:`run`."""
     p = sub.add_parser(
         "infer",
         help="batch inference over DICOM/image files and folders or a PACS (SEG, SR, PNG, JSON, summary.csv)",
@@ -79,6 +80,11 @@ def _batch_config(args: argparse.Namespace, inputs: tuple[str, ...]) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run batch inference on the given files or on a PACS.
+
+    Returns the summary's exit code (0, or 3 when some input is not ok); 2 for a set-up error, 4 when
+    the disk filled up.
+    """
     from napari_icnn.atomic import DiskFull
     from napari_icnn.errors import BundleError, ConfigError
     from napari_icnn.progress import TextProgress
@@ -98,13 +104,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         from napari_icnn.batch import preflight
         from napari_icnn.pacs import PacsJob, Query, load_settings, pacs_infer, parse_pacs_url
+        from napari_icnn.pacs.source import modality_codes
 
         settings = load_settings(args.pacs_config)
         secrets = settings.secrets
         source = parse_pacs_url(args.source, "--from") if args.source is not None else None
         job = PacsJob(
             source=source,
-            query=Query(tuple(args.study or ()), args.since, args.modality or "OP") if source else None,
+            query=Query(tuple(args.study or ()), args.since, modality_codes(args.modality or "OP")) if source else None,
             store_to=parse_pacs_url(args.store_to, "--store-to") if args.store_to is not None else None,
             settings=settings,
             keep_staging=args.keep_staging,

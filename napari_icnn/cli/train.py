@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from napari_icnn.config import TrainConfig, settings
 
@@ -21,12 +22,13 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(s.flag, dest=s.name, action="store_false" if s.default else "store_true",
                            help=("turn off: " if s.default else "") + help_)
             continue
-        extra = {"choices": s.choices} if s.choices else {}
+        extra: dict[str, Any] = {"choices": s.choices} if s.choices else {}
         p.add_argument(s.flag, dest=s.name, type=s.kind, default=s.default,
                        help=f"{help_} (default: {s.default})" if s.default not in (None, "") else help_, **extra)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``train`` parser to the ``icnn`` sub-command parsers, its handler :func:`run`."""
     p = sub.add_parser("train", help="train an interpretable (or ordinary) CNN on fundus photographs",
                        description=__doc__)
     add_config_arguments(p)
@@ -34,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train (or resume) as the options say; 130 when stopped early, else 0."""
     from napari_icnn.engine.preflight import check_training
     from napari_icnn.engine.run_folder import missing_output
     from napari_icnn.engine.train import train

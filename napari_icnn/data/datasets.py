@@ -127,6 +127,7 @@ def make_dataset(
     if cache == "memory":
         ds = g["_FundusCacheDataset"](items, transform, num_workers=max(1, int(num_workers)), progress=False)
     elif cache == "disk":
+        assert cache_dir is not None  # checked above
         os.makedirs(cache_dir, exist_ok=True)
         ds = g["_FundusPersistentDataset"](items, transform, cache_dir=cache_dir)
     else:
@@ -246,7 +247,7 @@ def _define_classes() -> None:
         def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
             import torch
 
-            d = {k: v for k, v in data.items() if k in _ITEM_KEYS}
+            d: dict[Hashable, Any] = {k: v for k, v in data.items() if k in _ITEM_KEYS}
             for key in ("image", "target", "fov", "masks"):
                 if key in d:
                     d[key] = torch.as_tensor(np.ascontiguousarray(d[key]))
@@ -289,7 +290,7 @@ def _unwrapped() -> Iterator[None]:
 class _Unwrapping:
     def _transform(self, index: int) -> Any:
         with _unwrapped():
-            return super()._transform(index)  # type: ignore[misc]
+            return super()._transform(index)  # type: ignore[misc]  # a mixin: the MONAI Dataset after it in the MRO defines it
 
 
 class _Finishd:
@@ -304,7 +305,7 @@ class _Finishd:
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         import torch
 
-        d = {k: data[k] for k in _ITEM_KEYS if k in data}
+        d: dict[Hashable, Any] = {k: data[k] for k in _ITEM_KEYS if k in data}
         d["image"] = _plain(d["image"]).float()
         d["target"] = _plain(d["target"]).float()
         d["fov"] = (_plain(d["fov"]) > 0).to(torch.uint8)

@@ -12,6 +12,7 @@ import io
 import os
 import struct
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,10 @@ from napari_icnn.dicom.read import (
 )
 from napari_icnn.errors import DeclinedInput, InputError
 from napari_icnn.image import FundusImage
+
+if TYPE_CHECKING:
+    import tifffile
+    from PIL import Image
 
 __all__ = ["IMAGE_SUFFIXES", "iter_images", "load_image"]
 
@@ -82,8 +87,8 @@ def _read_pillow(path: str, head: bytes) -> FundusImage:
             # Pillow allocates the whole image before decoding (4 bytes a pixel for RGB).
             claim = f"the header describes a {image.width}×{image.height} px {image.format or ''} image"
             check_compressed_size(path, image.width * image.height * 4, os.path.getsize(path), claim)
-            image = ImageOps.exif_transpose(image)  # phones and some cameras store rotated pixels
-            pixels, bits = _pillow_rgb(image, path, head)
+            upright = ImageOps.exif_transpose(image)  # phones and some cameras store rotated pixels
+            pixels, bits = _pillow_rgb(upright, path, head)
     except (InputError, MemoryError):
         raise
     except Image.DecompressionBombError as exc:
@@ -95,17 +100,17 @@ def _read_pillow(path: str, head: bytes) -> FundusImage:
     return FundusImage(pixels=pixels, source=path, bits_stored=bits)
 
 
-def _pillow_rgb(image: object, path: str, head: bytes) -> tuple[np.ndarray, int]:
+def _pillow_rgb(image: Image.Image, path: str, head: bytes) -> tuple[np.ndarray, int]:
     """An opened Pillow image → (RGB uint8 array, original bits per sample)."""
-    mode = image.mode  # type: ignore[attr-defined]
+    mode = image.mode
     if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         raise DeclinedInput(path, _GREY)
     # Pillow hands 16-bit RGB PNGs out as 8-bit RGB (the high byte); IHDR holds the true depth.
     bits = head[24] if head.startswith(_PNG_MAGIC) and len(head) > 24 else 8
     if mode == "P":
-        image = image.convert("RGBA")  # type: ignore[attr-defined]
+        image = image.convert("RGBA")
     elif mode not in ("RGB", "RGBA"):
-        image = image.convert("RGB")  # type: ignore[attr-defined]  # CMYK, YCbCr, LAB, ...
+        image = image.convert("RGB")  # CMYK, YCbCr, LAB, ...
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] < 3:
         raise DeclinedInput(path, _GREY)
@@ -171,21 +176,21 @@ def _check_tiff_chain(f: io.BufferedReader, path: str) -> None:
         offset = struct.unpack(next_format, raw)[0]
 
 
-def _check_tiff_shapes(tif: object, path: str) -> None:
+def _check_tiff_shapes(tif: tifffile.TiffFile, path: str) -> None:
     """Every page must have a positive size: a negative one (a size stored as a signed type) sends
     tifffile's series detection backwards through the pages for ever."""
-    for page in tif.pages:  # type: ignore[attr-defined]
+    for page in tif.pages:
         shape = getattr(page, "shape", ())
         if any(int(n) <= 0 for n in shape):
             raise InputError(path, f"corrupt TIFF: an image of shape {tuple(shape)}")
 
 
-def _tiff_bits(value: object, path: str) -> int:
+def _tiff_bits(value: int | tuple[int, ...] | list[int], path: str) -> int:
     """Bits per sample: one number, or the same number for every sample."""
     values = set(value) if isinstance(value, tuple | list) else {value}
     if len(values) != 1:
         raise DeclinedInput(path, f"TIFF samples of unequal depth ({value}) are not supported")
-    bits = int(values.pop())  # type: ignore[call-overload]
+    bits = int(values.pop())
     if not 1 <= bits <= 64:
         raise InputError(path, f"TIFF with {bits} bits per sample")
     return bits

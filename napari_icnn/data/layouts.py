@@ -29,6 +29,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 
@@ -224,7 +225,7 @@ def _detect(root: Path) -> str:
 
 
 def _walk(root: Path) -> list[Path]:
-    out = []
+    out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
@@ -297,6 +298,16 @@ class _Table:
             if _norm(c) not in self.spelling:
                 found = ", ".join(self.spelling.values()) or "no columns"
                 raise InputError(self.path, f"missing column {c!r} (found: {found})")
+
+    @overload
+    def int_value(
+        self, line: int, row: dict[str, str], column: str, top: int, required: Literal[True]
+    ) -> int: ...
+
+    @overload
+    def int_value(
+        self, line: int, row: dict[str, str], column: str, top: int, required: bool = False
+    ) -> int | None: ...
 
     def int_value(
         self, line: int, row: dict[str, str], column: str, top: int, required: bool = False
@@ -680,8 +691,8 @@ def _read_dicom(root: Path) -> DataSpec:
     records: list[Record] = []
     if table is None:
         for uid, (f, n_frames, lat) in sorted(by_uid.items(), key=lambda kv: str(kv[1][0])):
-            frames = [None] if n_frames == 1 else list(range(n_frames))
-            records.extend(Record(_frame_id(uid, k), str(f), k, {}, laterality=lat) for k in frames)
+            every: list[int | None] = [None] if n_frames == 1 else list(range(n_frames))
+            records.extend(Record(_frame_id(uid, k), str(f), k, {}, laterality=lat) for k in every)
         return _spec("dicom", search, records, root)
 
     table.require("sop_instance_uid", "label")

@@ -113,12 +113,10 @@ def read_mask(path: str, shape: tuple[int, int] | None = None) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            if im.mode in ("P", "PA"):
-                im = im.convert("RGB")
-            arr = np.asarray(im)
+            arr = np.asarray(im.convert("RGB") if im.mode in ("P", "PA") else im)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise InputError(path, f"cannot read the mask: {exc}") from None
-    mask = arr > 0 if arr.ndim == 2 else (arr[..., :3] > 0).any(axis=2)
+    mask = arr > 0 if arr.ndim == 2 else np.any(arr[..., :3] > 0, axis=2)
     if shape is not None and mask.shape != tuple(shape):
         raise InputError(
             path,

@@ -272,7 +272,7 @@ def _orientation(header: Any) -> list[str] | str:
         value = header["PatientOrientation"].value if "PatientOrientation" in header else None
     except Exception:  # noqa: BLE001
         return ""
-    if type(value).__name__ != "MultiValue" or len(value) != 2:
+    if value is None or type(value).__name__ != "MultiValue" or len(value) != 2:
         return ""
     codes = [str(v) for v in value]
     return codes if all(_ORIENTATION.fullmatch(c) for c in codes) else ""

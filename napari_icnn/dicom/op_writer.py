@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -255,7 +256,7 @@ def _dataset(
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.file_meta.TransferSyntaxUID = syntax.uid
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta.ImplementationVersionName = f"ICNN_{__version__}"[:16]
@@ -380,7 +381,7 @@ def _encode(
         ds.PixelData = data + b"\0" * (len(data) % 2)
         ds["PixelData"].VR = "OW" if frames.dtype == np.uint16 else "OB"
     else:
-        options = {"j2k_cr": [float(jpeg2000_ratio)]} if syntax.uid == JPEG2000 else {}
+        options: dict[str, Any] = {"j2k_cr": [float(jpeg2000_ratio)]} if syntax.uid == JPEG2000 else {}
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # compress() starts from native
         try:
             ds.compress(

@@ -29,7 +29,7 @@ import numpy as np
 import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
@@ -306,6 +306,7 @@ def _quarantine_unconvertible(ds: Dataset) -> None:
         except Exception:  # noqa: BLE001 - whatever pydicom raises, the stored value is not usable as is
             pass
         tag = pydicom.datadict.tag_for_keyword(keyword)
+        assert tag is not None  # every keyword in _READ_BY_CALLERS is in pydicom's dictionary
         raw = ds.get_item(tag).value
         raw = raw if isinstance(raw, bytes) else b""
         try:
@@ -320,7 +321,7 @@ def _quarantine_unconvertible(ds: Dataset) -> None:
         ds[tag] = elem
 
 
-def _file_meta(f: Any) -> Dataset:
+def _file_meta(f: Any) -> FileMetaDataset:
     """The file meta information at the start of ``f`` (empty for a bare data set)."""
     pydicom.filereader.read_preamble(f, True)
     return pydicom.filereader._read_file_meta_info(f)
@@ -745,7 +746,9 @@ def _decoded_frames(
     their transfer syntax readable, as pydicom's header reader tolerates them.
     """
     options = dict(layout.options)
-    ts = UID(options.pop("transfer_syntax_uid", None) or _transfer_syntax(header))
+    named = options.pop("transfer_syntax_uid", None) or _transfer_syntax(header)
+    assert named is not None  # the layout names one whenever the file meta information does not
+    ts = UID(named)
     if ts.is_deflated:
         ts = ExplicitVRLittleEndian  # the offsets point into the inflated data set
     options["pixel_keyword"] = element.keyword
@@ -767,7 +770,11 @@ def _decoded_frames(
             if index == layout.frames:
                 break  # excess fragments (JPEG frames are split by markers) are not frames of this image
             frame = _checked_codestream(path, ts, frame, layout, index)
-            arr, _ = decoder.as_array(encapsulate([frame]), transfer_syntax_uid=ts, **options)
+            arr, _ = decoder.as_array(
+                encapsulate([frame]),
+                transfer_syntax_uid=ts,  # type: ignore[arg-type]  # pydicom types **kwargs as DecodeOptions, not Unpack[...]
+                **options,
+            )
             yield arr
 
 

@@ -190,7 +190,7 @@ def build_seg(
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=fit_text(model.name),
-        software_versions=software_versions(model),
+        software_versions=software_versions(model),  # type: ignore[arg-type]  # highdicom's tuple[str] means any number of strings
         device_serial_number=model.sha256,
         content_label="ICNN_EVIDENCE",
         content_description=fit_text(f"Per-filter evidence maps of {model.name} {model.version}"),
@@ -330,15 +330,15 @@ def _segment_description(
     import highdicom as hd
 
     part = PARTS.get(m.part_key) if m.part_key else None
-    coded = part is not None and part.snomed is not None
+    snomed = part.snomed if part is not None else None
     # A possible artefact's map asserts no structure: coding it as the lesion its filter was
     # matched to would file an artefact as a finding.
-    if coded and m.role != ARTEFACT:
+    if part is not None and snomed is not None and m.role != ARTEFACT:
         category = _ANATOMY if part.kind == "anatomy" else _MORPHOLOGY
-        prop = (part.snomed[0], "SCT", part.snomed[1])
+        prop = (snomed[0], "SCT", snomed[1])
     else:
         category, prop = _SPATIAL, _SALIENCY
-    if coded:
+    if part is not None and snomed is not None:
         matched = f"matched part: {part.display} ({part.key})"
     else:
         matched = f"assigned to: {m.part_key}" if m.part_key else "no matched part"

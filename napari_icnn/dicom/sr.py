@@ -161,7 +161,7 @@ def build_sr(
     )
     sr.SeriesDescription = series_description("ICNN prediction", model)
     sr.ManufacturerModelName = fit_text(model.name)
-    sr.SoftwareVersions = software_versions(model)
+    sr.SoftwareVersions = software_versions(model)  # type: ignore[assignment]  # highdicom's tuple[str] means any number of strings
     sr.DeviceSerialNumber = model.sha256
     sr.CodingSchemeIdentificationSequence = [_private_scheme()]
     return sr

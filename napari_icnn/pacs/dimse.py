@@ -122,7 +122,7 @@ class DimseRemote:
         return PacsUnavailable(f"{where}: the PACS aborted the association")
 
     def _find(self, doing: str, query: Dataset) -> list[Dataset]:
-        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time
 
         where = f"{self.url}: {doing}"
         found: list[Dataset] = []
@@ -143,7 +143,7 @@ class DimseRemote:
     # ----------------------------------------------------------------------- queries
 
     def probe(self) -> None:
-        from pynetdicom.sop_class import Verification
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time
 
         where = f"{self.url}: checking the connection (C-ECHO)"
         with self._association("checking the connection (C-ECHO)", [(Verification, None)]) as assoc:
@@ -188,7 +188,7 @@ class DimseRemote:
 
     def retrieve(self, ref: InstanceRef, target: Path) -> None:
         from pynetdicom import build_role, evt
-        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time
 
         from napari_icnn.atomic import atomic_write_bytes
 
@@ -240,7 +240,7 @@ class DimseRemote:
         syntax = str(ds.file_meta.TransferSyntaxUID)
         doing = f"storing instance {sop} (C-STORE)"
         where = f"{self.url}: {doing}"
-        contexts = [(sop_class, [syntax])]
+        contexts: list[tuple[str, list[str] | None]] = [(sop_class, [syntax])]
         if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
             contexts.append((sop_class, [ExplicitVRLittleEndian]))
         with self._association(doing, contexts) as assoc:

@@ -180,9 +180,10 @@ def _pacs_infer_iter(
         done = {row.input_path for row in all_rows(summary_csv)}
         pulled: StagedSource | None = None
         if job.source is not None:
+            source_url = job.source
             staging.mkdir(exist_ok=True)
             pulled = StagedSource(
-                connect=lambda: connect(job.source, settings),
+                connect=lambda: connect(source_url, settings),
                 instances=listing.instances,
                 staging=staging,
                 done=frozenset(done),

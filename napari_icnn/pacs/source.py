@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from napari_icnn.atomic import DiskFull, disk_full_errno
@@ -29,7 +30,9 @@ ALL_MODALITIES = "all"
 """``--modality all``: every series, whatever its modality."""
 
 
-def _modalities(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+def modality_codes(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """Modality codes from text (``"OP,XC"``) or a sequence, upper case; ``None`` (and ``"all"``) for every
+    series. Raises :class:`~napari_icnn.errors.ConfigError` on a malformed code."""
     if value is None:
         return None
     items = value.split(",") if isinstance(value, str) else list(value)
@@ -76,7 +79,7 @@ class Query:
             object.__setattr__(self, "since", since)
         if not studies and self.since is None:
             raise ConfigError("--from: name the studies to pull with --study UID or --since YYYYMMDD")
-        object.__setattr__(self, "modalities", _modalities(self.modalities))
+        object.__setattr__(self, "modalities", modality_codes(self.modalities))
 
     def wants(self, modality: str) -> bool:
         return self.modalities is None or modality.upper() in self.modalities
@@ -112,7 +115,7 @@ def find_instances(remote: Remote, query: Query, retry: RetryPolicy) -> Generato
     try:
         studies: list[str] = []
         for uid in query.studies:
-            found = retry.call(lambda uid=uid: remote.find_studies(study_uid=uid))
+            found = retry.call(partial(remote.find_studies, study_uid=uid))
             if uid not in found:
                 raise PacsSetupError(f"--study {uid}: no such study on {remote.url}")
             studies.append(uid)
@@ -123,11 +126,11 @@ def find_instances(remote: Remote, query: Query, retry: RetryPolicy) -> Generato
         other = not_images = 0
         for i, study in enumerate(studies):
             yield Progress("query", i, len(studies))
-            for series in retry.call(lambda study=study: remote.find_series(study)):
+            for series in retry.call(partial(remote.find_series, study)):
                 if not query.wants(series.modality):
                     other += 1
                     continue
-                for ref in retry.call(lambda series=series: remote.find_instances(series)):
+                for ref in retry.call(partial(remote.find_instances, series)):
                     if ref.sop_class_uid and not is_image_sop_class(ref.sop_class_uid):
                         not_images += 1
                     else:
@@ -261,7 +264,7 @@ class StagedSource:
                     if remote is None:
                         remote = self.connect()
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    self.retry.call(lambda r=remote, ref=ref, path=path: r.retrieve(ref, path), sleep=self._sleep)
+                    self.retry.call(partial(remote.retrieve, ref, path), sleep=self._sleep)
                 except PacsUnavailable as exc:
                     down = f"not retrieved: the PACS stopped answering ({exc})"
                     self.failed[ref.sop_instance_uid] = str(exc)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from napari_icnn.errors import ConfigError
 from napari_icnn.pacs.credentials import PacsSettings, load_settings
 from napari_icnn.pacs.remote import connect, is_uid
-from napari_icnn.pacs.source import Query, find_instances, staged_path
+from napari_icnn.pacs.source import Query, find_instances, modality_codes, staged_path
 from napari_icnn.pacs.urls import PacsUrl, parse_pacs_url
 from napari_icnn.progress import drain
 
@@ -69,12 +70,12 @@ def fetch_study(
     target = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="icnn-study-"))
     remote = connect(url, settings)
     try:
-        listing = drain(find_instances(remote, Query(studies=(study,), modalities=modalities), settings.retry))
+        listing = drain(find_instances(remote, Query(studies=(study,), modalities=modality_codes(modalities)), settings.retry))
         paths = []
         for ref in listing.instances:
             path = staged_path(target, ref)
             path.parent.mkdir(parents=True, exist_ok=True)
-            settings.retry.call(lambda ref=ref, path=path: remote.retrieve(ref, path))
+            settings.retry.call(partial(remote.retrieve, ref, path))
             paths.append(path)
         return paths
     finally:

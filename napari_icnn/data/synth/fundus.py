@@ -108,7 +108,7 @@ def _identity(ss: np.random.SeedSequence) -> tuple[str, int, int]:
     if isinstance(ent, (list, tuple)) and len(ent) == 2 and not ss.spawn_key:
         return image_id(int(ent[0]), int(ent[1])), int(ent[0]), int(ent[1])
     parts = list(ent) if isinstance(ent, (list, tuple)) else [ent]
-    return "ss" + "_".join(str(int(p)) for p in [*parts, *ss.spawn_key]), -1, -1
+    return "ss" + "_".join(str(int(p)) for p in [*parts, *ss.spawn_key]), -1, -1  # type: ignore[arg-type]  # numpy types entropy as optional array-like; once constructed it holds ints
 
 
 def _stream(ss: np.random.SeedSequence, name: str) -> np.random.Generator:

@@ -185,6 +185,7 @@ class LesionPainter:
                 and math.copysign(1, y - g.fovea_y) == quadrant[1]
             ):
                 return np.array([x, y])
+        assert quadrant is not None  # without a quadrant the first draw is returned
         return np.array([g.fovea_x + quadrant[0] * g.dd, g.fovea_y + quadrant[1] * g.dd])
 
     def on_trunk(self, from_disc: tuple[float, float]) -> tuple[np.ndarray, float]:
