@@ -1,3 +1,5 @@
+"""``python -m napari_icnn``: the ``icnn`` command line."""
+
 import sys
 
 from napari_icnn.cli import main

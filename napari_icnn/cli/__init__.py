@@ -27,6 +27,7 @@ EXIT_CANCELLED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``icnn`` parser with every sub-command of :data:`SUBCOMMANDS` this build includes."""
     parser = argparse.ArgumentParser(
         prog="icnn",
         description="Interpretable CNNs for retinal fundus photographs (research use only, not for clinical use).",
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``icnn`` with ``argv`` (default: the process's); the exit code.
+
+    The sub-command's own code (0 on success); 2 for a usage or configuration error, 1 for another
+    error the user can act on, 130 when cancelled or interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -9,6 +9,7 @@ from napari_icnn.config import DEVICES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` parser to the ``icnn`` sub-command parsers, its handler :func:`run`."""
     from napari_icnn.engine.explainers import EXPLAINERS
 
     p = sub.add_parser("evaluate", help="measure AUC, part interpretability, location instability, pointing game",
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Evaluate the model on ``--data``, print the headline metrics as JSON (and write them to ``--out``); 0."""
     from napari_icnn.bundle import default_bundle_path
     from napari_icnn.engine.evaluate import evaluate
     from napari_icnn.progress import TextProgress

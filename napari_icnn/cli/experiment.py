@@ -16,6 +16,7 @@ from napari_icnn.config import DEVICES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``experiment`` parser to the ``icnn`` sub-command parsers, its handler :func:`run`."""
     p = sub.add_parser("experiment", help="run the interpretability study on synthetic cohorts", description=__doc__)
     p.add_argument("--out", required=True, help="study folder (re-running into it resumes)")
     p.add_argument("--preset", default="cpu", help="cpu (VGG, referable DR, 3 seeds, 256 px), gpu (both backbones "
@@ -40,6 +41,7 @@ def _checkout() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run (or resume) the interpretability study into ``--out`` from the source checkout; 0."""
     _checkout()
     from training.experiments import run_experiment
 

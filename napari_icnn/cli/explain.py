@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``explain`` parser to the ``icnn`` sub-command parsers, its handler :func:`run`."""
     p = sub.add_parser("explain", help="explain one fundus photograph (image file or DICOM)", description=__doc__)
     p.add_argument("image", help="a JPEG/PNG/TIFF photograph or a DICOM file")
     p.add_argument("--out", required=True, help="output folder (created)")
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Explain every frame of the scan, write the overlays and ``explanation.json`` to ``--out``; 0."""
     from napari_icnn.bundle import default_bundle_path, require_model
     from napari_icnn.explain import explain_file, lesion_type_summary
 

@@ -8,6 +8,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``synth`` parser to the ``icnn`` sub-command parsers, its handler :func:`run`."""
     p = subparsers.add_parser(
         "synth",
         help="write a synthetic fundus cohort (photographs, part masks, ICDR labels, optional DICOM)",
@@ -38,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Write the synthetic cohort to ``--out`` and print its summary; 0."""
     from napari_icnn.data.synth import generate_cohort
     from napari_icnn.progress import TextProgress, drain
 

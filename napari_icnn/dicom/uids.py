@@ -90,6 +90,8 @@ class SourceRef:
 
 @dataclass(frozen=True)
 class DerivedUids:
+    """The Series and SOP Instance UIDs of one derived object (:func:`derived_uids`)."""
+
     series_instance_uid: str
     sop_instance_uid: str
 

@@ -49,6 +49,8 @@ def is_image_sop_class(uid: str) -> bool:
 
 @dataclass(frozen=True)
 class SeriesRef:
+    """One series on the PACS: its study, its UID and its modality (``""`` when not given)."""
+
     study_instance_uid: str
     series_instance_uid: str
     modality: str = ""

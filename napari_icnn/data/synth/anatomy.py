@@ -54,6 +54,7 @@ class Palette:
 
 
 def sample_palette(rng: np.random.Generator) -> Palette:
+    """A random fundus colouring: base colour by pigmentation, and the vignetting drop."""
     p = float(rng.beta(2.0, 2.0))
     r = 240.0 - 24.0 * p + rng.normal(0.0, 5.0)
     g = 104.0 - 30.0 * p + rng.normal(0.0, 6.0)

@@ -90,6 +90,7 @@ def icdr_grade(f: Findings) -> int:
 
 
 def is_referable(grade: int, dme: bool) -> bool:
+    """Referable diabetic retinopathy: ICDR grade 2 or more, or macular oedema."""
     return grade >= 2 or dme
 
 
