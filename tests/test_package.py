@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,13 +31,54 @@ def test_npe2_manifest_is_the_top_level_file():
     assert pkg.read_text() == top.read_text()
 
 
-def test_console_command_lists_subcommands():
+# The product's commands, in the order ``icnn --help`` lists them.
+COMMANDS = ("synth", "train", "calibrate", "evaluate", "explain", "infer", "experiment", "benchmark", "demo")
+
+
+def _console_script() -> Path:
     # The console script sits next to the interpreter running the tests (the venv may not be on PATH).
     icnn = Path(sys.executable).parent / "icnn"
     assert icnn.exists(), f"console script not installed at {icnn}"
-    out = subprocess.run([str(icnn), "--help"], capture_output=True, text=True)
-    assert out.returncode == 0
-    assert "icnn" in out.stdout
+    return icnn
+
+
+def _listed_commands(help_text: str) -> list[str]:
+    """The sub-command names in ``icnn --help``: the lines indented by four spaces below ``COMMAND``
+    (their help text continues on lines indented further)."""
+    lines = help_text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "COMMAND") + 1
+    names = []
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            break  # the next section ("options:")
+        if re.match(r"^ {4}\S", line):
+            names.append(line.split()[0])
+    return names
+
+
+def test_every_command_has_its_module():
+    import napari_icnn.cli
+
+    modules = {p.stem for p in Path(napari_icnn.cli.__file__).parent.glob("*.py") if not p.stem.startswith("_")}
+    assert modules == set(COMMANDS)
+
+
+def test_console_command_lists_subcommands():
+    out = subprocess.run([str(_console_script()), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: icnn ")
+    assert _listed_commands(out.stdout) == list(COMMANDS)
+
+
+def test_every_subcommand_has_help():
+    icnn = str(_console_script())
+    # Side by side: each start imports the package (seconds on a loaded machine).
+    procs = {cmd: subprocess.Popen([icnn, cmd, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in COMMANDS}
+    for cmd, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"icnn {cmd} --help: {stderr[-2000:]}"
+        assert stdout.startswith(f"usage: icnn {cmd} "), stdout[:200]
 
 
 def test_shared_vocabulary_keys():
