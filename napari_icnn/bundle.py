@@ -155,6 +155,7 @@ class LoadedModel:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's contents, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -487,12 +487,18 @@ class TrainConfig:
     def lambda_at(self, epoch: int) -> float:
         """Filter-loss weight of 1-based ``epoch`` (0 during warm-up and for the ordinary CNN); on a resolved
         configuration."""
-        if self.ordinary or epoch <= self.warmup_epochs:
+        if self.ordinary:
+            return 0.0
+        assert self.warmup_epochs is not None, "lambda_at needs a resolved configuration"
+        if epoch <= self.warmup_epochs:
             return 0.0
         return self.lam / (epoch - self.warmup_epochs)
 
     def mask_on(self, epoch: int) -> bool:
-        return not self.ordinary and epoch > self.warmup_epochs
+        if self.ordinary:
+            return False
+        assert self.warmup_epochs is not None, "mask_on needs a resolved configuration"
+        return epoch > self.warmup_epochs
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, and under ``"derived"`` the fields :meth:`resolved` derived and how."""

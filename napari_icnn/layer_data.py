@@ -241,6 +241,7 @@ def label_of(name: str) -> str:
 
 
 def heat_name(name: str) -> str:
+    """The name of the heat-map layer of the filter whose region layer is called ``name``."""
     return f"{name}{_NAME_SEP}heat map"
 
 

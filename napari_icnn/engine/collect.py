@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ import torch.nn.functional as F
 from napari_icnn.engine.metrics import activation_thresholds
 from napari_icnn.icnn.cells import cell_centres
 from napari_icnn.parts import LESION_KEYS, PART_KEYS
+
+if TYPE_CHECKING:
+    from napari_icnn.icnn.networks import ICNN
 
 __all__ = ["MapBatch", "Collected", "collect", "icnn_explainer"]
 
@@ -36,6 +40,8 @@ class MapBatch:
 
 @dataclass
 class Collected:
+    """Everything :func:`collect` gathers over a data set, per image and filter, for the metrics to score."""
+
     ids: list[str]
     probs: np.ndarray  # (N, K) sigmoid of the logits (uncalibrated)
     targets: np.ndarray  # (N, K)
@@ -57,7 +63,7 @@ class Collected:
     logits: np.ndarray | None = None  # (N, K) float64
 
 
-def icnn_explainer(net: torch.nn.Module, masked: bool = True, reference: torch.Tensor | None = None,
+def icnn_explainer(net: ICNN, masked: bool = True, reference: torch.Tensor | None = None,
                    decision: int | None = None) -> Callable[[torch.Tensor], MapBatch]:
     """The ICNN's own maps: the masked maps of the interpretable filters (the plain maps for ordinary nets),
     and each image's most contributing filter to the ``decision`` output (the most probable output when
@@ -188,7 +194,7 @@ def collect(
     hit_tol = np.zeros((n, c, p), bool)
     present = np.zeros((n, p), bool)
     chance = np.zeros((n, p), np.float32)
-    if has_masks and packed and p:
+    if has_masks and packed and p and shapes is not None:  # shapes is set with the first packed masks
         bits = np.concatenate(packed)
         fov_area = np.concatenate(fov_l)
         thr = torch.from_numpy(thresholds).view(1, c, 1, 1)
@@ -254,6 +260,5 @@ def _landmark_array(lm: object, b: int) -> np.ndarray:
                 xs, ys = (torch.as_tensor(t).float().cpu().numpy() for t in v)
                 out[:, k, 0], out[:, k, 1] = xs, ys
             else:
-                arr = torch.as_tensor(v).float().cpu().numpy().reshape(b, 2)
-                out[:, k] = arr
+                out[:, k] = torch.as_tensor(v).float().cpu().numpy().reshape(b, 2)
     return out

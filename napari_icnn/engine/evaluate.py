@@ -328,6 +328,7 @@ def calibration_metrics(logits: np.ndarray, targets: np.ndarray, temperature: fl
 
 
 def evaluate(model_path: str, data: str, on_event: Callable[[Any], None] | None = None, **kw: Any) -> dict:
+    """Run :func:`evaluate_iter` to the end, passing its events to ``on_event``; returns the metrics document."""
     from napari_icnn.progress import drain
 
     return drain(evaluate_iter(model_path, data, **kw), on_event)

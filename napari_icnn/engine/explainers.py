@@ -11,12 +11,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from napari_icnn.engine.collect import MapBatch, icnn_explainer
+
+if TYPE_CHECKING:
+    from napari_icnn.icnn.networks import ICNN
 
 __all__ = ["EXPLAINERS", "make_explainer"]
 
@@ -92,7 +96,8 @@ def make_explainer(name: str, net: nn.Module, class_index: int = 0,
     ``decision`` output, measured against ``reference``, the bundle's reference eye, when given); the
     baselines explain output ``class_index``."""
     if name == "icnn":
-        return icnn_explainer(net, masked=getattr(net, "interpretable", True), reference=reference,
+        # the network's own maps exist only on this package's ICNN (ordinary CNNs are ICNNs without the layer)
+        return icnn_explainer(cast("ICNN", net), masked=getattr(net, "interpretable", True), reference=reference,
                               decision=decision)
     if name == "gradcam":
         return _gradcam(net, class_index)

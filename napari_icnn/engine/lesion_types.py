@@ -167,7 +167,7 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
     val_dl, val_recs = loader(select_on)
     yield Message(f"firing thresholds on {len(val_recs)} images of {select_on}")
     val = _forward(model, val_dl, [])
-    val_present = val["masks"].reshape(len(val["masks"]), len(parts), -1).any(axis=2)
+    val_present = np.asarray(val["masks"].reshape(len(val["masks"]), len(parts), -1).any(axis=2))
     act_scale = np.array([f.act_scale for f in model.filters], np.float64)
     thr = firing_thresholds(val["maps"].reshape(*val["maps"].shape[:2], -1).max(axis=2), val_present, types,
                             act_scale)
@@ -185,12 +185,12 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
     flat = test["maps"].reshape(n, c, -1)
     scores = flat.max(axis=2)
     peaks = np.clip(np.round(centres[flat.argmax(axis=2)]).astype(int), 0, size - 1)  # (N, C, 2) x, y
-    present = test["masks"].reshape(n, len(parts), -1).any(axis=2)
+    present = np.asarray(test["masks"].reshape(n, len(parts), -1).any(axis=2))
     referable = np.array([r.labels.get("referable", -1) for r in recs])
     top = test["contrib"].argmax(axis=1)
 
     per_type: dict[str, Any] = {}
-    stats = {t: {"hits": np.zeros(c), "with": 0, "silent": np.zeros(c), "without": 0, "inst": 0,
+    stats: dict[str, dict[str, Any]] = {t: {"hits": np.zeros(c), "with": 0, "silent": np.zeros(c), "without": 0, "inst": 0,
                  "cov_icnn": 0, "cov_cam": 0, "cam_hits": 0, "area": []} for t in parts}
     top_own = top_any = top_context = top_n = 0
     chance_own: list[float] = []
@@ -218,7 +218,7 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
             if fs:
                 if up is None:
                     up = _upsample(test["maps"][i], size)
-                region = ((up[fs] >= thr[fs, None, None]) & (up[fs] > 0)).any(axis=0)
+                region = np.asarray(((up[fs] >= thr[fs, None, None]) & (up[fs] > 0)).any(axis=0))
             area = int(region.sum())
             st["area"].append(area / max(1, int(test["fov"][i].sum())))
             st["cov_icnn"] += _covered(labels, n_inst, region)
@@ -226,12 +226,12 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
         if referable[i] == 1:
             top_n += 1
             f = int(top[i])
-            t = types[f]
+            own = types[f]
             hit_any = bool(any_lesion[py[f], px[f]])
             top_any += hit_any
-            if t is not None and present[i, parts.index(t)]:
-                top_own += bool(m[parts.index(t), py[f], px[f]])
-                chance_own.append(float(m[parts.index(t)].sum()) / max(1, int(test["fov"][i].sum())))
+            if own is not None and present[i, parts.index(own)]:
+                top_own += bool(m[parts.index(own), py[f], px[f]])
+                chance_own.append(float(m[parts.index(own)].sum()) / max(1, int(test["fov"][i].sum())))
             cat, part = model.filters[f].category, model.filters[f].part
             top_context += cat == FREE_CATEGORY or part in ANATOMY_KEYS
             cam = test[f"cam{d}"][i]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -70,9 +71,18 @@ def _sens_at_spec(scores: np.ndarray, targets: np.ndarray, spec: float = 0.9) ->
     return float((scores[targets] > thr).mean())
 
 
+class ClassificationMetrics(TypedDict):
+    """What :func:`classification_metrics` returns: macro means over classes, and each class's own figures."""
+
+    auc: float
+    accuracy: float
+    sensitivity_at_90_specificity: float
+    per_class: dict[str, dict[str, float]]
+
+
 def classification_metrics(
     probs: np.ndarray, targets: np.ndarray, class_names: Sequence[str], threshold: float = 0.5
-) -> dict[str, float | dict[str, float]]:
+) -> ClassificationMetrics:
     """AUC (macro over classes), accuracy, sensitivity at 90 % specificity, per class too."""
     probs = np.asarray(probs, dtype=np.float64).reshape(len(probs), -1)
     targets = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
@@ -132,7 +142,7 @@ def instability(
     per = np.full(c, np.nan)
     for f in range(c):
         order = np.argsort(-scores[:, f], kind="stable")
-        devs = []
+        devs: list[float] = []
         for k in range(landmarks.shape[1]):
             valid = order[np.isfinite(landmarks[order, k]).all(axis=1)][:top]
             if len(valid) < 2:
@@ -245,7 +255,7 @@ def reliable_parts(
         ok = part is not None and np.isfinite(hit)
         if ok and part in LANDMARK_KEYS:
             ok = hit >= LANDMARK_MIN_HIT
-        elif ok:
+        elif ok and part is not None:  # ok implies a part; restated for the type checker
             c = chance.get(part, float("nan"))
             ok = bool(np.isfinite(c) and c > 0 and hit >= MIN_LIFT * c)
         out.append(part if ok else None)

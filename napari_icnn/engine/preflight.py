@@ -95,8 +95,9 @@ def check_training(
     for name, path, fmt in (("data", data, values.get("format", "auto")), ("val", val, "auto")):
         if path and path.strip():
             found[name] = data_check(path, fmt, task)
-            if found[name].error is not None:
-                check._add(found[name].error, name)
+            error = found[name].error
+            if error is not None:
+                check._add(error, name)
             else:
                 check.hints[name] = found[name].summary
     if values.get("init"):

@@ -11,7 +11,7 @@ label known and absent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,7 @@ def reference_features(net: Any, loader: Iterable[dict[str, Any]], device: Any) 
     return (total / n).cpu().numpy(), n
 
 
-def reference_entry(features: Sequence[float], n_images: int, source: str) -> dict[str, Any]:
+def reference_entry(features: Iterable[float], n_images: int, source: str) -> dict[str, Any]:
     """The bundle metadata entry (``icnn.reference``) of a reference eye."""
     return {
         "pooled": [round(float(v), 7) for v in features],

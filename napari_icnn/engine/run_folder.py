@@ -228,6 +228,8 @@ def outcome_of(cfg: TrainConfig, result: TrainResult | None, seconds: float) -> 
     # A resumed run trains with the settings saved in its folder, not with the ones it was started with.
     saved = TrainConfig.from_dict({**(run.saved_config() or cfg.resolved().to_dict()), "resume": cfg.resume})
     has_model = (out / WEIGHTS).is_file() and (out / METADATA).is_file()
+    # the engine saves its configuration resolved, and resolved() always fixes the schedule
+    assert saved.epochs is not None and saved.warmup_epochs is not None
     if result is None:
         return TrainOutcome(out, True, len(run.history()), saved.epochs, 0, out if has_model else None, seconds,
                             saved.warmup_epochs)

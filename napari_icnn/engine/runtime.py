@@ -17,6 +17,7 @@ __all__ = [
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random generators (NumPy's takes the seed modulo 2**32)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,11 +32,16 @@ from napari_icnn.errors import Cancelled, ConfigError
 from napari_icnn.parts import FREE_CATEGORY
 from napari_icnn.progress import EpochEnd, Message, Progress
 
+if TYPE_CHECKING:
+    from torch.utils.data.distributed import DistributedSampler
+
 __all__ = ["TrainResult", "train_iter", "train", "train_step", "class_names_for", "CHECKPOINT_DIR"]
 
 
 @dataclass
 class TrainResult:
+    """What a training run left: the bundle folder, its best epoch, the per-epoch metrics and the wall time."""
+
     bundle: Path
     best_epoch: int
     epochs_done: int
@@ -107,6 +112,7 @@ def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[Tra
         train = records
         has_masks = vspec.has_masks
     else:
+        assert cfg.val_fraction is not None, "resolved() with n_data fixes the validation fraction"
         train, val = split_records(records, cfg.val_fraction, cfg.seed)
         has_masks = spec.has_masks
     if cfg.max_train_images:
@@ -135,7 +141,8 @@ def _checkpoint_state(net, opt, sched, assignment, epoch, best, history, cfg, la
         "history": history,
         "config": cfg.to_dict(),
         "rng_torch": torch.get_rng_state(),
-        "rng_numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        # numpy's stubs allow a dict state; the global MT19937 generator's legacy state is always a tuple
+        "rng_numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),  # type: ignore[index]
     }
 
 
@@ -164,6 +171,9 @@ def train_iter(
 
     yield Message(f"device {device}{f' x{dist.world_size} processes' if dist.enabled else ''}; loading data")
     cfg, train_recs, val_recs, has_masks = _load_data(cfg, dist.world_size, device.type)
+    # _load_data resolved every "auto" setting the loop below reads
+    assert cfg.epochs is not None and cfg.warmup_epochs is not None
+    assert cfg.batch is not None and cfg.workers is not None
     if dist.is_main:  # only now: a data set that cannot be used leaves --out as it was
         ckdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(ckdir / CONFIG, cfg.to_json())
@@ -182,7 +192,7 @@ def train_iter(
                             cache_dir=cache_dir)
     val_ds = make_dataset(val_recs, size=cfg.size, task=cfg.target_set, augment=False, cache=cfg.cache,
                           cache_dir=cache_dir, with_masks=has_masks)
-    sampler = None
+    sampler: DistributedSampler | None = None
     if dist.enabled:
         from torch.utils.data.distributed import DistributedSampler
 
@@ -250,7 +260,7 @@ def train_iter(
             net.set_mask_enabled(cfg.mask_on(epoch))
             assignment.refresh()
             unselective = unselective_filters(assignment, cfg.decision_min_selectivity) if decision_from else None
-            if unselective is not None:
+            if unselective is not None and decision_from is not None:  # the first implies the second
                 cats = assignment.categories
                 left_out = [int((unselective & (cats == c)).sum()) for c in decision_from]
                 if any(left_out):
@@ -354,6 +364,7 @@ def phase_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], fl
     leaves them almost none. The ordinary CNN gets the same schedule (it depends on ``warmup_epochs`` only), so
     the two arms of a comparison are trained alike.
     """
+    assert cfg.epochs is not None and cfg.warmup_epochs is not None, "the schedule of a resolved configuration"
     warm = cfg.warmup_epochs * steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     phases = [(0, warm, 1.0), (warm, total, 0.5)] if 0 < warm < total else [(0, total, 1.0)]
@@ -666,11 +677,12 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
     fire = firing_thresholds_of(net, val_dl, val_recs, categories, act_scale, device)
     filters = []
     for f in range(cfg.n_filters):
+        fire_f = fire[f]
         filters.append(FilterInfo(id=f, category=categories[f], part=parts[f],
                                   part_score=None if parts[f] is None else round(float(scores[f]), 4),
                                   part_hit_rate=None if parts[f] is None else round(float(hits[f]), 4),
                                   act_scale=round(float(act_scale[f]), 5),
-                                  fire_threshold=None if fire[f] is None else round(float(fire[f]), 6)))
+                                  fire_threshold=None if fire_f is None else round(float(fire_f), 6)))
     best_metrics = next((h for h in history if h["epoch"] == best["epoch"]), history[-1] if history else {})
     reference = reference_of(net, val_recs, cfg.size, device, max(cfg.batch, 16))
     decision_only = slice(0, 1) if cfg.target_set == "referable+lesion-types" else None
