@@ -8,8 +8,8 @@ import math
 import os
 import subprocess
 import sys
-import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -99,23 +99,84 @@ def test_reference_and_memory_groups_quick(harness):
     assert set(_figure_lines(out.getvalue())) == set(figures)
 
 
-def test_interleaved_alternates_order_and_fills_budget(harness):
+class _Clock:
+    """A stand-in for ``time.perf_counter``: time moves only when a timed call says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def costs(self, *seconds: float) -> Callable[[], None]:
+        """A call whose n-th run takes ``seconds[n]`` (the last one again after that)."""
+        runs = iter(seconds)
+        last = [seconds[-1]]
+
+        def call() -> None:
+            last[0] = next(runs, last[0])
+            self.now += last[0]
+
+        return call
+
+
+@pytest.fixture
+def clock(harness, monkeypatch):
+    fake = _Clock()
+    monkeypatch.setattr(harness, "time", types.SimpleNamespace(perf_counter=fake))
+    return fake
+
+
+def test_interleaved_alternates_order(harness):
     calls: list[str] = []
     syncs = []
     t = harness.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, rounds=3,
                             sync=lambda: syncs.append(1))
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then A B, B A, A B
     assert t.rounds == 3 and len(syncs) == 1 + 2 * 6
-    sized = harness.interleaved({"nap": lambda: time.sleep(0.01)}, warmup=0, budget_s=0.05, min_rounds=2,
-                                max_rounds=50)
-    assert 2 <= sized.rounds <= 6
-    assert sized.median("nap") >= 0.01
-    slow = harness.interleaved({"x": lambda: time.sleep(0.02), "y": lambda: time.sleep(0.002)}, warmup=0, rounds=3)
-    assert slow.ratio("x", "y") > 2
+
+
+def test_interleaved_records_each_variants_own_times(harness, clock):
+    # The warm-up calls (100 s, 1000 s) are not recorded; the alternating order does not mix the variants up.
+    t = harness.interleaved({"x": clock.costs(100.0, 1.0, 2.0, 3.0), "y": clock.costs(1000.0, 10.0, 20.0, 30.0)},
+                            warmup=1, rounds=3)
+    assert t.seconds == {"x": (1.0, 2.0, 3.0), "y": (10.0, 20.0, 30.0)}
+    assert t.median("x") == 2.0 and t.median("y") == 20.0
+    assert t.ratio("x", "y") == pytest.approx(0.1)
+
+
+def test_interleaved_counts_the_sync_before_stopping(harness, clock):
+    # sync waits for a device's queued work: the wait before stopping the clock belongs to the call timed,
+    # the one before starting it to what ran before.
+    def sync() -> None:
+        clock.now += 0.5
+
+    t = harness.interleaved({"x": clock.costs(1.0)}, warmup=0, rounds=2, sync=sync)
+    assert t.seconds == {"x": (1.5, 1.5)}
+
+
+@pytest.mark.parametrize(
+    "budget_s, rounds",
+    [(1.0, 4), (0.1, 2), (100.0, 10)],  # fills the budget; never fewer than min_rounds nor more than max_rounds
+)
+def test_interleaved_sizes_rounds_from_the_first(harness, clock, budget_s, rounds):
+    t = harness.interleaved({"a": clock.costs(0.125), "b": clock.costs(0.125)}, warmup=0, budget_s=budget_s,
+                            min_rounds=2, max_rounds=10)
+    assert t.rounds == rounds
+    assert t.seconds == {"a": (0.125,) * rounds, "b": (0.125,) * rounds}
+
+
+def test_ratio_pairs_each_rounds_times(harness):
     # the ratio pairs each round's times, so a run that changes speed half-way does not skew it
     drifting = harness.Timings({"x": (2.0, 2.2, 6.0, 6.6), "y": (1.0, 1.0, 3.0, 3.0)})
     assert drifting.ratio("x", "y") == pytest.approx(2.1)
     assert drifting.median("x") / drifting.median("y") == pytest.approx(2.05)
+    assert drifting.rounds == 4
+    assert harness.Timings({"x": (1.0, 2.0, 3.0), "y": (1.0, 1.0)}).rounds == 2
+    with pytest.raises(ValueError):  # rounds are paired, never matched up by position in unequal runs
+        harness.Timings({"x": (1.0, 2.0), "y": (1.0,)}).ratio("x", "y")
+    with pytest.raises(ValueError, match="nothing to time"):
+        harness.interleaved({})
 
 
 def test_figures_are_valid_once_built(harness):
@@ -131,6 +192,15 @@ def test_figures_are_valid_once_built(harness):
     assert "NOT MET" not in harness.Figure("u", 0.9, target=harness.Target(">=", 0.85, "GPU")).line()
 
 
+def _fake_groups(harness, monkeypatch, **groups):
+    """Install figure groups ``name=run(ctx)`` in place of the real ones, in the order given."""
+    for name, fn in groups.items():
+        module = types.ModuleType(f"benchmarks.fig_{name}")
+        module.NAME, module.run = name, fn
+        monkeypatch.setitem(sys.modules, f"benchmarks.fig_{name}", module)
+    monkeypatch.setattr(harness, "GROUPS", {name: (f"fig_{name}", name) for name in groups})
+
+
 def test_a_failing_group_keeps_the_others(harness, tmp_path, monkeypatch):
     def good(ctx):
         yield harness.Figure("good_ratio", 1.5)
@@ -139,17 +209,67 @@ def test_a_failing_group_keeps_the_others(harness, tmp_path, monkeypatch):
         yield harness.Figure("half_done_ms", 3.0, unit="ms")
         raise RuntimeError("out of memory on purpose")
 
-    for name, fn in (("good", good), ("broken", broken)):
-        module = types.ModuleType(f"benchmarks.fig_{name}")
-        module.NAME, module.run = name, fn
-        monkeypatch.setitem(sys.modules, f"benchmarks.fig_{name}", module)
-    monkeypatch.setattr(harness, "GROUPS", {"broken": ("fig_broken", "fails"), "good": ("fig_good", "works")})
+    _fake_groups(harness, monkeypatch, broken=broken, good=good)
     path = tmp_path / "out.json"
     figures, failed = harness.run_benchmarks(["good", "broken"], device="cpu", json_path=path,
                                              out=io.StringIO(), err=io.StringIO())
     assert failed == ["broken"]
     assert json.loads(path.read_text()) == {"half_done_ms": 3.0, "broken_failed": None, "good_ratio": 1.5}
     assert figures == json.loads(path.read_text())
+
+
+def test_a_figure_reported_twice_fails_its_group(harness, monkeypatch):
+    def first(ctx):
+        yield harness.Figure("step_ms", 1.0, unit="ms")
+
+    def second(ctx):
+        yield harness.Figure("step_ms", 2.0, unit="ms")
+        yield harness.Figure("other_ms", 4.0, unit="ms")
+
+    _fake_groups(harness, monkeypatch, first=first, second=second)
+    out, err = io.StringIO(), io.StringIO()
+    figures, failed = harness.run_benchmarks(None, device="cpu", out=out, err=err)
+    assert failed == ["second"]
+    assert figures == {"step_ms": 1.0, "second_failed": None}  # the first value stands; nothing after it
+    assert "reported twice" in err.getvalue()
+    printed = _figure_lines(out.getvalue())
+    assert set(printed) == {"step_ms", "second_failed"}
+    assert "missing: RuntimeError: figure step_ms is reported twice" in printed["second_failed"]
+
+
+def test_an_interrupted_run_keeps_the_finished_groups(harness, tmp_path, monkeypatch):
+    def done(ctx):
+        yield harness.Figure("done_ratio", 0.5)
+
+    def stopped(ctx):
+        yield harness.Figure("partial_ms", 7.0, unit="ms")
+        raise KeyboardInterrupt
+
+    _fake_groups(harness, monkeypatch, done=done, stopped=stopped)
+    path = tmp_path / "figures.json"
+    with pytest.raises(KeyboardInterrupt):
+        harness.run_benchmarks(None, device="cpu", json_path=path, out=io.StringIO(), err=io.StringIO())
+    assert json.loads(path.read_text()) == {"done_ratio": 0.5}  # written after each finished group
+
+
+def test_each_group_works_in_its_own_folder(harness, monkeypatch):
+    seen = []
+
+    def one(ctx):
+        seen.append(ctx.workdir)
+        (ctx.workdir / "scratch").write_text("x")
+        yield harness.Figure("one_ratio", 1.0)
+
+    def two(ctx):
+        seen.append(ctx.workdir)
+        assert not (ctx.workdir / "scratch").exists()
+        yield harness.Figure("two_ratio", 2.0)
+
+    _fake_groups(harness, monkeypatch, one=one, two=two)
+    figures, failed = harness.run_benchmarks(None, device="cpu", out=io.StringIO(), err=io.StringIO())
+    assert failed == [] and figures == {"one_ratio": 1.0, "two_ratio": 2.0}
+    assert [p.name for p in seen] == ["one", "two"] and seen[0].parent == seen[1].parent
+    assert not seen[0].parent.exists()  # the run's temporary folder is removed afterwards
 
 
 def test_json_has_no_nan(harness, tmp_path):
