@@ -70,6 +70,13 @@ STAGES = ("loading the model", "explaining", "making layers")
 """The stages :func:`explain_job` reports, in order."""
 
 
+def _evidence(layer: Any) -> EvidenceInfo:
+    """The :class:`EvidenceInfo` of a layer known to be evidence (one :func:`layers_of_scan` returned)."""
+    info = evidence_info(layer.metadata)
+    assert info is not None, f"{layer.name!r} is not an evidence layer"
+    return info
+
+
 # ---------------------------------------------------------------------------------- the job
 
 
@@ -103,7 +110,7 @@ class ExplainRequest:
         key = scan_key(layer)
         # Heat maps are made only once asked for (each layer costs napari time to create); once made
         # they are kept, hidden, so that a re-run refills them instead of removing them.
-        had_heat = any(evidence_info(la.metadata).role == HEAT for la in layers_of_scan(list(layers), key))
+        had_heat = any(_evidence(la).role == HEAT for la in layers_of_scan(list(layers), key))
         return cls(
             pixels=pixels,
             scan_name=layer.name,
@@ -273,7 +280,7 @@ class EvidenceView:
             return []
         out = []
         for layer in layers_of_scan(list(self.viewer.layers), self.shown_scan):
-            info = evidence_info(layer.metadata)
+            info = _evidence(layer)
             if (role is None or info.role == role) and (filter_id is None or info.filter_id == filter_id):
                 out.append(layer)
         return out
@@ -302,7 +309,7 @@ class EvidenceView:
         old = [
             la
             for la in layers_of_scan(list(self.viewer.layers), scan_key(scan))
-            if evidence_info(la.metadata).role != UNDERLAY
+            if _evidence(la).role != UNDERLAY
         ]
         pool: dict[str, list[Any]] = {"labels": [], "image": []}
         for la in old:
@@ -348,13 +355,15 @@ class EvidenceView:
         if self.shown_scan is None:
             return [], {}
         rows = rows_in_layer_order(list(self.viewer.layers), self.shown_scan)
-        visible = {evidence_info(la.metadata).filter_id: bool(la.visible) for la in self.evidence(REGION)}
+        visible = {
+            fid: bool(la.visible) for la in self.evidence(REGION) if (fid := _evidence(la).filter_id) is not None
+        }
         return rows, visible
 
     def show_filter(self, filter_id: int, visible: bool, heat_maps: bool) -> None:
         """Show or hide one filter's layers (its heat map only where ``heat_maps`` are on)."""
         for layer in self.evidence(filter_id=filter_id):
-            role = evidence_info(layer.metadata).role
+            role = _evidence(layer).role
             layer.visible = visible and (role != HEAT or heat_maps)
 
     def set_heat_maps(self, on: bool, shown: Mapping[int, bool]) -> None:
@@ -362,17 +371,18 @@ class EvidenceView:
         if on:
             self.add_missing_heat_maps()
         for layer in self.evidence(HEAT):
-            layer.visible = on and shown.get(evidence_info(layer.metadata).filter_id, True)
+            fid = _evidence(layer).filter_id
+            layer.visible = on and (True if fid is None else shown.get(fid, True))
 
     def add_missing_heat_maps(self) -> bool:
         """Give each shown region that has none its heat map (hidden), directly below it; whether any
         was added."""
-        have = {evidence_info(la.metadata).filter_id for la in self.evidence(HEAT)}
+        have = {_evidence(la).filter_id for la in self.evidence(HEAT)}
         added = False
         self.adding = True
         try:
             for region in self.evidence(REGION):
-                info = evidence_info(region.metadata)
+                info = _evidence(region)
                 if info.filter_id in have or info.explanation is None:
                     continue
                 data, kwargs, _ = heat_layer(region.name, info, Placement.from_layer(region), visible=False)
@@ -408,14 +418,14 @@ class EvidenceView:
         regions = self.evidence(REGION, filter_id)
         if self.shown_model is None or not regions:
             return None
-        info = evidence_info(regions[0].metadata)
+        info = _evidence(regions[0])
         target = editable_bundle(self.shown_model)
         rename_filters(target, {filter_id: name})
         previous, self.shown_model = self.shown_model, target
         new_name = filter_display_name(filter_id, name, info.part, info.category)
         shown_name = layer_name(new_name, info.group)
         for layer in self.evidence(filter_id=filter_id):
-            linfo = evidence_info(layer.metadata)
+            linfo = _evidence(layer)
             layer.metadata[EVIDENCE_KEY] = replace(linfo, model_path=str(target))
             if linfo.role == REGION:
                 layer.name = shown_name
@@ -449,13 +459,13 @@ class EvidenceView:
     def arrange_side_by_side(self) -> None:
         """Evidence over a copy of the scan in one grid cell, the scan alone in the next."""
         scan = self.scan()
-        block = [la for la in self.evidence() if evidence_info(la.metadata).role != UNDERLAY]
+        block = [la for la in self.evidence() if _evidence(la).role != UNDERLAY]
         if scan is None or not block:
             self.grid.enabled = False
             return
         underlays = self.evidence(UNDERLAY)
         if not underlays:
-            info = evidence_info(block[0].metadata)
+            info = _evidence(block[0])
             underlay = self.viewer.add_image(
                 scan.data,
                 name=f"{scan.name} · under evidence",
