@@ -261,8 +261,8 @@ def save_atomic(dataset: Dataset, path: str | os.PathLike[str]) -> Path:
 def _root_cause(exc: BaseException) -> str:
     """The innermost OSError's words: pydicom re-raises a failed write with its traceback in the text."""
     inner: BaseException = exc
-    while isinstance(inner.__cause__ or inner.__context__, OSError):
-        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    while isinstance(nested := inner.__cause__ or inner.__context__, OSError):
+        inner = nested
     return getattr(inner, "strerror", None) or " ".join(str(inner).split())[:200]
 
 
