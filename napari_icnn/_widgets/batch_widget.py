@@ -11,10 +11,10 @@ running again into the same output folder continues where it stopped.
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from qtpy.QtCore import QUrl
 from qtpy.QtGui import QColor, QDesktopServices
@@ -73,7 +73,9 @@ def batch_job(
     :class:`~napari_icnn._widgets.jobs.JobFailed` (see there why)."""
     from napari_icnn.batch import infer_until_stopped
 
-    return (yield from guarded(thin_progress(infer_until_stopped(cfg, stop.is_set), min_interval)))
+    summary = yield from guarded(thin_progress(infer_until_stopped(cfg, stop.is_set), min_interval))
+    # infer_until_stopped returns a stop as its summary, so thin_progress's None (a Cancelled) never comes
+    return cast("BatchSummary", summary)
 
 
 class BatchWidget(StoppableJobWidget):
@@ -211,11 +213,14 @@ class BatchWidget(StoppableJobWidget):
         root.addWidget(hbox(self.open_button, self.rows_button, stretch_first=False))
         self.rows_table = QTableWidget(0, 4)
         self.rows_table.setHorizontalHeaderLabels(["status", "file", "probability", "reason"])
-        self.rows_table.verticalHeader().setVisible(False)
-        self.rows_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
+        rows_header = self.rows_table.verticalHeader()
+        assert rows_header is not None  # a QTableWidget always has its headers
+        rows_header.setVisible(False)
+        rows_header.setDefaultSectionSize(self.fontMetrics().height() + 6)
         self.rows_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.rows_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         header = self.rows_table.horizontalHeader()
+        assert header is not None
         for col in range(3):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
@@ -229,14 +234,14 @@ class BatchWidget(StoppableJobWidget):
         self.add_files_button.clicked.connect(self._browse_input_files)
         self.remove_button.clicked.connect(self._remove_selected)
         self.out_browse.clicked.connect(
-            lambda: choose_folder(self, self.out_edit, "Choose the output folder")
+            lambda: choose_folder(self, self.out_edit, "Choose the output folder")  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
         )
         for edit in (self.out_edit, self.model_edit, self.scheduler_edit):
-            edit.textChanged.connect(lambda _: self.validate())
-        self.device_combo.currentIndexChanged.connect(lambda _: self.validate())
+            edit.textChanged.connect(lambda _: self.validate())  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
+        self.device_combo.currentIndexChanged.connect(lambda _: self.validate())  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
         self.run_button.clicked.connect(self.run)
         self.stop_button.clicked.connect(self.stop)
-        self.open_button.clicked.connect(self.open_results_folder)
+        self.open_button.clicked.connect(self.open_results_folder)  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
         self.rows_button.toggled.connect(self._toggle_rows)
 
     def _browse_input_folder(self) -> None:
@@ -253,9 +258,10 @@ class BatchWidget(StoppableJobWidget):
 
     @property
     def inputs(self) -> list[str]:
-        return [self.inputs_list.item(i).text() for i in range(self.inputs_list.count())]
+        items = (self.inputs_list.item(i) for i in range(self.inputs_list.count()))
+        return [item.text() for item in items if item is not None]  # item(i) is never None below count()
 
-    def add_inputs(self, paths: list[str | Path]) -> None:
+    def add_inputs(self, paths: Sequence[str | Path]) -> None:
         """Add files or folders to the inputs (each once)."""
         have = set(self.inputs)
         for p in paths:
@@ -433,10 +439,10 @@ class BatchWidget(StoppableJobWidget):
                     item.setForeground(QColor(_STATUS_COLOURS.get(row.status, "#999999")))
                 table.setItem(i, j, item)
         shown = min(_ROWS_SHOWN, max(len(rows), 1))
-        rows_height = shown * table.verticalHeader().defaultSectionSize()
-        table.setFixedHeight(
-            rows_height + table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth()
-        )
+        rows_header, header = table.verticalHeader(), table.horizontalHeader()
+        assert rows_header is not None and header is not None  # a QTableWidget always has its headers
+        rows_height = shown * rows_header.defaultSectionSize()
+        table.setFixedHeight(rows_height + header.sizeHint().height() + 2 * table.frameWidth())
 
 
 def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:

@@ -185,8 +185,8 @@ class ExplainWidget(JobWidget):
         for emitter, handler in handlers:
             emitter.connect(handler)
         # A closed dock must not be called back by the viewer it leaves behind.
-        self.destroyed.connect(lambda *_: [emitter.disconnect(handler) for emitter, handler in handlers])
-        self.scan_combo.currentIndexChanged.connect(lambda _: self.validate())
+        self.destroyed.connect(lambda *_: [emitter.disconnect(handler) for emitter, handler in handlers])  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
+        self.scan_combo.currentIndexChanged.connect(lambda _: self.validate())  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
         self.model_edit.textChanged.connect(lambda _: self._on_setting_changed())
         self.top_k_spin.valueChanged.connect(lambda _: self._on_setting_changed())
         self.threshold_spin.valueChanged.connect(lambda _: self._on_setting_changed())

@@ -329,7 +329,9 @@ class DeviceBadge(QLabel):
         if info is None:
             describe = self._describe
             if describe is None:
-                from napari_icnn.devices import describe_device as describe  # torch: only once asked
+                from napari_icnn.devices import describe_device  # torch: only once asked
+
+                describe = describe_device
             info = self._cache[choice] = describe(choice)
         self.info = info
         self.setText(info.text)

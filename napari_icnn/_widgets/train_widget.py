@@ -153,7 +153,7 @@ class TrainWidget(StoppableJobWidget):
         self._validate_timer = QTimer(self)
         self._validate_timer.setSingleShot(True)
         self._validate_timer.setInterval(350)  # typing a path: check once the user pauses
-        self._validate_timer.timeout.connect(self.validate)
+        self._validate_timer.timeout.connect(self.validate)  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
         self._build()
         self._connect()
         self._restore_settings()
@@ -252,11 +252,11 @@ class TrainWidget(StoppableJobWidget):
             e = f.editor
             if isinstance(e, QLineEdit):
                 e.textChanged.connect(lambda _: self._validate_timer.start())
-                e.editingFinished.connect(self.validate)
+                e.editingFinished.connect(self.validate)  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
             elif isinstance(e, QComboBox):
-                e.currentIndexChanged.connect(lambda _: self.validate())
+                e.currentIndexChanged.connect(lambda _: self.validate())  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
             elif isinstance(e, QCheckBox):
-                e.toggled.connect(lambda _: self.validate())
+                e.toggled.connect(lambda _: self.validate())  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
             else:
                 e.valueChanged.connect(lambda _: self.validate())
         self.advanced_toggle.toggled.connect(self._toggle_advanced)
@@ -352,8 +352,8 @@ class TrainWidget(StoppableJobWidget):
             (blocking_hints if own_run else problems).setdefault("out", self._output.message() or "")
         if not self._running:  # a run writes into its folder: "holds a run" is no news while it runs
             for name, f in self._fields.items():
-                text = problems.get(name) or blocking_hints.get(name) or hints.get(name)
-                show_message(f.message, text, error=name in problems)
+                note = problems.get(name) or blocking_hints.get(name) or hints.get(name)
+                show_message(f.message, note, error=name in problems)
                 mark_invalid(f.editor, name in problems and not isinstance(f.editor, QCheckBox))
             self._show_unplaced(problems.get(""))
         ok = not problems and not blocking_hints
@@ -371,6 +371,7 @@ class TrainWidget(StoppableJobWidget):
         cfg = self.config()
         self._remember_settings(cfg)  # "auto" is remembered as auto
         schedule = cfg.resolved()
+        assert schedule.epochs is not None and schedule.warmup_epochs is not None  # resolved() fixes the schedule
         self.plot.clear(schedule.epochs, 0 if cfg.ordinary else schedule.warmup_epochs)
         return self._launch(train_job, cfg, f"Training into {cfg.out}…")
 
@@ -507,16 +508,18 @@ def _value_editor(s: Setting) -> tuple[QWidget, Callable[[], Any], Callable[[Any
         # enough decimals to show the default and a tenth of it (a learning rate of 1e-3: 0.00100)
         box.setDecimals(2 if not default else max(2, 2 - math.floor(math.log10(abs(default)))))
         box.setStepType(QAbstractSpinBox.StepType.AdaptiveDecimalStepType)
-    box.setRange(lo, hi)
+    # the box is a QSpinBox exactly when the kind, and so the bounds and values, are int: mypy checks each
+    # member of the union against both
+    box.setRange(lo, hi)  # type: ignore[arg-type]
     if not s.optional:
         box.setValue(default)
         return box, box.value, lambda v: box.setValue(s.kind(v))
     box.setSpecialValueText("auto" if s.derived else "all")
-    box.setValue(lo)
+    box.setValue(lo)  # type: ignore[arg-type]
     return (
         box,
         lambda: None if box.value() == lo else box.value(),
-        lambda v: box.setValue(lo if v is None else s.kind(v)),
+        lambda v: box.setValue(lo if v is None else s.kind(v)),  # type: ignore[arg-type]
     )
 
 
