@@ -145,7 +145,7 @@ class TrainConfig:
         "--decision-filters", label="Decision computed from",
     )
     decision_min_selectivity: float = _opt(
-        0.0,
+        0.2,
         "with --decision-filters referable-lesions, a filter also keeps a zero weight in the decision while its "
         "selectivity for its lesion type is below this, (mean peak on eyes with the type - on eyes without) / "
         "their sum, from the running averages at the start of each epoch: a filter that fires alike on every eye "
@@ -153,10 +153,11 @@ class TrainConfig:
         "--decision-min-selectivity", label="Decision: least filter selectivity", bounds=(0.0, 0.99),
     )
     arch: str = _opt("vgg", "backbone: vgg (plain VGG-style stack) or resnet (MONAI ResNet)", "--arch", label="Backbone")
-    top_stride: int = _opt(
-        8, "input pixels per cell of the interpretable layer's map, VGG only: 8, or 4 for a map twice as fine "
-        "(lesion-sized cells, about 4x the compute of the top layers)", "--top-stride",
-        label="Top-layer stride",
+    top_stride: int | None = _auto(
+        "input pixels per cell of the interpretable layer's map: 8, or 4 (VGG only) for a map twice as fine "
+        "(lesion-sized cells, about 4x the compute of the top layers); auto: 4 for lesion-type filters on VGG (the "
+        "recipe chosen on validation, docs/results.md), else 8", "--top-stride",
+        label="Top-layer stride", bounds=(3, 8),
     )
     size: int = _opt(
         256, "model input side in pixels (the FOV is cropped and resized to it)", "--size",
@@ -286,7 +287,7 @@ class TrainConfig:
             raise bad("z_estimate", f"must be one of {', '.join(Z_ESTIMATES)}")
         if self.cache not in CACHE_MODES:
             raise bad("cache", f"must be one of {', '.join(CACHE_MODES)}")
-        if self.top_stride not in (4, 8) or (self.top_stride == 4 and self.arch != "vgg"):
+        if self.top_stride is not None and (self.top_stride not in (4, 8) or (self.top_stride == 4 and self.arch != "vgg")):
             raise bad("top_stride", "must be 8, or 4 with --arch vgg")
         if self.size < 64 or self.size % 16:
             raise bad("size", "must be a multiple of 16 and at least 64")
@@ -389,6 +390,12 @@ class TrainConfig:
                     f"{flag_of('categories')} decision",
                     field="categories",
                 )
+        categories = values.get("categories", self.categories)
+        if self.top_stride is None and categories != "auto":
+            fine = categories == "lesion-types" and self.arch == "vgg" and not self.ordinary
+            values["top_stride"] = 4 if fine else 8
+            why["top_stride"] = ("lesion-type filters on VGG: 4-px cells, the recipe chosen on validation" if fine
+                                 else "8-px cells")
         new = dataclasses.replace(self, **values)
         new._derived = {**self._derived, **why}
         return new

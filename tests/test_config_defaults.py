@@ -221,3 +221,15 @@ def test_explicit_conflicts_stop_the_cli_naming_the_flags_given(small_cohort, tm
     assert rc == 2 and all(e in err for e in expect), err
     assert "Traceback" not in err and "(got 8)" not in err
     assert not out.exists()  # nothing was written for a run that could not start
+
+
+def test_the_top_stride_follows_the_filter_categories():
+    from napari_icnn.config import TrainConfig
+
+    assert TrainConfig(data="d", out="o").top_stride is None  # auto until the categories are known
+    types = TrainConfig(data="d", out="o").resolved(lesion_labels=True)
+    assert types.top_stride == 4 and "validation" in types.derived["top_stride"]
+    assert TrainConfig(data="d", out="o").resolved(lesion_labels=False).top_stride == 8
+    assert TrainConfig(data="d", out="o", arch="resnet").resolved(lesion_labels=True).top_stride == 8
+    assert TrainConfig(data="d", out="o", ordinary=True).resolved(lesion_labels=True).top_stride == 8
+    assert TrainConfig(data="d", out="o", top_stride=8).resolved(lesion_labels=True).top_stride == 8

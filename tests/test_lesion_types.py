@@ -109,6 +109,11 @@ def test_filters_firing_alike_with_and_without_their_type_keep_no_decision_weigh
     weak = unselective_filters(a, 0.2)
     assert weak.tolist() == [False, False, False, True, False, True]
     assert unselective_filters(a, 0.0) is None
+    # a decision is never left without filters: of a category whose filters are all unselective, the most
+    # selective one stays in
+    assert unselective_filters(a, 0.2, keep_one_of=(0,)).tolist() == weak.tolist()
+    everything = unselective_filters(a, 0.99, keep_one_of=(0, 1))
+    assert int(everything.sum()) == 3 and not bool(everything[[2, 4]].all())
     net = SimpleNamespace(fc=torch.nn.Linear(12, 3))  # 6 max- and 6 mean-pooled features, 3 outputs
     with torch.no_grad():
         net.fc.weight.fill_(1.0)
@@ -192,11 +197,11 @@ def test_synthetic_cohorts_train_lesion_type_filters_and_the_decision_beside_the
 
     model = load_bundle(lesion_bundle, device="cpu")
     assert model.decision_index == 0 and model.has_lesion_types
-    # the decision is computed from the haemorrhage, exudate and cotton-wool-spot filters alone
+    # the decision is computed from the haemorrhage, exudate and cotton-wool-spot filters alone (those of them
+    # that fire alike on eyes with and without their type are left out too)
     w, n = model.net.fc.weight[0].detach(), len(model.filters)
-    for f in model.filters:
-        carries = bool(w[f.id] != 0 or w[n + f.id] != 0)
-        assert carries == (f.category in ("HE", "EX", "SE")), f
+    carrying = [f for f in model.filters if bool(w[f.id] != 0 or w[n + f.id] != 0)]
+    assert carrying and all(f.category in ("HE", "EX", "SE") for f in carrying), carrying
     img = load_image(next((lesion_cohorts / "val" / "images").glob("*.png")))[0]
     e = explain(img, model)
     assert e.class_index == 0 and e.predicted_class in ("referable DR", "no referable DR")

@@ -35,6 +35,8 @@ from napari_icnn.progress import EpochEnd, Message, Progress
 if TYPE_CHECKING:
     from torch.utils.data.distributed import DistributedSampler
 
+    from napari_icnn.icnn.assignment import FilterAssignment
+
 __all__ = ["TrainResult", "train_iter", "train", "train_step", "class_names_for", "CHECKPOINT_DIR"]
 
 
@@ -85,7 +87,7 @@ def _net_kwargs(cfg: TrainConfig, n_outputs: int) -> dict[str, Any]:
         dropout=cfg.dropout,
         beta=cfg.beta,
         interpretable=cfg.interpretable,
-        **({"vgg_stride": cfg.top_stride} if cfg.top_stride != 8 else {}),
+        **({"vgg_stride": cfg.top_stride} if cfg.top_stride not in (None, 8) else {}),
     )
 
 
@@ -259,7 +261,8 @@ def train_iter(
             gen.manual_seed(cfg.seed * 1000 + epoch)
             net.set_mask_enabled(cfg.mask_on(epoch))
             assignment.refresh()
-            unselective = unselective_filters(assignment, cfg.decision_min_selectivity) if decision_from else None
+            unselective = (unselective_filters(assignment, cfg.decision_min_selectivity, keep_one_of=decision_from)
+                           if decision_from else None)
             if unselective is not None and decision_from is not None:  # the first implies the second
                 cats = assignment.categories
                 left_out = [int((unselective & (cats == c)).sum()) for c in decision_from]
@@ -451,17 +454,27 @@ def restrict_decision(net, assignment, categories: tuple[int, ...], output: int 
     row[c_all:].masked_fill_(~allowed, 0.0)
 
 
-def unselective_filters(assignment, min_selectivity: float) -> torch.Tensor | None:
+def unselective_filters(assignment: FilterAssignment, min_selectivity: float,
+                        keep_one_of: tuple[int, ...] = ()) -> torch.Tensor | None:
     """``(C,)`` bool: category filters whose selectivity for their own category is below ``min_selectivity``
     (a filter that fires alike on eyes with and without its type); ``None`` when off. Categories not yet seen
-    on positives and negatives keep their filters (nothing is known about them yet)."""
+    on positives and negatives keep their filters (nothing is known about them yet). Where every filter of the
+    ``keep_one_of`` categories would be flagged, the most selective of them is not: the decision it feeds keeps
+    at least one filter (early in training, on a small data set)."""
     if min_selectivity <= 0:
         return None
     cats = assignment.categories
     sel = assignment.selectivity()
     known = assignment.initialised & assignment.negatives_seen
     own = sel.gather(1, cats.clamp(min=0)[:, None]).squeeze(1).to(cats.device)
-    return (cats >= 0) & known.to(cats.device)[cats.clamp(min=0)] & (own < min_selectivity)
+    flagged = (cats >= 0) & known.to(cats.device)[cats.clamp(min=0)] & (own < min_selectivity)
+    if keep_one_of:
+        pool = torch.zeros_like(flagged)
+        for c in keep_one_of:
+            pool |= cats == c
+        if bool(pool.any()) and not bool((pool & ~flagged).any()):
+            flagged[int(own.masked_fill(~pool, float("-inf")).argmax())] = False
+    return flagged
 
 
 def filter_weights_for(cfg: TrainConfig, device: torch.device) -> torch.Tensor:

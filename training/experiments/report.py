@@ -127,7 +127,8 @@ def _seed_rows(label: str, seeds: dict[int, dict[str, Any]], columns: list[tuple
                ratio: tuple[str, Any] | None, higher_is_better: bool) -> list[str]:
     """Rows of one seed table: one per seed, the mean over seeds of each column (and of the per-seed ratio),
     and the worst seed by that ratio (or by the first column without one)."""
-    rows, cols = [], {name: {} for name, _, _ in columns}
+    rows: list[str] = []
+    cols: dict[str, dict[int, Any]] = {name: {} for name, _, _ in columns}
     ratios: dict[int, float] = {}
     for s, slot in sorted(seeds.items()):
         vals = [f(slot) for _, f, _ in columns]
