@@ -83,13 +83,13 @@ def _viewer(image) -> tuple[Any, Any]:
 
 
 def run(ctx: Context) -> Iterator[Figure]:
-    from napari_icnn._widgets.settings import ExplainSettings
     from napari_icnn.bundle import load_bundle
     from napari_icnn.data.fov import check_fundus
     from napari_icnn.data.transforms import preprocess
     from napari_icnn.explain import explain
     from napari_icnn.image import FundusImage
     from napari_icnn.layer_data import Placement, evidence_layers, scan_key
+    from napari_icnn.remembered import ExplainSettings
 
     settings = ExplainSettings()
     top_k, threshold = settings.top_k, settings.threshold

@@ -346,7 +346,7 @@ def persisting(tmp_path, monkeypatch):
 
 
 def test_settings_round_trip(persisting):
-    from napari_icnn._widgets.settings import ExplainSettings, load_settings, save_settings
+    from napari_icnn.remembered import ExplainSettings, load_settings, save_settings
 
     assert load_settings() == ExplainSettings()
     chosen = ExplainSettings(model_path="/data/models/dr", top_k=9, threshold=0.35, heat_maps=True)
@@ -362,7 +362,7 @@ def test_settings_round_trip(persisting):
 
 
 def test_damaged_settings_keep_what_is_valid(persisting):
-    from napari_icnn._widgets.settings import ExplainSettings, load_settings
+    from napari_icnn.remembered import ExplainSettings, load_settings
 
     persisting.parent.mkdir(parents=True)
     persisting.write_text(json.dumps({"top_k": 500, "threshold": 0.3, "heat_maps": "yes", "model_path": ""}))
@@ -372,7 +372,7 @@ def test_damaged_settings_keep_what_is_valid(persisting):
 
 
 def test_nopersist_reads_defaults_and_writes_nothing(persisting, monkeypatch):
-    from napari_icnn._widgets.settings import ExplainSettings, load_settings, save_settings
+    from napari_icnn.remembered import ExplainSettings, load_settings, save_settings
 
     save_settings(ExplainSettings(top_k=7))
     monkeypatch.setenv("NAPARI_ICNN_NOPERSIST", "1")
@@ -383,7 +383,7 @@ def test_nopersist_reads_defaults_and_writes_nothing(persisting, monkeypatch):
 
 
 def test_settings_refuse_out_of_range_values():
-    from napari_icnn._widgets.settings import ExplainSettings
+    from napari_icnn.remembered import ExplainSettings
 
     for bad in ({"top_k": 0}, {"top_k": 2.0}, {"threshold": 1.0}, {"threshold": True}, {"heat_maps": 1}):
         with pytest.raises(ValueError):

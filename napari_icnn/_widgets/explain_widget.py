@@ -42,17 +42,17 @@ from napari_icnn._widgets.form import (
 )
 from napari_icnn._widgets.jobs import JobWidget
 from napari_icnn._widgets.legend import EvidenceLegend
-from napari_icnn._widgets.settings import (
+from napari_icnn.bundle import ModelCache, check_model, same_bundle
+from napari_icnn.errors import DeclinedInput, IcnnError
+from napari_icnn.explain_view import STAGES, EvidenceView, ExplainRequest, check_scan, explain_job
+from napari_icnn.layer_data import evidence_info, scan_key
+from napari_icnn.remembered import (
     THRESHOLD_RANGE,
     TOP_K_RANGE,
     ExplainSettings,
     load_settings,
     save_settings,
 )
-from napari_icnn.bundle import ModelCache, check_model, same_bundle
-from napari_icnn.errors import DeclinedInput, IcnnError
-from napari_icnn.explain_view import STAGES, EvidenceView, ExplainRequest, check_scan, explain_job
-from napari_icnn.layer_data import evidence_info, scan_key
 
 if TYPE_CHECKING:
     import napari

@@ -51,12 +51,12 @@ from napari_icnn._widgets.form import (
 )
 from napari_icnn._widgets.jobs import DeviceBadge, StoppableJobWidget, guarded, thin_progress
 from napari_icnn._widgets.plot import MetricsPlot
-from napari_icnn._widgets.settings import load_document, save_document
 from napari_icnn.config import Setting, TrainConfig, setting, settings
 from napari_icnn.data.preflight import DataCheckCache
 from napari_icnn.engine.preflight import check_training
 from napari_icnn.engine.run_folder import OutputFolder, RunFolder, TrainOutcome, inspect_output
 from napari_icnn.progress import EpochEnd, Message, Progress
+from napari_icnn.remembered import load_document, save_document
 
 if TYPE_CHECKING:
     import napari

@@ -1,4 +1,4 @@
-"""The widgets' settings, remembered between sessions.
+"""Form settings remembered between sessions (the Explain and Train widgets read and write them; no Qt).
 
 Small JSON files in the user's config folder (platformdirs): ``explain.json`` holds the Explain
 widget's model path, top-K, region threshold and heat-map toggle; ``train.json`` the Train widget's
@@ -83,6 +83,7 @@ class ExplainSettings:
 
 
 def persist_enabled() -> bool:
+    """Whether settings are remembered: not when ``NAPARI_ICNN_NOPERSIST`` is 1, true, yes or on."""
     return os.environ.get("NAPARI_ICNN_NOPERSIST", "").strip().lower() not in {"1", "true", "yes", "on"}
 
 
