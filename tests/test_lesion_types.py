@@ -245,6 +245,9 @@ def test_lesion_type_figures_score_filters_and_grad_cam_on_the_same_images(lesio
         assert v["images_with"] == with_type and v["images_without"] == len(rows) - with_type
         for key in ("icnn_hit_rate", "gradcam_hit_rate", "coverage_icnn", "coverage_gradcam", "silence_mean"):
             assert v[key] is None or 0.0 <= v[key] <= 1.0
+        # a figure is missing only where no image can score it
+        assert (v["icnn_hit_rate"] is None) == (with_type == 0) == (v["gradcam_hit_rate"] is None), (t, v)
+        assert (v["silence_mean"] is None) == (with_type == len(rows)), (t, v)
     assert doc["top_filter"]["referable_images"] == sum(r["referable"] == "1" for r in rows)
     assert len(doc["firing_thresholds"]) == 10
 
