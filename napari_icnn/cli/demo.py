@@ -11,18 +11,14 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from napari_icnn.config import DEVICES
+from napari_icnn.recipes import RECIPES
 
-# Sizes chosen so the demo trains in under 10 minutes on a 2-core CPU (about 6.5 measured).
-# An ordinary CNN first, then the interpretable fine-tuning that starts from it (the recipe of the shipped model).
-# The same sizes as the shipped model (training/demo_bundle.env): smaller cohorts or inputs gave badly calibrated
-# models (accuracy 0.82 at AUC 1.0) that called the real photograph referable.
-# The ordinary stage's warm-up (half its epochs) is TrainConfig's own default.
-DEMO = dict(n_train=1000, n_val=200, n_test=120, image_size=384, size=256, epochs=16, ft_epochs=8)
-QUICK = dict(n_train=96, n_val=32, n_test=16, image_size=256, size=128, epochs=2, ft_epochs=1)
-FINETUNE_LR = 5e-4
+# The demo trains the shipped model's recipe (napari_icnn.recipes: "demo"; "quick" with --quick): an ordinary
+# CNN first, then the interpretable fine-tuning that starts from it.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_icnn.explain import explain, write_explanation
     from napari_icnn.progress import TextProgress, drain
 
-    p = QUICK if args.quick else DEMO
+    recipe = RECIPES["quick" if args.quick else "demo"]
     out = Path(args.out)
     marker = out / "demo.json"
     if out.exists() and any(out.iterdir()) and not marker.exists():
@@ -64,28 +60,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"replacing the previous demo in {out}")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo.json").write_text(json.dumps({"params": p, "seed": args.seed}))
+    (out / "demo.json").write_text(json.dumps({"recipe": recipe.name, "params": asdict(recipe), "seed": args.seed}))
     started = time.monotonic()
     show = TextProgress()
     s = args.seed
 
     t = _step("1/5  synthetic cohorts (train, validation, test with DICOM)")
-    for name, n, seed, dicom in (("train", p["n_train"], 1000 * s + 1, False), ("val", p["n_val"], 1000 * s + 2, False),
-                                 ("test", p["n_test"], 1000 * s + 3, True)):
-        summary = drain(generate_cohort(out / "data" / name, n, size=p["image_size"], seed=seed, dicom=dicom,
+    for name, n, seed, dicom in (("train", recipe.n_train, 1000 * s + 1, False),
+                                 ("val", recipe.n_val, 1000 * s + 2, False), ("test", recipe.n_test, 1000 * s + 3, True)):
+        summary = drain(generate_cohort(out / "data" / name, n, size=recipe.image_size, seed=seed, dicom=dicom,
                                         workers=2), show)
         print("   " + summary.describe())
     print(f"   {time.monotonic() - t:.0f} s")
 
     t = _step("2/5  training an interpretable CNN (ICNN, VGG-style backbone)")
-    common = dict(data=str(out / "data" / "train"), val=str(out / "data" / "val"), size=p["size"],
-                  device=args.device, seed=s)
+    common = dict(data=str(out / "data" / "train"), val=str(out / "data" / "val"), size=recipe.size,
+                  device=args.device, seed=s, **recipe.train)
     print("   an ordinary CNN first ...")
-    train(TrainConfig(out=str(out / "ordinary"), ordinary=True, epochs=p["epochs"], categories="decision", **common),
-          on_event=show)
+    train(TrainConfig(out=str(out / "ordinary"), ordinary=True, epochs=recipe.epochs, warmup_epochs=recipe.warmup,
+                      categories="decision", **common), on_event=show)
     print("   ... then the interpretable fine-tuning that starts from it")
-    result = train(TrainConfig(out=str(out / "model"), init=str(out / "ordinary"), epochs=p["ft_epochs"],
-                               warmup_epochs=0, lr=FINETUNE_LR, **common), on_event=show)
+    result = train(TrainConfig(out=str(out / "model"), init=str(out / "ordinary"), epochs=recipe.finetune_epochs,
+                               warmup_epochs=0, lr=recipe.finetune_lr, **common), on_event=show)
     train_s = time.monotonic() - t
     print(f"   trained in {train_s:.0f} s (best epoch {result.best_epoch})")
 

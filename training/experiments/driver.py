@@ -46,8 +46,7 @@ def _cohort(path: Path, n: int, size: int, seed: int) -> Generator[Any, None, No
 
 
 def _train(out: Path, data: Path, p: Preset, arch: str, task: str, seed: int, ordinary: bool,
-           device: str, init: Path | None = None, categories: str = "auto",
-           extra: dict[str, Any] | None = None) -> Generator[Any, None, float]:
+           device: str, init: Path | None = None, categories: str = "auto") -> Generator[Any, None, float]:
     """Train one arm. With ``init`` (the ICNN arm when the preset fine-tunes), start from that trained
     ordinary bundle and run ``p.finetune_epochs`` interpretable epochs at ``p.finetune_lr``."""
     from napari_icnn.config import TrainConfig
@@ -55,7 +54,7 @@ def _train(out: Path, data: Path, p: Preset, arch: str, task: str, seed: int, or
 
     if (out / "models" / "model.pt").is_file() and (out / "configs" / "metadata.json").is_file():
         return float(json.loads((out / "checkpoints" / "history.json").read_text())[-1]["seconds"])
-    overrides = {**p.train, **({} if ordinary else p.icnn), **(extra or {})}
+    overrides = {**p.train, **({} if ordinary else p.icnn)}
     schedule: dict[str, Any] = dict(epochs=p.epochs, warmup_epochs=p.warmup)
     if init is not None:
         schedule = dict(epochs=p.finetune_epochs, warmup_epochs=0, lr=p.finetune_lr, init=str(init))
@@ -172,8 +171,7 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
                     # the ordinary CNN and the single-category ICNN predict the referable decision alone
                     categories = {"icnn-types": "lesion-types"}.get(model, "decision" if task == "referable" else "auto")
                     times[f"seed{s}/{name}"] = yield from _train(bundle, data, p, arch, task, s, model == "ordinary",
-                                                                 device, init, categories,
-                                                                 p.types if model == "icnn-types" else None)
+                                                                 device, init, categories)
                     # classification (and calibration) on the whole test cohort; every explainer, the ICNN's
                     # filters included, on the scored subset; filters chosen on the validation cohort
                     runs = [("icnn", data / "test", "classification")]

@@ -1,0 +1,47 @@
+"""Build the model shipped in ``napari_icnn/models/demo`` (``make demo-bundle``, about 25 minutes on a 2-core CPU).
+
+The ``demo`` recipe of :data:`napari_icnn.recipes.RECIPES` (the one ``icnn demo`` trains), on its own cohorts:
+synthetic photographs from seeds 1 (training) and 2 (validation); the tests use other seeds. An ordinary CNN for
+the referable decision alone, then the interpretable fine-tuning that starts from it with TrainConfig's defaults
+(lesion-type filters, a quarter of them label-free). ``python -m training.demo_bundle [--work DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+TRAIN_SEED, VAL_SEED, MODEL_SEED = 1, 2, 0
+SHIPPED = Path(__file__).resolve().parents[1] / "napari_icnn" / "models" / "demo"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate the cohorts, train both stages in ``--work`` and replace the shipped model by the result; 0."""
+    from napari_icnn.config import TrainConfig
+    from napari_icnn.data.synth import generate_cohort
+    from napari_icnn.engine.train import train
+    from napari_icnn.progress import TextProgress, drain
+    from napari_icnn.recipes import RECIPES
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("build/demo-bundle"), help="working folder (replaced)")
+    args = ap.parse_args(argv)
+    r = RECIPES["demo"]
+    shutil.rmtree(args.work, ignore_errors=True)
+    show = TextProgress()
+    for name, n, seed in (("train", r.n_train, TRAIN_SEED), ("val", r.n_val, VAL_SEED)):
+        drain(generate_cohort(args.work / name, n, size=r.image_size, seed=seed), show)
+    common = dict(data=str(args.work / "train"), val=str(args.work / "val"), size=r.size, seed=MODEL_SEED, **r.train)
+    train(TrainConfig(out=str(args.work / "ordinary"), ordinary=True, epochs=r.epochs, warmup_epochs=r.warmup,
+                      categories="decision", **common), on_event=show)
+    train(TrainConfig(out=str(args.work / "icnn"), init=str(args.work / "ordinary"), epochs=r.finetune_epochs,
+                      warmup_epochs=0, lr=r.finetune_lr, categories="lesion-types", **common), on_event=show)
+    shutil.rmtree(SHIPPED, ignore_errors=True)
+    shutil.copytree(args.work / "icnn", SHIPPED, ignore=shutil.ignore_patterns("checkpoints"))
+    print(f"shipped model replaced: {SHIPPED}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
