@@ -125,3 +125,23 @@ def test_the_run_reports_an_output_folder_that_turned_into_a_file_in_the_same_wo
     with pytest.raises(ConfigError) as err:
         _output_folder(str(a_file))
     assert str(err.value) == out_problem(str(a_file)) and err.value.field == "out"
+
+
+def test_every_batch_setting_is_described_once_for_the_command_line_and_the_widget(capsys):
+    from dataclasses import fields
+
+    from napari_icnn.batch.config import BatchConfig, batch_setting
+    from napari_icnn.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["infer", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in fields(BatchConfig):
+        st = batch_setting(f.name)
+        assert st.label and st.help and st.flag, f.name
+        assert st.flag in text and " ".join(st.help.split())[:40] in text, f.name
+        if f.type in ("int", int):
+            low, high = st.bounds
+            assert low <= st.default <= high, f.name
+    with pytest.raises(KeyError):
+        batch_setting("no_such_setting")

@@ -49,7 +49,7 @@ from napari_icnn._widgets.form import (
     tool_button,
 )
 from napari_icnn._widgets.jobs import DeviceBadge, StoppableJobWidget, guarded, thin_progress
-from napari_icnn.batch.config import BatchCounts
+from napari_icnn.batch.config import BatchCounts, batch_setting
 from napari_icnn.progress import Message, Progress
 
 if TYPE_CHECKING:
@@ -115,30 +115,25 @@ class BatchWidget(StoppableJobWidget):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
 
         self.inputs_list = QListWidget()
-        self.inputs_list.setToolTip(
-            "Files and folders to run on; folders are searched recursively and DICOM "
-            "is recognised by content (IM0001 without a suffix is fine)"
-        )
+        self.inputs_list.setToolTip(_tip("inputs"))
         self.inputs_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.inputs_list.setMaximumHeight(78)
         self.add_folder_button = tool_button("Add folder…", "Add a folder (searched recursively)")
         self.add_files_button = tool_button("Add files…", "Add single files")
         self.remove_button = tool_button("Remove", "Remove the selected inputs")
         self.inputs_message = message_label()
-        form.addRow("Inputs", self.inputs_list)
+        form.addRow(batch_setting("inputs").label, self.inputs_list)
         form.addRow(
             "", hbox(self.add_folder_button, self.add_files_button, self.remove_button, stretch_first=False)
         )
         form.addRow("", self.inputs_message)
 
         self.out_edit = QLineEdit()
-        self.out_edit.setPlaceholderText("results folder (created; reused to resume)")
-        self.out_edit.setToolTip(
-            "Results and summary.csv go here; running again into it skips the files done"
-        )
+        self.out_edit.setPlaceholderText(batch_setting("out").placeholder)
+        self.out_edit.setToolTip(_tip("out"))
         self.out_browse = tool_button("…", "Choose or create the output folder")
         self.out_message = message_label()
-        form.addRow("Output folder", hbox(self.out_edit, self.out_browse))
+        form.addRow(batch_setting("out").label, hbox(self.out_edit, self.out_browse))
         form.addRow("", self.out_message)
 
         self.model_edit, self.model_browse, self.model_default, self.model_message = model_field(
@@ -149,42 +144,31 @@ class BatchWidget(StoppableJobWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
         self.device_combo.setCurrentText(defaults["device"])
-        self.device_combo.setToolTip("auto: CUDA when present, else the CPU")
+        self.device_combo.setToolTip(_tip("device"))
         self.device_badge = DeviceBadge()
         self.device_message = message_label()
-        form.addRow("Device", hbox(self.device_combo, self.device_badge))
+        form.addRow(batch_setting("device").label, hbox(self.device_combo, self.device_badge))
         form.addRow("", self.device_message)
 
-        self.workers_spin = _spin(
-            0, max(64, 4 * usable_cores()), defaults["workers"],
-            "Processes that decode inputs and write outputs while the network runs (0: all in this process; "
-            f"about the number of cores, here {usable_cores()})",
-        )
-        form.addRow("Workers", self.workers_spin)
+        self.workers_spin = _spin("workers", defaults["workers"], f" (here {usable_cores()} cores)")
+        form.addRow(batch_setting("workers").label, self.workers_spin)
         self.scheduler_edit = QLineEdit()
-        self.scheduler_edit.setPlaceholderText("empty: this machine · tcp://host:8786")
-        self.scheduler_edit.setToolTip(
-            "Address of a Dask scheduler to run the batch on its cluster instead of here (needs the "
-            "'distributed' package; every worker must see the input and output folders at the same paths)"
-        )
+        self.scheduler_edit.setPlaceholderText(batch_setting("scheduler").placeholder)
+        self.scheduler_edit.setToolTip(_tip("scheduler"))
         self.scheduler_message = message_label()
-        form.addRow("Dask scheduler", self.scheduler_edit)
+        form.addRow(batch_setting("scheduler").label, self.scheduler_edit)
         form.addRow("", self.scheduler_message)
-        self.batch_spin = _spin(1, 1024, defaults["batch"], "Images per forward pass of the network (16-64 on a GPU)")
-        form.addRow("Batch size", self.batch_spin)
-        self.top_k_spin = _spin(
-            1, 64, defaults["top_k"],
-            "Filters reported per image in each group (evidence, anatomy context, possible artefacts): "
-            "SEG segments, SR groups, sheet tiles, JSON entries",
-        )
-        form.addRow("Filters reported", self.top_k_spin)
+        self.batch_spin = _spin("batch", defaults["batch"])
+        form.addRow(batch_setting("batch").label, self.batch_spin)
+        self.top_k_spin = _spin("top_k", defaults["top_k"])
+        form.addRow(batch_setting("top_k").label, self.top_k_spin)
 
         self.format_checks: dict[str, QCheckBox] = {}
         for name in FORMATS:
             box = self.format_checks[name] = QCheckBox(FORMAT_NAMES.get(name, name))
             box.setChecked(True)
             box.setToolTip(FORMAT_HELP.get(name, ""))
-        form.addRow("Formats", hbox(*self.format_checks.values(), stretch_first=False))
+        form.addRow(batch_setting("formats").label, hbox(*self.format_checks.values(), stretch_first=False))
         root.addWidget(self.form_box)
 
         self.run_button = QPushButton("Run")
@@ -445,9 +429,18 @@ class BatchWidget(StoppableJobWidget):
         table.setFixedHeight(rows_height + header.sizeHint().height() + 2 * table.frameWidth())
 
 
-def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
+def _tip(name: str) -> str:
+    """A setting's help as a tooltip (the command line's words, capitalised)."""
+    text = batch_setting(name).help
+    return text[:1].upper() + text[1:]
+
+
+def _spin(name: str, value: int, note: str = "") -> QSpinBox:
+    """A spin box for the integer setting ``name``, limited as :class:`BatchConfig` says."""
+    bounds = batch_setting(name).bounds
+    assert bounds is not None, f"{name} has no limits"
     box = QSpinBox()
-    box.setRange(low, high)
+    box.setRange(*bounds)
     box.setValue(value)
-    box.setToolTip(tip)
+    box.setToolTip(_tip(name) + note)
     return box

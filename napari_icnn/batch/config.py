@@ -4,8 +4,8 @@ and what it did (:class:`BatchSummary`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
 from napari_icnn.batch.preflight import NO_INPUTS, NO_OUT
 from napari_icnn.config import DEVICES
@@ -15,7 +15,7 @@ from napari_icnn.progress import Progress
 if TYPE_CHECKING:
     from napari_icnn.batch.summary import Row
 
-__all__ = ["FORMATS", "DICOM_FORMATS", "FORMAT_NAMES", "FORMAT_HELP", "PROGRESS_STAGE", "BatchConfig", "BatchCounts", "BatchSummary", "parse_formats"]
+__all__ = ["FORMATS", "DICOM_FORMATS", "FORMAT_NAMES", "FORMAT_HELP", "PROGRESS_STAGE", "BatchConfig", "BatchCounts", "BatchSummary", "BatchSetting", "batch_setting", "parse_formats"]
 
 FORMATS: tuple[str, ...] = ("seg", "sr", "png", "json")
 """Every output format, in the order they are listed."""
@@ -53,6 +53,33 @@ def parse_formats(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(f for f in FORMATS if f in names)
 
 
+def _meta(flag: str, label: str, help: str, **kw: Any) -> dict[str, Any]:
+    return {"flag": flag, "label": label, "help": help, **kw}
+
+
+@dataclass(frozen=True)
+class BatchSetting:
+    """One batch setting as the command line and the Batch widget offer it: flag, label, help, limits."""
+
+    name: str
+    flag: str
+    label: str
+    help: str
+    default: Any
+    bounds: tuple[int, int] | None = None
+    choices: tuple[str, ...] | None = None
+    placeholder: str = ""
+
+
+def batch_setting(name: str) -> BatchSetting:
+    """The :class:`BatchConfig` field ``name`` described for a form or a command line (``KeyError``: no field)."""
+    f = {f.name: f for f in fields(BatchConfig)}[name]
+    m = f.metadata
+    default = None if f.default is MISSING else f.default
+    return BatchSetting(name, m["flag"], m["label"], m["help"], default, m.get("bounds"), m.get("choices"),
+                        m.get("placeholder", ""))
+
+
 @dataclass(frozen=True)
 class BatchConfig:
     """One batch inference run.
@@ -61,24 +88,31 @@ class BatchConfig:
     and top-K, a non-negative worker count and known formats (lists are stored as tuples).
     """
 
-    inputs: tuple[str, ...]
-    """Files and folders (searched recursively) to run on."""
-    out: str
-    """Output folder: results, ``summary.csv``; created when missing."""
-    model: str | None = None
-    """Model bundle folder; the default bundle when ``None``."""
-    device: str = "auto"
-    batch: int = 8
-    """Images per forward pass of the network."""
-    workers: int = 1
-    """Processes that decode inputs and write outputs beside the inference process (0: all in one)."""
-    scheduler: str | None = None
-    """Address of a Dask scheduler (``tcp://host:8786``) to run on a cluster instead."""
-    formats: tuple[str, ...] | None = None
-    """Subset of :data:`FORMATS`; ``None``: every format that applies to each input."""
-    top_k: int = 5
-    """Filters reported per image in each group, evidence, context and possible artefacts (SEG segments, SR
-    groups, sheet tiles, JSON entries)."""
+    inputs: tuple[str, ...] = field(metadata=_meta(
+        "INPUT", "Inputs", "files and folders to run on; folders are searched recursively and DICOM is recognised "
+        "by content (IM0001 without a suffix is fine)"))
+    out: str = field(metadata=_meta(
+        "--out", "Output folder", "output folder: results and summary.csv (created; running again into it skips "
+        "the files done)", placeholder="results folder (created; reused to resume)"))
+    model: str | None = field(default=None, metadata=_meta(
+        "--model", "Model", "model bundle folder (default: the shipped demo model)"))
+    device: str = field(default="auto", metadata=_meta(
+        "--device", "Device", "auto: CUDA when present, else the CPU", choices=DEVICES))
+    batch: int = field(default=8, metadata=_meta(
+        "--batch", "Batch size", "images per forward pass of the network (16-64 on a GPU)", bounds=(1, 1024)))
+    workers: int = field(default=1, metadata=_meta(
+        "--workers", "Workers", "processes that decode inputs and write outputs while the network runs (0: all in "
+        "one process; about the number of cores)", bounds=(0, 256)))
+    scheduler: str | None = field(default=None, metadata=_meta(
+        "--scheduler", "Dask scheduler", "address of a Dask scheduler (tcp://host:8786) to run on its cluster "
+        "instead of here (needs the 'distributed' package; every worker must see the input and output folders at "
+        "the same paths)", placeholder="empty: this machine · tcp://host:8786"))
+    formats: tuple[str, ...] | None = field(default=None, metadata=_meta(
+        "--formats", "Formats", "comma-separated subset of seg,sr,png,json (default: all that apply; seg and sr "
+        "for DICOM inputs only)"))
+    top_k: int = field(default=5, metadata=_meta(
+        "--top-k", "Filters reported", "filters reported per image in each group, evidence, anatomy context and "
+        "possible artefacts (SEG segments, SR groups, sheet tiles, JSON entries)", bounds=(1, 64)))
 
     def __post_init__(self) -> None:
         inputs = (self.inputs,) if isinstance(self.inputs, str) else tuple(self.inputs or ())

@@ -19,8 +19,6 @@ import argparse
 import sys
 from typing import Any
 
-from napari_icnn.config import DEVICES
-
 EXIT_DISK_FULL = 4
 """The run stopped because the output folder's disk is full; with space, the same command resumes."""
 
@@ -33,19 +31,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="files and folders (searched recursively)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
-    p.add_argument("--model", default=None, metavar="BUNDLE", help="model bundle folder (default: the demo model)")
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--batch", type=int, default=8, metavar="B", help="images per forward pass (default 8)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="processes decoding inputs and writing outputs (default 1; 0: none; about the number of cores)")
-    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run on a Dask cluster, e.g. tcp://scheduler:8786 (shared file system needed)")
-    p.add_argument("--formats", default=None, metavar="LIST",
-                   help="comma-separated subset of seg,sr,png,json (default: all that apply; seg,sr for DICOM only)")
-    p.add_argument("--top-k", type=int, default=5, metavar="K",
-                   help="filters reported per image in each group: evidence, context, possible artefacts (default 5)")
+    from napari_icnn.batch.config import batch_setting
+
+    def opt(name: str, metavar: str | None = None, **kw: Any) -> None:
+        # flag, help, default and choices from BatchConfig's fields: the Batch widget reads the same
+        st = batch_setting(name)
+        default = f" (default {st.default})" if st.default is not None and not st.choices else ""
+        p.add_argument(st.flag, dest=name, default=st.default, metavar=metavar, help=st.help + default,
+                       **({"choices": st.choices} if st.choices else {}), **kw)
+
+    inputs = batch_setting("inputs")
+    p.add_argument("inputs", nargs="*", metavar=inputs.flag, help=inputs.help)
+    opt("out", "DIR", required=True)
+    opt("model", "BUNDLE")
+    opt("device")
+    opt("batch", "B", type=int)
+    opt("workers", "N", type=int)
+    opt("scheduler", "ADDRESS")
+    opt("formats", "LIST")
+    opt("top_k", "K", type=int)
     pacs = p.add_argument_group("PACS")
     pacs.add_argument("--from", dest="source", default=None, metavar="URL",
                       help="pull the inputs from a PACS: dicomweb+http(s)://HOST:PORT/PATH or dimse://AET@HOST:PORT")
