@@ -39,7 +39,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-# The whole suite (about 10 minutes on a 2-core CPU) with a line-coverage report; pytest's exit code 5 (no
+# The whole suite (about 13 minutes on a 2-core CPU) with a line-coverage report; pytest's exit code 5 (no
 # tests ran) fails it, and so does coverage below the floor in pyproject.toml ([tool.coverage.report]).
 test: system-deps venv lint
 	$(PY) -m pytest --cov=napari_icnn --cov-report=term:skip-covered $(PYTEST_ARGS)

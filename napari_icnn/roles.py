@@ -56,13 +56,16 @@ def role_of(category: str | None, part: str | None, strength: float, fov_radius:
     elif anatomy:
         flags.append("category filter that learned anatomy")
     active = strength >= MIN_STRENGTH
-    if active and not inside_scan:
+    # A peak beyond the photograph's pixels (the padding of a field of view the frame cuts) is never evidence
+    # or context, however weak: no reader can look there, and a DICOM SR cannot point there.
+    if not inside_scan:
         flags.append("peak outside the photograph")
-    elif active and not fov_radius <= 1.0:
+        return Role(ARTEFACT, tuple(flags))
+    if active and not fov_radius <= 1.0:
         flags.append("peak outside the field of view")
     elif active and fov_radius > RIM:
         flags.append("peak on the field-of-view rim")
-    if active and (not inside_scan or not fov_radius <= RIM):
+    if active and not fov_radius <= RIM:
         return Role(ARTEFACT, tuple(flags))
     if category in (None, FREE_CATEGORY) or anatomy:
         return Role(CONTEXT, tuple(flags))

@@ -105,3 +105,13 @@ def test_explanation_json_groups_the_filters(retina_explanation):
     assert [e["id"] for e in doc["evidence"]] == [f.id for f in expl.evidence(5)]
     assert [e["id"] for e in doc["context"]] == [f.id for f in expl.context(5)]
     assert all(e["role"] == "possible artefact" and e["flags"] for e in doc["possible_artefacts"])
+
+
+def test_a_peak_beyond_the_photograph_is_never_evidence_however_weak():
+    from napari_icnn.roles import ARTEFACT, role_of
+
+    # a 4-px map's corner cell can lie in the padding of a field of view the frame cuts
+    for strength in (0.0, 0.05, 5.0):
+        for category, part in (("HE", None), ("free", "fovea"), ("SE", "optic_disc")):
+            role = role_of(category, part, strength, fov_radius=0.99, inside_scan=False)
+            assert role.role == ARTEFACT and "peak outside the photograph" in role.flags, (strength, category)
