@@ -66,8 +66,10 @@ class Geometry:
 
     @classmethod
     def from_fov(cls, fov: FOV, scan_shape: tuple[int, int], size: int) -> Geometry:
-        """The bounding square of a FOV circle, resized to ``size``."""
-        return cls(scan_shape, fov.cx + 0.5 - fov.radius, fov.cy + 0.5 - fov.radius, 2 * fov.radius, size)
+        """The square the model sees of a field of view (:meth:`FOV.bounding_square`: a circle's bounding
+        square, a rimless field's centred bounding square), resized to ``size``."""
+        x0, y0, side = fov.bounding_square()
+        return cls(scan_shape, x0, y0, side, size)
 
     @property
     def scale(self) -> float:

@@ -1,8 +1,8 @@
 """Fundus preprocessing and the MONAI transforms built on it.
 
 :func:`preprocess` is the one preprocessing path (training, explanation, batch inference):
-crop the FOV's bounding square, resize anti-aliased, normalise each channel inside the FOV to
-zero mean and unit standard deviation, 0 outside. Normalising per photograph is what carries
+crop the FOV's bounding square (a rimless field's centred bounding square), resize anti-aliased,
+normalise each channel inside the field of view (of any shape) to zero mean and unit standard deviation, 0 outside. Normalising per photograph is what carries
 a model across cameras (and from synthetic to real photographs): it removes exposure and
 colour balance while keeping the structure.
 
@@ -50,6 +50,9 @@ _MASK_LEVEL = 0.25
 def preprocess(rgb: np.ndarray, size: int, fov: FOV | None = None) -> tuple[np.ndarray, Geometry, np.ndarray]:
     """Crop to the FOV's bounding square, resize and normalise one photograph.
 
+    The square is :meth:`FOV.bounding_square`: a circle's (clipped or not) bounding square, or for a
+    rimless photograph the frame's centred bounding square, padded with 0 beyond the scan.
+
     Parameters
     ----------
     rgb
@@ -66,7 +69,7 @@ def preprocess(rgb: np.ndarray, size: int, fov: FOV | None = None) -> tuple[np.n
     geometry
         The crop and resize, invertible (:class:`~napari_icnn.data.geometry.Geometry`).
     fov_mask
-        ``(size, size)`` bool: model pixels inside the FOV circle and inside the scan.
+        ``(size, size)`` bool: model pixels inside the field of view (any shape) and inside the scan.
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -87,15 +90,18 @@ def preprocess(rgb: np.ndarray, size: int, fov: FOV | None = None) -> tuple[np.n
 
 
 def model_fov_mask(fov: FOV, geometry: Geometry) -> np.ndarray:
-    """``(size, size)`` bool: model pixels whose centres fall inside the FOV circle and inside the scan."""
+    """``(size, size)`` bool: model pixels whose centres fall in the field of view and inside the scan.
+
+    The field of any shape (:meth:`FOV.contains`): a clipped or rimless field's pixels in the frame are
+    inside, the padding beyond the frame outside.
+    """
     k = np.arange(geometry.size, dtype=np.float64)
     xs = (k + 0.5) * geometry.scale + geometry.x0 - 0.5
     ys = (k + 0.5) * geometry.scale + geometry.y0 - 0.5
     h, w = geometry.scan_shape
     in_x = (xs >= -0.5) & (xs < w - 0.5)
     in_y = (ys >= -0.5) & (ys < h - 0.5)
-    circle = (ys[:, None] - fov.cy) ** 2 + (xs[None, :] - fov.cx) ** 2 <= fov.radius**2
-    return circle & in_y[:, None] & in_x[None, :]
+    return fov.contains(xs[None, :], ys[:, None]) & in_y[:, None] & in_x[None, :]
 
 
 def read_mask(path: str, shape: tuple[int, int] | None = None) -> np.ndarray:
