@@ -52,7 +52,7 @@ def make_op_files(folder: Path, n: int, side: int, distinct: int = 6) -> list[Pa
     from napari_icnn.dicom.op_writer import write_op
 
     folder.mkdir(parents=True, exist_ok=True)
-    images = [generate_fundus(s, size=side).image for s in range(distinct)]
+    images = [generate_fundus(s, size=side, look="clean").image for s in range(distinct)]
     paths = []
     for i in range(n):
         path = folder / f"IM{i:05d}.dcm"
@@ -71,7 +71,7 @@ def _copies(folder: Path, n: int, side: int) -> None:
     blobs = []
     for s in range(4):
         p = folder / f"seed{s}.png"
-        Image.fromarray(generate_fundus(s, size=side).image).save(p)
+        Image.fromarray(generate_fundus(s, size=side, look="clean").image).save(p)
         blobs.append(p.read_bytes())
         p.unlink()
     for i in range(n):

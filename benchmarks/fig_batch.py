@@ -74,7 +74,7 @@ def _png_files(folder, n: int, side: int, distinct: int = 6) -> list:
     blobs = []
     for s in range(distinct):
         buf = io.BytesIO()
-        Image.fromarray(generate_fundus(s, size=side).image).save(buf, format="PNG", compress_level=1)
+        Image.fromarray(generate_fundus(s, size=side, look="clean").image).save(buf, format="PNG", compress_level=1)
         blobs.append(buf.getvalue())
     paths = []
     for i in range(n):

@@ -60,7 +60,7 @@ def photograph() -> tuple[Any, str]:
     except Exception as exc:  # noqa: BLE001 - any failure to provide the file: use a stand-in, and say so
         from napari_icnn.data.synth import generate_fundus
 
-        return generate_fundus(0, size=1411).image, f"a synthetic 1411 px photograph (no skimage retina: {exc})"
+        return generate_fundus(0, size=1411, look="clean").image, f"a synthetic 1411 px photograph (no skimage retina: {exc})"
 
 
 def display_missing() -> str | None:

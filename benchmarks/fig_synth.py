@@ -23,6 +23,6 @@ def run(ctx: Context) -> Iterator[Figure]:
 
     n = 4 if ctx.quick else 32
     ctx.log(f"synthetic cohort: {n} images of {SIZE} px, 1 worker")
-    summary = drain(generate_cohort(ctx.workdir / "cohort", n, size=SIZE, seed=0, workers=1))
+    summary = drain(generate_cohort(ctx.workdir / "cohort", n, size=SIZE, seed=0, workers=1, look="clean"))
     yield Figure("synth_images_per_s_512", summary.n / summary.seconds, unit="images/s",
                  note=f"{n} images, 1 worker, masks and PNG files written")

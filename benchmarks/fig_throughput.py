@@ -76,7 +76,7 @@ def run(ctx: Context) -> Iterator[Figure]:
                                                                    cores=ctx.cores)
     gen_workers = min(8, ctx.cores) if ctx.cores >= 4 else 1
     ctx.log(f"training data: {n_images} synthetic photographs of 512 px ({gen_workers} worker(s))")
-    drain(generate_cohort(ctx.workdir / "cohort", n_images, size=512, seed=0, workers=gen_workers))
+    drain(generate_cohort(ctx.workdir / "cohort", n_images, size=512, seed=0, workers=gen_workers, look="clean"))
     records = list(discover(ctx.workdir / "cohort", "synth").records)
     dataset = make_dataset(records, size=cfg.size, task=cfg.task, augment=cfg.augment, cache=cfg.cache)
 

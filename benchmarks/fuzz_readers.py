@@ -94,7 +94,7 @@ def _fundus(seed: int) -> Any:
 
     from napari_icnn.data.synth import generate_fundus
 
-    image = generate_fundus(seed, size=96).image
+    image = generate_fundus(seed, size=96, look="clean").image
     return np.ascontiguousarray(image[12 : 12 + _SIDE[0], : _SIDE[1]])
 
 

@@ -48,7 +48,7 @@ def synthetic_fundus() -> list[LayerData]:
     """
     from napari_icnn.data.synth import generate_fundus
 
-    fundus = generate_fundus(SYNTHETIC_SEED, size=SYNTHETIC_SIZE)
+    fundus = generate_fundus(SYNTHETIC_SEED, size=SYNTHETIC_SIZE, look="clean")
     eye = fundus.labels["laterality"]
     source = f"synthetic fundus (seed {SYNTHETIC_SEED})"
     image = FundusImage(pixels=fundus.image, source=source, laterality=eye)

@@ -37,6 +37,9 @@ class Recipe:
     finetune_lr: float = 5e-4
     train: Mapping[str, Any] = field(default_factory=dict)
     """Further :class:`~napari_icnn.config.TrainConfig` settings of both stages."""
+    look: str = "clean"
+    """Look of the generated photographs (``clean`` or ``realistic``, see
+    :func:`~napari_icnn.data.synth.generate_cohort`); the shipped model was trained on ``clean``."""
 
 
 # demo: smaller cohorts or inputs gave badly calibrated models (accuracy 0.82 at AUC 1.0) that called the real

@@ -46,7 +46,7 @@ def cohort(tmp_path_factory):
     from napari_icnn.data.synth import write_cohort
 
     root = tmp_path_factory.mktemp("calibration-cohort")
-    write_cohort(root, 16, size=96, seed=43)
+    write_cohort(root, 16, size=96, seed=43, look="clean")
     return root
 
 

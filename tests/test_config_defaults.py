@@ -182,7 +182,7 @@ def small_cohort(tmp_path_factory):
     from napari_icnn.data.synth import write_cohort
 
     root = tmp_path_factory.mktemp("small") / "cohort"
-    write_cohort(root, 12, size=96, seed=303)
+    write_cohort(root, 12, size=96, seed=303, look="clean")
     return root
 
 

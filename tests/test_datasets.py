@@ -26,7 +26,7 @@ SIZE = 64
 def synth(tmp_path_factory) -> Path:
     """Six photographs in the synthetic generator's layout (images/, masks/<part>/, labels.csv)."""
     root = tmp_path_factory.mktemp("synth")
-    write_cohort(root, 6, size=128, seed=0)
+    write_cohort(root, 6, size=128, seed=0, look="clean")
     return root
 
 

@@ -17,7 +17,7 @@ def metrics(tmp_path_factory):
     from napari_icnn.engine.evaluate import evaluate
 
     cohort = tmp_path_factory.mktemp("unseen") / "cohort"
-    write_cohort(cohort, 160, size=384, seed=9173, workers=2)
+    write_cohort(cohort, 160, size=384, seed=9173, workers=2, look="clean")
     return evaluate(str(SHIPPED), str(cohort), batch=16, device="cpu")
 
 

@@ -70,7 +70,7 @@ def _mkdir(p: Path) -> Path:
 
 
 def test_synth_layout(tmp_path):
-    write_cohort(tmp_path, 4, size=64, seed=0)
+    write_cohort(tmp_path, 4, size=64, seed=0, look="clean")
     spec = discover(tmp_path)
     assert isinstance(spec, DataSpec)
     assert spec.format == "synth" and spec.root == str(tmp_path.resolve())
@@ -202,7 +202,7 @@ def test_dicom_folder_without_csv_is_unlabelled(tmp_path):
 
 
 def test_explicit_format_is_honoured(tmp_path):
-    write_cohort(tmp_path, 1, size=64)
+    write_cohort(tmp_path, 1, size=64, look="clean")
     with pytest.raises(InputError, match="IDRiD masks"):
         discover(tmp_path, "idrid-seg")
     with pytest.raises(ConfigError, match="unknown data format 'idrid'.*synth, idrid-seg"):
@@ -231,7 +231,7 @@ def test_missing_and_empty_and_unknown(tmp_path):
 
 
 def test_csv_missing_column_names_column_and_file(tmp_path):
-    write_cohort(tmp_path, 1, size=64)
+    write_cohort(tmp_path, 1, size=64, look="clean")
     table = _write_csv(tmp_path / "t.csv", ["path", "grade"], [["images/s0_00000.png", 1]])
     with pytest.raises(InputError, match="missing column 'label'") as info:
         discover(table, "csv")
@@ -259,7 +259,7 @@ def test_listed_image_missing_is_named(tmp_path):
     table = _write_csv(tmp_path / "t.csv", ["path", "label"], [["a.png", 1], ["gone/b.png", 0]])
     with pytest.raises(InputError, match="line 3: photograph 'gone/b.png' not found"):
         discover(table)
-    write_cohort(tmp_path / "s", 2, size=64)
+    write_cohort(tmp_path / "s", 2, size=64, look="clean")
     (tmp_path / "s" / "images" / "s0_00001.png").unlink()
     with pytest.raises(InputError, match="line 3: photograph for id 's0_00001' not found"):
         discover(tmp_path / "s")
@@ -270,7 +270,7 @@ def test_duplicate_ids_are_refused(tmp_path):
     table = _write_csv(tmp_path / "t.csv", ["path", "label"], [["a.png", 1], ["a.png", 0]])
     with pytest.raises(InputError, match="line 3: duplicate id 'a' \\(first at line 2\\)"):
         discover(table)
-    write_cohort(tmp_path / "s", 1, size=64)
+    write_cohort(tmp_path / "s", 1, size=64, look="clean")
     with open(tmp_path / "s" / "labels.csv") as f:
         lines = f.read().splitlines()
     (tmp_path / "s" / "labels.csv").write_text("\n".join([*lines, lines[1]]) + "\n")

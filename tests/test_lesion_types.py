@@ -162,8 +162,8 @@ def lesion_cohorts(tmp_path_factory):
     from napari_icnn.progress import drain
 
     root = tmp_path_factory.mktemp("lesion-types")
-    drain(generate_cohort(root / "train", 40, size=128, seed=7101))
-    drain(generate_cohort(root / "val", 24, size=128, seed=7102))
+    drain(generate_cohort(root / "train", 40, size=128, seed=7101, look="clean"))
+    drain(generate_cohort(root / "val", 24, size=128, seed=7102, look="clean"))
     return root
 
 

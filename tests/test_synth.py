@@ -289,7 +289,7 @@ def _all_bytes(root: Path) -> dict[str, bytes]:
 def test_cohort_layout_labels_and_masks_on_disk(tmp_path):
     out = tmp_path / "cohort"
     events = []
-    gen = generate_cohort(out, 5, size=128, seed=4)
+    gen = generate_cohort(out, 5, size=128, seed=4, look="clean")
     while True:
         try:
             events.append(next(gen))
@@ -326,12 +326,12 @@ def test_cohort_layout_labels_and_masks_on_disk(tmp_path):
 
 
 def test_cohorts_are_byte_identical_for_a_seed_and_any_worker_count(tmp_path):
-    one = write_cohort(tmp_path / "one", 4, size=96, seed=2)
-    two = write_cohort(tmp_path / "two", 4, size=96, seed=2, workers=2)
+    one = write_cohort(tmp_path / "one", 4, size=96, seed=2, look="clean")
+    two = write_cohort(tmp_path / "two", 4, size=96, seed=2, workers=2, look="clean")
     assert one.grade_counts == two.grade_counts
     a, b = _all_bytes(tmp_path / "one"), _all_bytes(tmp_path / "two")
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
-    write_cohort(tmp_path / "other", 4, size=96, seed=3)
+    write_cohort(tmp_path / "other", 4, size=96, seed=3, look="clean")
     c = _all_bytes(tmp_path / "other")
     assert not set(a) & set(c) - {"labels.csv", "cohort.json"}  # ids differ across seeds
     first_a = np.asarray(Image.open(tmp_path / "one" / "images" / "s2_00000.png"))
@@ -344,24 +344,24 @@ def test_a_non_empty_foreign_folder_is_refused_and_left_alone(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("precious")
     with pytest.raises(InputError) as err:
-        write_cohort(out, 2, size=64)
+        write_cohort(out, 2, size=64, look="clean")
     assert str(out) in str(err.value) and "not empty" in str(err.value)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    write_cohort(out, 2, size=64, overwrite=True)
+    write_cohort(out, 2, size=64, overwrite=True, look="clean")
     assert (out / "notes.txt").read_text() == "precious" and (out / "labels.csv").is_file()
     afile = tmp_path / "file"
     afile.write_text("x")
     with pytest.raises(InputError, match="not a folder"):
-        write_cohort(afile, 1, size=64)
+        write_cohort(afile, 1, size=64, look="clean")
 
 
 def test_a_previous_cohort_is_replaced_without_leftovers(tmp_path):
     pytest.importorskip("napari_icnn.dicom.op_writer")
     out = tmp_path / "c"
-    write_cohort(out, 4, size=64, seed=1, dicom=True)
+    write_cohort(out, 4, size=64, seed=1, dicom=True, look="clean")
     assert len(list((out / "dicom").glob("*.dcm"))) == 4
     (out / "README.txt").write_text("kept")
-    write_cohort(out, 2, size=64, seed=1)
+    write_cohort(out, 2, size=64, seed=1, look="clean")
     assert not list((out / "dicom").glob("*.dcm"))
     _, rows = _read_labels(out)
     assert [r["id"] for r in rows] == ["s1_00000", "s1_00001"]
@@ -374,7 +374,7 @@ def test_a_previous_cohort_is_replaced_without_leftovers(tmp_path):
 def test_cohort_arguments_are_checked_before_anything_is_written(tmp_path, kwargs):
     n = kwargs.pop("n")
     with pytest.raises(ConfigError):
-        write_cohort(tmp_path / "x", n, **kwargs)
+        write_cohort(tmp_path / "x", n, **kwargs, look="clean")
     assert not (tmp_path / "x").exists()
 
 
@@ -396,7 +396,7 @@ def test_cli_refuses_a_foreign_folder_with_a_clear_message(tmp_path, capsys):
     out = tmp_path / "data"
     out.mkdir()
     (out / "scan.jpg").write_bytes(b"not a cohort")
-    code = main(["synth", str(out), "--n", "2", "--size", "64"])
+    code = main(["synth", str(out), "--n", "2", "--size", "64", "--look", "clean"])
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("icnn synth: error:") and str(out) in err and "--overwrite" in err
@@ -410,8 +410,8 @@ def test_cli_refuses_a_foreign_folder_with_a_clear_message(tmp_path, capsys):
 def test_dicom_copies_read_back_with_laterality_size_and_stable_uids(tmp_path):
     pytest.importorskip("napari_icnn.dicom.op_writer")
     pydicom = pytest.importorskip("pydicom")
-    write_cohort(tmp_path / "a", 3, size=128, seed=6, dicom=True)
-    write_cohort(tmp_path / "b", 3, size=128, seed=6, dicom=True)
+    write_cohort(tmp_path / "a", 3, size=128, seed=6, dicom=True, look="clean")
+    write_cohort(tmp_path / "b", 3, size=128, seed=6, dicom=True, look="clean")
     columns, rows = _read_labels(tmp_path / "a")
     assert {"dicom_path", "sop_instance_uid"} <= set(columns)
     for i, row in enumerate(rows):

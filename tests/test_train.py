@@ -25,8 +25,8 @@ SMALL = dict(size=64, batch=8, n_filters=8, width=8, cache="memory", augment=Tru
 @pytest.fixture(scope="module")
 def cohorts(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohorts")
-    write_cohort(root / "train", 48, size=128, seed=101)
-    write_cohort(root / "val", 16, size=128, seed=102)
+    write_cohort(root / "train", 48, size=128, seed=101, look="clean")
+    write_cohort(root / "val", 16, size=128, seed=102, look="clean")
     return root
 
 

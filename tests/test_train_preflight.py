@@ -31,7 +31,7 @@ from napari_icnn.errors import ConfigError, InputError
 
 def write_cohorts(root):
     """A synthetic cohort (grades and lesion labels), a CSV set with grades only, and a folder of no data."""
-    write_cohort(root / "train", 24, size=96, seed=11)
+    write_cohort(root / "train", 24, size=96, seed=11, look="clean")
     images = sorted((root / "train" / "images").iterdir())[:12]
     (root / "graded").mkdir()
     (root / "graded" / "labels.csv").write_text(

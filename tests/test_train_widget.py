@@ -33,8 +33,8 @@ pytest_plugins = ["gui_support"]
 @pytest.fixture(scope="module")
 def cohorts(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohorts")
-    write_cohort(root / "train", 24, size=96, seed=11)
-    write_cohort(root / "val", 8, size=96, seed=12)
+    write_cohort(root / "train", 24, size=96, seed=11, look="clean")
+    write_cohort(root / "val", 8, size=96, seed=12, look="clean")
     return root
 
 
@@ -315,7 +315,7 @@ def test_stop_after_an_interpretable_epoch_leaves_a_model(cohorts, tmp_path):
 def test_a_failing_run_becomes_an_error_notification(qtbot, widget, cohorts, tmp_path, notes):
     w = widget
     data = tmp_path / "data"
-    write_cohort(data, 12, size=96, seed=21)
+    write_cohort(data, 12, size=96, seed=21, look="clean")
     broken = sorted((data / "images").iterdir())[3]
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(40)))  # a PNG cut short after its signature
     w.set_values(data=str(data), val=None, out=str(tmp_path / "out"), **SHORT)

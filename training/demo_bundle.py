@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.work, ignore_errors=True)
     show = TextProgress()
     for name, n, seed in (("train", r.n_train, TRAIN_SEED), ("val", r.n_val, VAL_SEED)):
-        drain(generate_cohort(args.work / name, n, size=r.image_size, seed=seed), show)
+        drain(generate_cohort(args.work / name, n, size=r.image_size, seed=seed, look=r.look), show)
     common = dict(data=str(args.work / "train"), val=str(args.work / "val"), size=r.size, seed=MODEL_SEED, **r.train)
     train(TrainConfig(out=str(args.work / "ordinary"), ordinary=True, epochs=r.epochs, warmup_epochs=r.warmup,
                       categories="decision", **common), on_event=show)

@@ -54,8 +54,8 @@ def _train_picture(work: Path, target: Path) -> tuple[Path, Path]:
     from napari_icnn.data.synth import write_cohort
 
     study = work / "fundus-study"
-    write_cohort(study / "train", COHORT["n_train"], size=COHORT["size"], seed=COHORT["seed"])
-    write_cohort(study / "val", COHORT["n_val"], size=COHORT["size"], seed=COHORT["seed"] + 1)
+    write_cohort(study / "train", COHORT["n_train"], size=COHORT["size"], seed=COHORT["seed"], look="clean")
+    write_cohort(study / "val", COHORT["n_val"], size=COHORT["size"], seed=COHORT["seed"] + 1, look="clean")
     out = study / "models" / "icnn-referable"
 
     viewer = napari.Viewer(title="napari-icnn: Train", show=True)

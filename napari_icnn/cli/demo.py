@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     for name, n, seed, dicom in (("train", recipe.n_train, 1000 * s + 1, False),
                                  ("val", recipe.n_val, 1000 * s + 2, False), ("test", recipe.n_test, 1000 * s + 3, True)):
         summary = drain(generate_cohort(out / "data" / name, n, size=recipe.image_size, seed=seed, dicom=dicom,
-                                        workers=2), show)
+                                        workers=2, look=recipe.look), show)
         print("   " + summary.describe())
     print(f"   {time.monotonic() - t:.0f} s")
 

@@ -15,14 +15,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Write N procedural fundus photographs with exact masks of every part (optic disc, fovea, "
             "vessels, MA, HE, EX, SE, NV) and labels derived from the drawn lesions by the ICDR rules: "
-            "OUT/images/<id>.png, OUT/masks/<part>/<id>.png, OUT/labels.csv, OUT/cohort.json and, with "
-            "--dicom, OUT/dicom/<id>.dcm. The same seed gives the same files; ids are s<seed>_<index>, "
-            "so cohorts made with different seeds never collide."
+            "OUT/images/<id>.png, OUT/masks/<part>/<id>.png, OUT/masks/{fov,text,artefact}/<id>.png, "
+            "OUT/labels.csv, OUT/cohort.json and, with --dicom, OUT/dicom/<id>.dcm. The realistic look "
+            "(default) draws a camera per image: frame size and shape (circle, clipped, rimless, notched), "
+            "burned-in text, colour cast, exposure, blur, dust, reflections, JPEG; the clean look gives the "
+            "original square artefact-free photographs. The same seed gives the same files; ids are "
+            "s<seed>_<index>, so cohorts made with different seeds never collide."
         ),
     )
     p.add_argument("out", metavar="OUT", help="cohort folder (new, empty, or a previous cohort to replace)")
     p.add_argument("--n", type=int, default=100, help="number of images (default: %(default)s)")
-    p.add_argument("--size", type=int, default=512, help="image side in pixels (default: %(default)s)")
+    p.add_argument(
+        "--look",
+        default="realistic",
+        help="realistic (varied cameras and artefacts) or clean (square, artefact-free) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="clean: image side in pixels (default 512); realistic: fixed frame width "
+        "(default: drawn per image from --size-range)",
+    )
+    p.add_argument(
+        "--size-range",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=None,
+        help="realistic: frame widths drawn log-uniformly (default: 400 1600)",
+    )
     p.add_argument("--seed", type=int, default=0, help="cohort seed (default: %(default)s)")
     p.add_argument(
         "--dicom", action="store_true", help="also write each image as Ophthalmic Photography DICOM"
@@ -40,18 +62,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the synthetic cohort to ``--out`` and print its summary; 0."""
-    from napari_icnn.data.synth import generate_cohort
+    from napari_icnn.data.synth import LOOKS, SIZE_RANGE, generate_cohort
+    from napari_icnn.errors import ConfigError
     from napari_icnn.progress import TextProgress, drain
 
+    if args.look not in LOOKS:
+        raise ConfigError(f"--look must be one of {', '.join(LOOKS)}; got {args.look!r}")
+    if args.look == "clean" and args.size_range is not None:
+        raise ConfigError("--size-range applies to the realistic look only; give --size for --look clean")
+    if args.size is not None and args.size_range is not None:
+        raise ConfigError("give either --size (a fixed frame width) or --size-range, not both")
+    size = args.size if args.size is not None or args.look == "realistic" else 512
     summary = drain(
         generate_cohort(
             args.out,
             args.n,
-            size=args.size,
+            size=size,
             seed=args.seed,
             dicom=args.dicom,
             workers=args.workers,
             overwrite=args.overwrite,
+            look=args.look,
+            size_range=tuple(args.size_range) if args.size_range else SIZE_RANGE,
         ),
         TextProgress(),
     )

@@ -33,7 +33,7 @@ from training.experiments.presets import PRESETS, Preset
 __all__ = ["experiment_iter", "run_experiment", "scored_subset", "link_subset"]
 
 
-def _cohort(path: Path, n: int, size: int, seed: int) -> Generator[Any, None, None]:
+def _cohort(path: Path, n: int, size: int, seed: int, look: str = "clean") -> Generator[Any, None, None]:
     import torch
 
     from napari_icnn.data.synth import generate_cohort, is_cohort
@@ -42,7 +42,7 @@ def _cohort(path: Path, n: int, size: int, seed: int) -> Generator[Any, None, No
         return
     # as many generator processes as torch may use threads, so OMP_NUM_THREADS=1 leaves the other core free
     yield from generate_cohort(path, n, size=size, seed=seed, workers=max(1, min(2, torch.get_num_threads())),
-                               overwrite=True)
+                               overwrite=True, look=look)
 
 
 def _train(out: Path, data: Path, p: Preset, arch: str, task: str, seed: int, ordinary: bool,

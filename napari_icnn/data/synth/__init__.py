@@ -1,24 +1,33 @@
 """Procedural synthetic fundus photographs with exact part masks and rule-derived ICDR grades.
 
+Two looks: ``clean`` (square, artefact-free; the default of :func:`generate_fundus`) and
+``realistic`` (varied cameras, burned-in text and artefacts; the default of
+:func:`generate_cohort` and ``icnn synth``).
+
 >>> from napari_icnn.data.synth import generate_fundus
 >>> f = generate_fundus(3, size=128, grade=0)
 >>> f.image.shape, f.labels["grade"], bool(f.masks["optic_disc"].any())
 ((128, 128, 3), 0, True)
 """
 
+from napari_icnn.data.synth.camera import FOV_SHAPES, PROFILES, SIZE_RANGE
 from napari_icnn.data.synth.cohort import (
     COHORT_FORMAT,
     DICOM_COLUMNS,
     GENERATOR_VERSION,
+    MASK_FOLDERS,
     CohortSummary,
     generate_cohort,
     is_cohort,
     write_cohort,
 )
 from napari_icnn.data.synth.fundus import (
+    ARTEFACT_KEYS,
+    CAMERA_COLUMNS,
     EXTRA_COLUMNS,
     GRADE_MIX,
     LABEL_COLUMNS,
+    LOOKS,
     SynthFundus,
     generate_fundus,
     image_id,
@@ -39,6 +48,13 @@ __all__ = [
     "GRADE_MIX",
     "LABEL_COLUMNS",
     "EXTRA_COLUMNS",
+    "CAMERA_COLUMNS",
+    "ARTEFACT_KEYS",
+    "MASK_FOLDERS",
+    "LOOKS",
+    "PROFILES",
+    "FOV_SHAPES",
+    "SIZE_RANGE",
     "RULES",
     "icdr_grade",
     "is_referable",

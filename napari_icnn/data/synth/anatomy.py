@@ -208,12 +208,27 @@ def vignetting(r: np.ndarray, drop: float) -> np.ndarray:
 
 
 def paint_field(
-    rng: np.random.Generator, img: np.ndarray, geo: Geometry, r: np.ndarray, pal: Palette
+    rng: np.random.Generator,
+    img: np.ndarray,
+    geo: Geometry,
+    r: np.ndarray,
+    pal: Palette,
+    *,
+    rimless: bool = False,
 ) -> np.ndarray:
     """Vignetting, the slightly blurred and darkened FOV rim, and the dark surround (not exactly 0).
 
-    Returns the FOV mask, ``(S, S)`` bool (the circle plus the rim marker, if any).
+    Returns the FOV mask, ``(S, S)`` bool (the circle plus the rim marker, if any). With
+    ``rimless`` the retina fills the whole canvas: no rim and no surround, the vignetting keeps
+    falling beyond the circle (to at most 1.35 times its rim value), and the mask is all true.
     """
+    if rimless:
+        t = np.clip((r - 0.3) * np.float32(1 / 0.7), 0.0, 1.35)
+        t5, t95 = (0.5 - 0.3) / 0.7, (0.95 - 0.3) / 0.7
+        amp = pal.vignetting / (t95**2 - (1.0 - pal.vignetting) * t5**2)
+        img *= np.maximum(1.0 - np.float32(amp) * t * t, 0.25)[None]
+        rng.uniform(0.0, 3.0, 3)  # the surround colour is drawn all the same
+        return np.ones(r.shape, dtype=bool)
     v = vignetting(r, pal.vignetting)
     rim_px = max(0.8, 1.2 * geo.size / 512)
     inside = np.clip((1.0 - r) * np.float32(geo.fov_radius / rim_px) + 0.5, 0.0, 1.0)

@@ -2,14 +2,69 @@
 
 Layout of a cohort folder ``OUT``::
 
-    OUT/cohort.json                 generator version, size, n, seed, rules
-    OUT/labels.csv                  one row per image (see LABEL_COLUMNS / EXTRA_COLUMNS)
+    OUT/cohort.json                 generator version, look, size, n, seed, rules
+    OUT/labels.csv                  one row per image (columns below)
     OUT/images/<id>.png             RGB photograph
     OUT/masks/<part>/<id>.png       0/255 mask for every part key, empty ones included
+    OUT/masks/fov/<id>.png          0/255 the true field of view: retina pixels of the photograph
+    OUT/masks/text/<id>.png         0/255 burned-in text and logo boxes (empty in the clean look)
+    OUT/masks/artefact/<id>.png     0/255 every non-eye artefact: text, lens dust, reflections
     OUT/dicom/<id>.dcm              with dicom=True: Ophthalmic Photography instance
 
 Image ``i`` of seed ``S`` has id ``s{S}_{i:05d}`` and comes from ``SeedSequence([S, i])``: the
 same arguments give byte-identical files whatever the number of worker processes.
+
+Looks: ``realistic`` (the default of :func:`generate_cohort` and ``icnn synth``) draws a camera
+per image (see :mod:`napari_icnn.data.synth.camera`): frame size and shape, burned-in text and
+photographic artefacts, plus the realistic lesion look with findings that are not diabetic
+retinopathy. ``clean`` gives the original square, artefact-free photographs, pixel for pixel and
+label for label what generator version 1 wrote (only the new columns and mask folders are added).
+
+``labels.csv`` columns, besides the lesion, landmark and quadrant columns of version 1:
+
+``look``
+    ``realistic`` or ``clean``.
+``camera``
+    Camera profile name (``clean`` for the clean look).
+``fov_shape``
+    ``circle`` (black rim all round), ``clipped`` (circle cut at top and bottom by a wide frame),
+    ``rimless`` (the retina fills the frame), ``notched`` (circle with a marker tab on the rim).
+``width``, ``height``
+    Photograph size in pixels (the realistic look draws frame widths of 400–1600 px unless a size
+    is fixed; heights follow the frame's aspect ratio).
+``n_text``
+    Burned-in text items (timestamps, clinic names, patient-ID-like strings, camera settings,
+    logo boxes); their pixels are ``masks/text``.
+``cast``
+    Colour cast: ``none``, ``yellow``, ``green``.
+``exposure``
+    Gain on the calibrated exposure (1 = nominal; < 1 under-, > 1 over-exposed).
+``illumination``
+    Amplitude of uneven illumination (0 = even).
+``vignetting``
+    Extra fall-off at the rim, beyond the eye's own (0 = none).
+``blur``, ``blur_px``
+    ``none``, ``defocus`` (Gaussian sigma ``blur_px``) or ``motion`` (shake over ``blur_px`` pixels).
+``dust``
+    Lens dust specks.
+``reflection``
+    ``none``, ``arc`` (bright arc near the rim) or ``haze`` (milky flare from one side of the rim).
+``sheen``
+    Strength of the central (macular) reflex of young eyes (0 = none).
+``jpeg_quality``
+    JPEG quality the photograph went through (0 = none).
+``treated``
+    1 when laser-photocoagulation scars were drawn (``n_laser`` > 0). They are drawn only on eyes
+    whose target grade is 4 (treated proliferative disease, never on healthy eyes). ``treated``
+    does not enter ``grade``, ``dme`` or ``referable``, which stay derived from the drawn DR lesions
+    by the rules in ``cohort.json``; scars are in no part mask.
+``n_drusen``, ``n_pigment``, ``n_laser``
+    Drusen, pigment clumps and laser scars drawn. Drusen and pigment clumps are not diabetic
+    retinopathy: drawn whatever the grade, in no part mask, never referable.
+
+Every camera and artefact column is drawn from random streams that depend on the seed only, never
+on the grade: the same seed with another grade gives the same camera and artefacts. Lesions are
+never drawn under text, dust or reflections, so the lesion masks hold only visible lesions.
 """
 
 from __future__ import annotations
@@ -34,11 +89,17 @@ from PIL import Image
 
 from napari_icnn import __version__
 from napari_icnn.atomic import atomic_write
+from napari_icnn.data.synth.camera import FOV_SHAPES, PROFILES
 from napari_icnn.data.synth.fundus import (
+    ARTEFACT_KEYS,
+    CAMERA_COLUMNS,
     EXTRA_COLUMNS,
     GRADE_MIX,
     LABEL_COLUMNS,
+    LOOKS,
+    MIN_REALISTIC_SIZE,
     MIN_SIZE,
+    SIZE_RANGE,
     generate_fundus,
     image_id,
 )
@@ -55,15 +116,33 @@ __all__ = [
     "GENERATOR_VERSION",
     "DICOM_COLUMNS",
     "COHORT_FORMAT",
+    "MASK_FOLDERS",
 ]
 
-GENERATOR_VERSION = "1"
-"""Changes whenever the same seed would give different pixels or labels."""
+GENERATOR_VERSION = "2"
+"""Changes whenever the same seed would give different pixels or labels. Version 2 added the looks
+(``realistic``, new; ``clean``, version 1's pixels and labels) and the camera columns and masks."""
 COHORT_FORMAT = "napari-icnn synthetic fundus cohort"
 DICOM_COLUMNS = ("dicom_path", "sop_instance_uid")
 FOV_DEGREES = 45.0  # nominal camera field, for the DICOM pixel spacing
 FOV_MM = 13.0  # a 45° field spans ≈ 13 mm of retina
 _ID = re.compile(r"s\d+_\d{5}")
+MASK_FOLDERS: tuple[str, ...] = (*PART_KEYS, *ARTEFACT_KEYS)
+"""The folders under ``masks/``: every part key, then ``fov``, ``text`` and ``artefact``."""
+EXTRA_RULES = {
+    "treated": (
+        "1 when laser-photocoagulation scars were drawn (n_laser > 0); drawn only on eyes whose target "
+        "grade is 4; does not enter grade, dme or referable; scars are in no part mask"
+    ),
+    "distractors": (
+        "drusen and pigment clumps (n_drusen, n_pigment) are not diabetic retinopathy: drawn whatever "
+        "the grade, in no part mask, never counted as lesions"
+    ),
+    "artefacts": (
+        "camera, frame and artefact columns are drawn from random streams of the seed alone, never of "
+        "the grade; no lesion is drawn under text, dust or reflections"
+    ),
+}
 # Fast and still compact: run-length zlib at level 1 (sensor noise defeats stronger settings).
 _PNG_LEVEL = 1
 
@@ -74,7 +153,8 @@ class CohortSummary:
 
     out: Path
     n: int
-    size: int
+    size: int | None
+    """Fixed image size (clean: side; realistic: frame width), or ``None`` when drawn per image."""
     seed: int
     dicom: bool
     grade_counts: tuple[int, ...]
@@ -83,6 +163,7 @@ class CohortSummary:
     n_dme: int
     seconds: float
     """Wall-clock time of the generation."""
+    look: str = "realistic"
 
     @property
     def images_per_second(self) -> float:
@@ -93,8 +174,14 @@ class CohortSummary:
         grades = ", ".join(f"grade {g}: {c}" for g, c in enumerate(self.grade_counts))
         pct = 100.0 * self.n_referable / max(self.n, 1)
         extra = " with DICOM copies" if self.dicom else ""
+        if self.look == "clean":
+            what = f"synthetic fundus photographs of {self.size}×{self.size} px (clean look)"
+        elif self.size is None:
+            what = "synthetic fundus photographs (realistic look: varied cameras and sizes)"
+        else:
+            what = f"synthetic fundus photographs (realistic look: varied cameras, {self.size} px wide)"
         return (
-            f"Wrote {self.n} synthetic fundus photographs of {self.size}×{self.size} px{extra} to {self.out} "
+            f"Wrote {self.n} {what}{extra} to {self.out} "
             f"(seed {self.seed}; ids {image_id(self.seed, 0)}…{image_id(self.seed, self.n - 1)}). "
             f"{grades}; referable {self.n_referable} ({pct:.0f} %), DME {self.n_dme}. "
             f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s."
@@ -105,15 +192,20 @@ def write_cohort(
     out: str | os.PathLike[str],
     n: int,
     *,
-    size: int = 512,
+    size: int | None = 512,
     seed: int = 0,
     dicom: bool = False,
     workers: int = 1,
     overwrite: bool = False,
+    look: str = "realistic",
+    size_range: tuple[int, int] = SIZE_RANGE,
 ) -> CohortSummary:
     """Write a cohort and return its summary (:func:`generate_cohort` without progress events)."""
     return drain(
-        generate_cohort(out, n, size=size, seed=seed, dicom=dicom, workers=workers, overwrite=overwrite)
+        generate_cohort(
+            out, n, size=size, seed=seed, dicom=dicom, workers=workers, overwrite=overwrite,
+            look=look, size_range=size_range,
+        )  # fmt: skip
     )
 
 
@@ -121,11 +213,13 @@ def generate_cohort(
     out: str | os.PathLike[str],
     n: int,
     *,
-    size: int = 512,
+    size: int | None = 512,
     seed: int = 0,
     dicom: bool = False,
     workers: int = 1,
     overwrite: bool = False,
+    look: str = "realistic",
+    size_range: tuple[int, int] = SIZE_RANGE,
 ) -> Generator[Progress | Message, None, CohortSummary]:
     """Write ``n`` synthetic photographs with masks and labels to ``out``, yielding progress.
 
@@ -137,12 +231,18 @@ def generate_cohort(
         ``overwrite`` is true, in which case only the cohort's own file names are written
         there and nothing else is touched.
     n, size, seed
-        Number of images, their side in pixels, and the cohort seed.
+        Number of images, their size in pixels (clean: the side of the square; realistic: the
+        frame width, or ``None`` to draw each from ``size_range``), and the cohort seed.
     dicom
         Also write each photograph as an Ophthalmic Photography DICOM file with deterministic
         UIDs and synthetic patient ids ``SYNTH-<seed>-<i>``.
     workers
         Processes generating in parallel; the files are the same for any value.
+    look
+        ``"realistic"`` (camera variety, artefacts, realistic lesion look) or ``"clean"`` (the
+        original photographs, unchanged); see the module docstring.
+    size_range
+        ``(min, max)`` frame widths the realistic look draws from when ``size`` is ``None``.
 
     Returns
     -------
@@ -155,7 +255,7 @@ def generate_cohort(
     InputError
         ``out`` is a file, or a non-empty folder that is not a cohort and ``overwrite`` is false.
     """
-    n, size, seed, workers = _checked(n, size, seed, workers)
+    n, size, seed, workers = _checked(n, size, seed, workers, look, size_range)
     if dicom:
         try:
             import napari_icnn.dicom.op_writer  # noqa: F401
@@ -163,21 +263,21 @@ def generate_cohort(
             raise ConfigError(f"DICOM output needs the OP writer, which cannot be imported: {exc}") from None
     root = Path(out)
     previous = _prepare(root, overwrite)
-    for folder in ("images", *(f"masks/{p}" for p in PART_KEYS), *(("dicom",) if dicom else ())):
+    for folder in ("images", *(f"masks/{p}" for p in MASK_FOLDERS), *(("dicom",) if dicom else ())):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    meta = _meta(n, size, seed, dicom)
+    meta = _meta(n, size, seed, dicom, look, size_range)
     _write_json(root / "cohort.json", {**meta, "complete": False})
 
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     yield Progress("synth", 0, n)
-    for row in _rows(root, n, size, seed, dicom, workers):
+    for row in _rows(root, n, size, seed, dicom, workers, look, (int(size_range[0]), int(size_range[1]))):
         rows.append(row)
         rate = len(rows) / max(time.perf_counter() - start, 1e-9)
         yield Progress("synth", len(rows), n, f"{rate:.1f} images/s")
     seconds = time.perf_counter() - start
 
-    columns = [*LABEL_COLUMNS, *EXTRA_COLUMNS, *(DICOM_COLUMNS if dicom else ())]
+    columns = [*LABEL_COLUMNS, *EXTRA_COLUMNS, *CAMERA_COLUMNS, *(DICOM_COLUMNS if dicom else ())]
     _atomic(root / "labels.csv", lambda f: _write_csv(f, columns, rows), binary=False)
     if previous:
         removed = _remove_stale(root, {r["id"] for r in rows}, dicom)
@@ -190,21 +290,38 @@ def generate_cohort(
     n_dme = sum(r["dme"] for r in rows)
     summary_meta = {"grade_counts": list(grades), "referable": n_ref, "dme": n_dme}
     _write_json(root / "cohort.json", {**meta, **summary_meta, "complete": True})
-    return CohortSummary(root, n, size, seed, dicom, grades, n_ref, n_dme, seconds)
+    return CohortSummary(root, n, size, seed, dicom, grades, n_ref, n_dme, seconds, look)
 
 
 # -- checks and folder handling ----------------------------------------------------------------
 
 
-def _checked(n: Any, size: Any, seed: Any, workers: Any) -> tuple[int, int, int, int]:
+def _checked(
+    n: Any, size: Any, seed: Any, workers: Any, look: Any, size_range: Any
+) -> tuple[int, int | None, int, int]:
     def whole(name: str, v: Any, lo: int) -> int:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ConfigError(f"{name} must be an integer >= {lo}; got {v!r}")
         return int(v)
 
+    if look not in LOOKS:
+        raise ConfigError(f"look must be one of {', '.join(LOOKS)}; got {look!r}")
+    if look == "clean" and size is None:
+        raise ConfigError("size must be given for the clean look (only the realistic look draws sizes)")
+    if look == "realistic":
+        ok = (
+            isinstance(size_range, (tuple, list))
+            and len(size_range) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size_range)
+        )
+        if not ok or not MIN_REALISTIC_SIZE <= size_range[0] <= size_range[1]:
+            raise ConfigError(
+                f"size_range must be two integers MIN <= MAX with MIN >= {MIN_REALISTIC_SIZE}; got {size_range!r}"
+            )
+    least = MIN_SIZE if look == "clean" else MIN_REALISTIC_SIZE
     return (
         whole("n", n, 1),
-        whole("size", size, MIN_SIZE),
+        None if size is None else whole(f"size ({look} look)", size, least),
         whole("seed", seed, 0),
         whole("workers", workers, 1),
     )
@@ -245,7 +362,7 @@ def _remove_stale(root: Path, keep: set[str], dicom: bool) -> int:
     """Remove the files of a previous cohort whose ids are not in ``keep``, its DICOM files when
     this cohort has none, and stray temporaries."""
     removed = 0
-    folders = [root / "images", root / "dicom", *(root / "masks" / p for p in PART_KEYS)]
+    folders = [root / "images", root / "dicom", *(root / "masks" / p for p in MASK_FOLDERS)]
     for folder in folders:
         if not folder.is_dir():
             continue
@@ -259,19 +376,31 @@ def _remove_stale(root: Path, keep: set[str], dicom: bool) -> int:
     return removed
 
 
-def _meta(n: int, size: int, seed: int, dicom: bool) -> dict[str, Any]:
+def _meta(
+    n: int, size: int | None, seed: int, dicom: bool, look: str, size_range: tuple[int, int]
+) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if look == "realistic":
+        extra = {
+            "size_range": None if size is not None else list(size_range),
+            "camera_profiles": {p.name: {"fov_shape": p.fov_shape, "weight": p.weight} for p in PROFILES},
+        }
     return {
         "format": COHORT_FORMAT,
         "generator_version": GENERATOR_VERSION,
         "package_version": __version__,
+        "look": look,
         "n": n,
         "size": size,
+        **extra,
         "seed": seed,
         "dicom": dicom,
         "ids": f"{image_id(seed, 0)} ... {image_id(seed, n - 1)}; image i is drawn from numpy SeedSequence([seed, i])",
         "grade_mix": list(GRADE_MIX),
         "parts": list(PART_KEYS),
-        "rules": RULES,
+        "artefact_masks": list(ARTEFACT_KEYS),
+        "fov_shapes": list(FOV_SHAPES),
+        "rules": {**RULES, **EXTRA_RULES},
     }
 
 
@@ -313,8 +442,10 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _rows(root: Path, n: int, size: int, seed: int, dicom: bool, workers: int) -> Iterator[dict[str, Any]]:
-    jobs = [(str(root), seed, i, size, dicom) for i in range(n)]
+def _rows(
+    root: Path, n: int, size: int | None, seed: int, dicom: bool, workers: int, look: str, size_range: tuple[int, int]
+) -> Iterator[dict[str, Any]]:
+    jobs = [(str(root), seed, i, size, dicom, look, size_range) for i in range(n)]
     if workers == 1 or n == 1:
         yield from map(_make_one, jobs)
         return
@@ -332,15 +463,16 @@ def _rows(root: Path, n: int, size: int, seed: int, dicom: bool, workers: int) -
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _make_one(job: tuple[str, int, int, int, bool]) -> dict[str, Any]:
+def _make_one(job: tuple[str, int, int, int | None, bool, str, tuple[int, int]]) -> dict[str, Any]:
     """Generate image ``i`` and write its files; return its labels row."""
-    out, seed, i, size, dicom = job
+    out, seed, i, size, dicom, look, size_range = job
     root = Path(out)
-    f = generate_fundus(np.random.SeedSequence([seed, i]), size)
+    f = generate_fundus(np.random.SeedSequence([seed, i]), size, look=look, size_range=size_range)
     rid = f.labels["id"]
     _atomic(root / "images" / f"{rid}.png", lambda fh: fh.write(_png(f.image)))
-    for part in PART_KEYS:
-        data = _png(f.masks[part].view(np.uint8) * np.uint8(255))
+    masks = {**f.masks, **f.artefact_masks}
+    for part in MASK_FOLDERS:
+        data = _png(masks[part].view(np.uint8) * np.uint8(255))
         _atomic(root / "masks" / part / f"{rid}.png", lambda fh, d=data: fh.write(d))
     row = dict(f.labels)
     if dicom:

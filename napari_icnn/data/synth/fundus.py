@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,9 +18,23 @@ from napari_icnn.data.synth.anatomy import (
     paint_vessels,
     sample_palette,
 )
+from napari_icnn.data.synth.camera import (
+    MIN_REALISTIC_SIZE,
+    SIZE_RANGE,
+    Frame,
+    plan_artefacts,
+    render,
+    sample_frame,
+)
 from napari_icnn.data.synth.geometry import Geometry, sample_geometry
 from napari_icnn.data.synth.grading import QUADRANT_COLUMNS, findings_from, icdr_grade, is_referable
-from napari_icnn.data.synth.lesions import LesionInstance, LesionPainter, draw_lesions
+from napari_icnn.data.synth.lesions import (
+    LesionInstance,
+    LesionPainter,
+    draw_distractors,
+    draw_laser_scars,
+    draw_lesions,
+)
 from napari_icnn.data.synth.vessels import grow_tree
 from napari_icnn.errors import ConfigError
 from napari_icnn.parts import LESION_KEYS, PART_KEYS
@@ -32,7 +46,12 @@ __all__ = [
     "GRADE_MIX",
     "LABEL_COLUMNS",
     "EXTRA_COLUMNS",
+    "CAMERA_COLUMNS",
+    "ARTEFACT_KEYS",
+    "LOOKS",
     "MIN_SIZE",
+    "MIN_REALISTIC_SIZE",
+    "SIZE_RANGE",
 ]
 
 GRADE_MIX = (0.35, 0.15, 0.25, 0.15, 0.10)
@@ -48,6 +67,23 @@ EXTRA_COLUMNS = (
     "target_grade", "n_preretinal", *QUADRANT_COLUMNS,
     "vessel_fraction", "jpeg_quality", "seed", "index", "image_path",
 )  # fmt: skip
+CAMERA_COLUMNS = (
+    "look", "camera", "fov_shape", "width", "height", "n_text", "cast", "exposure", "illumination",
+    "vignetting", "blur", "blur_px", "dust", "reflection", "sheen",
+    "treated", "n_drusen", "n_pigment", "n_laser",
+)  # fmt: skip
+"""labels.csv columns describing the camera, its artefacts and the non-DR findings (documented in
+:mod:`napari_icnn.data.synth.cohort`)."""
+LOOKS = ("realistic", "clean")
+"""``realistic``: camera variety, burned-in text, artefacts, lesion look; ``clean``: the original
+square, artefact-free photographs (byte for byte what generator version 1 drew)."""
+ARTEFACT_KEYS = ("fov", "text", "artefact")
+"""Keys of :attr:`SynthFundus.artefact_masks`: the retina's field of view, burned-in text, and the
+union of every non-eye artefact (text, dust, reflections)."""
+_CLEAN_CAMERA = {
+    "camera": "clean", "cast": "none", "exposure": 1.0, "illumination": 0.0, "vignetting": 0.0,
+    "blur": "none", "blur_px": 0.0, "dust": 0, "reflection": "none", "sheen": 0.0, "n_text": 0,
+}  # fmt: skip
 
 # The mean colour inside the FOV is kept within the real photograph's 5th–95th percentiles
 # (R 176–240, G 59–114, B 43–86) with a few grey levels to spare for noise and compression.
@@ -57,7 +93,12 @@ JPEG_PROBABILITY = 0.35
 _NORMAL_LUT = np.asarray(special.ndtri((np.arange(256) + 0.5) / 256), dtype=np.float32)
 
 # Independent random streams, so that e.g. asking for another grade changes only the lesions.
-_STREAMS = {"choice": 0, "geometry": 1, "palette": 2, "vessels": 3, "lesions": 4, "camera": 5}
+# The realistic look only adds streams (6 on), so the clean look's draws are unchanged; the frame
+# and artefact streams never see the grade, so a seed's camera is the same whatever its disease.
+_STREAMS = {
+    "choice": 0, "geometry": 1, "palette": 2, "vessels": 3, "lesions": 4, "camera": 5,
+    "frame": 6, "artefacts": 7, "noise": 8, "distractors": 9, "laser": 10, "lesion_look": 11,
+}  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +116,9 @@ class SynthFundus:
     :data:`EXTRA_COLUMNS`)."""
     lesions: tuple[LesionInstance, ...] = field(default=(), repr=False)
     """Every lesion instance drawn, with its mask centroid and area."""
+    artefact_masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """``(H, W)`` bool masks :data:`ARTEFACT_KEYS`: ``fov`` (retina pixels), ``text`` (burned-in
+    text) and ``artefact`` (text, dust and reflections). Filled by :func:`generate_fundus`."""
 
     def __post_init__(self) -> None:
         img = self.image
@@ -85,7 +129,7 @@ class SynthFundus:
         missing = [k for k in PART_KEYS if k not in self.masks]
         if missing:
             raise ValueError(f"masks missing for parts {missing}")
-        for k, m in self.masks.items():
+        for k, m in (*self.masks.items(), *self.artefact_masks.items()):
             if m.shape != img.shape[:2] or m.dtype != bool:
                 raise ValueError(f"mask {k!r} must be {img.shape[:2]} bool; got {m.shape} {m.dtype}")
 
@@ -120,10 +164,12 @@ def _stream(ss: np.random.SeedSequence, name: str) -> np.random.Generator:
 
 def generate_fundus(
     seed: int | np.random.SeedSequence,
-    size: int = 512,
+    size: int | None = 512,
     *,
     laterality: str | None = None,
     grade: int | None = None,
+    look: str = "clean",
+    size_range: tuple[int, int] = SIZE_RANGE,
 ) -> SynthFundus:
     """Generate one synthetic macula-centred fundus photograph.
 
@@ -133,28 +179,48 @@ def generate_fundus(
         A numpy ``SeedSequence``, or an integer ``S`` meaning ``SeedSequence([S, 0])`` (image 0 of
         the cohort with seed ``S``). The same seed always gives the same pixels.
     size
-        Side of the square image in pixels (at least 64).
+        ``clean``: side of the square image in pixels (at least 64). ``realistic``: width of the
+        frame (at least 96; its height follows the camera's aspect ratio), or ``None`` to draw it
+        log-uniformly from ``size_range``.
     laterality
         ``"L"`` or ``"R"``; ``None`` draws one at random.
     grade
         ICDR grade 0–4 whose typical lesions are drawn; ``None`` draws one from :data:`GRADE_MIX`.
         The labelled grade is derived from what was drawn and equals the target unless a lesion
-        could not be placed. Anatomy does not depend on the target, so one seed with different
-        grades gives the same eye with different disease.
+        could not be placed. Anatomy, camera and artefacts do not depend on the target, so one
+        seed with different grades gives the same eye and photograph with different disease.
+    look
+        ``"clean"`` (default here; the original square, artefact-free photographs, unchanged) or
+        ``"realistic"`` (camera profiles, burned-in text, photographic artefacts, the realistic
+        lesion look with non-DR findings; see :mod:`napari_icnn.data.synth.camera`).
+    size_range
+        ``(min, max)`` frame widths drawn by the realistic look when ``size`` is ``None``.
 
     Returns
     -------
     SynthFundus
+
+    Raises
+    ------
+    ConfigError
+        An argument is out of range.
     """
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < MIN_SIZE:
-        raise ConfigError(f"size must be an integer of at least {MIN_SIZE} pixels; got {size!r}")
+    if look not in LOOKS:
+        raise ConfigError(f"look must be one of {', '.join(LOOKS)}; got {look!r}")
+    realistic = look == "realistic"
+    least = MIN_REALISTIC_SIZE if realistic else MIN_SIZE
+    if size is None and not realistic:
+        raise ConfigError("size must be given for the clean look (only the realistic look draws sizes)")
+    if size is not None and (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < least):
+        raise ConfigError(f"size must be an integer of at least {least} pixels for the {look} look; got {size!r}")
+    if realistic:
+        _check_range(size_range)
     if laterality not in (None, "L", "R"):
         raise ConfigError(f"laterality must be 'L', 'R' or None; got {laterality!r}")
     if grade is not None and (
         not isinstance(grade, (int, np.integer)) or isinstance(grade, bool) or not 0 <= grade <= 4
     ):
         raise ConfigError(f"grade must be an ICDR grade 0-4 or None; got {grade!r}")
-    size = int(size)
     ss = _seed_sequence(seed)
     ident, cohort_seed, index = _identity(ss)
     # Both draws always happen, so fixing one of them leaves the other as it was.
@@ -163,6 +229,10 @@ def generate_fundus(
     drawn_grade = int(choice.choice(5, p=GRADE_MIX))
     eye = laterality or drawn_eye
     target = int(grade) if grade is not None else drawn_grade
+    if realistic:
+        return _realistic(ss, None if size is None else int(size), size_range, eye, target, ident, cohort_seed, index)
+    assert size is not None
+    size = int(size)
 
     geo = sample_geometry(_stream(ss, "geometry"), size, eye)
     prng = _stream(ss, "palette")
@@ -184,8 +254,111 @@ def generate_fundus(
     fovea = (xx - geo.fovea_x) ** 2 + (yy - geo.fovea_y) ** 2 <= (0.5 * geo.dd) ** 2
     masks = {"optic_disc": disc, "fovea": fovea, "vessels": vessels & fov}
     masks.update(painter.masks)
-    labels = _labels(geo, painter, masks, fov, target, quality, ident, cohort_seed, index)
-    return SynthFundus(image=image, masks=masks, labels=labels, lesions=tuple(painter.instances))
+    labels = _labels(geo, painter.instances, masks, fov, target, quality, ident, cohort_seed, index)
+    empty = np.zeros((size, size), dtype=bool)
+    labels.update(
+        look="clean", **_CLEAN_CAMERA, fov_shape="notched" if geo.notch is not None else "circle",
+        width=size, height=size, treated=0, n_drusen=0, n_pigment=0, n_laser=0,
+    )  # fmt: skip
+    arte = {"fov": fov, "text": empty, "artefact": empty.copy()}
+    return SynthFundus(image=image, masks=masks, labels=labels, lesions=tuple(painter.instances), artefact_masks=arte)
+
+
+def _check_range(size_range: Any) -> None:
+    ok = (
+        isinstance(size_range, (tuple, list))
+        and len(size_range) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size_range)
+    )
+    if not ok or not MIN_REALISTIC_SIZE <= size_range[0] <= size_range[1]:
+        raise ConfigError(
+            f"size_range must be two integers MIN <= MAX, MIN at least {MIN_REALISTIC_SIZE} pixels; got {size_range!r}"
+        )
+
+
+def _realistic(
+    ss: np.random.SeedSequence,
+    size: int | None,
+    size_range: tuple[int, int],
+    eye: str,
+    target: int,
+    ident: str,
+    cohort_seed: int,
+    index: int,
+) -> SynthFundus:
+    """The realistic look: a camera frame, artefacts planned first, the eye painted around them."""
+    frame = sample_frame(_stream(ss, "frame"), size, size_range)
+    s = frame.canvas
+    shape = frame.profile.fov_shape
+    geo = sample_geometry(
+        _stream(ss, "geometry"), s, eye, fov_scale=frame.fov_scale, notch=shape == "notched"
+    )
+    art = plan_artefacts(
+        _stream(ss, "artefacts"), frame, geo.fov_x - frame.ox, geo.fov_y - frame.oy, geo.fov_radius,
+        (geo.fovea_x - frame.ox, geo.fovea_y - frame.oy), geo.dd,
+    )  # fmt: skip
+    blocked = frame.to_canvas(art.keep_clear(), fill=True)
+
+    prng = _stream(ss, "palette")
+    pal = sample_palette(prng)
+    img, r = paint_background(prng, geo, pal)
+    paint_macula(prng, img, geo)
+    disc = paint_disc(prng, img, geo)
+    vrng = _stream(ss, "vessels")
+    tree = grow_tree(vrng, geo)
+    vessels = paint_vessels(vrng, img, tree, pal, s)
+
+    painter = LesionPainter(
+        _stream(ss, "lesions"), img, geo, r, disc, tree, pal.rgb(), blocked=blocked, style=_stream(ss, "lesion_look")
+    )
+    draw_distractors(_stream(ss, "distractors"), painter)
+    draw_laser_scars(_stream(ss, "laser"), painter, target)
+    draw_lesions(painter.rng, painter, target)
+    fov_c = paint_field(prng, img, geo, r, pal, rimless=shape == "rimless")
+
+    surround = img[:, 0, 0].copy() if shape != "rimless" else np.zeros(3, dtype=np.float32)
+    canvas_img = frame.crop(img, 0.0)
+    canvas_img = _pad_surround(canvas_img, frame, surround)
+    fov = frame.crop(fov_c, False)
+    fx, fy = geo.fov_x - frame.ox, geo.fov_y - frame.oy
+    image = render(canvas_img, fov, art, EXPOSURE_RANGE, _stream(ss, "noise"), _NORMAL_LUT)
+
+    text = art.masks["text"]
+    yy, xx = np.ogrid[:s, :s]
+    fovea_c = (xx - geo.fovea_x) ** 2 + (yy - geo.fovea_y) ** 2 <= (0.5 * geo.dd) ** 2
+    masks = {
+        "optic_disc": frame.crop(disc, False) & ~text,
+        "fovea": frame.crop(fovea_c, False) & ~text,
+        "vessels": frame.crop(vessels & fov_c, False) & ~text,
+    }
+    masks.update({k: frame.crop(m, False) for k, m in painter.masks.items()})
+    shifted = replace(
+        geo,
+        fov_x=round(fx, 2), fov_y=round(fy, 2),
+        disc_x=round(geo.disc_x - frame.ox, 2), disc_y=round(geo.disc_y - frame.oy, 2),
+        fovea_x=round(geo.fovea_x - frame.ox, 2), fovea_y=round(geo.fovea_y - frame.oy, 2),
+        notch=None,
+    )  # fmt: skip
+    instances = tuple(replace(i, x=i.x - frame.ox, y=i.y - frame.oy) for i in painter.instances)
+    labels = _labels(shifted, instances, masks, fov, target, art.jpeg_quality, ident, cohort_seed, index)
+    labels.update(look="realistic", **art.labels())
+    labels.update(
+        treated=int(painter.extras["laser"] > 0),
+        n_drusen=painter.extras["drusen"],
+        n_pigment=painter.extras["pigment"],
+        n_laser=painter.extras["laser"],
+    )
+    artefact = (art.masks["text"] | art.masks["dust"] | art.masks["reflection"])
+    arte = {"fov": fov, "text": text.copy(), "artefact": artefact}
+    return SynthFundus(image=image, masks=masks, labels=labels, lesions=instances, artefact_masks=arte)
+
+
+def _pad_surround(img: np.ndarray, frame: Frame, surround: np.ndarray) -> np.ndarray:
+    """Give the frame pixels off the canvas the surround's colour."""
+    on = frame.crop(np.ones((frame.canvas, frame.canvas), dtype=bool), False)
+    if not on.all():
+        img[:, ~on] = surround[:, None]
+    return img
 
 
 def _camera(rng: np.random.Generator, img: np.ndarray, fov: np.ndarray, size: int) -> tuple[np.ndarray, int]:
@@ -224,7 +397,7 @@ def _camera(rng: np.random.Generator, img: np.ndarray, fov: np.ndarray, size: in
 
 def _labels(
     geo: Geometry,
-    painter: LesionPainter,
+    instances: Any,
     masks: dict[str, np.ndarray],
     fov: np.ndarray,
     target: int,
@@ -234,7 +407,7 @@ def _labels(
     index: int,
 ) -> dict[str, Any]:
     f = findings_from(
-        painter.instances, masks["EX"], geo.fovea_x, geo.fovea_y, geo.dd, geo.laterality, LESION_KEYS
+        instances, masks["EX"], geo.fovea_x, geo.fovea_y, geo.dd, geo.laterality, LESION_KEYS
     )
     grade = icdr_grade(f)
     row: dict[str, Any] = {

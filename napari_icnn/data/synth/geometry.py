@@ -87,9 +87,21 @@ class Geometry:
         return d @ n, d @ s
 
 
-def sample_geometry(rng: np.random.Generator, size: int, laterality: str) -> Geometry:
-    """Draw the landmarks of one image of ``size`` × ``size`` pixels for eye ``laterality``."""
-    diameter = rng.uniform(*FOV_DIAMETER) * size
+def sample_geometry(
+    rng: np.random.Generator,
+    size: int,
+    laterality: str,
+    *,
+    fov_scale: float = 1.0,
+    notch: bool | None = None,
+) -> Geometry:
+    """Draw the landmarks of one image of ``size`` × ``size`` pixels for eye ``laterality``.
+
+    ``fov_scale`` enlarges the field of view beyond the canvas (a rimless wide field whose circle
+    reaches past the frame); ``notch`` forces the rim marker on or off (``None``: drawn with
+    :data:`NOTCH_PROBABILITY`). The random draws are the same whatever these two options say.
+    """
+    diameter = rng.uniform(*FOV_DIAMETER) * size * fov_scale
     jitter = np.clip(rng.normal(0.0, FOV_CENTRE_JITTER, 2), -0.02, 0.02) * size
     fov_x, fov_y = size / 2 + jitter[0], size / 2 + jitter[1]
     fovea = size / 2 + rng.uniform(-FOVEA_OFFSET, FOVEA_OFFSET, 2) * size
@@ -100,14 +112,16 @@ def sample_geometry(rng: np.random.Generator, size: int, laterality: str) -> Geo
     sign = -1.0 if laterality == "L" else 1.0
     disc_x = fovea[0] + sign * dist * math.cos(elev)
     disc_y = fovea[1] - dist * math.sin(elev)
-    notch = None
-    if rng.random() < NOTCH_PROBABILITY:
+    drawn = None
+    if rng.random() < NOTCH_PROBABILITY or notch:
         # A small tab outside the circle, upper right as on common camera masks.
         ang = math.radians(rng.uniform(-60.0, -30.0))
         r = diameter / 2
         w, h = 0.035 * size, 0.03 * size
         px, py = fov_x + r * math.cos(ang), fov_y + r * math.sin(ang)
-        notch = (int(px - w / 2), int(py - h / 2), int(px + w / 2), int(py + h / 2))
+        drawn = (int(px - w / 2), int(py - h / 2), int(px + w / 2), int(py + h / 2))
+    if notch is False:
+        drawn = None
     return Geometry(
         size=size,
         laterality=laterality,
@@ -120,5 +134,5 @@ def sample_geometry(rng: np.random.Generator, size: int, laterality: str) -> Geo
         disc_height=_r2(height),
         fovea_x=_r2(fovea[0]),
         fovea_y=_r2(fovea[1]),
-        notch=notch,
+        notch=drawn,
     )

@@ -28,7 +28,7 @@ from napari_icnn.data.synth.geometry import Geometry
 from napari_icnn.data.synth.vessels import Vessel
 from napari_icnn.parts import LESION_KEYS
 
-__all__ = ["LesionInstance", "LesionPainter", "draw_lesions", "QUADRANT_MARGIN"]
+__all__ = ["LesionInstance", "LesionPainter", "draw_lesions", "draw_distractors", "draw_laser_scars", "QUADRANT_MARGIN"]
 
 QUADRANT_MARGIN = 0.75  # px; haemorrhage centroids stay this far from the quadrant lines
 MAX_TRIES = 40
@@ -80,8 +80,18 @@ class LesionPainter:
         disc_mask: np.ndarray,
         vessels: list[Vessel],
         base: np.ndarray,
+        *,
+        blocked: np.ndarray | None = None,
+        style: np.random.Generator | None = None,
     ):
         self.rng = rng
+        self.blocked = blocked
+        """``(S, S)`` bool: where nothing may be drawn (outside the photograph's frame, under
+        burned-in text, dust or reflections); ``None`` for the clean look."""
+        self.style = style
+        """Draws of the realistic lesion look (contrast, tone); ``None`` for the clean look, whose
+        lesions keep their original appearance and random draws."""
+        self.extras: dict[str, int] = {"drusen": 0, "pigment": 0, "laser": 0}
         self.img = img
         self.geo = geo
         self.r = r
@@ -123,6 +133,8 @@ class LesionPainter:
             return False
         if not on_disc and (self.keep_out[y0:y1, x0:x1] & mask).any():
             return False
+        if self.blocked is not None and (self.blocked[y0:y1, x0:x1] & grown[1:-1, 1:-1]).any():
+            return False
         yy, xx = np.nonzero(mask)
         cx, cy = float(xx.mean() + x0), float(yy.mean() + y0)
         # Haemorrhage quadrants must not hinge on rounding: keep centroids off the quadrant lines.
@@ -160,6 +172,44 @@ class LesionPainter:
         xs, ys = crop_grid(box)
         alpha, mask = star_blob(xs, ys, float(xy[0]), float(xy[1]), rx, ry, angle, harm, soft)
         return self.stamp(kind, subtype, box, alpha * look.peak, mask, look.colour, look.mode)
+
+    def distractor(
+        self,
+        kind: str,
+        box: tuple[int, int, int, int],
+        alpha: np.ndarray,
+        mask: np.ndarray,
+        colour: np.ndarray,
+        mode: str,
+    ) -> bool:
+        """Paint a finding that is not diabetic retinopathy (``drusen``, ``pigment``, ``laser``).
+
+        ``colour`` is an RGB triple or, for ``"blend"``, a ``(3, h, w)`` colour per pixel of the crop.
+
+        It enters no part mask and no lesion count, but it occupies its pixels (and a one-pixel
+        margin) so that no lesion is drawn over it: lesion masks stay exact.
+        """
+        x0, y0, x1, y1 = box
+        if not mask.any() or (self.r[y0:y1, x0:x1][mask] > 0.95).any():
+            return False
+        grown = dilate1(np.pad(mask, 1))
+        occ = np.pad(self.occupied[y0:y1, x0:x1], 1, constant_values=True)
+        if (grown & occ).any() or (self.keep_out[y0:y1, x0:x1] & mask).any():
+            return False
+        if self.blocked is not None and (self.blocked[y0:y1, x0:x1] & grown[1:-1, 1:-1]).any():
+            return False
+        crop = self.img[:, y0:y1, x0:x1]
+        a = alpha[None]
+        c = np.asarray(colour, dtype=np.float32)
+        if c.ndim == 1:
+            c = c[:, None, None]
+        if mode == "darken":
+            crop *= 1.0 - a * (1.0 - c)
+        else:
+            crop += a * (c - crop)
+        self.occupied[y0:y1, x0:x1] |= mask
+        self.extras[kind] += 1
+        return True
 
     # -- where -------------------------------------------------------------------------------
     def around_fovea(self, d: tuple[float, float], temporal_bias: float = 0.0) -> np.ndarray:
@@ -206,13 +256,23 @@ class LesionPainter:
     def microaneurysm(self, xy: np.ndarray) -> bool:
         rng, dd = self.rng, self.geo.dd
         r = max(rng.uniform(0.018, 0.037) * dd, 0.8)
-        look = Look(np.asarray(MA_RATIO, dtype=np.float32) * rng.uniform(0.97, 1.03), "darken", soft=0.45)
+        ratio = np.asarray(MA_RATIO, dtype=np.float32) * rng.uniform(0.97, 1.03)
+        if self.style is not None:
+            # Realistic look: many microaneurysms are faint, near the detection limit (green
+            # only 8-15 % darker than the background), a few are crisp and dark.
+            contrast = self.style.uniform(0.3, 0.55) if self.style.random() < 0.45 else self.style.uniform(0.8, 1.25)
+            ratio = np.clip(1.0 - (1.0 - ratio) * np.float32(contrast), 0.4, 1.0)
+        look = Look(ratio, "darken", soft=0.45)
         return self.blob("MA", "MA", xy, r, r * rng.uniform(0.9, 1.1), 0.0, look)
 
     def haemorrhage(self, xy: np.ndarray, subtype: str, small: bool = False) -> bool:
         rng, dd = self.rng, self.geo.dd
         colour = self.base * np.asarray(HE_RATIO, dtype=np.float32) * rng.uniform(0.9, 1.12)
         peak = rng.uniform(0.6, 0.9)
+        if self.style is not None:
+            # Realistic look: deeper, browner blots and some fainter, older ones.
+            colour = colour * np.asarray((1.0, 0.9, 0.85), dtype=np.float32) * np.float32(self.style.uniform(0.8, 1.1))
+            peak = min(peak * self.style.uniform(0.85, 1.15), 0.97)
         if subtype == "flame":
             # Superficial, so brighter red, feathered, and aligned with the nerve fibres (radial to the disc).
             half = rng.uniform(0.15, 0.45) * dd
@@ -264,6 +324,11 @@ class LesionPainter:
             self.base * np.asarray(EX_GAIN, dtype=np.float32) * rng.uniform(0.95, 1.05), 255.0
         )
         peak = rng.uniform(0.75, 0.95)
+        if self.style is not None:
+            # Realistic look: waxy yellow, from faint cream to bright saturated plaques.
+            tone = np.asarray((1.15, 2.4, 1.9), dtype=np.float32) * np.float32(self.style.uniform(0.92, 1.08))
+            colour = np.minimum(self.base * tone, 255.0)
+            peak = peak * self.style.uniform(0.7, 1.05)
         if not plaque:
             r = max(rng.uniform(0.015, 0.045) * dd, 0.8)
             ry, ang = r * rng.uniform(0.75, 1.0), rng.uniform(0, math.pi)
@@ -468,3 +533,83 @@ def _cotton_wool(rng: np.random.Generator, p: LesionPainter, n: int) -> int:
 
         drew += _attempt(one)
     return drew
+
+
+# -- findings that are not diabetic retinopathy (realistic look) ------------------------------------
+
+DRUSEN_GAIN = (1.1, 1.75, 1.3)
+PIGMENT_RATIO = (0.42, 0.36, 0.42)
+DRUSEN_PROBABILITY = 0.25
+PIGMENT_PROBABILITY = 0.18
+LASER_PROBABILITY = 0.5  # of the eyes whose target grade is 4
+
+
+def draw_distractors(rng: np.random.Generator, p: LesionPainter) -> None:
+    """Drusen (yellow, soft, macular) and pigment clumps (dark, irregular): not diabetic
+    retinopathy, in no part mask, and whatever the grade (so they never predict it).
+
+    Every draw comes from ``rng`` alone; drawn before the lesions, which keep off them.
+    """
+    g, dd = p.geo, p.geo.dd
+    n_drusen = int(rng.integers(3, 30)) if rng.random() < DRUSEN_PROBABILITY else 0
+    n_pigment = int(rng.integers(1, 5)) if rng.random() < PIGMENT_PROBABILITY else 0
+    spread = rng.uniform(0.6, 1.6)
+    for _ in range(n_drusen):
+        d, ang = abs(rng.normal(0.0, spread)), rng.uniform(0, 2 * math.pi)
+        xy = g.to_px(d * math.cos(ang), d * math.sin(ang))
+        r = max(math.exp(rng.uniform(math.log(0.02), math.log(0.07))) * dd, 0.9)
+        box = crop_box(xy[0], xy[1], r * 1.8 + 2, g.size)
+        xs, ys = crop_grid(box)
+        alpha, mask = star_blob(xs, ys, float(xy[0]), float(xy[1]), r, r * rng.uniform(0.8, 1.0), 0.0, (), 0.9)
+        colour = np.minimum(p.base * np.asarray(DRUSEN_GAIN, dtype=np.float32) * rng.uniform(0.95, 1.05), 255.0)
+        p.distractor("drusen", box, alpha * rng.uniform(0.35, 0.65), mask, colour, "blend")
+    for _ in range(n_pigment):
+        rad = 0.9 * g.fov_radius * math.sqrt(rng.random())
+        ang = rng.uniform(0, 2 * math.pi)
+        xy = np.array([g.fov_x + rad * math.cos(ang), g.fov_y + rad * math.sin(ang)])
+        rx = max(rng.uniform(0.04, 0.14) * dd, 1.0)
+        harm = [(0.35 * rng.uniform(0.2, 1.0) / k, rng.uniform(0, 2 * math.pi)) for k in range(2, 5)]
+        box = crop_box(xy[0], xy[1], rx * 1.8 + 2, g.size)
+        xs, ys = crop_grid(box)
+        alpha, mask = star_blob(
+            xs, ys, float(xy[0]), float(xy[1]), rx, rx * rng.uniform(0.5, 1.0), rng.uniform(0, math.pi), harm, 0.3
+        )
+        colour = np.asarray(PIGMENT_RATIO, dtype=np.float32) * rng.uniform(0.85, 1.15)
+        p.distractor("pigment", box, alpha * rng.uniform(0.6, 0.9), mask, colour, "darken")
+
+
+def draw_laser_scars(rng: np.random.Generator, p: LesionPainter, target: int) -> None:
+    """Pan-retinal photocoagulation scars on some eyes whose target grade is 4 (treated
+    proliferative disease): rows of round scars with a pale centre and a pigmented rim in the
+    mid-periphery, sparing the macula (> 2.8 DD from the fovea) and the disc.
+
+    Nothing is drawn (and nothing drawn from ``rng``) for other targets.
+    """
+    if target != 4 or rng.random() >= LASER_PROBABILITY:
+        return
+    g, dd = p.geo, p.geo.dd
+    n = int(rng.integers(60, 220))
+    r0 = rng.uniform(0.09, 0.16) * dd
+    pale = np.minimum(p.base * np.asarray((1.08, 1.9, 1.6), dtype=np.float32) * rng.uniform(0.9, 1.05), 255.0)
+    for _ in range(n):
+        rad = g.fov_radius * math.sqrt(rng.uniform(0.3, 0.86))
+        ang = rng.uniform(0, 2 * math.pi)
+        xy = np.array([g.fov_x + rad * math.cos(ang), g.fov_y + rad * math.sin(ang)])
+        if math.hypot(xy[0] - g.fovea_x, xy[1] - g.fovea_y) < 2.8 * dd:
+            continue
+        if math.hypot(xy[0] - g.disc_x, xy[1] - g.disc_y) < 1.3 * dd:
+            continue
+        r = max(r0 * rng.uniform(0.8, 1.2), 1.2)
+        box = crop_box(xy[0], xy[1], r * 1.6 + 2, g.size)
+        xs, ys = crop_grid(box)
+        alpha, mask = star_blob(
+            xs, ys, float(xy[0]), float(xy[1]), r, r * rng.uniform(0.85, 1.0), 0.0,
+            [(0.08, rng.uniform(0, 6.3))], 0.35,
+        )  # fmt: skip
+        rho = np.hypot(xs - float(xy[0]), ys - float(xy[1])) / r
+        # A pigmented ring around a pale, atrophic centre.
+        ring = np.exp(-(((rho - 0.85) / 0.22) ** 2)).astype(np.float32)
+        centre = np.clip(1.0 - rho / 0.75, 0.0, 1.0).astype(np.float32)
+        crop = p.img[:, box[1] : box[3], box[0] : box[2]]
+        colour = (crop * (1.0 - 0.55 * ring)[None] + (pale[:, None, None] - crop) * (0.85 * centre)[None])
+        p.distractor("laser", box, alpha, mask, colour, "blend")
