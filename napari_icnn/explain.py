@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from napari_icnn.image import FundusImage
-from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, fov_radius_of, role_of
+from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, TEXT_REACH, peak_on_mask, role_of
 
 __all__ = ["FORMAT_VERSION", "FilterEvidence", "Explanation", "explain", "explain_batch", "explain_file",
            "write_explanation", "lesion_type_summary"]
@@ -128,7 +128,7 @@ class Explanation:
         return self._role(CONTEXT, k)
 
     def possible_artefacts(self, k: int | None = None) -> list[FilterEvidence]:
-        """Active filters peaking outside the field of view or on its rim, by contribution."""
+        """Active filters peaking outside the field of view, on its rim or on burned-in text, by contribution."""
         return self._role(ARTEFACT, k)
 
     def _role(self, role: str, k: int | None) -> list[FilterEvidence]:
@@ -220,7 +220,7 @@ def explain_batch(
     model: Any,
     *,
     check: bool = True,
-    prepared: Sequence[tuple[np.ndarray, Any]] | None = None,
+    prepared: Sequence[tuple[np.ndarray, Any] | tuple[np.ndarray, Any, Any]] | None = None,
 ) -> list[Explanation]:
     """Explain several photographs with one batched forward pass; the same result as :func:`explain`
     on each (up to float32 round-off of the batched convolutions).
@@ -234,9 +234,10 @@ def explain_batch(
     check
         Refuse images that are not colour fundus photographs (ignored with ``prepared``).
     prepared
-        ``(input, geometry)`` per image as :func:`~napari_icnn.data.transforms.preprocess` returns them,
-        when preprocessing already ran elsewhere (in worker processes): ``images`` then only supply
-        the scans' source, shape, frame and laterality.
+        ``(input, geometry)`` or ``(input, geometry, fov)`` per image as
+        :func:`~napari_icnn.data.transforms.preprocess` takes and returns them, when preprocessing already
+        ran elsewhere (in worker processes): ``images`` then supply the scans' pixels (for the burned-in
+        text, and the field of view when not given), source, shape, frame and laterality.
 
     Raises
     ------
@@ -245,6 +246,7 @@ def explain_batch(
     """
     import torch
 
+    from napari_icnn.data.burned_in import find_burned_in
     from napari_icnn.data.fov import check_fundus, find_fov
     from napari_icnn.data.transforms import preprocess
     from napari_icnn.icnn.cells import cell_centres
@@ -252,17 +254,23 @@ def explain_batch(
     imgs = [_as_fundus(im) for im in images]
     if not imgs:
         return []
+    fovs: list[Any] = []
+    inputs: list[tuple[np.ndarray, Any]] = []
     if prepared is None:
-        prepared = []
         for img in imgs:
             fov = check_fundus(img.pixels, img.source) if check else find_fov(img.pixels)
             x, geom, _ = preprocess(img.pixels, model.size, fov)
-            prepared.append((x, geom))
+            inputs.append((x, geom))
+            fovs.append(fov)
     elif len(prepared) != len(imgs):
         raise ValueError(f"prepared holds {len(prepared)} inputs for {len(imgs)} images")
+    else:
+        for p, img in zip(prepared, imgs):
+            inputs.append((p[0], p[1]))
+            fovs.append(p[2] if len(p) > 2 else find_fov(img.pixels))
     net = model.net
     with torch.no_grad():
-        xt = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x, _ in prepared])).to(model.device)
+        xt = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x, _ in inputs])).to(model.device)
         out = net(xt)
         # calibrated logits: the bundle's temperature (fitted on its validation cohort) keeps every decision
         t = float(getattr(model, "temperature", 1.0))
@@ -291,7 +299,10 @@ def explain_batch(
         contrib_all = (net.contributions(out.masked, target, model.reference).float() / t).cpu().numpy()
         masked_all = out.masked.float().cpu().numpy()
     results = []
-    for i, (img, (_, geom)) in enumerate(zip(imgs, prepared)):
+    for i, (img, (_, geom)) in enumerate(zip(imgs, inputs)):
+        fov = fovs[i]
+        # Burned-in text (dates, IDs, labels) is no part of the eye: a filter peaking on it is a possible artefact.
+        text = find_burned_in(img.pixels)
         masked = masked_all[i]
         contrib = contrib_all[i] * signs[i]
         n = masked.shape[-1]
@@ -300,14 +311,18 @@ def explain_batch(
         # the receptive-field centres of the cells, as evaluation uses them (stride and offset of the backbone)
         centres = cell_centres(n, n, model.size, getattr(net, "stride", None), getattr(net, "offset", None))[peak_idx]
         peaks_scan = geom.to_scan(centres.astype(np.float64))
+        rim = fov.rim_coordinate(peaks_scan[:, 0], peaks_scan[:, 1])
+        # text within the peak's cell (a few pixels at least, at most a fraction of the field)
+        cell = 0.5 * float(getattr(net, "stride", None) or model.size / n) * geom.scale
+        reach = min(cell + 2.0, TEXT_REACH * fov.inscribed_radius) if text.any() else 0.0
         h, w = img.shape
         filters = []
         for f, info in enumerate(model.filters):
             act = float(flat[f].max())
             px, py = float(peaks_scan[f, 0]), float(peaks_scan[f, 1])
-            role = role_of(info.category, info.part, act / info.act_scale,
-                           fov_radius_of(float(centres[f, 0]), float(centres[f, 1]), model.size),
-                           inside_scan=-0.5 <= px < w - 0.5 and -0.5 <= py < h - 0.5)
+            role = role_of(info.category, info.part, act / info.act_scale, float(rim[f]),
+                           inside_scan=-0.5 <= px < w - 0.5 and -0.5 <= py < h - 0.5,
+                           on_text=reach > 0 and peak_on_mask(text, px, py, reach))
             fire_at = getattr(info, "fire_threshold", None)
             fires = None if fire_at is None else act >= fire_at
             flags = role.flags if fires is not False else (*role.flags, "below its firing threshold")

@@ -25,6 +25,7 @@ from napari_icnn.batch.summary import Row, one_line
 from napari_icnn.errors import DeclinedInput, InputError
 
 if TYPE_CHECKING:
+    from napari_icnn.data.fov import FOV
     from napari_icnn.data.geometry import Geometry
     from napari_icnn.explain import Explanation
     from napari_icnn.image import FundusImage
@@ -43,6 +44,13 @@ class Prepared:
     geometry: Geometry
     phi: tuple[str, ...] = ()
     """Patient-identifying header values, kept to scrub later reasons."""
+    fov: FOV | None = None
+    """The frame's field of view (for the evidence flags: peaks outside it or on its rim); found again
+    when not given."""
+
+    def network_input(self) -> tuple[Any, ...]:
+        """What :func:`~napari_icnn.explain.explain_batch` takes as ``prepared`` for this frame."""
+        return (self.x, self.geometry) if self.fov is None else (self.x, self.geometry, self.fov)
 
 
 def _reason(exc: BaseException, phi: list[str] | tuple[str, ...], doing: str) -> tuple[str, str]:
@@ -95,7 +103,7 @@ def prepare_file(path: str, size: int) -> list[Prepared | Row]:
             try:
                 fov = check_fundus(image.pixels, path)
                 x, geom, _ = preprocess(image.pixels, size, fov)
-                items.append(Prepared(path, image, x, geom, tuple(phi)))
+                items.append(Prepared(path, image, x, geom, tuple(phi), fov))
             except Exception as exc:  # noqa: BLE001 - one frame's refusal is that frame's row
                 status, reason = _reason(exc, phi, "preparing the image")
                 items.append(Row(path, frame, image.sop_instance_uid or sop, status, reason))
@@ -152,13 +160,13 @@ def explain_rows(model: Any, prepared: list[Prepared]) -> list[tuple[Prepared, E
     if not prepared:
         return []
     try:
-        expls = explain_batch([p.image for p in prepared], model, prepared=[(p.x, p.geometry) for p in prepared])
+        expls = explain_batch([p.image for p in prepared], model, prepared=[p.network_input() for p in prepared])
         return list(zip(prepared, expls))
     except Exception:  # noqa: BLE001 - find the frame that fails
         if len(prepared) == 1:
             p = prepared[0]
             try:
-                return [(p, explain_batch([p.image], model, prepared=[(p.x, p.geometry)])[0])]
+                return [(p, explain_batch([p.image], model, prepared=[p.network_input()])[0])]
             except Exception as exc:  # noqa: BLE001
                 _, reason = _reason(exc, p.phi, "running the model")
                 return [(p, Row(p.input_path, p.image.frame, p.image.sop_instance_uid or "", "error", reason))]

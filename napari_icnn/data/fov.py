@@ -394,9 +394,9 @@ def _analyse(rgb: np.ndarray) -> _Analysis:
     refined = _refine(rgb, cx, cy, r, step, threshold)
     if refined is not None:
         cx, cy, r = refined
-    # A circle that grazes the frame (by up to 3 % of its radius, as 45-degree cameras framing the field
+    # A circle that grazes the frame (by up to 5 % of its radius, as 45-degree cameras framing the field
     # tightly do) is still a circle: the frame's edge enters its rim distance all the same.
-    tol = max(1.0, 0.03 * r)
+    tol = max(1.0, 0.05 * r)
     clipped = cx - r < -0.5 - tol or cy - r < -0.5 - tol or cx + r > w - 0.5 + tol or cy + r > h - 0.5 + tol
     circle = FOV(cx, cy, r, clipped, frame=frame)
     notch = _find_notch(rgb, small, bright, circle, step, threshold)
