@@ -1,7 +1,10 @@
-"""Make ``docs/synthetic.png``: synthetic fundus photographs, their part masks, and the real
-photograph scikit-image ships for comparison.
+"""Make the figures of synthetic fundus photographs beside the real photograph scikit-image ships.
 
-Run from the repository root: ``python docs/scripts/make_synthetic_figure.py [--out PATH]``.
+``--look realistic`` (default): ``docs/figures/synthetic_realistic.png``, a dozen photographs of the
+realistic look (varied cameras, field-of-view shapes, sizes, burned-in text and artefacts).
+``--look clean``: ``docs/synthetic.png``, clean photographs above their exact part masks.
+
+Run from the repository root: ``python docs/scripts/make_synthetic_figure.py [--look LOOK] [--out PATH]``.
 """
 
 from __future__ import annotations
@@ -56,14 +59,119 @@ def overlay(image: np.ndarray, masks: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def tile(array: np.ndarray, px: int) -> np.ndarray:
+    """The photograph resized to a ``px`` × ``px`` square."""
     return np.asarray(Image.fromarray(array).resize((px, px), Image.Resampling.LANCZOS))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "synthetic.png"))
-    args = parser.parse_args()
+def fit(array: np.ndarray, w: int, h: int, fill: int = 255) -> np.ndarray:
+    """The photograph scaled to fit a ``w`` × ``h`` box, centred, keeping its aspect ratio."""
+    im = Image.fromarray(array)
+    scale = min(w / im.width, h / im.height)
+    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
+    box = Image.new("RGB", (w, h), (fill, fill, fill))
+    box.paste(im, ((w - im.width) // 2, (h - im.height) // 2))
+    return np.asarray(box)
 
+
+# Realistic examples: (seed index, target grade) chosen so that every field-of-view shape appears
+# at least twice, with every grade and a treated eye.
+REALISTIC_SEED = 2027
+REALISTIC_GRADES = (0, 2, 4, 1, 3, 0, 2, 4, 2, 1, 0, 3)
+
+
+def _pick_realistic() -> list:
+    """A dozen realistic photographs covering every field-of-view shape (at least twice each)."""
+    chosen, shapes = [], {}
+    k = 0
+    while len(chosen) < len(REALISTIC_GRADES) and k < 400:
+        grade = REALISTIC_GRADES[len(chosen)]
+        probe = generate_fundus(np.random.SeedSequence([REALISTIC_SEED, k]), 160, grade=grade, look="realistic")
+        shape = probe.labels["fov_shape"]
+        k += 1
+        need = len(REALISTIC_GRADES) - len(chosen)
+        missing = sum(max(0, 2 - shapes.get(s, 0)) for s in ("circle", "clipped", "rimless", "notched"))
+        if shapes.get(shape, 0) >= 2 and missing >= need:
+            continue
+        if shapes.get(shape, 0) >= 4:
+            continue
+        shapes[shape] = shapes.get(shape, 0) + 1
+        chosen.append(generate_fundus(np.random.SeedSequence([REALISTIC_SEED, k - 1]), None, grade=grade, look="realistic"))
+    return chosen
+
+
+def realistic_figure(out: Path) -> None:
+    """The realistic look: twelve photographs of varied cameras beside the real photograph."""
+    from skimage.data import retina
+
+    cols, rows = 4, 3
+    real_px, tw, th, gap, title, top = 520, 300, 250, 10, 36, 46
+    width = gap + real_px + 3 * gap + cols * (tw + gap)
+    height = top + rows * (title + th + gap) + 10
+    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+
+    def axes(x: float, y: float, w: float, h: float):
+        ax = fig.add_axes((x / width, 1 - (y + h) / height, w / width, h / height))
+        ax.axis("off")
+        return ax
+
+    ax = axes(gap, top + title + (rows * (title + th + gap) - title - real_px) / 2, real_px, real_px)
+    ax.imshow(fit(retina(), real_px, real_px))
+    ax.set_title("real: scikit-image retina (1411×1411, left eye)", fontsize=10, pad=4)
+    x0 = gap + real_px + 3 * gap
+    for k, f in enumerate(_pick_realistic()):
+        lab = f.labels
+        x, y = x0 + (k % cols) * (tw + gap), top + (k // cols) * (title + th + gap) + title
+        ax = axes(x, y, tw, th)
+        ax.imshow(fit(f.image, tw, th))
+        art = [a for a in (
+            f"{lab['cast']} cast" if lab["cast"] != "none" else "",
+            lab["blur"] if lab["blur"] != "none" else "",
+            f"{lab['reflection']} flare" if lab["reflection"] != "none" else "",
+            f"dust {lab['dust']}" if lab["dust"] else "",
+            f"exp ×{lab['exposure']:.2f}" if abs(lab["exposure"] - 1) > 0.2 else "",
+            "laser scars" if lab["treated"] else "",
+            "drusen" if lab["n_drusen"] else "",
+        ) if a]  # fmt: skip
+        ax.set_title(
+            f"{lab['camera']} · {lab['fov_shape']} · {lab['width']}×{lab['height']} · ICDR {lab['grade']}\n"
+            + (", ".join(art[:3]) or "no extra artefacts"),
+            fontsize=8, pad=3,
+        )  # fmt: skip
+    fig.suptitle(
+        "Synthetic fundus photographs, realistic look (napari-icnn generator; camera profile, field shape, "
+        "frame size, burned-in text and artefacts drawn per image, independently of the grade)",
+        fontsize=11, y=1 - 12 / height,
+    )  # fmt: skip
+    _save(fig, out)
+
+
+def _save(fig, out: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor="white")
+    plt.close(fig)
+    img = Image.open(buf).convert("RGB")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    img.save(tmp, format="PNG", optimize=True)
+    os.replace(tmp, out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {img.size[0]}×{img.size[1]} px)")
+
+
+def main() -> None:
+    """Write the figure of the look asked for."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--look", choices=("realistic", "clean"), default="realistic")
+    parser.add_argument("--out", default=None, help="output PNG (default: by look, see the module docstring)")
+    args = parser.parse_args()
+    docs = Path(__file__).resolve().parents[1]
+    if args.look == "realistic":
+        realistic_figure(Path(args.out or docs / "figures" / "synthetic_realistic.png"))
+        return
+    clean_figure(Path(args.out or docs / "synthetic.png"))
+
+
+def clean_figure(out: Path) -> None:
+    """The clean look: eight photographs above their exact part masks, beside the real photograph."""
     from skimage.data import retina
 
     # Layout in pixels (dpi 100): the real photograph, then eight columns of photograph over overlay.
@@ -82,7 +190,7 @@ def main() -> None:
     ax.set_title("real: scikit-image retina (left eye)", fontsize=10, pad=4)
     x0 = gap + real_px + 3 * gap
     for k, (grade, eye) in enumerate(EXAMPLES):
-        f = generate_fundus(np.random.SeedSequence([SEED, k]), SIZE, laterality=eye, grade=grade)
+        f = generate_fundus(np.random.SeedSequence([SEED, k]), SIZE, laterality=eye, grade=grade, look="clean")
         lab = f.labels
         x = x0 + k * (px + gap)
         ax = axes(x, top + title, px, px)
@@ -109,16 +217,7 @@ def main() -> None:
         fontsize=11,
         y=1 - 10 / height,
     )
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", facecolor="white")
-    plt.close(fig)
-    img = Image.open(buf).convert("RGB")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    img.save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, out)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {img.size[0]}×{img.size[1]} px)")
+    _save(fig, out)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def sample_frame(rng: np.random.Generator, size: int | None, size_range: tuple[i
     aspect = prof.aspects[int(rng.integers(len(prof.aspects)))]
     lo, hi = size_range
     drawn = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
-    k = rng.uniform(1.2, 1.3)
+    k = rng.uniform(1.25, 1.45)
     scale = rng.uniform(1.06, 1.14)
     width = int(size) if size is not None else drawn
     height = max(int(round(width / aspect)), 2)
@@ -308,7 +308,7 @@ def plan_artefacts(
     cast = ("none", "yellow", "green")[int(rng.choice(3, p=prof.cast))]
     k = rng.uniform(0.06, 0.2)
     cast_rgb = {"none": (1.0, 1.0, 1.0), "yellow": (1.0 + 0.3 * k, 1.0 + 0.5 * k, 1.0 - 2.2 * k),
-                "green": (1.0 - 1.2 * k, 1.0 + 1.0 * k, 1.0 - 0.6 * k)}[cast]  # fmt: skip
+                "green": (1.0 - 0.8 * k, 1.0 + 0.7 * k, 1.0 - 0.4 * k)}[cast]  # fmt: skip
     exposure = float(np.clip(math.exp(rng.normal(0.0, 0.28)), 0.5, 1.8))
     blur = ("none", "defocus", "motion")[int(rng.choice(3, p=prof.blur))]
     blur_px = {"none": 0.0, "defocus": rng.uniform(0.8, 3.0) * u, "motion": rng.uniform(2.0, 8.0) * u}[blur]

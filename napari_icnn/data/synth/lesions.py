@@ -590,7 +590,7 @@ def draw_laser_scars(rng: np.random.Generator, p: LesionPainter, target: int) ->
     g, dd = p.geo, p.geo.dd
     n = int(rng.integers(60, 220))
     r0 = rng.uniform(0.09, 0.16) * dd
-    pale = np.minimum(p.base * np.asarray((1.08, 1.9, 1.6), dtype=np.float32) * rng.uniform(0.9, 1.05), 255.0)
+    pale = np.minimum(p.base * np.asarray((1.12, 2.2, 2.2), dtype=np.float32) * rng.uniform(0.9, 1.05), 255.0)
     for _ in range(n):
         rad = g.fov_radius * math.sqrt(rng.uniform(0.3, 0.86))
         ang = rng.uniform(0, 2 * math.pi)
@@ -599,17 +599,21 @@ def draw_laser_scars(rng: np.random.Generator, p: LesionPainter, target: int) ->
             continue
         if math.hypot(xy[0] - g.disc_x, xy[1] - g.disc_y) < 1.3 * dd:
             continue
-        r = max(r0 * rng.uniform(0.8, 1.2), 1.2)
+        r = max(r0 * rng.uniform(0.75, 1.25), 1.2)
         box = crop_box(xy[0], xy[1], r * 1.6 + 2, g.size)
         xs, ys = crop_grid(box)
-        alpha, mask = star_blob(
-            xs, ys, float(xy[0]), float(xy[1]), r, r * rng.uniform(0.85, 1.0), 0.0,
-            [(0.08, rng.uniform(0, 6.3))], 0.35,
-        )  # fmt: skip
+        harm = [(0.12 * rng.uniform(0.3, 1.0), rng.uniform(0, 6.3)), (0.06, rng.uniform(0, 6.3))]
+        alpha, mask = star_blob(xs, ys, float(xy[0]), float(xy[1]), r, r * rng.uniform(0.8, 1.0), 0.0, harm, 0.35)
         rho = np.hypot(xs - float(xy[0]), ys - float(xy[1])) / r
-        # A pigmented ring around a pale, atrophic centre.
-        ring = np.exp(-(((rho - 0.85) / 0.22) ** 2)).astype(np.float32)
-        centre = np.clip(1.0 - rho / 0.75, 0.0, 1.0).astype(np.float32)
+        # Old scars are pigmented clumps; others a pale, atrophic centre in a pigmented ring.
+        pigmented = rng.random() < 0.35
+        ring = np.exp(-(((rho - 0.75) / 0.25) ** 2)).astype(np.float32) * np.float32(rng.uniform(0.35, 0.7))
+        centre = np.clip(1.0 - rho / 0.8, 0.0, 1.0).astype(np.float32) ** 0.5 * np.float32(rng.uniform(0.55, 0.95))
         crop = p.img[:, box[1] : box[3], box[0] : box[2]]
-        colour = (crop * (1.0 - 0.55 * ring)[None] + (pale[:, None, None] - crop) * (0.85 * centre)[None])
+        if pigmented:
+            shade = np.float32(rng.uniform(0.35, 0.6))
+            colour = crop * (1.0 - (1.0 - shade) * np.clip(1.2 - rho, 0.0, 1.0))[None]
+        else:
+            dark = crop * (1.0 - ring)[None]
+            colour = dark + (pale[:, None, None] - dark) * centre[None]
         p.distractor("laser", box, alpha, mask, colour, "blend")
