@@ -52,7 +52,7 @@ def find_burned_in(rgb: np.ndarray) -> np.ndarray:
     step = max(1, int(np.ceil(max(h, w) / _WORK_SIDE)))
     value = _stroke_value(arr, step)
     ink = _ink(value)
-    keep = _text_rows(ink)
+    keep = _text_rows(ink, value)
     if not keep.any():
         return np.zeros((h, w), bool)
     if step > 1:
@@ -93,8 +93,8 @@ def _ink(v: np.ndarray) -> np.ndarray:
     return on_field | on_dark
 
 
-def _text_rows(ink: np.ndarray) -> np.ndarray:
-    """The components of ``ink`` that line up as rows of characters."""
+def _text_rows(ink: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """The components of ``ink`` that line up as rows of characters (``value``: the stroke brightness)."""
     labels, n = ndi.label(ink, np.ones((3, 3), bool))
     if n < _MIN_CHARS:
         return np.zeros(ink.shape, bool)
@@ -141,5 +141,7 @@ def _text_rows(ink: np.ndarray) -> np.ndarray:
         # Glyphs are strokes; exudate dots and drusen are filled blobs.
         if float(np.median(fill[idx])) > 0.72:
             continue
-        keep_label[idx + 1] = True
+        # Print is one colour: a bright lesion next to a line of text is dimmer than its characters.
+        peak = np.asarray(ndi.maximum(value, labels, idx + 1), np.float64)
+        keep_label[idx[peak >= np.median(peak) - 30.0] + 1] = True
     return keep_label[labels]
