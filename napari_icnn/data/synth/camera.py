@@ -432,11 +432,14 @@ def render(
     cast = np.asarray(art.cast_rgb, dtype=np.float32)[:, None, None] * np.float32(art.exposure)
     img *= gain[None] * cast
     if art.sheen:
-        img += art.sheen_field[None] * _SHEEN_RGB * fov[None]
+        ys, xs = _extent(art.sheen_field)
+        img[:, ys, xs] += art.sheen_field[None, ys, xs] * _SHEEN_RGB * fov[None, ys, xs]
     if art.reflection != "none":
-        img += art.reflection_field[None] * _REFLECTION_RGB
+        ys, xs = _extent(art.reflection_field)
+        img[:, ys, xs] += art.reflection_field[None, ys, xs] * _REFLECTION_RGB
     if art.n_dust:
-        img *= 1.0 - art.dust_alpha[None]
+        ys, xs = _extent(art.dust_alpha)
+        img[:, ys, xs] *= 1.0 - art.dust_alpha[None, ys, xs]
     u8 = np.ascontiguousarray(np.clip(img + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0))
     pil = Image.fromarray(u8)
     optics = 0.45 * W / 512
@@ -452,8 +455,9 @@ def render(
     grain = normal_lut[np.frombuffer(noise.bytes(H * W), dtype=np.uint8)].reshape(H, W, 1)
     out += grain * sd
     if art.texts:
-        a = art.text_alpha[:, :, None]
-        out += a * (np.asarray(art.text_rgb, dtype=np.float32) - out)
+        ys, xs = _extent(art.text_alpha)
+        a = art.text_alpha[ys, xs, None]
+        out[ys, xs] += a * (np.asarray(art.text_rgb, dtype=np.float32) - out[ys, xs])
     res = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     if art.jpeg_quality:
         buf = io.BytesIO()
@@ -461,6 +465,14 @@ def render(
         buf.seek(0)
         res = np.asarray(Image.open(buf).convert("RGB"))
     return np.ascontiguousarray(res)
+
+
+def _extent(field: np.ndarray) -> tuple[slice, slice]:
+    """Row and column slices of the bounding box of ``field``'s non-zero pixels (empty if none)."""
+    rows, cols = np.flatnonzero(field.any(axis=1)), np.flatnonzero(field.any(axis=0))
+    if not len(rows):
+        return slice(0, 0), slice(0, 0)
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def _motion(img: np.ndarray, length: float, angle: float) -> np.ndarray:

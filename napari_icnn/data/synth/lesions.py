@@ -99,7 +99,9 @@ class LesionPainter:
         self.vessels = vessels
         s = geo.size
         self.masks = {k: np.zeros((s, s), dtype=bool) for k in LESION_KEYS}
-        self.occupied = np.zeros((s, s), dtype=bool)
+        self.occupied = np.zeros((s, s), dtype=bool) if blocked is None else blocked.copy()
+        """Pixels no new instance may touch (nor come within one pixel of): drawn lesions and
+        non-DR findings, and the blocked pixels."""
         self.keep_out = dilate1(dilate1(disc_mask))
         self.instances: list[LesionInstance] = []
 
@@ -132,8 +134,6 @@ class LesionPainter:
         if (grown & occ).any():
             return False
         if not on_disc and (self.keep_out[y0:y1, x0:x1] & mask).any():
-            return False
-        if self.blocked is not None and (self.blocked[y0:y1, x0:x1] & grown[1:-1, 1:-1]).any():
             return False
         yy, xx = np.nonzero(mask)
         cx, cy = float(xx.mean() + x0), float(yy.mean() + y0)
@@ -195,8 +195,6 @@ class LesionPainter:
         grown = dilate1(np.pad(mask, 1))
         occ = np.pad(self.occupied[y0:y1, x0:x1], 1, constant_values=True)
         if (grown & occ).any() or (self.keep_out[y0:y1, x0:x1] & mask).any():
-            return False
-        if self.blocked is not None and (self.blocked[y0:y1, x0:x1] & grown[1:-1, 1:-1]).any():
             return False
         crop = self.img[:, y0:y1, x0:x1]
         a = alpha[None]
