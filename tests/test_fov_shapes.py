@@ -278,3 +278,15 @@ def test_an_ordinary_circle_keeps_its_model_mask():
     circle = (ys[:, None] - fov.cy) ** 2 + (xs[None, :] - fov.cx) ** 2 <= fov.radius**2
     assert np.array_equal(model_fov_mask(fov, geom), circle)
     assert (geom.x0, geom.y0, geom.side) == (fov.cx + 0.5 - fov.radius, fov.cy + 0.5 - fov.radius, 2 * fov.radius)
+
+
+def test_the_rim_marker_stays_out_of_the_model_input():
+    """The marker is field (its pixels are no surround) but shows no retina: the model never sees it, so a
+    notched photograph's input is what it was before shapes existed."""
+    img, _, _ = CASES["real_notched"]()
+    fov = find_fov(img)
+    assert fov.notch is not None
+    geom = Geometry.from_fov(fov, img.shape[:2], 128)
+    circle = FOV(fov.cx, fov.cy, fov.radius, fov.clipped)
+    assert np.array_equal(model_fov_mask(fov, geom), model_fov_mask(circle, geom))
+    assert not np.array_equal(fov.mask(img.shape[:2]), circle.mask(img.shape[:2]))

@@ -107,15 +107,16 @@ class FOV:
 
     # -- membership and distances -------------------------------------------------------------
 
-    def contains(self, x, y) -> np.ndarray:
-        """Bool array (broadcast of ``x`` and ``y``): the points lie in the field (pixel centres at integers)."""
+    def contains(self, x, y, marker: bool = True) -> np.ndarray:
+        """Bool array (broadcast of ``x`` and ``y``): the points lie in the field (pixel centres at integers);
+        without the rim marker when not ``marker`` (it shows no retina)."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         inside = self._in_frame(x, y)
         if self.shape == "rimless":
             return np.broadcast_to(inside, np.broadcast_shapes(x.shape, y.shape)).copy()
         field = (x - self.cx) ** 2 + (y - self.cy) ** 2 <= self.radius**2
-        if self.notch is not None:
+        if marker and self.notch is not None:
             field = field | self._in_notch(x, y)
         return field & inside
 

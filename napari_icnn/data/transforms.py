@@ -93,7 +93,8 @@ def model_fov_mask(fov: FOV, geometry: Geometry) -> np.ndarray:
     """``(size, size)`` bool: model pixels whose centres fall in the field of view and inside the scan.
 
     The field of any shape (:meth:`FOV.contains`): a clipped or rimless field's pixels in the frame are
-    inside, the padding beyond the frame outside.
+    inside, the padding beyond the frame outside. A rim marker shows no retina: it stays outside, as
+    it always was for the model.
     """
     k = np.arange(geometry.size, dtype=np.float64)
     xs = (k + 0.5) * geometry.scale + geometry.x0 - 0.5
@@ -101,7 +102,7 @@ def model_fov_mask(fov: FOV, geometry: Geometry) -> np.ndarray:
     h, w = geometry.scan_shape
     in_x = (xs >= -0.5) & (xs < w - 0.5)
     in_y = (ys >= -0.5) & (ys < h - 0.5)
-    return fov.contains(xs[None, :], ys[:, None]) & in_y[:, None] & in_x[None, :]
+    return fov.contains(xs[None, :], ys[:, None], marker=False) & in_y[:, None] & in_x[None, :]
 
 
 def read_mask(path: str, shape: tuple[int, int] | None = None) -> np.ndarray:
