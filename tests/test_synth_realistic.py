@@ -302,7 +302,6 @@ def test_a_realistic_cohort_writes_and_reads_back_its_masks_and_columns(tmp_path
         assert sorted(p.name for p in (root / "masks" / key).iterdir()) == ["s12_00000.png", "s12_00001.png"]
 
 
-@pytest.mark.slow
 def test_realistic_cohorts_are_byte_identical_for_any_worker_count(tmp_path):
     write_cohort(tmp_path / "one", 4, size=None, size_range=(96, 160), seed=3)
     write_cohort(tmp_path / "two", 4, size=None, size_range=(96, 160), seed=3, workers=2)
