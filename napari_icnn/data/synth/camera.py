@@ -478,10 +478,13 @@ def _extent(field: np.ndarray) -> tuple[slice, slice]:
 def _motion(img: np.ndarray, length: float, angle: float) -> np.ndarray:
     """Average of shifted copies along a line of ``length`` px at ``angle`` (camera shake)."""
     n = max(int(round(length)), 2)
+    h, w = img.shape[:2]
+    m = n // 2 + 1
+    padded = np.pad(img, ((m, m), (m, m), (0, 0)), mode="edge")  # no wrap-around at the frame edges
     acc = np.zeros_like(img)
     dx, dy = math.cos(angle), math.sin(angle)
     for k in range(n):
         t = k - (n - 1) / 2
         sx, sy = int(round(t * dx)), int(round(t * dy))
-        acc += np.roll(img, (sy, sx), axis=(0, 1))
+        acc += padded[m - sy : m - sy + h, m - sx : m - sx + w]
     return acc / np.float32(n)
