@@ -39,14 +39,18 @@ lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-# The whole suite (about 13 minutes on a 2-core CPU) with a line-coverage report; pytest's exit code 5 (no
-# tests ran) fails it, and so does coverage below the floor in pyproject.toml ([tool.coverage.report]).
+# The whole suite with a line-coverage report, one pytest-xdist worker per core (at most TEST_WORKERS); a test
+# file runs whole on one worker, so its module fixtures are built once. pytest's exit code 5 (no tests ran) fails
+# it, and so does coverage below the floor in pyproject.toml ([tool.coverage.report]). TEST_WORKERS=0 runs it in
+# one process.
+TEST_WORKERS ?= 4
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n auto --maxprocesses=$(TEST_WORKERS) --dist loadfile)
 test: system-deps venv lint
-	$(PY) -m pytest --cov=napari_icnn --cov-report=term:skip-covered $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) --cov=napari_icnn --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 # The quick loop while developing: everything but the tests marked slow.
 test-fast: system-deps venv
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 demo: system-deps venv
 	$(VENV)/bin/icnn demo --out demo-output

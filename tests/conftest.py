@@ -20,7 +20,9 @@ def _torch_threads():
         yield
         return
     n = torch.get_num_threads()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # Under pytest-xdist the cores are shared by the workers: one worker per core gets one thread.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
     yield
     torch.set_num_threads(n)
 
