@@ -100,6 +100,7 @@ from napari_icnn.data.synth.fundus import (
     MIN_REALISTIC_SIZE,
     MIN_SIZE,
     SIZE_RANGE,
+    check_size_range,
     generate_fundus,
     image_id,
 )
@@ -309,15 +310,7 @@ def _checked(
     if look == "clean" and size is None:
         raise ConfigError("size must be given for the clean look (only the realistic look draws sizes)")
     if look == "realistic":
-        ok = (
-            isinstance(size_range, (tuple, list))
-            and len(size_range) == 2
-            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size_range)
-        )
-        if not ok or not MIN_REALISTIC_SIZE <= size_range[0] <= size_range[1]:
-            raise ConfigError(
-                f"size_range must be two integers MIN <= MAX with MIN >= {MIN_REALISTIC_SIZE}; got {size_range!r}"
-            )
+        check_size_range(size_range)
     least = MIN_SIZE if look == "clean" else MIN_REALISTIC_SIZE
     return (
         whole("n", n, 1),

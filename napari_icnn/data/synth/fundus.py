@@ -42,6 +42,7 @@ from napari_icnn.parts import LESION_KEYS, PART_KEYS
 __all__ = [
     "SynthFundus",
     "generate_fundus",
+    "check_size_range",
     "image_id",
     "GRADE_MIX",
     "LABEL_COLUMNS",
@@ -214,7 +215,7 @@ def generate_fundus(
     if size is not None and (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < least):
         raise ConfigError(f"size must be an integer of at least {least} pixels for the {look} look; got {size!r}")
     if realistic:
-        _check_range(size_range)
+        check_size_range(size_range)
     if laterality not in (None, "L", "R"):
         raise ConfigError(f"laterality must be 'L', 'R' or None; got {laterality!r}")
     if grade is not None and (
@@ -235,14 +236,7 @@ def generate_fundus(
     size = int(size)
 
     geo = sample_geometry(_stream(ss, "geometry"), size, eye)
-    prng = _stream(ss, "palette")
-    pal = sample_palette(prng)
-    img, r = paint_background(prng, geo, pal)
-    paint_macula(prng, img, geo)
-    disc = paint_disc(prng, img, geo)
-    vrng = _stream(ss, "vessels")
-    tree = grow_tree(vrng, geo)
-    vessels = paint_vessels(vrng, img, tree, pal, size)
+    prng, pal, img, r, disc, tree, vessels = _paint_eye(ss, geo, size)
 
     painter = LesionPainter(_stream(ss, "lesions"), img, geo, r, disc, tree, pal.rgb())
     draw_lesions(painter.rng, painter, target)
@@ -264,7 +258,24 @@ def generate_fundus(
     return SynthFundus(image=image, masks=masks, labels=labels, lesions=tuple(painter.instances), artefact_masks=arte)
 
 
-def _check_range(size_range: Any) -> None:
+
+def _paint_eye(ss: np.random.SeedSequence, geo: Geometry, size: int) -> tuple[Any, ...]:
+    """The healthy eye on a ``size`` square canvas, from the palette and vessel streams (the same draws for
+    both looks): ``(palette stream, palette, canvas, radius map, disc mask, vessel tree, vessel mask)``."""
+    prng = _stream(ss, "palette")
+    pal = sample_palette(prng)
+    img, r = paint_background(prng, geo, pal)
+    paint_macula(prng, img, geo)
+    disc = paint_disc(prng, img, geo)
+    vrng = _stream(ss, "vessels")
+    tree = grow_tree(vrng, geo)
+    vessels = paint_vessels(vrng, img, tree, pal, size)
+    return prng, pal, img, r, disc, tree, vessels
+
+
+def check_size_range(size_range: Any) -> None:
+    """Refuse a realistic look's frame-width range that is not two integers ``MIN <= MAX`` of at least
+    :data:`MIN_REALISTIC_SIZE` pixels (:class:`~napari_icnn.errors.ConfigError`)."""
     ok = (
         isinstance(size_range, (tuple, list))
         and len(size_range) == 2
@@ -299,14 +310,7 @@ def _realistic(
     )  # fmt: skip
     blocked = frame.to_canvas(art.keep_clear(), fill=True)
 
-    prng = _stream(ss, "palette")
-    pal = sample_palette(prng)
-    img, r = paint_background(prng, geo, pal)
-    paint_macula(prng, img, geo)
-    disc = paint_disc(prng, img, geo)
-    vrng = _stream(ss, "vessels")
-    tree = grow_tree(vrng, geo)
-    vessels = paint_vessels(vrng, img, tree, pal, s)
+    prng, pal, img, r, disc, tree, vessels = _paint_eye(ss, geo, s)
 
     painter = LesionPainter(
         _stream(ss, "lesions"), img, geo, r, disc, tree, pal.rgb(), blocked=blocked, style=_stream(ss, "lesion_look")
