@@ -335,3 +335,21 @@ def test_cli_look_option(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("icnn synth: error:") and says in err and err.count("\n") == 1, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_realistic_moderate_npdr_is_often_a_few_faint_haemorrhages():
+    """Half the grade-2 eyes of the realistic look carry only 1-3 faint dot haemorrhages beside their
+    microaneurysms (the hard referable eyes of screening); the clean look keeps its fuller grade-2 eyes."""
+    mild = full = 0
+    for i in range(24):
+        f = generate_fundus(np.random.SeedSequence([4040, i]), 400, grade=2, look="realistic")
+        lab = f.labels
+        assert lab["grade"] == icdr_grade(findings_from(
+            f.lesions, f.masks["EX"], lab["fovea_x"], lab["fovea_y"], lab["disc_diameter"], lab["laterality"],
+            ("MA", "HE", "EX", "SE", "NV")))
+        if 1 <= lab["n_HE"] <= 3 and lab["n_EX"] == lab["n_SE"] == 0:
+            mild += 1
+            assert lab["grade"] == 2 and lab["referable"] == 1
+        else:
+            full += 1
+    assert 6 <= mild <= 18 and full >= 6, (mild, full)

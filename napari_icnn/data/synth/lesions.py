@@ -30,6 +30,8 @@ from napari_icnn.parts import LESION_KEYS
 
 __all__ = ["LesionInstance", "LesionPainter", "draw_lesions", "draw_distractors", "draw_laser_scars", "QUADRANT_MARGIN"]
 
+MILD_SHARE = 0.5
+"""Realistic look: share of target-grade-2 eyes drawn as mild moderate NPDR (1-3 faint dot haemorrhages)."""
 QUADRANT_MARGIN = 0.75  # px; haemorrhage centroids stay this far from the quadrant lines
 MAX_TRIES = 40
 
@@ -92,6 +94,8 @@ class LesionPainter:
         """Draws of the realistic lesion look (contrast, tone); ``None`` for the clean look, whose
         lesions keep their original appearance and random draws."""
         self.extras: dict[str, int] = {"drusen": 0, "pigment": 0, "laser": 0}
+        self.faint = False
+        """Realistic look, mild moderate NPDR: haemorrhages drawn fainter (see :func:`draw_lesions`)."""
         self.img = img
         self.geo = geo
         self.r = r
@@ -271,6 +275,8 @@ class LesionPainter:
             # Realistic look: deeper, browner blots and some fainter, older ones.
             colour = colour * np.asarray((1.0, 0.9, 0.85), dtype=np.float32) * np.float32(self.style.uniform(0.8, 1.1))
             peak = min(peak * self.style.uniform(0.85, 1.15), 0.97)
+            if self.faint:
+                peak *= self.style.uniform(0.45, 0.7)
         if subtype == "flame":
             # Superficial, so brighter red, feathered, and aligned with the nerve fibres (radial to the disc).
             half = rng.uniform(0.15, 0.45) * dd
@@ -448,6 +454,14 @@ def draw_lesions(rng: np.random.Generator, painter: LesionPainter, target: int) 
     n_ma = int(rng.integers(0, 16)) if target == 2 else int(rng.integers(4, 26))
     for _ in range(n_ma):
         _attempt(lambda: p.microaneurysm(p.around_fovea((0.4, 2.8), 0.7)))
+    if target == 2 and p.style is not None and p.style.random() < MILD_SHARE:
+        # Realistic look: much moderate NPDR in screening is a few faint dot haemorrhages beside the
+        # microaneurysms, the hardest referable eyes to tell from grade 1.
+        p.faint = True
+        for _ in range(int(p.style.integers(1, 4))):
+            _attempt(lambda: p.haemorrhage(p.around_fovea((0.4, 3.2)), "dot", small=True))
+        p.faint = False
+        return
     if target == 2:
         drew = 0
         for _ in range(int(rng.integers(0, 11))):
