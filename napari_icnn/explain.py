@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from napari_icnn.image import FundusImage
+from napari_icnn.parts import MASK_LESION_KEYS
 from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, TEXT_REACH, peak_on_mask, role_of
 
 __all__ = ["FORMAT_VERSION", "FilterEvidence", "Explanation", "explain", "explain_batch", "explain_file",
@@ -182,7 +183,7 @@ class Explanation:
 def lesion_type_summary(expl: Explanation) -> str:
     """The lesion types' predicted presence in words (``"haemorrhages 0.97 · hard exudates 0.12 · ..."``), or why
     there is none: a model trained without presence labels predicts the decision only."""
-    from napari_icnn.parts import MASK_LESION_KEYS, display_name
+    from napari_icnn.parts import display_name
 
     shown = [f"{display_name(n)} {p:.2f}" for n, p in zip(expl.class_names, expl.probabilities)
              if n in MASK_LESION_KEYS]
@@ -317,6 +318,8 @@ def explain_batch(
         reach = min(cell + 2.0, TEXT_REACH * fov.inscribed_radius) if text.any() else 0.0
         h, w = img.shape
         filters = []
+        # a bundle of this kind states presence for some lesion-type filters: those without a threshold lack one
+        typed = any(getattr(i, "fire_threshold", None) is not None for i in model.filters)
         for f, info in enumerate(model.filters):
             act = float(flat[f].max())
             px, py = float(peaks_scan[f, 0]), float(peaks_scan[f, 1])
@@ -326,6 +329,9 @@ def explain_batch(
             fire_at = getattr(info, "fire_threshold", None)
             fires = None if fire_at is None else act >= fire_at
             flags = role.flags if fires is not False else (*role.flags, "below its firing threshold")
+            if fire_at is None and typed and info.category in MASK_LESION_KEYS:
+                # trained with presence labels, yet its peak did not separate the validation eyes by its type
+                flags = (*flags, "no presence claim: fires alike on eyes with and without its type")
             filters.append(
                 FilterEvidence(
                     id=f,

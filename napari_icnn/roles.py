@@ -72,9 +72,12 @@ def role_of(category: str | None, part: str | None, strength: float, fov_radius:
     if not inside_scan:
         flags.append("peak outside the photograph")
         return Role(ARTEFACT, tuple(flags))
-    if active and not fov_radius <= 1.0:
+    # Nor is a peak on the black surround, however weak: a clinician reading "evidence" must find retina there
+    # (a silent filter's arbitrary peak lands in a corner of the surround).
+    if not fov_radius <= 1.0:
         flags.append("peak outside the field of view")
-    elif active and fov_radius > RIM:
+        return Role(ARTEFACT, tuple(flags))
+    if active and fov_radius > RIM:
         flags.append("peak on the field-of-view rim")
     if active and on_text:
         flags.append("peak on burned-in text")

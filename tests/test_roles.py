@@ -23,9 +23,12 @@ from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, MIN_STRENGTH, RIM, fo
         ("referable DR", None, 0.8, 0.95, True, ARTEFACT, "peak on the field-of-view rim"),
         ("free", "optic_disc", 0.8, 1.2, True, ARTEFACT, "peak outside the field of view"),
         ("HE", "HE", 0.8, 0.5, False, ARTEFACT, "peak outside the photograph"),
-        # a silent filter's peak position means nothing: no artefact flag
-        ("referable DR", None, MIN_STRENGTH / 2, 1.3, True, EVIDENCE, None),
-        ("free", None, MIN_STRENGTH / 2, 1.3, True, CONTEXT, "label-free filter (anatomy context)"),
+        # a silent filter's peak on the rim means nothing: no artefact flag ...
+        ("referable DR", None, MIN_STRENGTH / 2, 0.95, True, EVIDENCE, None),
+        ("free", None, MIN_STRENGTH / 2, 0.95, True, CONTEXT, "label-free filter (anatomy context)"),
+        # ... but beyond the field, on the black surround, no filter is evidence or context, however weak
+        ("referable DR", None, MIN_STRENGTH / 2, 1.3, True, ARTEFACT, "peak outside the field of view"),
+        ("free", None, 0.0, 1.3, True, ARTEFACT, "peak outside the field of view"),
     ],
 )
 def test_the_role_rule(category, part, strength, radius, inside, role, flag):
@@ -67,9 +70,12 @@ def test_the_shipped_model_never_lists_anatomy_or_rim_peaks_as_evidence(retina_e
         assert f.category not in (None, "free") and f.part not in ("optic_disc", "fovea", "vessels")
     anatomy = [f for f in expl.filters if f.category == "free" or f.part in ("optic_disc", "fovea", "vessels")]
     assert anatomy and all(f.role in (CONTEXT, ARTEFACT) for f in anatomy)
-    for f in expl.possible_artefacts():
-        assert f.strength >= MIN_STRENGTH
+    for f in expl.possible_artefacts():  # an active filter on the rim or text, or any peak beyond the field
+        assert f.strength >= MIN_STRENGTH or "peak outside the field of view" in f.flags or (
+            "peak outside the photograph" in f.flags), f
         assert any(flag.startswith("peak ") for flag in f.flags)
+    for f in expl.evidence() + expl.context():  # nothing in the black surround is read as the eye's
+        assert not any("outside" in flag for flag in f.flags), f
     for group in groups:  # each group is ranked by contribution
         c = [f.contribution for f in group]
         assert c == sorted(c, reverse=True)

@@ -47,9 +47,10 @@ def filter_types(model: Any) -> list[str | None]:
 
 
 def firing_thresholds(scores: np.ndarray, present: np.ndarray, types: list[str | None],
-                      act_scale: np.ndarray) -> np.ndarray:
+                      act_scale: np.ndarray, min_separation: float = 0.0) -> np.ndarray:
     """Per-filter firing thresholds from validation peaks ``scores`` (N, C) and type presence ``present`` (N, T)
-    in :data:`MASK_LESION_KEYS` order (see the module docstring)."""
+    in :data:`MASK_LESION_KEYS` order (see the module docstring); NaN for a lesion-type filter whose best
+    threshold separates eyes with its type from eyes without by less than ``min_separation`` (Youden's J)."""
     from napari_icnn.roles import MIN_STRENGTH
 
     out = MIN_STRENGTH * np.asarray(act_scale, np.float64)
@@ -66,7 +67,7 @@ def firing_thresholds(scores: np.ndarray, present: np.ndarray, types: list[str |
         tpr = (s[y][None, :] >= cands[:, None]).mean(axis=1)
         fpr = (s[~y][None, :] >= cands[:, None]).mean(axis=1)
         best = int(np.argmax(tpr - fpr))
-        out[f] = max(float(cands[best]), 1e-6)
+        out[f] = max(float(cands[best]), 1e-6) if tpr[best] - fpr[best] >= min_separation else np.nan
     return out
 
 

@@ -616,11 +616,18 @@ def filter_report(net, loader, device, has_masks: bool) -> tuple[list[str | None
     return named, score, hits, act_scale
 
 
+MIN_FIRING_SEPARATION = 0.2
+"""A lesion-type filter states that its type is present ("fires") only when its peak separates validation eyes
+with the type from eyes without by at least this Youden's J (the figure the decision's selectivity gate uses)."""
+
+
 @torch.no_grad()
 def firing_thresholds_of(net, loader, records, categories: list[str | None], act_scale, device) -> list[float | None]:
     """Each lesion-type filter's firing threshold on the validation images (``records``, in ``loader``'s order),
     from their presence labels (:func:`napari_icnn.engine.lesion_types.firing_thresholds`); ``None`` for the
-    other filters, and for all when the images lack presence labels."""
+    other filters, for a filter whose peak cannot tell eyes with its type from eyes without (Youden's J below
+    :data:`MIN_FIRING_SEPARATION`: its "fires" would claim a lesion it cannot see), and for all when the images
+    lack presence labels."""
     from napari_icnn.engine.lesion_types import firing_thresholds
     from napari_icnn.parts import MASK_LESION_KEYS
 
@@ -630,8 +637,9 @@ def firing_thresholds_of(net, loader, records, categories: list[str | None], act
     net.eval()
     peaks = [net(b["image"].to(device)).masked.float().flatten(2).amax(2).cpu().numpy() for b in loader]
     present = np.array([[r.labels[k] > 0 for k in MASK_LESION_KEYS] for r in records], bool)
-    thr = firing_thresholds(np.concatenate(peaks), present, types, np.asarray(act_scale, np.float64))
-    return [float(thr[f]) if types[f] else None for f in range(len(categories))]
+    thr = firing_thresholds(np.concatenate(peaks), present, types, np.asarray(act_scale, np.float64),
+                            min_separation=MIN_FIRING_SEPARATION)
+    return [float(thr[f]) if types[f] and np.isfinite(thr[f]) else None for f in range(len(categories))]
 
 
 def reference_of(net, records, size: int, device, batch: int = 16) -> dict[str, Any] | None:
