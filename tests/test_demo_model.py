@@ -17,7 +17,8 @@ def metrics(tmp_path_factory):
     from napari_icnn.engine.evaluate import evaluate
 
     cohort = tmp_path_factory.mktemp("unseen") / "cohort"
-    write_cohort(cohort, 160, size=384, seed=9173, workers=2, look="clean")
+    # the look the shipped model is trained on: varied cameras, burned-in text, casts, blur, faint lesions
+    write_cohort(cohort, 160, size=384, seed=9173, workers=2, look="realistic")
     return evaluate(str(SHIPPED), str(cohort), batch=16, device="cpu")
 
 
@@ -43,10 +44,9 @@ def test_its_disc_filters_peak_inside_the_optic_disc(metrics):
 
 
 @pytest.mark.slow
-def test_its_filters_are_named_after_several_parts(metrics):
+def test_its_filters_are_named_after_anatomy_and_lesions(metrics):
     names = {f["part"] for f in metrics["per_filter"] if f["part"]}
-    assert len(names) >= 3, names
-    assert names & set(ANATOMY_KEYS) and names & set(LESION_KEYS)
+    assert names & set(ANATOMY_KEYS) and names & set(LESION_KEYS), names
 
 
 @pytest.mark.slow

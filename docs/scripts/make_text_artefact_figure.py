@@ -1,9 +1,10 @@
 """Make ``docs/figures/text_artefact_flags.png``: the batch evidence sheet of a healthy synthetic eye (realistic
-look, a 4:3 sensor's clipped field, a timestamp burned into its bottom-left corner) explained by the shipped
-model, whose haemorrhage and exudate filters fire on the timestamp and are listed as possible artefacts, never as
-evidence.
+look, a 4:3 sensor's clipped field, a timestamp burned into its bottom-left corner) explained by a model trained
+on clean photographs only, whose haemorrhage and exudate filters fire on the timestamp and are listed as possible
+artefacts, never as evidence. The figure in docs/ was made with the demo model shipped before the realistic look
+(``git show e6201fb:napari_icnn/models/demo/...``, restored into a folder and given with ``--model``).
 
-Run from the repository root: ``python docs/scripts/make_text_artefact_figure.py [--out PATH]``.
+Run from the repository root: ``python docs/scripts/make_text_artefact_figure.py [--model DIR] [--out PATH]``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help=f"PNG to write (default {OUT})")
+    parser.add_argument("--model", type=Path, default=None, help="bundle folder (default: the shipped model)")
     args = parser.parse_args(argv)
     f = generate_fundus(np.random.SeedSequence([SEED, INDEX]), None, look="realistic")
     assert f.labels["grade"] == 0 and f.labels["n_text"] > 0, f.labels
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> Path:
         src = Path(tmp) / "in" / f"{f.labels['id']}.png"
         src.parent.mkdir()
         Image.fromarray(f.image).save(src)
-        code = icnn(["infer", str(src.parent), "--out", str(Path(tmp) / "out"), "--formats", "png"])
+        model = ["--model", str(args.model)] if args.model else []
+        code = icnn(["infer", str(src.parent), "--out", str(Path(tmp) / "out"), "--formats", "png", *model])
         assert code == 0, code
         (sheet,) = (Path(tmp) / "out").rglob("images/*.png")
         args.out.parent.mkdir(parents=True, exist_ok=True)
