@@ -19,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``experiment`` parser to the ``icnn`` sub-command parsers, its handler :func:`run`."""
     p = sub.add_parser("experiment", help="run the interpretability study on synthetic cohorts", description=__doc__)
     p.add_argument("--out", required=True, help="study folder (re-running into it resumes)")
-    p.add_argument("--preset", default="cpu", help="cpu (VGG, referable DR, 3 seeds, 256 px), gpu (both backbones "
-                   "and tasks at 512 px) or tiny (seconds; for tests)")
+    p.add_argument("--preset", default="cpu", help="cpu (VGG, referable DR, 3 seeds, 256 px, realistic photographs), "
+                   "cpu-clean (the same on the clean look), gpu (both backbones and tasks at 512 px) or tiny "
+                   "(seconds; for tests)")
     p.add_argument("--seed", type=int, action="append", help="run only this seed (repeat for several)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--free-fraction", type=float, default=None,

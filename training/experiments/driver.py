@@ -37,8 +37,12 @@ def _cohort(path: Path, n: int, size: int, seed: int, look: str = "clean") -> Ge
     import torch
 
     from napari_icnn.data.synth import generate_cohort, is_cohort
+    from napari_icnn.errors import ConfigError
 
     if is_cohort(path) and json.loads((path / "cohort.json").read_text()).get("complete", True):
+        made = json.loads((path / "cohort.json").read_text()).get("look", "clean")
+        if made != look:  # a resumed study must not mix looks
+            raise ConfigError(f"{path}: cohort was generated with look {made!r}, this preset uses {look!r}")
         return
     # as many generator processes as torch may use threads, so OMP_NUM_THREADS=1 leaves the other core free
     yield from generate_cohort(path, n, size=size, seed=seed, workers=max(1, min(2, torch.get_num_threads())),
@@ -154,9 +158,9 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
     for s in seeds:
         data = root / "data" / f"seed{s}"
         yield Message(f"seed {s}: cohorts")
-        yield from _cohort(data / "train", p.n_train, p.image_size, 1000 * s + 1)
-        yield from _cohort(data / "val", p.n_val, p.image_size, 1000 * s + 2)
-        yield from _cohort(data / "test", p.n_test, p.image_size, 1000 * s + 3)
+        yield from _cohort(data / "train", p.n_train, p.image_size, 1000 * s + 1, p.look)
+        yield from _cohort(data / "val", p.n_val, p.image_size, 1000 * s + 2, p.look)
+        yield from _cohort(data / "test", p.n_test, p.image_size, 1000 * s + 3, p.look)
         scored = scored_subset(data / "test", p.baseline_images, 1000 * s + SUBSET_SEED_OFFSET)
         for arch in p.archs:
             for task in p.tasks:
@@ -192,6 +196,7 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
 
     doc = {
         "preset": p.name,
+        "look": p.look,
         "seeds": list(seeds),
         "device": device,
         "machine": f"{platform.machine()} {platform.processor() or ''} {_cpu_count()} CPU".strip(),

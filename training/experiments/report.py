@@ -339,7 +339,8 @@ def tables_markdown(doc: dict[str, Any]) -> str:
     seeds_all = per_seed(doc)
     n = len(doc["seeds"])
     sub = doc.get("scored_subset") or {}
-    lines = [f"Preset `{doc['preset']}`, seeds {', '.join(map(str, doc['seeds']))} ({n} seed{'s' if n > 1 else ''}; "
+    look = f", {doc['look']} photographs" if doc.get("look") else ""
+    lines = [f"Preset `{doc['preset']}`{look}, seeds {', '.join(map(str, doc['seeds']))} ({n} seed{'s' if n > 1 else ''}; "
              "every figure per seed, the mean over seeds and the worst seed; ratios are taken per seed and then "
              f"averaged), machine: {doc['machine']}" + (f", GPU {doc['gpu']}" if doc.get("gpu") else "")
              + f"; this run {doc['total_seconds'] / 60:.0f} min.", ""]
