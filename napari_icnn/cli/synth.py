@@ -19,8 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "OUT/labels.csv, OUT/cohort.json and, with --dicom, OUT/dicom/<id>.dcm. The realistic look "
             "(default) draws a camera per image: frame size and shape (circle, clipped, rimless, notched), "
             "burned-in text, colour cast, exposure, blur, dust, reflections, JPEG; the clean look gives the "
-            "original square artefact-free photographs. The same seed gives the same files; ids are "
-            "s<seed>_<index>, so cohorts made with different seeds never collide."
+            "original square artefact-free photographs. --ungradeable-share P makes a share P of the realistic "
+            "photographs ungradeable (defocus, underexposed, overexposed or obscured; labels.csv columns "
+            "gradable and ungradeable), leaving their grades and masks what was drawn. The same seed gives "
+            "the same files; ids are s<seed>_<index>, so cohorts made with different seeds never collide."
         ),
     )
     p.add_argument("out", metavar="OUT", help="cohort folder (new, empty, or a previous cohort to replace)")
@@ -44,6 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar=("MIN", "MAX"),
         default=None,
         help="realistic: frame widths drawn log-uniformly (default: 400 1600)",
+    )
+    p.add_argument(
+        "--ungradeable-share",
+        type=float,
+        default=None,
+        metavar="P",
+        help="realistic: share of photographs made ungradeable (defocus, underexposed, overexposed, "
+        "obscured; chosen by the seed alone, never by the labels), 0-1 (default: 0)",
     )
     p.add_argument("--seed", type=int, default=0, help="cohort seed (default: %(default)s)")
     p.add_argument(
@@ -72,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--size-range applies to the realistic look only; give --size for --look clean")
     if args.size is not None and args.size_range is not None:
         raise ConfigError("give either --size (a fixed frame width) or --size-range, not both")
+    share = 0.0 if args.ungradeable_share is None else args.ungradeable_share
+    if args.look == "clean" and args.ungradeable_share is not None:
+        raise ConfigError("--ungradeable-share applies to the realistic look only; leave it out for --look clean")
+    if not 0.0 <= share <= 1.0:  # also refuses nan
+        raise ConfigError(f"--ungradeable-share must be a share from 0 to 1; got {args.ungradeable_share!r}")
     size = args.size if args.size is not None or args.look == "realistic" else 512
     summary = drain(
         generate_cohort(
@@ -84,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             look=args.look,
             size_range=tuple(args.size_range) if args.size_range else SIZE_RANGE,
+            ungradeable_share=share,
         ),
         TextProgress(),
     )

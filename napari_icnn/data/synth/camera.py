@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -413,8 +414,14 @@ def render(
     exposure_range: tuple[tuple[float, float], ...],
     noise: np.random.Generator,
     normal_lut: np.ndarray,
+    failure: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Turn the ``(3, H, W)`` float frame into the camera's ``(H, W, 3)`` uint8 photograph."""
+    """Turn the ``(3, H, W)`` float frame into the camera's ``(H, W, 3)`` uint8 photograph.
+
+    ``failure`` (see :mod:`napari_icnn.data.synth.degrade`) maps the ``(H, W, 3)`` float light that
+    reaches the sensor to what an ungradeable photograph records; it acts before the sensor noise, the
+    burned-in text and the JPEG, which a failed photograph gets like any other.
+    """
     H, W = fov.shape
     sub = fov[::3, ::3]
     if sub.any():
@@ -450,6 +457,8 @@ def render(
     out = np.asarray(pil, dtype=np.float32)
     if art.blur == "motion":
         out = _motion(out, art.blur_px, art.blur_angle)
+    if failure is not None:
+        out = failure(out)
     # Sensor noise, luminance only (colour noise would not survive the JPEG's chroma subsampling).
     sd = np.float32(art.noise_sd)
     grain = normal_lut[np.frombuffer(noise.bytes(H * W), dtype=np.uint8)].reshape(H, W, 1)

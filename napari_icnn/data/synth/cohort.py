@@ -2,13 +2,14 @@
 
 Layout of a cohort folder ``OUT``::
 
-    OUT/cohort.json                 generator version, look, size, n, seed, rules
+    OUT/cohort.json                 generator version, look, size, n, seed, ungradeable share, rules
     OUT/labels.csv                  one row per image (columns below)
     OUT/images/<id>.png             RGB photograph
     OUT/masks/<part>/<id>.png       0/255 mask for every part key, empty ones included
     OUT/masks/fov/<id>.png          0/255 the true field of view: retina pixels of the photograph
     OUT/masks/text/<id>.png         0/255 burned-in text and logo boxes (empty in the clean look)
-    OUT/masks/artefact/<id>.png     0/255 every non-eye artefact: text, lens dust, reflections
+    OUT/masks/artefact/<id>.png     0/255 every non-eye artefact: text, lens dust, reflections, the
+                                    cover of an ``obscured`` ungradeable photograph
     OUT/dicom/<id>.dcm              with dicom=True: Ophthalmic Photography instance
 
 Image ``i`` of seed ``S`` has id ``s{S}_{i:05d}`` and comes from ``SeedSequence([S, i])``: the
@@ -61,10 +62,20 @@ label for label what generator version 1 wrote (only the new columns and mask fo
 ``n_drusen``, ``n_pigment``, ``n_laser``
     Drusen, pigment clumps and laser scars drawn. Drusen and pigment clumps are not diabetic
     retinopathy: drawn whatever the grade, in no part mask, never referable.
+``gradable``, ``ungradeable``
+    ``gradable`` is 0 when the photograph was made ungradeable (``ungradeable_share`` > 0, realistic
+    look only), and ``ungradeable`` then names how: ``defocus`` (blur of 2.5–5 % of the field
+    diameter), ``underexposed``, ``overexposed`` (washed out) or ``obscured`` (an eyelid shadow or a
+    milky media haze over 50–80 % of the field, its cover added to ``masks/artefact``); otherwise 1 and
+    empty. See :mod:`napari_icnn.data.synth.degrade`. Grades, lesion counts and every part mask stay
+    what was drawn: the truth the photograph cannot show.
 
 Every camera and artefact column is drawn from random streams that depend on the seed only, never
 on the grade: the same seed with another grade gives the same camera and artefacts. Lesions are
-never drawn under text, dust or reflections, so the lesion masks hold only visible lesions.
+never drawn under text, dust or reflections, so the lesion masks hold only visible lesions (an
+ungradeable photograph aside: its masks hold what was drawn, seen or not). Whether and how a
+photograph is made ungradeable comes from a stream of its own, so ``ungradeable_share`` = 0 (the
+default) gives the very files of a cohort written without it.
 """
 
 from __future__ import annotations
@@ -90,6 +101,7 @@ from PIL import Image
 from napari_icnn import __version__
 from napari_icnn.atomic import atomic_write
 from napari_icnn.data.synth.camera import FOV_SHAPES, PROFILES
+from napari_icnn.data.synth.degrade import UNGRADEABLE_KINDS, check_ungradeable_share
 from napari_icnn.data.synth.fundus import (
     ARTEFACT_KEYS,
     CAMERA_COLUMNS,
@@ -143,6 +155,12 @@ EXTRA_RULES = {
         "camera, frame and artefact columns are drawn from random streams of the seed alone, never of "
         "the grade; no lesion is drawn under text, dust or reflections"
     ),
+    "ungradeable": (
+        "a share ungradeable_share of the photographs (realistic look), chosen by a random stream of the "
+        "seed alone, is made ungradeable by one of defocus, underexposed, overexposed, obscured (drawn "
+        "uniformly; columns gradable and ungradeable); grades, counts and part masks stay what was drawn, "
+        "an obscured photograph's cover is added to masks/artefact"
+    ),
 }
 # Fast and still compact: run-length zlib at level 1 (sensor noise defeats stronger settings).
 _PNG_LEVEL = 1
@@ -165,6 +183,8 @@ class CohortSummary:
     seconds: float
     """Wall-clock time of the generation."""
     look: str = "realistic"
+    n_ungradeable: int = 0
+    """Photographs made ungradeable (``gradable`` = 0)."""
 
     @property
     def images_per_second(self) -> float:
@@ -181,10 +201,11 @@ class CohortSummary:
             what = "synthetic fundus photographs (realistic look: varied cameras and sizes)"
         else:
             what = f"synthetic fundus photographs (realistic look: varied cameras, {self.size} px wide)"
+        failed = f", ungradeable {self.n_ungradeable}" if self.n_ungradeable else ""
         return (
             f"Wrote {self.n} {what}{extra} to {self.out} "
             f"(seed {self.seed}; ids {image_id(self.seed, 0)}…{image_id(self.seed, self.n - 1)}). "
-            f"{grades}; referable {self.n_referable} ({pct:.0f} %), DME {self.n_dme}. "
+            f"{grades}; referable {self.n_referable} ({pct:.0f} %), DME {self.n_dme}{failed}. "
             f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s."
         )
 
@@ -200,12 +221,13 @@ def write_cohort(
     overwrite: bool = False,
     look: str = "realistic",
     size_range: tuple[int, int] = SIZE_RANGE,
+    ungradeable_share: float = 0.0,
 ) -> CohortSummary:
     """Write a cohort and return its summary (:func:`generate_cohort` without progress events)."""
     return drain(
         generate_cohort(
             out, n, size=size, seed=seed, dicom=dicom, workers=workers, overwrite=overwrite,
-            look=look, size_range=size_range,
+            look=look, size_range=size_range, ungradeable_share=ungradeable_share,
         )  # fmt: skip
     )
 
@@ -221,6 +243,7 @@ def generate_cohort(
     overwrite: bool = False,
     look: str = "realistic",
     size_range: tuple[int, int] = SIZE_RANGE,
+    ungradeable_share: float = 0.0,
 ) -> Generator[Progress | Message, None, CohortSummary]:
     """Write ``n`` synthetic photographs with masks and labels to ``out``, yielding progress.
 
@@ -244,6 +267,11 @@ def generate_cohort(
         original photographs, unchanged); see the module docstring.
     size_range
         ``(min, max)`` frame widths the realistic look draws from when ``size`` is ``None``.
+    ungradeable_share
+        Realistic look: the share of photographs made ungradeable, each image deciding by a random
+        stream of its seed alone (so about this share; exactly none at 0, every one at 1), by one of
+        ``defocus``, ``underexposed``, ``overexposed``, ``obscured`` drawn uniformly. 0 (the default)
+        writes exactly the files of a cohort without the option.
 
     Returns
     -------
@@ -257,6 +285,7 @@ def generate_cohort(
         ``out`` is a file, or a non-empty folder that is not a cohort and ``overwrite`` is false.
     """
     n, size, seed, workers = _checked(n, size, seed, workers, look, size_range)
+    share = check_ungradeable_share(ungradeable_share, look)
     if dicom:
         try:
             import napari_icnn.dicom.op_writer  # noqa: F401
@@ -266,13 +295,13 @@ def generate_cohort(
     previous = _prepare(root, overwrite)
     for folder in ("images", *(f"masks/{p}" for p in MASK_FOLDERS), *(("dicom",) if dicom else ())):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    meta = _meta(n, size, seed, dicom, look, size_range)
+    meta = _meta(n, size, seed, dicom, look, size_range, share)
     _write_json(root / "cohort.json", {**meta, "complete": False})
 
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     yield Progress("synth", 0, n)
-    for row in _rows(root, n, size, seed, dicom, workers, look, (int(size_range[0]), int(size_range[1]))):
+    for row in _rows(root, n, size, seed, dicom, workers, look, (int(size_range[0]), int(size_range[1])), share):
         rows.append(row)
         rate = len(rows) / max(time.perf_counter() - start, 1e-9)
         yield Progress("synth", len(rows), n, f"{rate:.1f} images/s")
@@ -289,9 +318,10 @@ def generate_cohort(
     grades = tuple(sum(1 for r in rows if r["grade"] == g) for g in range(5))
     n_ref = sum(r["referable"] for r in rows)
     n_dme = sum(r["dme"] for r in rows)
-    summary_meta = {"grade_counts": list(grades), "referable": n_ref, "dme": n_dme}
+    failed = {k: sum(1 for r in rows if r["ungradeable"] == k) for k in UNGRADEABLE_KINDS}
+    summary_meta = {"grade_counts": list(grades), "referable": n_ref, "dme": n_dme, "ungradeable_counts": failed}
     _write_json(root / "cohort.json", {**meta, **summary_meta, "complete": True})
-    return CohortSummary(root, n, size, seed, dicom, grades, n_ref, n_dme, seconds, look)
+    return CohortSummary(root, n, size, seed, dicom, grades, n_ref, n_dme, seconds, look, sum(failed.values()))
 
 
 # -- checks and folder handling ----------------------------------------------------------------
@@ -370,7 +400,7 @@ def _remove_stale(root: Path, keep: set[str], dicom: bool) -> int:
 
 
 def _meta(
-    n: int, size: int | None, seed: int, dicom: bool, look: str, size_range: tuple[int, int]
+    n: int, size: int | None, seed: int, dicom: bool, look: str, size_range: tuple[int, int], share: float
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if look == "realistic":
@@ -388,6 +418,7 @@ def _meta(
         **extra,
         "seed": seed,
         "dicom": dicom,
+        "ungradeable_share": share,
         "ids": f"{image_id(seed, 0)} ... {image_id(seed, n - 1)}; image i is drawn from numpy SeedSequence([seed, i])",
         "grade_mix": list(GRADE_MIX),
         "parts": list(PART_KEYS),
@@ -436,9 +467,17 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def _rows(
-    root: Path, n: int, size: int | None, seed: int, dicom: bool, workers: int, look: str, size_range: tuple[int, int]
+    root: Path,
+    n: int,
+    size: int | None,
+    seed: int,
+    dicom: bool,
+    workers: int,
+    look: str,
+    size_range: tuple[int, int],
+    share: float,
 ) -> Iterator[dict[str, Any]]:
-    jobs = [(str(root), seed, i, size, dicom, look, size_range) for i in range(n)]
+    jobs = [(str(root), seed, i, size, dicom, look, size_range, share) for i in range(n)]
     if workers == 1 or n == 1:
         yield from map(_make_one, jobs)
         return
@@ -456,11 +495,13 @@ def _rows(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _make_one(job: tuple[str, int, int, int | None, bool, str, tuple[int, int]]) -> dict[str, Any]:
+def _make_one(job: tuple[str, int, int, int | None, bool, str, tuple[int, int], float]) -> dict[str, Any]:
     """Generate image ``i`` and write its files; return its labels row."""
-    out, seed, i, size, dicom, look, size_range = job
+    out, seed, i, size, dicom, look, size_range, share = job
     root = Path(out)
-    f = generate_fundus(np.random.SeedSequence([seed, i]), size, look=look, size_range=size_range)
+    f = generate_fundus(
+        np.random.SeedSequence([seed, i]), size, look=look, size_range=size_range, ungradeable_share=share
+    )
     rid = f.labels["id"]
     _atomic(root / "images" / f"{rid}.png", lambda fh: fh.write(_png(f.image)))
     masks = {**f.masks, **f.artefact_masks}

@@ -26,6 +26,7 @@ from napari_icnn.data.synth.camera import (
     render,
     sample_frame,
 )
+from napari_icnn.data.synth.degrade import check_ungradeable_share, degrade, plan_degradation
 from napari_icnn.data.synth.geometry import Geometry, sample_geometry
 from napari_icnn.data.synth.grading import QUADRANT_COLUMNS, findings_from, icdr_grade, is_referable
 from napari_icnn.data.synth.lesions import (
@@ -71,19 +72,20 @@ EXTRA_COLUMNS = (
 CAMERA_COLUMNS = (
     "look", "camera", "fov_shape", "width", "height", "n_text", "cast", "exposure", "illumination",
     "vignetting", "blur", "blur_px", "dust", "reflection", "sheen",
-    "treated", "n_drusen", "n_pigment", "n_laser",
+    "treated", "n_drusen", "n_pigment", "n_laser", "gradable", "ungradeable",
 )  # fmt: skip
-"""labels.csv columns describing the camera, its artefacts and the non-DR findings (documented in
-:mod:`napari_icnn.data.synth.cohort`)."""
+"""labels.csv columns describing the camera, its artefacts, the non-DR findings and whether the
+photograph was made ungradeable (documented in :mod:`napari_icnn.data.synth.cohort`)."""
 LOOKS = ("realistic", "clean")
 """``realistic``: camera variety, burned-in text, artefacts, lesion look; ``clean``: the original
 square, artefact-free photographs (byte for byte what generator version 1 drew)."""
 ARTEFACT_KEYS = ("fov", "text", "artefact")
 """Keys of :attr:`SynthFundus.artefact_masks`: the retina's field of view, burned-in text, and the
-union of every non-eye artefact (text, dust, reflections)."""
+union of every non-eye artefact (text, dust, reflections, and the cover of an ``obscured`` photograph)."""
 _CLEAN_CAMERA = {
     "camera": "clean", "cast": "none", "exposure": 1.0, "illumination": 0.0, "vignetting": 0.0,
     "blur": "none", "blur_px": 0.0, "dust": 0, "reflection": "none", "sheen": 0.0, "n_text": 0,
+    "gradable": 1, "ungradeable": "",
 }  # fmt: skip
 
 # The mean colour inside the FOV is kept within the real photograph's 5th–95th percentiles
@@ -99,6 +101,7 @@ _NORMAL_LUT = np.asarray(special.ndtri((np.arange(256) + 0.5) / 256), dtype=np.f
 _STREAMS = {
     "choice": 0, "geometry": 1, "palette": 2, "vessels": 3, "lesions": 4, "camera": 5,
     "frame": 6, "artefacts": 7, "noise": 8, "distractors": 9, "laser": 10, "lesion_look": 11,
+    "quality": 12,
 }  # fmt: skip
 
 
@@ -119,7 +122,8 @@ class SynthFundus:
     """Every lesion instance drawn, with its mask centroid and area."""
     artefact_masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     """``(H, W)`` bool masks :data:`ARTEFACT_KEYS`: ``fov`` (retina pixels), ``text`` (burned-in
-    text) and ``artefact`` (text, dust and reflections). Filled by :func:`generate_fundus`."""
+    text) and ``artefact`` (text, dust, reflections and an ``obscured`` photograph's cover). Filled by
+    :func:`generate_fundus`."""
 
     def __post_init__(self) -> None:
         img = self.image
@@ -171,6 +175,7 @@ def generate_fundus(
     grade: int | None = None,
     look: str = "clean",
     size_range: tuple[int, int] = SIZE_RANGE,
+    ungradeable_share: float = 0.0,
 ) -> SynthFundus:
     """Generate one synthetic macula-centred fundus photograph.
 
@@ -196,6 +201,11 @@ def generate_fundus(
         lesion look with non-DR findings; see :mod:`napari_icnn.data.synth.camera`).
     size_range
         ``(min, max)`` frame widths drawn by the realistic look when ``size`` is ``None``.
+    ungradeable_share
+        Realistic look: the probability that the photograph is made ungradeable (defocused, under- or
+        over-exposed, or obscured; see :mod:`napari_icnn.data.synth.degrade`), decided by a random stream
+        of the seed alone. Masks and labels stay what was drawn; columns ``gradable`` and ``ungradeable``
+        say what happened.
 
     Returns
     -------
@@ -216,6 +226,7 @@ def generate_fundus(
         raise ConfigError(f"size must be an integer of at least {least} pixels for the {look} look; got {size!r}")
     if realistic:
         check_size_range(size_range)
+    share = check_ungradeable_share(ungradeable_share, look)
     if laterality not in (None, "L", "R"):
         raise ConfigError(f"laterality must be 'L', 'R' or None; got {laterality!r}")
     if grade is not None and (
@@ -231,7 +242,9 @@ def generate_fundus(
     eye = laterality or drawn_eye
     target = int(grade) if grade is not None else drawn_grade
     if realistic:
-        return _realistic(ss, None if size is None else int(size), size_range, eye, target, ident, cohort_seed, index)
+        return _realistic(
+            ss, None if size is None else int(size), size_range, eye, target, ident, cohort_seed, index, share
+        )
     assert size is not None
     size = int(size)
 
@@ -296,6 +309,7 @@ def _realistic(
     ident: str,
     cohort_seed: int,
     index: int,
+    ungradeable_share: float = 0.0,
 ) -> SynthFundus:
     """The realistic look: a camera frame, artefacts planned first, the eye painted around them."""
     frame = sample_frame(_stream(ss, "frame"), size, size_range)
@@ -325,7 +339,14 @@ def _realistic(
     canvas_img = _pad_surround(canvas_img, frame, surround)
     fov = frame.crop(fov_c, False)
     fx, fy = geo.fov_x - frame.ox, geo.fov_y - frame.oy
-    image = render(canvas_img, fov, art, EXPOSURE_RANGE, _stream(ss, "noise"), _NORMAL_LUT)
+    # Planned on its own stream and not kept clear of lesions: the truth stays what was drawn, the
+    # photograph just cannot show it.
+    quality = _stream(ss, "quality")
+    failure = plan_degradation(quality, ungradeable_share, fov, (fx, fy), geo.fov_radius)
+    image = render(
+        canvas_img, fov, art, EXPOSURE_RANGE, _stream(ss, "noise"), _NORMAL_LUT,
+        failure=None if failure.gradable else lambda light: degrade(light, failure, quality),
+    )  # fmt: skip
 
     text = art.masks["text"]
     yy, xx = np.ogrid[:s, :s]
@@ -351,8 +372,9 @@ def _realistic(
         n_drusen=painter.extras["drusen"],
         n_pigment=painter.extras["pigment"],
         n_laser=painter.extras["laser"],
+        **failure.labels(),
     )
-    artefact = (art.masks["text"] | art.masks["dust"] | art.masks["reflection"])
+    artefact = art.masks["text"] | art.masks["dust"] | art.masks["reflection"] | failure.mask
     arte = {"fov": fov, "text": text.copy(), "artefact": artefact}
     return SynthFundus(image=image, masks=masks, labels=labels, lesions=instances, artefact_masks=arte)
 
