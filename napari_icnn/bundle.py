@@ -43,6 +43,7 @@ __all__ = [
     "editable_bundle",
     "user_bundle_dir",
     "sha256_file",
+    "set_experience",
     "check_model",
     "require_model",
     "same_bundle",
@@ -115,6 +116,10 @@ class LoadedModel:
     """What the reference eye is the mean of, e.g. "120 healthy (ICDR grade 0) validation eyes"."""
     temperature: float = 1.0
     """Probabilities are ``sigmoid(logit / temperature)``, fitted on the validation cohort (1: uncalibrated)."""
+    experience: Any = None
+    """The model's experience (:class:`napari_icnn.experience.Experience`): statistics of its training
+    photographs that say how unlike them a scan is; ``None`` for a bundle that stores none (``icnn calibrate
+    --train`` adds them)."""
     targets: str = ""
     """The labels the outputs predict, a :data:`napari_icnn.config.TARGET_SETS` key (``referable``,
     ``referable+lesion-types``, ``lesions``); empty means the task's own."""
@@ -328,6 +333,7 @@ def load_bundle(bundle: str | os.PathLike[str], device: str = "auto") -> LoadedM
         reference=None if reference is None else torch.as_tensor(reference, dtype=torch.float32, device=dev),
         reference_cohort=cohort,
         temperature=_temperature(icnn.get("calibration"), root),
+        experience=_experience(icnn.get("experience"), net.summary_width, root),
         targets=_targets(icnn, root),
     )
 
@@ -359,6 +365,35 @@ def _temperature(entry: Any, root: Path) -> float:
     if not (np.isfinite(t) and t > 0):
         raise BundleError(f"{root / METADATA}: the calibration temperature must be a positive number; got {t}")
     return t
+
+
+def _experience(entry: Any, width: int, root: Path) -> Any:
+    """The model's experience recorded in a bundle, checked; ``None`` when there is none."""
+    from napari_icnn.experience import Experience
+
+    if entry is None:
+        return None
+    try:
+        exp = Experience.from_entry(entry)
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise BundleError(f"{root / METADATA}: unreadable experience statistics (icnn.experience)") from None
+    if exp.dims != width:
+        raise BundleError(f"{root / METADATA}: the experience statistics hold {exp.dims} features; this network's "
+                          f"summary has {width}")
+    return exp
+
+
+def set_experience(bundle: str | os.PathLike[str], entry: Mapping[str, Any]) -> Path:
+    """Store the model's experience (:meth:`napari_icnn.experience.Experience.to_entry`) in a bundle's metadata,
+    keeping a timestamped backup; the weights are untouched."""
+    root = Path(bundle)
+    meta = read_metadata(root)
+    from napari_icnn.icnn.networks import ICNN
+
+    _experience(entry, ICNN(**meta["icnn"]["network"]).summary_width, root)
+    meta["icnn"]["experience"] = dict(entry)
+    _write_metadata(root, meta)
+    return root
 
 
 def set_calibration(bundle: str | os.PathLike[str], entry: Mapping[str, Any]) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["IcnnError", "InputError", "DeclinedInput", "BundleError", "ConfigError", "Cancelled"]
+__all__ = ["IcnnError", "InputError", "DeclinedInput", "GateDeclined", "BundleError", "ConfigError", "Cancelled"]
 
 
 class IcnnError(Exception):
@@ -35,6 +35,16 @@ class InputError(IcnnError, ValueError):
 class DeclinedInput(InputError):
     """An input file is readable but is not something this model can process
     (another modality, a red-free image, no pixel data, ...)."""
+
+
+class GateDeclined(DeclinedInput):
+    """A fundus photograph the gate withholds a verdict on: ungradeable, or (when asked) outside the model's
+    experience. ``explanation`` holds what the model would say (its :class:`~napari_icnn.gate.Gate` included),
+    for a caller that keeps the prediction anyway."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, reason: str, explanation: object = None):
+        self.explanation = explanation
+        super().__init__(path, reason)
 
 
 class BundleError(IcnnError, RuntimeError):

@@ -27,10 +27,11 @@ from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, TEXT_REACH, peak_on_m
 __all__ = ["FORMAT_VERSION", "FilterEvidence", "Explanation", "explain", "explain_batch", "explain_file",
            "write_explanation", "lesion_type_summary"]
 
-FORMAT_VERSION = 2
-"""Version of the explanation's JSON form (``explanation.json``, the batch job's JSON). 2: filters grouped
-into ``evidence``, ``context`` and ``possible_artefacts`` (each entry with its ``role`` and ``flags``),
-``contribution_basis`` added; 1 had one ``filters`` list."""
+FORMAT_VERSION = 3
+"""Version of the explanation's JSON form (``explanation.json``, the batch job's JSON). 3: ``gate`` added (image
+quality and the model's experience, :class:`napari_icnn.gate.Gate`). 2: filters grouped into ``evidence``,
+``context`` and ``possible_artefacts`` (each entry with its ``role`` and ``flags``), ``contribution_basis``
+added; 1 had one ``filters`` list."""
 
 
 REGION_THRESHOLD = 0.3
@@ -108,6 +109,8 @@ class Explanation:
     laterality: str | None = None
     contribution_basis: str = ""
     """How the contributions are measured: against the bundle's reference eye, or zero-ablation."""
+    gate: Any = None
+    """Image quality and familiarity (:class:`napari_icnn.gate.Gate`); ``None`` when not assessed."""
 
     @property
     def probability(self) -> float:
@@ -172,6 +175,7 @@ class Explanation:
             },
             "model": {"name": self.model_name, "version": self.model_version, "sha256": self.model_sha256},
             "format_version": FORMAT_VERSION,
+            "gate": None if self.gate is None else self.gate.to_json(),
             "contribution_basis": self.contribution_basis,
             "evidence": [f.to_json() for f in self.evidence(top_k)],
             "context": [f.to_json() for f in self.context(top_k)],
@@ -205,15 +209,34 @@ def _as_fundus(image: FundusImage | np.ndarray, source: str = "<array>") -> Fund
     return FundusImage(pixels=np.ascontiguousarray(arr), source=source)
 
 
-def explain(image: FundusImage | np.ndarray, model: Any, *, check: bool = True) -> Explanation:
+def explain(image: FundusImage | np.ndarray, model: Any, *, check: bool = True, gate: bool = True,
+            decline_unfamiliar: bool = False) -> Explanation:
     """Explain one photograph with a loaded bundle (:func:`napari_icnn.bundle.load_bundle`).
+
+    Parameters
+    ----------
+    check
+        Refuse images that are not colour fundus photographs, and assess image quality and familiarity
+        (:attr:`Explanation.gate`).
+    gate
+        Withhold the verdict the gate declines (raise :class:`~napari_icnn.errors.GateDeclined`); ``False`` keeps
+        the prediction anyway, with the gate's outcome in :attr:`Explanation.gate`.
+    decline_unfamiliar
+        Also decline a scan outside the model's experience (by default it is reported as such).
 
     Raises
     ------
     DeclinedInput
         The image does not look like a colour fundus photograph (when ``check``).
+    GateDeclined
+        The photograph is ungradeable (or, with ``decline_unfamiliar``, unfamiliar), when ``check`` and ``gate``.
     """
-    return explain_batch([image], model, check=check)[0]
+    from napari_icnn.errors import GateDeclined
+
+    expl = explain_batch([image], model, check=check, decline_unfamiliar=decline_unfamiliar)[0]
+    if check and gate and expl.gate is not None and expl.gate.declined:
+        raise GateDeclined(expl.source, expl.gate.message, expl)
+    return expl
 
 
 def explain_batch(
@@ -222,6 +245,8 @@ def explain_batch(
     *,
     check: bool = True,
     prepared: Sequence[tuple[np.ndarray, Any] | tuple[np.ndarray, Any, Any]] | None = None,
+    assess: bool = True,
+    decline_unfamiliar: bool = False,
 ) -> list[Explanation]:
     """Explain several photographs with one batched forward pass; the same result as :func:`explain`
     on each (up to float32 round-off of the batched convolutions).
@@ -239,6 +264,11 @@ def explain_batch(
         :func:`~napari_icnn.data.transforms.preprocess` takes and returns them, when preprocessing already
         ran elsewhere (in worker processes): ``images`` then supply the scans' pixels (for the burned-in
         text, and the field of view when not given), source, shape, frame and laterality.
+    assess
+        Assess each photograph's quality and familiarity (:attr:`Explanation.gate`). Never raises for them: the
+        caller decides what a declining gate means.
+    decline_unfamiliar
+        The gates say a scan outside the model's experience is declined too.
 
     Raises
     ------
@@ -250,7 +280,9 @@ def explain_batch(
     from napari_icnn.data.burned_in import find_burned_in
     from napari_icnn.data.fov import check_fundus, find_fov
     from napari_icnn.data.transforms import preprocess
+    from napari_icnn.gate import Gate
     from napari_icnn.icnn.cells import cell_centres
+    from napari_icnn.quality import assess_quality
 
     imgs = [_as_fundus(im) for im in images]
     if not imgs:
@@ -299,11 +331,18 @@ def explain_batch(
         target = torch.tensor(classes, device=model.device)
         contrib_all = (net.contributions(out.masked, target, model.reference).float() / t).cpu().numpy()
         masked_all = out.masked.float().cpu().numpy()
+        experience = getattr(model, "experience", None)
+        scores = (experience.score(net.summary(out.features.float()).double().cpu().numpy())
+                  if assess and experience is not None and out.features is not None else None)
     results = []
     for i, (img, (_, geom)) in enumerate(zip(imgs, inputs)):
         fov = fovs[i]
         # Burned-in text (dates, IDs, labels) is no part of the eye: a filter peaking on it is a possible artefact.
         text = find_burned_in(img.pixels)
+        verdict = None
+        if assess:
+            verdict = Gate(assess_quality(img.pixels, fov, text), None if scores is None else float(scores[i]),
+                           decline_unfamiliar)
         masked = masked_all[i]
         contrib = contrib_all[i] * signs[i]
         n = masked.shape[-1]
@@ -368,6 +407,7 @@ def explain_batch(
                 frame=img.frame,
                 laterality=img.laterality,
                 contribution_basis=model.contribution_basis,
+                gate=verdict,
             )
         )
     return results

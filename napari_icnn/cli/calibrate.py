@@ -1,5 +1,5 @@
 """``icnn calibrate``: give an existing bundle its reference eye and its probability temperature from a
-validation folder."""
+validation folder, and (with ``--train``) the statistics of its experience."""
 
 from __future__ import annotations
 
@@ -18,11 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             "the healthy eyes (ICDR grade 0; without grades, every lesion label absent) of a validation folder — "
             "and fits the temperature that makes its probabilities calibrated on the folder's labelled images; "
             "both are stored in the bundle's metadata (a timestamped backup is kept; the weights are untouched). "
-            "Bundles trained by this version already carry both."
+            "With --train, also the model's experience: statistics of its training photographs, with the limit "
+            "set on the validation folder, that say when a scan is unlike anything it learned from. "
+            "Bundles trained by this version already carry all three."
         ),
     )
     p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder to calibrate")
     p.add_argument("--data", required=True, metavar="DIR", help="validation data with grades (any training layout)")
+    p.add_argument("--train", metavar="DIR", default=None,
+                   help="the model's training data (any layout): also store the statistics of its experience")
     p.add_argument("--format", default="auto", help="data layout (default: auto)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=run)
@@ -38,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_bundle(args.model, device=args.device)
     records = list(discover(args.data, args.format).records)
+    train = list(discover(args.train, args.format).records) if args.train else []
     healthy = healthy_eyes(records)
     if len(healthy) < MIN_REFERENCE_EYES:
         raise ConfigError(
@@ -49,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     entry["source"] = f"icnn calibrate on {len(records)} images"
     set_reference(args.model, entry)
     print(f"reference eye stored in {args.model}: the mean of {entry['n_images']} healthy validation eyes")
+    if args.train:
+        _store_experience(args, model, train, records)
     calibration = _temperature(model, records)
     if calibration is None:
         print(f"no temperature fitted: the data have no {model.task} labels of both kinds")
@@ -57,6 +64,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"temperature {calibration['temperature']:.3g} stored (fitted on {calibration['n_images']} images): "
           f"expected calibration error {calibration['ece_uncalibrated']:.3f} -> {calibration['ece_calibrated']:.3f}")
     return 0
+
+
+def _store_experience(args: argparse.Namespace, model, train, val) -> None:
+    from napari_icnn.bundle import set_experience
+    from napari_icnn.engine.train import experience_of
+    from napari_icnn.errors import ConfigError
+
+    entry = experience_of(model.net, train, val, model.size, model.device, 16,
+                          f"icnn calibrate: {len(train)} training, {len(val)} validation images")
+    if entry is None:
+        raise ConfigError(f"--train {args.train}: the model's experience needs at least 8 training and 8 "
+                          f"validation images (got {len(train)} and {len(val)})")
+    set_experience(args.model, entry)
+    print(f"experience stored in {args.model}: statistics of {len(train)} training images, limit set so "
+          f"{entry['quantile']:.0%} of {len(val)} validation images lie within it")
 
 
 def _temperature(model, records) -> dict | None:

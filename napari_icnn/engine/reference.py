@@ -18,7 +18,9 @@ import numpy as np
 
 from napari_icnn.data.layouts import Record
 
-__all__ = ["LESION_LABELS", "MIN_REFERENCE_EYES", "healthy_eyes", "reference_features", "reference_entry"]
+__all__ = ["LESION_LABELS", "MIN_REFERENCE_EYES", "healthy_eyes", "pooled_features", "summary_features",
+           "reference_features",
+           "reference_entry"]
 
 LESION_LABELS = ("MA", "HE", "EX", "SE")
 MIN_REFERENCE_EYES = 2
@@ -38,21 +40,35 @@ def healthy_eyes(records: Iterable[Record]) -> list[Record]:
     return out
 
 
-def reference_features(net: Any, loader: Iterable[dict[str, Any]], device: Any) -> tuple[np.ndarray, int]:
-    """Mean pooled features ``(2C,)`` of the interpretable layer over ``loader``'s images, and their count."""
+def pooled_features(net: Any, loader: Iterable[dict[str, Any]], device: Any) -> np.ndarray:
+    """``(N, 2C)`` pooled features of the interpretable layer (:meth:`~napari_icnn.icnn.networks.ICNN.pooled`
+    layout) of every image in ``loader``."""
+    return _collect(net, loader, device, lambda out: net.pooled(out.masked.float()))
+
+
+def summary_features(net: Any, loader: Iterable[dict[str, Any]], device: Any) -> np.ndarray:
+    """``(N, 2W)`` backbone summaries (:meth:`~napari_icnn.icnn.networks.ICNN.summary`) of every image in
+    ``loader``: what the model's experience is measured on."""
+    return _collect(net, loader, device, lambda out: net.summary(out.features.float()))
+
+
+def _collect(net: Any, loader: Iterable[dict[str, Any]], device: Any, pick: Any) -> np.ndarray:
     import torch
 
     net.eval()
-    total, n = None, 0
+    out = []
     with torch.no_grad():
         for batch in loader:
-            x = batch["image"].to(device)
-            feats = net.pooled(net(x).masked.float()).double().sum(dim=0)
-            total = feats if total is None else total + feats
-            n += len(x)
-    if total is None or n == 0:
+            out.append(pick(net(batch["image"].to(device))).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def reference_features(net: Any, loader: Iterable[dict[str, Any]], device: Any) -> tuple[np.ndarray, int]:
+    """Mean pooled features ``(2C,)`` of the interpretable layer over ``loader``'s images, and their count."""
+    feats = pooled_features(net, loader, device)
+    if len(feats) == 0:
         raise ValueError("no images to compute the reference eye from")
-    return (total / n).cpu().numpy(), n
+    return feats.mean(axis=0), len(feats)
 
 
 def reference_entry(features: Iterable[float], n_images: int, source: str) -> dict[str, Any]:

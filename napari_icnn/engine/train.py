@@ -331,7 +331,7 @@ def train_iter(
     result = TrainResult(bundle=out, best_epoch=int(best["epoch"]), epochs_done=max(epoch, 0), history=history,
                          stopped=stopped)
     if dist.is_main and best["epoch"] > 0:
-        _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks, val_recs)
+        _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks, val_recs, train_recs)
     if dist.enabled:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -663,6 +663,25 @@ def reference_of(net, records, size: int, device, batch: int = 16) -> dict[str, 
     return reference_entry(feats, n, "validation cohort of the training run")
 
 
+def experience_of(net, train_records, val_records, size: int, device, batch: int = 16,
+                  source: str = "") -> dict[str, Any] | None:
+    """The backbone-summary statistics of ``net`` on the training photographs with the limit set on the validation ones
+    (bundle metadata entry, :mod:`napari_icnn.experience`), or ``None`` with fewer than 8 of either."""
+    from monai.data import DataLoader
+
+    from napari_icnn.data.datasets import make_dataset
+    from napari_icnn.engine.reference import summary_features
+    from napari_icnn.experience import fit_experience
+
+    if len(train_records) < 8 or len(val_records) < 8:
+        return None
+    feats = []
+    for recs in (train_records, val_records):
+        ds = make_dataset(list(recs), size=size, task=None, augment=False, cache="none")
+        feats.append(summary_features(net, DataLoader(ds, batch_size=batch, shuffle=False), device))
+    return fit_experience(feats[0], feats[1], source).to_entry()
+
+
 @torch.no_grad()
 def calibration_of(net, loader, device, source: str, columns: slice | None = None) -> dict[str, Any] | None:
     """The temperature fitted on ``loader``'s labelled images (bundle metadata entry), or ``None`` without
@@ -685,7 +704,8 @@ def calibration_of(net, loader, device, source: str, columns: slice | None = Non
     return temperature_entry(z, y, source)
 
 
-def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks, val_recs) -> None:
+def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks, val_recs,
+              train_recs) -> None:
     best = torch.load(ckdir / BEST, map_location=device, weights_only=True)
     net.load_state_dict(best["model"])
     if "assignment" in best:
@@ -706,6 +726,8 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
                                   fire_threshold=None if fire_f is None else round(float(fire_f), 6)))
     best_metrics = next((h for h in history if h["epoch"] == best["epoch"]), history[-1] if history else {})
     reference = reference_of(net, val_recs, cfg.size, device, max(cfg.batch, 16))
+    experience = experience_of(net, train_recs, val_recs, cfg.size, device, max(cfg.batch, 16),
+                               "training and validation cohorts of the training run")
     decision_only = slice(0, 1) if cfg.target_set == "referable+lesion-types" else None
     calibration = calibration_of(net, val_dl, device, "validation cohort of the training run", decision_only)
     save_bundle(
@@ -722,6 +744,7 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
                      f"{cfg.size} px colour fundus photographs"),
         extra={"best_epoch": int(best["epoch"]), "history": history, "targets": cfg.target_set,
                **({"reference": reference} if reference is not None else {}),
+               **({"experience": experience} if experience is not None else {}),
                **({"calibration": calibration} if calibration is not None else {})},
     )
     assert (Path(cfg.out) / WEIGHTS).is_file()

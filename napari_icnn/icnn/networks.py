@@ -34,6 +34,8 @@ class ICNNOutput:
     """``(B, C, n, n)`` maps after the mask (what the head sees; equal to ``maps`` when the mask is off)."""
     mu: Tensor
     """``(B, C)`` long flat index ``i * n + j`` of each map's peak."""
+    features: Tensor | None = None
+    """``(B, W, n, n)`` the backbone's output that the interpretable filters read."""
 
     def __post_init__(self) -> None:
         if (
@@ -186,6 +188,8 @@ class ICNN(nn.Module):
                 f"(got {image_size!r})"
             )
         self.n = image_size // self.stride
+        self.summary_width = 2 * channels
+        """Length of :meth:`summary`."""
         self._config = dict(
             arch=arch,
             n_outputs=n_outputs,
@@ -225,7 +229,8 @@ class ICNN(nn.Module):
 
     def forward(self, x: Tensor) -> ICNNOutput:
         """Run the network on ``(B, 3, H, W)`` images."""
-        maps = self.act(self.conv(self.backbone(x)))
+        features = self.backbone(x)
+        maps = self.act(self.conv(features))
         if self.interpretable:
             masked, mu = self.mask(maps)
         else:
@@ -235,12 +240,19 @@ class ICNN(nn.Module):
             # these filters still feed the classifier, but learn from the template loss alone
             k = self.template_only
             to_head = torch.cat([masked[:, :k].detach(), masked[:, k:]], dim=1)
-        return ICNNOutput(logits=self.head(to_head), maps=maps, masked=masked, mu=mu)
+        return ICNNOutput(logits=self.head(to_head), maps=maps, masked=masked, mu=mu, features=features)
 
     @staticmethod
     def pooled(masked: Tensor) -> Tensor:
         """``(B, 2C)`` features the head receives: every map's max, then every map's mean."""
         return torch.cat([masked.amax(dim=(2, 3)), masked.mean(dim=(2, 3))], dim=1)
+
+    @staticmethod
+    def summary(features: Tensor) -> Tensor:
+        """``(B, 2W)`` what a photograph looks like to the network: the spatial mean, then the spatial standard
+        deviation, of each backbone channel (:attr:`ICNNOutput.features`). The model's experience
+        (:mod:`napari_icnn.experience`) is measured on these."""
+        return torch.cat([features.mean(dim=(2, 3)), features.std(dim=(2, 3))], dim=1)
 
     def head(self, masked: Tensor) -> Tensor:
         """Logits from (masked) maps ``(B, C, h, w)``: the layers above the interpretable one."""
