@@ -97,10 +97,21 @@ class ExplainRequest:
     source: Any = None
     """The scan's FundusImage when its layer carries one (read from DICOM, or a sample)."""
     show_heat_maps: bool | None = None
+    keep_declined: bool = False
+    """Keep the prediction of a scan the gate declines (ungradeable), marked as such, instead of raising
+    :class:`~napari_icnn.errors.GateDeclined`."""
 
     @classmethod
     def of_layer(
-        cls, layer: Any, layers: Any, *, model_path: Path, top_k: int, threshold: float, heat_maps: bool
+        cls,
+        layer: Any,
+        layers: Any,
+        *,
+        model_path: Path,
+        top_k: int,
+        threshold: float,
+        heat_maps: bool,
+        keep_declined: bool = False,
     ) -> ExplainRequest:
         """The request to explain the image ``layer`` (one of the viewer's ``layers``)."""
         source = layer.metadata.get(SOURCE_KEY)
@@ -122,6 +133,7 @@ class ExplainRequest:
             show_heat_maps=heat_maps,
             placement=Placement.from_layer(layer),
             source=source,
+            keep_declined=keep_declined,
         )
 
 
@@ -159,7 +171,9 @@ def explain_job(
 ) -> Generator[Progress, None, ExplainResult]:
     """Load (or reuse) the model, explain the scan, make the layers; yields progress, returns the result.
 
-    Raises :class:`~napari_icnn.errors.Cancelled` between stages once ``should_stop()`` is true.
+    Raises :class:`~napari_icnn.errors.Cancelled` between stages once ``should_stop()`` is true, and
+    :class:`~napari_icnn.errors.GateDeclined` (carrying the explanation and its gate) for an ungradeable scan
+    unless the request keeps it (``keep_declined``).
     """
     from napari_icnn.explain import explain
     from napari_icnn.image import FundusImage
@@ -182,7 +196,7 @@ def explain_job(
             image = FundusImage(pixels=np.ascontiguousarray(pixels), source=request.scan_name)
         else:
             image = pixels  # explain() converts RGBA and other bit depths
-    expl = explain(image, model)
+    expl = explain(image, model, gate=not request.keep_declined)
     yield stage(2)
     layers = evidence_layers(
         expl,

@@ -8,6 +8,11 @@ disabled), and runs :func:`~napari_icnn.explain_view.explain_job` off the GUI th
 in place of the previous run's, heat maps, renames, side by side) is
 :class:`~napari_icnn.explain_view.EvidenceView`'s; the widget fills in the result panel and the legend
 (evidence, context and possible artefacts under their headings) and passes the user's changes on.
+
+Above the result, :class:`GateBanner` says what the gate (:class:`~napari_icnn.gate.Gate`) made of the
+explained scan: gradable (green), outside the model's experience (amber) or ungradeable (red: no probability,
+no filter layers, and an "Explain anyway" button that keeps the prediction, marked as kept despite the gate).
+The gate's outcome is also stored on the scan's image layer (metadata key :data:`GATE_KEY`) for scripts.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
@@ -43,7 +51,7 @@ from napari_icnn._widgets.form import (
 from napari_icnn._widgets.jobs import JobWidget
 from napari_icnn._widgets.legend import EvidenceLegend
 from napari_icnn.bundle import ModelCache, check_model, same_bundle
-from napari_icnn.errors import DeclinedInput, IcnnError
+from napari_icnn.errors import DeclinedInput, GateDeclined, IcnnError
 from napari_icnn.explain_view import STAGES, EvidenceView, ExplainRequest, check_scan, explain_job
 from napari_icnn.layer_data import evidence_info, scan_key
 from napari_icnn.remembered import (
@@ -57,11 +65,126 @@ from napari_icnn.remembered import (
 if TYPE_CHECKING:
     import napari
 
-    from napari_icnn.explain_view import ExplainResult
+    from napari_icnn.explain import Explanation
+    from napari_icnn.explain_view import ExplainRequest, ExplainResult
+    from napari_icnn.gate import Gate
 
-__all__ = ["ExplainWidget"]
+__all__ = ["ExplainWidget", "GateBanner", "GATE_KEY", "gate_banner_text", "gate_tooltip"]
 
 _log = logging.getLogger(__name__)
+
+GATE_KEY = "icnn_gate"
+"""Metadata key on the image layer of a scan the widget explained (or declined): the gate's outcome as JSON
+(:meth:`napari_icnn.gate.Gate.to_json`), e.g. ``viewer.layers["scan"].metadata["icnn_gate"]["status"]``."""
+
+_MEASURE_NAMES = {
+    "brightness": "brightness",
+    "dark_fraction": "dark share of the field",
+    "bright_fraction": "clipped-white share of the field",
+    "contrast": "contrast",
+    "sharpness": "sharpness",
+    "coverage": "share covered by artefacts",
+}
+
+
+def gate_banner_text(gate: Gate, kept: bool = False) -> str:
+    """The banner's line for ``gate``; ``kept``: the prediction was kept although the gate declines the scan."""
+    if gate.status == "ungradeable":
+        reasons = "; ".join(gate.quality.reasons) or gate.message
+        if kept:
+            return f"Ungradeable: {reasons} — kept despite the gate; its probability and evidence may not hold"
+        return f"Ungradeable: {reasons} — no probability given"
+    score = ("" if gate.experience is None
+             else f" (experience score {gate.experience:.2f}, limit 1.00)")
+    if gate.status == "unfamiliar":
+        if gate.declined and not kept:
+            return f"Outside the model's experience — no probability given{score}"
+        tail = " — kept despite the gate" if gate.declined else ""
+        return f"Outside the model's experience — its probability may not hold{score}{tail}"
+    return gate.message[:1].upper() + gate.message[1:]
+
+
+def gate_tooltip(gate: Gate) -> str:
+    """The quality measures (with the limits they are held to) and the experience score, one a line."""
+    quality = gate.quality.to_json()
+    limits = quality.get("limits", {})
+    lines = ["Image quality of the field of view:"]
+    for key, value in quality["measures"].items():
+        bound = ""
+        if f"min_{key}" in limits:
+            bound = f" (gradable from {limits[f'min_{key}']:g})"
+        elif f"max_{key}" in limits:
+            bound = f" (gradable up to {limits[f'max_{key}']:g})"
+        lines.append(f"  {_MEASURE_NAMES.get(key, key.replace('_', ' '))}: {value:.3f}{bound}")
+    if gate.experience is None:
+        lines.append("Experience score: not known (the model stores no statistics of its training photographs)")
+    else:
+        lines.append(f"Experience score: {gate.experience:.2f} (limit 1.00; above it the scan is unlike the "
+                     "photographs the model was trained on)")
+    return "\n".join(lines)
+
+
+class GateBanner(QFrame):
+    """One coloured, word-wrapped line above the result: what the gate made of the explained scan.
+
+    Green for a gradable scan, amber for one outside the model's experience, red for an ungradeable one;
+    the tooltip lists the quality measures and the experience score. While a declined scan has no
+    probability, :attr:`anyway_button` offers to explain it anyway.
+    """
+
+    COLOURS = {"gradable": ("#2e7d32", "white"), "unfamiliar": ("#f9a825", "black"),
+               "ungradeable": ("#b3261e", "white")}
+    """Background and text colour of each gate status."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("gateBanner")
+        self.label = message_label()  # word-wrapped, selectable, as tall as its text
+        self.label.setVisible(True)
+        self.anyway_button = QPushButton("Explain anyway")
+        self.anyway_button.setToolTip(
+            "Explain this scan although the gate declines it: the probability and the filter layers are "
+            "shown, marked as kept despite the gate"
+        )
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(8, 5, 8, 5)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(self.anyway_button, 0, Qt.AlignmentFlag.AlignVCenter)
+        self.gate: Gate | None = None
+        self.kept = False
+        self.clear()
+
+    @property
+    def status(self) -> str | None:
+        """The shown gate's status (``None`` when the banner is empty)."""
+        return None if self.gate is None else self.gate.status
+
+    @property
+    def offers_anyway(self) -> bool:
+        """Whether the banner offers to explain the declined scan anyway."""
+        return self.gate is not None and self.gate.declined and not self.kept
+
+    def show_gate(self, gate: Gate, kept: bool = False) -> None:
+        """Show ``gate``'s outcome; ``kept``: its prediction was kept although the gate declines it."""
+        self.gate, self.kept = gate, kept
+        background, text = self.COLOURS.get(gate.status, self.COLOURS["ungradeable"])
+        self.setStyleSheet(f"QFrame#gateBanner {{ background-color: {background}; border-radius: 4px; }}")
+        self.label.setStyleSheet(f"color: {text}; font-weight: bold; background: transparent;")
+        self.label.setText(gate_banner_text(gate, kept))
+        tip = gate_tooltip(gate)
+        self.setToolTip(tip)
+        self.label.setToolTip(tip)
+        self.anyway_button.setVisible(self.offers_anyway)
+        self.setVisible(True)
+
+    def clear(self) -> None:
+        """No gate to show (no scan explained yet, or another scan or model chosen)."""
+        self.gate, self.kept = None, False
+        self.label.setText("")
+        self.setToolTip("")
+        self.label.setToolTip("")
+        self.anyway_button.setVisible(False)
+        self.setVisible(False)
 
 
 class ExplainWidget(JobWidget):
@@ -80,6 +203,10 @@ class ExplainWidget(JobWidget):
         self._cache = ModelCache()
         self.view = EvidenceView(napari_viewer, on_region_visible=self._on_region_visible)
         self._watched_scans: set[int] = set()
+        self._request: ExplainRequest | None = None
+        """The last run's request (a declined scan's error does not name its scan)."""
+        self._gate_for: tuple[str, Path] | None = None
+        """The scan key and model of the gate the banner shows: another choice clears it."""
         self._settings = load_settings()
         self._build()
         self._load_settings_into_fields()
@@ -139,6 +266,8 @@ class ExplainWidget(JobWidget):
         root.addWidget(self.progress)
         self.status = status_label()
         root.addWidget(self.status)
+        self.gate_banner = GateBanner()
+        root.addWidget(self.gate_banner)
 
         results = QGroupBox("Result")
         rform = QFormLayout(results)
@@ -193,6 +322,7 @@ class ExplainWidget(JobWidget):
         self.heat_check.toggled.connect(self._on_heat_toggled)
         self.side_check.toggled.connect(self.view.set_side_by_side)
         self.run_button.clicked.connect(self.run)
+        self.gate_banner.anyway_button.clicked.connect(self.explain_anyway)
         self.legend.renameRequested.connect(self.rename_filter)
         self.legend.visibilityToggled.connect(
             lambda fid, visible: self.view.show_filter(fid, visible, self.heat_check.isChecked())
@@ -249,7 +379,18 @@ class ExplainWidget(JobWidget):
         show_problem(self.model_edit, self.model_message, model_problem)
         ok = scan_problem is None and model_problem is None
         self.run_button.setEnabled(ok and not self._running)
+        self.gate_banner.anyway_button.setEnabled(ok and not self._running)
+        self._follow_choice()
         return ok
+
+    def _follow_choice(self) -> None:
+        """Clear the gate banner once another scan or model is chosen: it spoke of the previous one."""
+        if self._gate_for is None:
+            return
+        scan, model = self._gate_for
+        if self.scan_combo.currentData() != scan or not same_bundle(self.model_edit.text().strip(), model):
+            self._gate_for = None
+            self.gate_banner.clear()
 
     def _on_setting_changed(self) -> None:
         self.validate()
@@ -287,7 +428,18 @@ class ExplainWidget(JobWidget):
         self.model_edit.setText(str(path))
 
     def run(self) -> Any:
-        """Start explaining the chosen scan in the background; returns the worker (``None`` if not started)."""
+        """Start explaining the chosen scan in the background; returns the worker (``None`` if not started).
+
+        A scan the gate declines (ungradeable) gets no probability and no layers: the banner says why and
+        offers :meth:`explain_anyway`."""
+        return self._explain(keep_declined=False)
+
+    def explain_anyway(self) -> Any:
+        """Explain the chosen scan even where the gate declines it: its probability and layers are shown, the
+        banner saying they were kept despite the gate. Returns the worker (``None`` if not started)."""
+        return self._explain(keep_declined=True)
+
+    def _explain(self, keep_declined: bool) -> Any:
         if self._running or not self.validate():
             return None
         layer = self.scan_layer
@@ -298,8 +450,10 @@ class ExplainWidget(JobWidget):
             top_k=int(self.top_k_spin.value()),
             threshold=float(self.threshold_spin.value()),
             heat_maps=self.heat_check.isChecked(),
+            keep_declined=keep_declined,
         )
-        text = f"Explaining '{layer.name}'…"
+        self._request = request
+        text = f"Explaining '{layer.name}'{' anyway' if keep_declined else ''}…"
         return self._start(explain_job, request, self._cache, self._stop.is_set, text=text)
 
     def _show_running(self, running: bool) -> None:
@@ -307,6 +461,8 @@ class ExplainWidget(JobWidget):
         self.run_button.setText("Explaining…" if running else "Explain")
 
     def _report_failure(self, err: BaseException) -> None:
+        if isinstance(err, GateDeclined) and self._show_declined(err):
+            return
         if not isinstance(err, DeclinedInput):
             super()._report_failure(err)
             return
@@ -314,6 +470,36 @@ class ExplainWidget(JobWidget):
 
         show_warning(f"Explain declined the scan: {err}")
         self.status.setText("The scan was declined (see the notification).")
+
+    def _show_declined(self, err: GateDeclined) -> bool:
+        """The gate withheld the verdict: the banner says why, the result holds no probability, no layers are
+        added. ``False`` when the error does not carry the gate (then it is reported as any declined scan)."""
+        expl: Any = err.explanation
+        gate = getattr(expl, "gate", None)
+        request = self._request
+        if gate is None or request is None:
+            return False
+        self._show_gate(request, gate, kept=False)
+        self._show_withheld(expl, gate)
+        self.status.setText(f"No probability and no filter layers for '{request.scan_name}' (see the banner below).")
+        return True
+
+    def _show_gate(self, request: ExplainRequest, gate: Gate, kept: bool) -> None:
+        """Show ``gate`` in the banner and store it on the scan's layer (for scripts)."""
+        self._gate_for = (request.scan, request.model_path)
+        self.gate_banner.show_gate(gate, kept=kept)
+        layer = self.view.scan(request.scan)
+        if layer is not None:
+            layer.metadata[GATE_KEY] = gate.to_json()
+        self._follow_choice()  # another scan or model may have been chosen while it ran
+
+    def _show_withheld(self, expl: Explanation, gate: Gate) -> None:
+        why = "ungradeable scan" if gate.status == "ungradeable" else "outside the model's experience"
+        self.decision_label.setText(f"Withheld ({why})")
+        self.probability_label.setText("— (not given)")
+        self.lesion_types_label.setText("—")
+        self.model_label.setText(f"{expl.model_name} {expl.model_version}")
+        self.time_label.setText("—")
 
     def _on_returned(self, result: ExplainResult) -> None:
         from napari.utils.notifications import show_warning
@@ -326,6 +512,12 @@ class ExplainWidget(JobWidget):
             )
             return
         self._show_result(result)
+        gate = result.explanation.gate
+        if gate is None:
+            self._gate_for = None
+            self.gate_banner.clear()
+        else:  # a declined gate here: the scan was explained anyway, its prediction kept on request
+            self._show_gate(result.request, gate, kept=gate.declined)
         self._refresh_scans()
         self._refresh_legend(force=True)
 
@@ -374,6 +566,8 @@ class ExplainWidget(JobWidget):
             return
         if renamed.copied:
             show_info(f"Filter names are saved in your copy of the model: {renamed.model}")
+            if self._gate_for is not None and same_bundle(self._gate_for[1], renamed.previous):
+                self._gate_for = (self._gate_for[0], Path(renamed.model))  # the same model, renamed filters
             if same_bundle(self.model_edit.text().strip(), renamed.previous):
                 self.model_edit.setText(str(renamed.model))
         self.legend.set_name(filter_id, renamed.name)
