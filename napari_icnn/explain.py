@@ -418,15 +418,32 @@ def _safe_stem(text: str) -> str:
     return keep.strip("._")[:80] or "image"
 
 
-def write_explanation(expl: Explanation, image: FundusImage, out_dir: str | os.PathLike[str], top_k: int = 8) -> list[Path]:
+def write_explanation(expl: Explanation, image: FundusImage, out_dir: str | os.PathLike[str], top_k: int = 8,
+                      withheld: bool = False) -> list[Path]:
     """Write one PNG overlay per reported filter (the ``top_k`` evidence filters, then the ``top_k`` context
     filters and the possible artefacts, each group named in the file names) and ``explanation.json`` into
-    ``out_dir``; return the paths."""
+    ``out_dir``; return the paths.
+
+    The JSON's ``gate`` (image quality and familiarity) gains ``kept``: whether the verdict is given although
+    the gate declined the scan. ``withheld``: the gate's verdict stands, so only ``explanation.json`` is
+    written, with the gate and without a prediction, filters or overlays.
+    """
     from napari_icnn.atomic import atomic_write_text
     from napari_icnn.render import overlay_png
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    doc = expl.to_json(top_k)
+    if doc.get("gate") is not None:
+        doc["gate"]["kept"] = bool(doc["gate"]["declined"]) and not withheld
+    if withheld:
+        for key in ("prediction", "contribution_basis", "evidence", "context", "possible_artefacts"):
+            doc.pop(key, None)
+        doc["overlays"] = []
+        return [atomic_write_text(out / "explanation.json", json.dumps(doc, indent=2))]
+    warning = ""
+    if expl.gate is not None and expl.gate.declined:
+        warning = f"\n[{expl.gate.status}: verdict kept on request]"
     written = []
     groups = (("evidence", expl.evidence(top_k)), ("context", expl.context(top_k)),
               ("artefact", expl.possible_artefacts(top_k)))
@@ -436,17 +453,23 @@ def write_explanation(expl: Explanation, image: FundusImage, out_dir: str | os.P
             title = f"{f.name}  contribution {f.contribution:+.3f}"
             if group != "evidence":
                 title = f"[{f.role}] {title}"
-            overlay_png(image.pixels, expl.map_on_scan(f.id), title, (f.peak_x, f.peak_y), png)
+            overlay_png(image.pixels, expl.map_on_scan(f.id), title + warning, (f.peak_x, f.peak_y), png)
             written.append(png)
-    doc = expl.to_json(top_k)
     doc["overlays"] = [p.name for p in written]
     written.append(atomic_write_text(out / "explanation.json", json.dumps(doc, indent=2)))
     return written
 
 
 def explain_file(image_path: str | os.PathLike[str], bundle: str | os.PathLike[str] | None = None,
-                 out_dir: str | os.PathLike[str] = "explanations", top_k: int = 8, device: str = "auto") -> list[Explanation]:
-    """Explain every image (every frame) in a file; write overlays + JSON (one sub-folder per frame)."""
+                 out_dir: str | os.PathLike[str] = "explanations", top_k: int = 8, device: str = "auto", *,
+                 keep_ungradeable: bool = False, decline_unfamiliar: bool = False) -> list[Explanation]:
+    """Explain every image (every frame) in a file; write overlays + JSON (one sub-folder per frame).
+
+    The image-quality gate (:attr:`Explanation.gate`) withholds the verdict on an ungradeable photograph (and,
+    with ``decline_unfamiliar``, on one outside the model's experience): its folder holds an
+    ``explanation.json`` with the gate and without a prediction or overlays. ``keep_ungradeable`` writes the
+    verdict on an ungradeable photograph anyway. Every frame's explanation is returned, withheld or not.
+    """
     from napari_icnn.bundle import default_bundle_path, load_bundle
     from napari_icnn.data.image_io import load_image
 
@@ -454,8 +477,11 @@ def explain_file(image_path: str | os.PathLike[str], bundle: str | os.PathLike[s
     images = load_image(image_path)
     results = []
     for img in images:
-        expl = explain(img, model)
+        expl = explain(img, model, gate=False, decline_unfamiliar=decline_unfamiliar)
+        gate = expl.gate
+        withheld = bool(gate is not None and gate.declined
+                        and not (keep_ungradeable and gate.status == "ungradeable"))
         target = Path(out_dir) if len(images) == 1 else Path(out_dir) / f"frame{(img.frame or 0):04d}"
-        write_explanation(expl, img, target, top_k)
+        write_explanation(expl, img, target, top_k, withheld=withheld)
         results.append(expl)
     return results

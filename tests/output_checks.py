@@ -14,7 +14,8 @@ __all__ = ["Checked", "check_output_folder", "summary_rows", "TEMPORARY_SUFFIXES
 
 TEMPORARY_SUFFIXES = (".tmp", ".part")
 """How the writers name a file being written (always hidden: ``.<final name>.<random><suffix>``)."""
-_COLUMNS = ["input_path", "frame", "sop_instance_uid", "status", "reason", "probability", "outputs", "format_version"]
+_COLUMNS = ["input_path", "frame", "sop_instance_uid", "status", "reason", "probability", "outputs", "quality",
+            "quality_reason", "experience_score", "sharpness", "brightness", "coverage", "format_version"]
 _HIDDEN_STATE = {".icnn-batch.json", ".icnn-batch.lock", ".icnn-pacs.lock"}
 
 
@@ -43,7 +44,8 @@ def summary_rows(out: Path) -> list[dict[str, str]]:
     assert lines[0] == _COLUMNS, lines[0]
     for fields in lines[1:]:
         assert len(fields) == len(_COLUMNS), f"torn or malformed summary row: {fields}"
-        assert fields[3] in ("ok", "error", "declined") and fields[7] == "2", fields
+        assert fields[3] in ("ok", "error", "declined") and fields[-1] == "3", fields
+        assert fields[7] in ("", "gradable", "unfamiliar", "ungradeable"), fields
     rows = [dict(zip(_COLUMNS, f)) for f in lines[1:]]
     keys = Counter((r["input_path"], r["frame"]) for r in rows)
     assert not [k for k, n in keys.items() if n > 1], f"duplicate rows: {[k for k, n in keys.items() if n > 1]}"

@@ -18,7 +18,8 @@ from test_batch_data import PATIENT_ID, PATIENT_NAME, ct, fundus, jpeg, op, png,
 from napari_icnn.batch import COLUMNS, BatchConfig, infer
 from napari_icnn.cli import main
 
-COLUMN_LINE = "input_path,frame,sop_instance_uid,status,reason,probability,outputs,format_version"
+COLUMN_LINE = ("input_path,frame,sop_instance_uid,status,reason,probability,outputs,"
+               "quality,quality_reason,experience_score,sharpness,brightness,coverage,format_version")
 GROUPS = ("evidence", "context", "possible_artefacts")
 
 
@@ -72,6 +73,7 @@ def test_every_input_gets_rows_and_outputs_that_read_back(archive, tmp_path, tin
     assert all(os.path.isabs(r["input_path"]) for r in rows)
     assert by[("ct_slice", "")]["status"] == "declined" and "CT" in by[("ct_slice", "")]["reason"]
     assert by[("multi.dcm", "1")]["status"] == "declined" and by[("multi.dcm", "1")]["reason"]
+    assert by[("ct_slice", "")]["quality"] == by[("multi.dcm", "1")]["quality"] == ""  # the model never ran
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 6
     assert (summary.counts.ok, summary.counts.declined, summary.counts.error, summary.counts.skipped) == (6, 2, 0, 0)
@@ -91,7 +93,11 @@ def test_every_input_gets_rows_and_outputs_that_read_back(archive, tmp_path, tin
         assert prob == pytest.approx(expected.probability, abs=2e-6)
         doc = json.loads((out / outputs[-1]).read_text())
         assert doc["prediction"]["probability"] == pytest.approx(prob, abs=2e-6)
-        assert doc["format_version"] == 2 and r["format_version"] == "2"
+        assert doc["format_version"] == 3 and r["format_version"] == "3"
+        assert r["quality"] == doc["gate"]["status"] == "gradable" and r["quality_reason"] == ""
+        assert r["experience_score"] == "" and doc["gate"]["experience_score"] is None  # the tiny bundle has none
+        for m in ("sharpness", "brightness", "coverage"):
+            assert float(r[m]) == pytest.approx(doc["gate"]["quality"]["measures"][m], abs=1e-4)
         assert doc["contribution_basis"] == expected.contribution_basis
         for group in GROUPS:
             assert [f["id"] for f in doc[group]] == [f.id for f in getattr(expected, group)(3)]
@@ -257,11 +263,25 @@ def test_a_folder_of_results_of_format_1_is_refused_with_one_line(tmp_path, tiny
     png(src / "b.png", seed=2)
     out = tmp_path / "out"
     out.mkdir()
-    old = COLUMN_LINE.removesuffix(",format_version") + f"\n{src / 'a.png'},,,ok,,0.500000,images/0123.png\n"
+    old = ",".join(COLUMNS[:7]) + f"\n{src / 'a.png'},,,ok,,0.500000,images/0123.png\n"
     (out / "summary.csv").write_text(old)
     assert main(["infer", str(src), "--out", str(out), "--model", str(tiny_bundle), "--workers", "0"]) == 2
     err = _one_line_error(capsys)
-    assert "format version 1" in err and "version 2" in err and "--out" in err
+    assert "format version 1" in err and "version 3" in err and "--out" in err
+    assert (out / "summary.csv").read_text() == old and not list(out.glob("images/*"))
+
+
+def test_a_folder_of_results_of_format_2_is_refused_with_one_line(tmp_path, tiny_bundle, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    png(src / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    old = ",".join((*COLUMNS[:7], "format_version")) + f"\n{src / 'a.png'},,,ok,,0.500000,images/0123.png,2\n"
+    (out / "summary.csv").write_text(old)
+    assert main(["infer", str(src), "--out", str(out), "--model", str(tiny_bundle), "--workers", "0"]) == 2
+    err = _one_line_error(capsys)
+    assert "format version 2" in err and "version 3" in err and "--out" in err
     assert (out / "summary.csv").read_text() == old and not list(out.glob("images/*"))
 
 
@@ -303,7 +323,8 @@ def test_a_real_run_reports_evidence_context_and_artefacts_apart(tmp_path, monke
     summary = infer(BatchConfig(inputs=(str(src),), out=str(out), workers=0, top_k=3))  # the shipped model
     assert summary.counts.ok == 1
     (row,) = read_summary(out)
-    assert row["format_version"] == "2"
+    assert row["format_version"] == "3" and row["quality"] in ("gradable", "unfamiliar")
+    assert float(row["experience_score"]) > 0  # the shipped model stores its experience
     seg_path, sr_path, png_path, json_path = (out / o for o in row["outputs"].split(";"))
     image = load_image(src / "retina.dcm")[0]
     expected = explain(image, load_bundle(default_bundle_path(), "cpu"))
@@ -311,7 +332,8 @@ def test_a_real_run_reports_evidence_context_and_artefacts_apart(tmp_path, monke
     assert {"evidence", "context"} <= {f.role for f in reported}
 
     doc = json.loads(json_path.read_text())
-    assert doc["format_version"] == 2 and doc["contribution_basis"] == expected.contribution_basis
+    assert doc["format_version"] == 3 and doc["contribution_basis"] == expected.contribution_basis
+    assert doc["gate"]["status"] == row["quality"] and doc["gate"]["kept"] is False
     assert doc["contribution_basis"].startswith("against a reference eye")
     for group, role in (("evidence", "evidence"), ("context", "context"), ("possible_artefacts", "possible artefact")):
         assert [f["id"] for f in doc[group]] == [f.id for f in getattr(expected, group)(3)]
@@ -387,6 +409,8 @@ def test_other_settings_or_a_concurrent_run_are_refused(tmp_path, tiny_bundle, c
     capsys.readouterr()
     assert main([*args, "--top-k", "3"]) == 2
     assert "other settings" in _one_line_error(capsys)
+    assert main([*args, "--keep-ungradeable"]) == 2  # rows declined by the gate would stand beside kept ones
+    assert "keep_ungradeable False" in _one_line_error(capsys)
     with open(out / ".icnn-batch.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         assert main(args) == 2

@@ -28,10 +28,12 @@ def rows_of(out: Path) -> list[dict[str, str]]:
 
 
 def comparable(out: Path) -> list[tuple]:
-    """Rows without order, probabilities to 1e-5 (batches of other sizes round differently)."""
+    """Rows without order, probabilities to 1e-5 (batches of other sizes round differently); the image
+    quality, which does not depend on the batch, exactly."""
     return sorted(
         (r["input_path"], r["frame"], r["sop_instance_uid"], r["status"], r["reason"],
-         round(float(r["probability"]), 5) if r["probability"] else None, r["outputs"])
+         round(float(r["probability"]), 5) if r["probability"] else None, r["outputs"],
+         r["quality"], r["quality_reason"], r["sharpness"], r["brightness"], r["coverage"])
         for r in rows_of(out)
     )
 
@@ -46,7 +48,7 @@ def assert_same_outputs(a: Path, b: Path) -> None:
         if rel.endswith(".json"):
             ja, jb = json.loads((a / rel).read_text()), json.loads((b / rel).read_text())
             assert ja["prediction"]["probability"] == pytest.approx(jb["prediction"]["probability"], abs=1e-5)
-            assert ja["format_version"] == jb["format_version"] == 2
+            assert ja["format_version"] == jb["format_version"] == 3 and ja["gate"] == jb["gate"]
             for group in ("evidence", "context", "possible_artefacts"):
                 assert [(f["id"], f["role"]) for f in ja[group]] == [(f["id"], f["role"]) for f in jb[group]]
         elif rel.endswith(".dcm"):

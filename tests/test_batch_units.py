@@ -69,7 +69,8 @@ def test_explain_batch_declines_what_explain_declines(model):
 def test_rows_survive_paths_with_commas_quotes_and_newlines(tmp_path):
     rows = [
         Row('/data/a, "b"\nc.dcm', None, "1.2.3", "error", "reason, with comma"),
-        Row("/data/m.dcm", 2, "1.2.4", "ok", "", 0.25, ("x/1.2.4_f0002.png", "x/1.2.4_f0002.json")),
+        Row("/data/m.dcm", 2, "1.2.4", "ok", "", 0.25, ("x/1.2.4_f0002.png", "x/1.2.4_f0002.json"),
+            "unfamiliar", "outside the model's experience: experience score 1.25 (limit 1.00)", 1.25, 0.05, 0.8, 0.4),
     ]
     with SummaryFile(tmp_path / "summary.csv") as s:
         s.append(rows)
@@ -107,49 +108,61 @@ def test_a_foreign_summary_csv_is_refused_and_left_alone(tmp_path):
 V1_HEADER = "input_path,frame,sop_instance_uid,status,reason,probability,outputs\n"
 
 
+V2_HEADER = "input_path,frame,sop_instance_uid,status,reason,probability,outputs,format_version\n"
+
+
 def test_every_row_carries_the_format_version(tmp_path):
     from napari_icnn.explain import FORMAT_VERSION
 
     path = tmp_path / "summary.csv"
     with SummaryFile(path) as s:
         s.append([Row("/a.png", None, "", "ok", "", 0.5, ("images/1.png",))])
-    assert COLUMNS[-1] == "format_version" and FORMAT_VERSION == 2
-    assert path.read_text().splitlines()[1].endswith(",images/1.png,2")
-    with pytest.raises(ValueError, match="format version 2"):
+    assert COLUMNS[-1] == "format_version" and FORMAT_VERSION == 3
+    assert COLUMNS[7:-1] == ("quality", "quality_reason", "experience_score", "sharpness", "brightness", "coverage")
+    assert path.read_text().splitlines()[1].endswith(",images/1.png,,,,,,,3")
+    with pytest.raises(ValueError, match="format version 3"):
         Row.from_fields(["/a.png", "", "", "ok", "", "0.5", "images/1.png"])  # a version 1 line
-    with pytest.raises(ValueError, match="format version 2"):
-        Row.from_fields(["/a.png", "", "", "ok", "", "0.5", "images/1.png", "3"])
+    with pytest.raises(ValueError, match="format version 3"):
+        Row.from_fields(["/a.png", "", "", "ok", "", "0.5", "images/1.png", "2"])  # a version 2 line
+    with pytest.raises(ValueError, match="format version 3"):
+        Row.from_fields(["/a.png", "", "", "ok", "", "0.5", "images/1.png", "", "", "", "", "", "", "4"])
 
 
-def test_a_summary_of_another_format_is_refused_and_left_alone(tmp_path):
+@pytest.mark.parametrize("version, header", [("1", V1_HEADER), ("2", V2_HEADER)])
+def test_a_summary_of_another_format_is_refused_and_left_alone(tmp_path, version, header):
     path = tmp_path / "summary.csv"
-    old = V1_HEADER + "/a.png,,,ok,,0.500000,images/1.png\n"
+    old = header + "/a.png,,,ok,,0.500000,images/1.png" + (",2" if version == "2" else "") + "\n"
     path.write_text(old)
-    with pytest.raises(ConfigError, match=r"format version 1, and this icnn writes version 2") as info:
+    with pytest.raises(ConfigError, match=rf"format version {version}, and this icnn writes version 3") as info:
         SummaryFile(path)
     assert len(str(info.value).splitlines()) == 1 and "--out" in str(info.value)
     assert path.read_text() == old
-    newer = ",".join(COLUMNS) + "\n/a.png,,,ok,,0.500000,images/1.png,3\n"
+    newer = ",".join(COLUMNS) + "\n/a.png,,,ok,,0.500000,images/1.png,,,,,,,4\n"
     path.write_text(newer)
-    with pytest.raises(ConfigError, match="format version 3"):
+    with pytest.raises(ConfigError, match="format version 4"):
         SummaryFile(path)
     assert path.read_text() == newer
 
 
-def test_a_version_1_summary_without_rows_starts_again_in_this_format(tmp_path):
+@pytest.mark.parametrize("header", [V1_HEADER, V2_HEADER])
+def test_an_older_summary_without_rows_starts_again_in_this_format(tmp_path, header):
     path = tmp_path / "summary.csv"
-    path.write_text(V1_HEADER)
+    path.write_text(header)
     with SummaryFile(path) as s:
         assert s.done == {}
         s.append([Row("/a.png", None, "", "ok", "", 0.5)])
-    assert path.read_text().splitlines() == [",".join(COLUMNS), "/a.png,,,ok,,0.500000,,2"]
+    assert path.read_text().splitlines() == [",".join(COLUMNS), "/a.png,,,ok,,0.500000,,,,,,,,3"]
 
 
-def test_row_refuses_unknown_status_and_bad_probability():
+def test_row_refuses_unknown_status_quality_and_bad_numbers():
     with pytest.raises(ValueError):
         Row("/a", None, "", "failed")
     with pytest.raises(ValueError):
         Row("/a", None, "", "ok", "", 1.5)
+    with pytest.raises(ValueError, match="quality"):
+        Row("/a", None, "", "ok", "", 0.5, quality="blurry")
+    with pytest.raises(ValueError, match="sharpness"):
+        Row("/a", None, "", "ok", "", 0.5, quality="gradable", sharpness=float("nan"))
 
 
 # --------------------------------------------------------------------------- names

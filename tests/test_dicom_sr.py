@@ -222,3 +222,73 @@ def test_filters_without_a_role_are_reported_as_before(tmp_path):
 def test_an_unknown_role_is_refused(tmp_path):
     with pytest.raises(ValueError, match="role must be one of"):
         _sr(make_source(tmp_path, "op-jpeg"), filters=[dict(FILTERS[0], role="lesion")])
+
+
+def _image_text(ds, meaning: str) -> list[str]:
+    """TEXT values named ``meaning`` anywhere in an SR's content tree."""
+    found = []
+    for item in ds.get("ContentSequence", []):
+        name = item.get("ConceptNameCodeSequence")
+        if item.get("ValueType") == "TEXT" and name and name[0].CodeMeaning == meaning:
+            found.append(str(item.TextValue))
+        found += _image_text(item, meaning)
+    return found
+
+
+KEPT_GATE = {"status": "ungradeable", "declined": True, "kept": True, "experience_score": 1.6,
+             "message": "ungradeable: out of focus (sharpness 0.006, gradable from 0.020)"}
+
+
+@needs_dciodvfy
+@pytest.mark.parametrize("gate, quality, score", [
+    ({"status": "gradable", "message": "gradable · experience score 0.74 (limit 1.00)", "experience_score": 0.74},
+     "GRADABLE", 0.74),
+    ({"status": "unfamiliar", "experience_score": 1.31,
+      "message": "outside the model's experience: experience score 1.31 (limit 1.00); its probability may not hold"},
+     "UNFAMILIAR", 1.31),
+    (KEPT_GATE, "UNGRADEABLE", 1.6),
+    ({"status": "gradable", "experience_score": None,
+      "message": "gradable · the model stores no statistics of its training photographs"}, "GRADABLE", None),
+])  # fmt: skip
+def test_the_image_quality_gate_is_recorded_in_the_image_group(tmp_path, gate, quality, score):
+    source = make_source(tmp_path, "op-jpeg")
+    out = write_sr(tmp_path / "sr.dcm", source, probability=0.7, predicted_class="referable DR", threshold=0.5,
+                   model=MODEL, filters=FILTERS[:1], gate=gate)  # fmt: skip
+    errors, warnings, report = run_dciodvfy(out)
+    assert errors == [], report
+    assert all("99ICNN" in w for w in warnings)
+
+    (group,) = hd.sr.srread(out).content.get_image_measurement_groups()
+    evaluations = {q.name.value: q for q in group.get_qualitative_evaluations()}
+    assert set(evaluations) == {"RDR", "IMGQUAL"}
+    assert evaluations["IMGQUAL"].name.meaning == "Image quality"
+    assert (evaluations["IMGQUAL"].value.value, evaluations["IMGQUAL"].value.scheme_designator) == (quality, "99ICNN")
+    measured = {m.name.value: m for m in group.get_measurements()}
+    if score is None:
+        assert set(measured) == {"122157", "122411"}  # no statistics, no score
+    else:
+        experience = measured["EXPSCORE"]
+        assert experience.name.meaning == "Experience score (1 = limit of the model's training data)"
+        assert experience.value == pytest.approx(score) and experience.unit.value == "1"
+        assert experience.unit.scheme_designator == "UCUM"
+    (reason,) = _image_text(pydicom.dcmread(out), "Image quality reason")
+    assert reason.startswith(gate["message"])
+    assert ("given on request although the photograph was judged ungradeable" in reason) == bool(gate.get("kept"))
+
+
+def test_without_a_gate_the_report_is_as_before(tmp_path):
+    sr = _sr(make_source(tmp_path, "op-jpeg"))
+    (group,) = _report(sr).get_image_measurement_groups()
+    assert [q.name.value for q in group.get_qualitative_evaluations()] == ["RDR"]
+    assert _image_text(sr, "Image quality reason") == []
+
+
+@pytest.mark.parametrize("gate, message", [
+    (dict(KEPT_GATE, status="blurry"), "gate status must be one of"),
+    (dict(KEPT_GATE, experience_score=-1.0), "non-negative"),
+    (dict(KEPT_GATE, experience_score="high"), "must be a number"),
+])  # fmt: skip
+def test_a_bad_gate_is_refused(tmp_path, gate, message):
+    with pytest.raises(ValueError, match=message):
+        build_sr(make_source(tmp_path, "op-jpeg"), probability=0.5, predicted_class="x", threshold=0.5, model=MODEL,
+                 filters=FILTERS[:1], gate=gate)

@@ -8,7 +8,9 @@
 Every input file (every frame of a multi-frame file) gets a row in ``results/summary.csv``:
 ``ok`` with its outputs (DICOM SEG + SR for DICOM inputs, a PNG evidence sheet and a prediction
 JSON), ``error`` (unreadable or broken) or ``declined`` (readable, but not a colour fundus
-photograph). A bad file never stops the run; a second run into the same folder skips the files
+photograph, or one the image-quality gate withholds the verdict on: ungradeable unless
+``keep_ungradeable``, or outside the model's experience with ``decline_unfamiliar``), with its image
+quality and experience score. A bad file never stops the run; a second run into the same folder skips the files
 already recorded. Worker processes decode while the network runs (``workers``); a Dask scheduler
 address runs the same batch on a cluster (``scheduler``). :func:`preflight` refuses a set-up that
 cannot start, for ``icnn infer`` and the Batch widget alike.

@@ -113,6 +113,13 @@ class BatchConfig:
     top_k: int = field(default=5, metadata=_meta(
         "--top-k", "Filters reported", "filters reported per image in each group, evidence, anatomy context and "
         "possible artefacts (SEG segments, SR groups, sheet tiles, JSON entries)", bounds=(1, 64)))
+    keep_ungradeable: bool = field(default=False, metadata=_meta(
+        "--keep-ungradeable", "Keep ungradeable", "give the verdict on photographs the image-quality gate finds "
+        "ungradeable anyway (status ok, outputs written; the quality column, SR and JSON still say ungradeable); "
+        "by default they are declined, without probability or outputs"))
+    decline_unfamiliar: bool = field(default=False, metadata=_meta(
+        "--decline-unfamiliar", "Decline unfamiliar", "also decline scans outside the model's experience "
+        "(experience score above 1), which otherwise get a verdict with that warning"))
 
     def __post_init__(self) -> None:
         inputs = (self.inputs,) if isinstance(self.inputs, str) else tuple(self.inputs or ())
@@ -132,6 +139,10 @@ class BatchConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag}: must be an integer >= {low} (got {value!r})", field=name)
+        for name in ("keep_ungradeable", "decline_unfamiliar"):
+            if not isinstance(getattr(self, name), bool):
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag}: must be true or false (got {getattr(self, name)!r})", field=name)
         if self.scheduler is not None and not str(self.scheduler).strip():
             raise ConfigError("--scheduler: give the Dask scheduler's address, e.g. tcp://host:8786", field="scheduler")
         object.__setattr__(self, "formats", parse_formats(self.formats))
@@ -151,7 +162,8 @@ class BatchCounts:
     error: int = 0
     """Unreadable or broken inputs, and results that could not be written."""
     declined: int = 0
-    """Readable inputs that are not colour fundus photographs this model can process."""
+    """Readable inputs that are not colour fundus photographs this model can process, or whose verdict the
+    image-quality gate withheld."""
     files_done: int = 0
     """Input files finished by this run."""
     files_total: int = 0

@@ -141,10 +141,12 @@ def run_local(
     workers: int,
     should_stop: Callable[[], bool] | None = None,
     pool: WorkerPool | None = None,
+    rule: work.GateRule | None = None,
 ) -> Generator[Any, None, tuple[BatchCounts, bool]]:
     """Process ``paths`` into ``summary``; yields progress events, returns ``counts`` with the files
     finished added, and whether it stopped because ``should_stop`` returned true. ``pool``: workers
-    started beforehand (with ``workers`` processes); the run shuts them down.
+    started beforehand (with ``workers`` processes); the run shuts them down. ``rule``: which scans the
+    image-quality gate withholds the verdict on (default: the ungradeable ones).
 
     Raises
     ------
@@ -153,6 +155,7 @@ def run_local(
     """
     import torch
 
+    rule = rule or work.GateRule()
     threads = torch.get_num_threads()
     ex, workers, problem = (pool or WorkerPool(workers)).ready()
     if problem:
@@ -213,7 +216,7 @@ def run_local(
             if frames and (len(frames) >= batch or (n_prep == 0 and (exhausted or not inflight))):
                 chunk, frames = frames[:batch], frames[batch:]
                 events: list[Any] = []
-                results = work.explain_rows(model, [p for _, p in chunk])
+                results = work.explain_rows(model, [p for _, p in chunk], rule)
                 for (file, _), (p, result) in zip(chunk, results):
                     if isinstance(result, Row):
                         events += add_rows(file, [result])

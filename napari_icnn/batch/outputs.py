@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from napari_icnn.explain import Explanation, FilterEvidence
     from napari_icnn.image import FundusImage
 
-__all__ = ["OutputSpec", "path_hash", "output_stem", "write_outputs", "reported_filters", "sheet_array", "SHEET_TILE"]
+__all__ = ["OutputSpec", "path_hash", "output_stem", "write_outputs", "reported_filters", "sheet_array", "gate_entry",
+           "gate_line", "SHEET_TILE"]
 
 SHEET_TILE = 384
 """Side of one tile of the PNG evidence sheet, in pixels."""
@@ -204,7 +205,30 @@ def _write_sr(target: Path, spec: OutputSpec, image: FundusImage, expl: Explanat
         threshold=expl.threshold,
         model=spec.model,
         filters=filters,
+        gate=gate_entry(expl),
     )
+
+
+def gate_entry(expl: Explanation) -> dict | None:
+    """The gate of an explanation whose verdict is given, as its results record it: the gate's JSON
+    (:meth:`napari_icnn.gate.Gate.to_json`) with ``kept``, whether the verdict was given although the gate
+    declined the scan (``--keep-ungradeable``); ``None`` when the scan was not assessed."""
+    if expl.gate is None:
+        return None
+    entry = expl.gate.to_json()
+    entry["kept"] = bool(entry["declined"])
+    return entry
+
+
+def gate_line(expl: Explanation) -> str:
+    """One short line for a title when the gate did not find the scan plainly gradable; else ``""``."""
+    gate = expl.gate
+    if gate is None or gate.status == "gradable":
+        return ""
+    if gate.status == "ungradeable":
+        return "UNGRADEABLE photograph: verdict kept on request"
+    score = "" if gate.experience is None else f" (score {gate.experience:.2f})"
+    return f"outside the model's experience{score}: the probability may not hold"
 
 
 def sheet_array(image: FundusImage, expl: Explanation, top: list, tile: int = SHEET_TILE) -> np.ndarray:
@@ -236,6 +260,9 @@ def sheet_array(image: FundusImage, expl: Explanation, top: list, tile: int = SH
     basis = basis_label(expl.contribution_basis)
     if basis:
         title += "\n" + basis
+    warning = gate_line(expl)
+    if warning:
+        title += "\n" + warning
     return evidence_sheet(rgb, panels, title, tile=tile)
 
 
@@ -251,6 +278,7 @@ def _write_json(
     target: Path, image: FundusImage, expl: Explanation, top_k: int, input_path: str, outputs: list[str]
 ) -> None:
     doc = expl.to_json(top_k)
+    doc["gate"] = gate_entry(expl)
     doc.pop("source", None)  # the input's path may name the patient; summary.csv maps it instead
     doc["input"] = {
         "path_sha256": hashlib.sha256(os.fsencode(input_path)).hexdigest(),

@@ -18,6 +18,7 @@ from napari_icnn.batch.inputs import iter_input_files
 from napari_icnn.batch.outputs import OutputSpec
 from napari_icnn.batch.preflight import model_path, out_problem, preflight
 from napari_icnn.batch.summary import Done, SummaryFile, one_line
+from napari_icnn.batch.work import GateRule
 from napari_icnn.dicom.uids import ModelInfo
 from napari_icnn.errors import BundleError, Cancelled, ConfigError
 from napari_icnn.progress import Message, Progress, drain
@@ -100,7 +101,11 @@ def _check_settings(folder: Path, model: ModelInfo, cfg: BatchConfig) -> None:
         "model_sha256": model.sha256,
         "formats": list(cfg.formats) if cfg.formats else "all that apply",
         "top_k": cfg.top_k,
+        "keep_ungradeable": cfg.keep_ungradeable,
+        "decline_unfamiliar": cfg.decline_unfamiliar,
     }
+    # what a folder's settings file may lack, being older than the setting
+    unrecorded = {"keep_ungradeable": False, "decline_unfamiliar": False}
     path = folder / SETTINGS_NAME
     if path.exists():
         try:
@@ -108,12 +113,12 @@ def _check_settings(folder: Path, model: ModelInfo, cfg: BatchConfig) -> None:
         except (OSError, ValueError):
             earlier = None
         if isinstance(earlier, dict):
-            differ = [k for k in settings if earlier.get(k) != settings[k]]
+            differ = [k for k in settings if earlier.get(k, unrecorded.get(k)) != settings[k]]
             if differ:
                 was = ", ".join(f"{k} {earlier.get(k)!r}" for k in differ)
                 raise ConfigError(
                     f"--out {folder}: holds results made with other settings ({was}); "
-                    "use another output folder, or the same model, formats and top-k to resume"
+                    "use another output folder, or the same model, formats, top-k and gate options to resume"
                 )
             return
     atomic_write_text(path, json.dumps(settings, indent=2))
@@ -222,13 +227,14 @@ def _infer_iter(
             counts = BatchCounts(files_total=total)
             todo = _unfinished(files, summary, skipped)
         spec = OutputSpec(out=str(out), model=info, formats=cfg.formats, top_k=cfg.top_k)
+        rule = GateRule(keep_ungradeable=cfg.keep_ungradeable, decline_unfamiliar=cfg.decline_unfamiliar)
         if counts.files_total:
             yield counts.progress()
         if client is not None:
             from napari_icnn.batch.cluster import run_cluster
             from napari_icnn.batch.work import ClusterJob
 
-            job = ClusterJob(bundle, info.sha256, cfg.device, cfg.batch, spec)
+            job = ClusterJob(bundle, info.sha256, cfg.device, cfg.batch, spec, rule)
             counts, stopped = yield from run_cluster(todo, client=client, job=job, summary=summary, counts=counts,
                                                      should_stop=should_stop)
         else:
@@ -236,7 +242,7 @@ def _infer_iter(
 
             counts, stopped = yield from run_local(todo, model=model, spec=spec, summary=summary, counts=counts,
                                                    batch=cfg.batch, workers=cfg.workers, should_stop=should_stop,
-                                                   pool=pool)
+                                                   pool=pool, rule=rule)
         counts = _with_skipped(counts, skipped)
     seconds = time.monotonic() - start
     result = BatchSummary(

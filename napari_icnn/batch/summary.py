@@ -7,7 +7,8 @@ when the file is opened again (that input is then processed again); an append th
 disk) is taken back at once, so no file is ever recorded with some of its rows only.
 
 Every row names the format of the results it lists (``format_version``); a summary of another
-format is never appended to, so one folder never mixes results of two formats.
+format is never appended to, so one folder never mixes results of two formats (one of an earlier
+format that holds no row yet starts again in this one).
 """
 
 from __future__ import annotations
@@ -15,23 +16,28 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from napari_icnn.atomic import DISK_FULL_ERRNOS, DiskFull
 from napari_icnn.errors import ConfigError
 from napari_icnn.explain import FORMAT_VERSION as EXPLANATION_FORMAT
 
-__all__ = ["COLUMNS", "STATUSES", "STATUS_HELP", "FORMAT_VERSION", "Row", "Done", "SummaryFile", "read_rows", "last_rows", "one_line"]
+__all__ = ["COLUMNS", "GATE_COLUMNS", "QUALITIES", "STATUSES", "STATUS_HELP", "FORMAT_VERSION", "Row", "Done", "SummaryFile", "read_rows", "last_rows", "one_line"]
 
 FORMAT_VERSION = EXPLANATION_FORMAT
 """Format of a folder's batch results, written on every row: one number for the summary and the JSON
-files its rows list, the explanation's (a change of the summary's columns bumps it too). 2: this
+files its rows list, the explanation's (a change of the summary's columns bumps it too). 3: the gate's
+columns (image quality, experience score, quality measures) and a ``gate`` in every JSON. 2: this
 column; evidence, context and possible artefacts apart in every result. 1: no such column. See
 "Format versions" in docs/batch.md."""
+GATE_COLUMNS: tuple[str, ...] = ("quality", "quality_reason", "experience_score", "sharpness", "brightness", "coverage")
+"""What the gate (:class:`napari_icnn.gate.Gate`) said about a scan the model ran on; empty where it did not run."""
 COLUMNS: tuple[str, ...] = (
     "input_path",
     "frame",
@@ -40,17 +46,28 @@ COLUMNS: tuple[str, ...] = (
     "reason",
     "probability",
     "outputs",
+    *GATE_COLUMNS,
     "format_version",
 )
 STATUSES: tuple[str, ...] = ("ok", "error", "declined")
 STATUS_HELP: dict[str, str] = {
     "ok": "processed, outputs written",
     "error": "unreadable or broken inputs, or outputs that could not be written",
-    "declined": "readable, but not a colour fundus photograph this model can process",
+    "declined": "readable, but not a colour fundus photograph this model can process, or one the image-quality "
+                "gate withheld the verdict on (ungradeable, or outside the model's experience when asked)",
 }
+QUALITIES: tuple[str, ...] = ("", "gradable", "unfamiliar", "ungradeable")
+"""Values of the ``quality`` column: the gate's status (:data:`napari_icnn.gate.GATE_STATUSES`), empty where the
+model did not run."""
 _HEADER = ",".join(COLUMNS) + "\n"
-# The first format had no version column: its header is these columns up to "outputs".
-_HEADER_V1 = ",".join(COLUMNS[:7]) + "\n"
+_OLD_HEADERS: dict[str, str] = {
+    # The first format had no version column: its header is the columns up to "outputs".
+    "1": ",".join(COLUMNS[:7]),
+    # The second ended with the version column after "outputs", without the gate's columns.
+    "2": ",".join((*COLUMNS[:7], "format_version")),
+}
+_VERSION = len(COLUMNS) - 1
+"""Index of the ``format_version`` field."""
 
 
 def one_line(text: object, limit: int = 500) -> str:
@@ -65,8 +82,8 @@ def one_line(text: object, limit: int = 500) -> str:
 class Row:
     """One line of ``summary.csv``.
 
-    Valid once built: a known status; a probability in [0, 1] (or ``None`` where the model did not
-    run); outputs are paths relative to the output folder.
+    Valid once built: a known status and quality; a probability in [0, 1] (or ``None`` where the model
+    did not run, or its verdict was withheld); finite measures; outputs are paths relative to the output folder.
     """
 
     input_path: str
@@ -76,13 +93,45 @@ class Row:
     reason: str = ""
     probability: float | None = None
     outputs: tuple[str, ...] = ()
+    quality: str = ""
+    """The gate's status (``gradable``, ``unfamiliar``, ``ungradeable``); empty where the model did not run."""
+    quality_reason: str = ""
+    """The gate's message when the scan is not ``gradable``."""
+    experience_score: float | None = None
+    """Distance from the training photographs over the model's limit (above 1: outside its experience);
+    ``None`` where the model stores no statistics of its training photographs, or did not run."""
+    sharpness: float | None = None
+    brightness: float | None = None
+    coverage: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"Row.status must be one of {STATUSES}; got {self.status!r}")
         if self.probability is not None and not 0.0 <= float(self.probability) <= 1.0:
             raise ValueError(f"Row.probability must lie in [0, 1]; got {self.probability!r}")
+        if self.quality not in QUALITIES:
+            raise ValueError(f"Row.quality must be one of {QUALITIES}; got {self.quality!r}")
+        for name in ("experience_score", "sharpness", "brightness", "coverage"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(float(value)):
+                raise ValueError(f"Row.{name} must be finite; got {value!r}")
         object.__setattr__(self, "outputs", tuple(self.outputs))
+
+    @staticmethod
+    def gate_fields(gate: Any) -> dict[str, Any]:
+        """The gate columns of a scan's row (keyword arguments of :class:`Row`) from its
+        :class:`~napari_icnn.gate.Gate`; none when it was not assessed."""
+        if gate is None:
+            return {}
+        q = gate.quality
+        return {
+            "quality": gate.status,
+            "quality_reason": "" if gate.status == "gradable" else one_line(gate.message),
+            "experience_score": None if gate.experience is None else float(gate.experience),
+            "sharpness": float(q.sharpness),
+            "brightness": float(q.brightness),
+            "coverage": float(q.coverage),
+        }
 
     def fields(self) -> list[str]:
         return [
@@ -93,6 +142,10 @@ class Row:
             one_line(self.reason),
             "" if self.probability is None else f"{float(self.probability):.6f}",
             ";".join(one_line(o, 1024) for o in self.outputs),
+            self.quality,
+            one_line(self.quality_reason),
+            *("" if v is None else f"{float(v):.4f}" for v in (self.experience_score, self.sharpness,
+                                                               self.brightness, self.coverage)),
             str(FORMAT_VERSION),
         ]
 
@@ -105,16 +158,26 @@ class Row:
         ValueError
             Not a line of this format (other columns, another format version, bad values).
         """
-        if len(f) != len(COLUMNS) or f[7] != str(FORMAT_VERSION):
+        if len(f) != len(COLUMNS) or f[_VERSION] != str(FORMAT_VERSION):
             raise ValueError(f"not a summary row of format version {FORMAT_VERSION}")
+
+        def number(text: str) -> float | None:
+            return float(text) if text else None
+
         return cls(
             input_path=f[0],
             frame=int(f[1]) if f[1] else None,
             sop_instance_uid=f[2],
             status=f[3],
             reason=f[4],
-            probability=float(f[5]) if f[5] else None,
+            probability=number(f[5]),
             outputs=tuple(o for o in f[6].split(";") if o),
+            quality=f[7],
+            quality_reason=f[8],
+            experience_score=number(f[9]),
+            sharpness=number(f[10]),
+            brightness=number(f[11]),
+            coverage=number(f[12]),
         )
 
 
@@ -218,14 +281,15 @@ class SummaryFile:
             first = fh.readline()
             rows_follow = bool(fh.readline())
         header = first.strip().lstrip("\ufeff")
-        if header == _HEADER_V1.strip():
+        old = next((v for v, h in _OLD_HEADERS.items() if header == h), None)
+        if old is not None:
             if not rows_follow:
                 # Nothing recorded yet, so nothing to mix: the file starts again in this format.
                 with open(self.path, "rb+") as fh:
                     fh.truncate(0)
                     os.fsync(fh.fileno())
                 return {}
-            raise _other_format(self.path, "1")
+            raise _other_format(self.path, old)
         if header != _HEADER.strip():
             raise ConfigError(
                 f"{self.path}: exists but is not a batch summary (its columns are not "
@@ -236,8 +300,9 @@ class SummaryFile:
             reader = csv.reader(fh)
             next(reader, None)
             for fields in reader:
-                if len(fields) == len(COLUMNS) and fields[7].isdigit() and fields[7] != str(FORMAT_VERSION):
-                    raise _other_format(self.path, fields[7])
+                if (len(fields) == len(COLUMNS) and fields[_VERSION].isdigit()
+                        and fields[_VERSION] != str(FORMAT_VERSION)):
+                    raise _other_format(self.path, fields[_VERSION])
                 try:
                     row = Row.from_fields(fields)
                 except ValueError:

@@ -4,6 +4,8 @@ the run): every other outcome is a summary :class:`Row` or prepared input.
 
 - :func:`prepare_file`: read and decode a file, check each frame is a colour fundus photograph,
   preprocess it for the network (no torch needed).
+- :func:`explain_rows`: the network over a batch of prepared frames (in the process that holds the
+  model); a frame whose verdict the image-quality gate withholds becomes its ``declined`` row here.
 - :func:`write_frame`: write one explained frame's outputs.
 - :func:`process_file`: all of it for one file, the network included (a Dask task).
 """
@@ -30,7 +32,28 @@ if TYPE_CHECKING:
     from napari_icnn.explain import Explanation
     from napari_icnn.image import FundusImage
 
-__all__ = ["Prepared", "ClusterJob", "prepare_file", "write_frame", "explain_rows", "process_file", "check_worker"]
+__all__ = ["Prepared", "ClusterJob", "GateRule", "prepare_file", "write_frame", "explain_rows", "process_file",
+           "check_worker", "KEPT_NOTE"]
+
+
+KEPT_NOTE = "verdict kept although the image-quality gate declined the photograph (--keep-ungradeable)"
+"""What the ``reason`` of an ``ok`` row says when its scan was kept although the gate declined it."""
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """Which scans the image-quality gate (:class:`~napari_icnn.gate.Gate`) withholds the verdict on."""
+
+    keep_ungradeable: bool = False
+    """Give the verdict on an ungradeable photograph anyway (its row and outputs still say it is ungradeable)."""
+    decline_unfamiliar: bool = False
+    """Withhold the verdict on a scan outside the model's experience too."""
+
+    def withheld(self, gate: Any) -> bool:
+        """Whether the verdict on a scan with ``gate`` is withheld (``None``: not assessed, never withheld)."""
+        if gate is None or not gate.declined:
+            return False
+        return not (self.keep_ungradeable and gate.status == "ungradeable")
 
 
 @dataclass(frozen=True)
@@ -132,6 +155,7 @@ def write_frame(spec: OutputSpec, prepared: Prepared, expl: Explanation) -> Row:
     image = prepared.image
     sop = image.sop_instance_uid or ""
     probability = float(np.clip(expl.probability, 0.0, 1.0))
+    gate = Row.gate_fields(expl.gate)
     try:
         written, problems, notes = write_outputs(spec, image, expl, prepared.input_path)
     except OSError as exc:
@@ -139,41 +163,60 @@ def write_frame(spec: OutputSpec, prepared: Prepared, expl: Explanation) -> Row:
         if code is not None:
             raise DiskFull(spec.out, code) from None
         _, reason = _reason(exc, prepared.phi, "writing the outputs")
-        return Row(prepared.input_path, image.frame, sop, "error", reason, probability)
+        return Row(prepared.input_path, image.frame, sop, "error", reason, probability, **gate)
     except Exception as exc:  # noqa: BLE001
         _, reason = _reason(exc, prepared.phi, "writing the outputs")
-        return Row(prepared.input_path, image.frame, sop, "error", reason, probability)
+        return Row(prepared.input_path, image.frame, sop, "error", reason, probability, **gate)
     if problems:
         reason = one_line(scrub("could not write " + "; ".join(problems), list(prepared.phi)))
-        return Row(prepared.input_path, image.frame, sop, "error", reason, probability, tuple(written))
+        return Row(prepared.input_path, image.frame, sop, "error", reason, probability, tuple(written), **gate)
     # e.g. --formats seg,sr for a PNG input: the prediction is made, no requested format applies
     if not written:
         notes = notes or ["no requested output format applies to this input (SEG and SR need a DICOM source)"]
-    return Row(prepared.input_path, image.frame, sop, "ok", one_line("; ".join(notes)), probability, tuple(written))
+    if expl.gate is not None and expl.gate.declined:  # only a kept scan reaches here (see explain_rows)
+        notes = [KEPT_NOTE, *notes]
+    return Row(prepared.input_path, image.frame, sop, "ok", one_line("; ".join(notes)), probability, tuple(written),
+               **gate)
 
 
-def explain_rows(model: Any, prepared: list[Prepared]) -> list[tuple[Prepared, Explanation | Row]]:
-    """The network over ``prepared`` frames in one batch: each frame's explanation, or its error
-    row. A batch that fails is retried frame by frame so one bad frame fails alone."""
+def _declined_row(p: Prepared, expl: Explanation) -> Row:
+    """The row of a frame whose verdict the gate withholds: its reason, no probability, no outputs."""
+    reason = one_line(scrub(expl.gate.message, list(p.phi)))
+    return Row(p.input_path, p.image.frame, p.image.sop_instance_uid or "", "declined", reason,
+               **Row.gate_fields(expl.gate))
+
+
+def explain_rows(
+    model: Any, prepared: list[Prepared], rule: GateRule = GateRule()
+) -> list[tuple[Prepared, Explanation | Row]]:
+    """The network over ``prepared`` frames in one batch, each frame's image quality and familiarity
+    assessed (:attr:`~napari_icnn.explain.Explanation.gate`): each frame's explanation, or its row when
+    the gate withholds its verdict (``declined``, by ``rule``) or it fails (``error``). A batch that fails
+    is retried frame by frame so one bad frame fails alone."""
     from napari_icnn.explain import explain_batch
+
+    def run(frames: list[Prepared]) -> list[Explanation]:
+        return explain_batch([p.image for p in frames], model, prepared=[p.network_input() for p in frames],
+                             decline_unfamiliar=rule.decline_unfamiliar)
 
     if not prepared:
         return []
     try:
-        expls = explain_batch([p.image for p in prepared], model, prepared=[p.network_input() for p in prepared])
-        return list(zip(prepared, expls))
+        expls = run(prepared)
     except Exception:  # noqa: BLE001 - find the frame that fails
         if len(prepared) == 1:
             p = prepared[0]
             try:
-                return [(p, explain_batch([p.image], model, prepared=[p.network_input()])[0])]
+                expls = run(prepared)
             except Exception as exc:  # noqa: BLE001
                 _, reason = _reason(exc, p.phi, "running the model")
                 return [(p, Row(p.input_path, p.image.frame, p.image.sop_instance_uid or "", "error", reason))]
-        out: list[tuple[Prepared, Explanation | Row]] = []
-        for p in prepared:
-            out += explain_rows(model, [p])
-        return out
+        else:
+            out: list[tuple[Prepared, Explanation | Row]] = []
+            for p in prepared:
+                out += explain_rows(model, [p], rule)
+            return out
+    return [(p, _declined_row(p, e) if rule.withheld(e.gate) else e) for p, e in zip(prepared, expls)]
 
 
 # --------------------------------------------------------------------------- cluster tasks
@@ -188,6 +231,7 @@ class ClusterJob:
     device: str
     batch: int
     spec: OutputSpec
+    rule: GateRule = GateRule()
 
 
 _MODELS: dict[tuple[str, str], Any] = {}
@@ -224,7 +268,7 @@ def process_file(path: str, job: ClusterJob) -> list[Row]:
     frames = [i for i in items if isinstance(i, Prepared)]
     rows += [i for i in items if isinstance(i, Row)]
     for start in range(0, len(frames), job.batch):
-        for p, result in explain_rows(model, frames[start : start + job.batch]):
+        for p, result in explain_rows(model, frames[start : start + job.batch], job.rule):
             rows.append(result if isinstance(result, Row) else write_frame(job.spec, p, result))
     return sorted(rows, key=lambda r: -1 if r.frame is None else r.frame)
 

@@ -1,8 +1,10 @@
 """``icnn infer``: batch inference over DICOM and image files and folders, or over a PACS.
 
 Writes DICOM SEG + SR (DICOM inputs), a PNG evidence sheet and a prediction JSON per image, and
-DIR/summary.csv with one row per input file (per frame of multi-frame files). Exit code 0 when
-every input is ok, 3 when some are error or declined (see summary.csv) or some PACS transfers
+DIR/summary.csv with one row per input file (per frame of multi-frame files) with its image quality.
+A photograph too poor to grade is declined, without a probability or outputs (--keep-ungradeable
+gives its verdict anyway; --decline-unfamiliar declines scans outside the model's experience too).
+Exit code 0 when every input is ok, 3 when some are error or declined (see summary.csv) or some PACS transfers
 failed, 2 for a usage or set-up problem (an unreachable PACS, refused credentials), 4 when the run
 stopped because DIR's disk is full. Running again into the same DIR resumes: files already in
 summary.csv are skipped, results already on the PACS are not stored again.
@@ -50,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt("scheduler", "ADDRESS")
     opt("formats", "LIST")
     opt("top_k", "K", type=int)
+    for name in ("keep_ungradeable", "decline_unfamiliar"):
+        st = batch_setting(name)
+        p.add_argument(st.flag, dest=name, action="store_true", help=st.help)
     pacs = p.add_argument_group("PACS")
     pacs.add_argument("--from", dest="source", default=None, metavar="URL",
                       help="pull the inputs from a PACS: dicomweb+http(s)://HOST:PORT/PATH or dimse://AET@HOST:PORT")
@@ -80,6 +85,8 @@ def _batch_config(args: argparse.Namespace, inputs: tuple[str, ...]) -> Any:
         scheduler=args.scheduler,
         formats=args.formats,
         top_k=args.top_k,
+        keep_ungradeable=args.keep_ungradeable,
+        decline_unfamiliar=args.decline_unfamiliar,
     )
 
 

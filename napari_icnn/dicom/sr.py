@@ -1,6 +1,7 @@
 """DICOM Structured Report of a prediction: a TID 1500 Measurement Report with one
-image-level group (referable diabetic retinopathy) and one group per reported filter (its
-peak as a point on the source frame, its activation and contribution, and its role: evidence,
+image-level group (referable diabetic retinopathy, and the image-quality gate's outcome: the
+photograph's image quality, why, and the model's experience score) and one group per reported filter
+(its peak as a point on the source frame, its activation and contribution, and its role: evidence,
 anatomy context or possible artefact; evidence first).
 
 Concepts without a standard code use the private coding scheme ``99ICNN``, declared in the
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
     from napari_icnn.image import FundusImage
 
-__all__ = ["build_sr", "write_sr", "PRIVATE_SCHEME", "CODES", "FILTER_KEYS", "ROLE_CODES"]
+__all__ = ["build_sr", "write_sr", "PRIVATE_SCHEME", "CODES", "FILTER_KEYS", "ROLE_CODES", "QUALITY_CODES"]
 
 PRIVATE_SCHEME = "99ICNN"
 FILTER_KEYS = ("id", "name", "part", "peak_x", "peak_y", "activation", "contribution")
@@ -62,9 +63,21 @@ CODES: dict[str, tuple[str, str, str]] = {
     "role_evidence": ("EVIDENCE", PRIVATE_SCHEME, "Evidence"),
     "role_context": ("CONTEXT", PRIVATE_SCHEME, "Context (anatomy)"),
     "role_artefact": ("POSSARTEFACT", PRIVATE_SCHEME, "Possible artefact"),
+    # The image-quality gate (napari_icnn.gate): can the photograph be graded, and is it like the training data?
+    "image_quality": ("IMGQUAL", PRIVATE_SCHEME, "Image quality"),
+    "quality_gradable": ("GRADABLE", PRIVATE_SCHEME, "Gradable"),
+    "quality_ungradeable": ("UNGRADEABLE", PRIVATE_SCHEME, "Ungradeable"),
+    "quality_unfamiliar": ("UNFAMILIAR", PRIVATE_SCHEME, "Gradable, outside the model's experience"),
+    "image_quality_reason": ("IMGQUALREASON", PRIVATE_SCHEME, "Image quality reason"),
+    "experience_score": ("EXPSCORE", PRIVATE_SCHEME, "Experience score (1 = limit of the model's training data)"),
 }
 ROLE_CODES: dict[str, str] = {EVIDENCE: "role_evidence", CONTEXT: "role_context", ARTEFACT: "role_artefact"}
 """Key in :data:`CODES` of each role's value."""
+QUALITY_CODES: dict[str, str] = {"gradable": "quality_gradable", "ungradeable": "quality_ungradeable",
+                                 "unfamiliar": "quality_unfamiliar"}
+"""Key in :data:`CODES` of each gate status's "Image quality" value."""
+KEPT_SENTENCE = "The verdict was given on request although the photograph was judged {what}; it may not hold."
+"""What the "Image quality reason" adds for a scan kept although the gate declined it."""
 
 
 def build_sr(
@@ -75,6 +88,7 @@ def build_sr(
     threshold: float,
     model: ModelInfo,
     filters: Sequence[Mapping[str, Any]],
+    gate: Mapping[str, Any] | None = None,
     series_number: int = 902,
 ) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 report of one prediction on the frame ``source``.
@@ -98,6 +112,13 @@ def build_sr(
         "Filter role". Groups are in role order (evidence first), in the given order within
         a role. A possible artefact whose peak lies outside the image gets a group without
         a point (TID 1501); a possible artefact claims no finding type or site.
+    gate
+        The image-quality gate's outcome (:meth:`napari_icnn.gate.Gate.to_json`): ``status``
+        (``gradable``, ``unfamiliar`` or ``ungradeable``), ``message``, ``experience_score`` (or
+        ``None``) and ``kept`` (the verdict was given although the gate declined the scan). Recorded in
+        the image-level group as the evaluation "Image quality", its reason in words (a TEXT item;
+        for a kept scan, saying so) and the "Experience score" measurement (UCUM ``1``); nothing of it
+        when ``None``.
     series_number
         Number shown by viewers.
 
@@ -107,8 +128,9 @@ def build_sr(
         ``source`` cannot be referenced, or the peak of a filter that is not a possible
         artefact lies outside the image.
     ValueError
-        A probability outside [0, 1], or a filter entry with missing or non-numeric values
-        or an unknown role.
+        A probability outside [0, 1], a filter entry with missing or non-numeric values
+        or an unknown role, or a gate with an unknown status or a score that is not a
+        non-negative number.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -117,6 +139,7 @@ def build_sr(
     probability = _unit_interval("probability", probability)
     threshold = _unit_interval("threshold", threshold)
     checked = [_check_filter(ref, f) for f in filters]
+    quality = None if gate is None else _check_gate(gate)
     checked.sort(key=lambda f: ROLES.index(f["role"]) if f["role"] else 0)
     seen = [f["id"] for f in checked]
     if len(set(seen)) != len(seen):
@@ -127,7 +150,7 @@ def build_sr(
         name=fit_text(model.name), version=fit_text(model.version), parameters=[f"sha256={model.sha256}"]
     )
     laterality = LATERALITY_CODES.get(source.laterality or "")
-    groups: list[Any] = [_image_group(ref, model, algorithm, probability, threshold, predicted_class)]
+    groups: list[Any] = [_image_group(ref, model, algorithm, probability, threshold, predicted_class, quality)]
     groups += [_filter_group(ref, model, algorithm, f, laterality) for f in checked]
 
     observer = hd.sr.ObserverContext(
@@ -209,6 +232,25 @@ def _unit_interval(what: str, value: Any) -> float:
     return v
 
 
+def _check_gate(gate: Mapping[str, Any]) -> dict[str, Any]:
+    status = gate.get("status")
+    if status not in QUALITY_CODES:
+        raise ValueError(f"gate status must be one of {tuple(QUALITY_CODES)}; got {status!r}")
+    score = gate.get("experience_score")
+    if score is not None:
+        try:
+            score = float(score)
+        except (TypeError, ValueError):
+            raise ValueError(f"gate experience score must be a number; got {score!r}") from None
+        if not (math.isfinite(score) and score >= 0):
+            raise ValueError(f"gate experience score must be a non-negative number; got {score}")
+    reason = " ".join(str(gate.get("message") or status).split())
+    if gate.get("kept"):
+        what = "ungradeable" if status == "ungradeable" else "outside the model's experience"
+        reason = f"{reason}. {KEPT_SENTENCE.format(what=what)}"
+    return {"status": status, "reason": reason, "experience_score": score}
+
+
 def _check_filter(ref: SourceRef, f: Mapping[str, Any]) -> dict[str, Any]:
     missing = [k for k in FILTER_KEYS if k not in f]
     if missing:
@@ -245,11 +287,23 @@ def _image_group(
     probability: float,
     threshold: float,
     predicted_class: str,
+    quality: dict[str, Any] | None = None,
 ) -> Any:
     import highdicom as hd
 
     referable = "present" if probability >= threshold else "absent"
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    measurements = [
+        hd.sr.Measurement(name=_code("probability"), **_unitless(probability)),
+        hd.sr.Measurement(name=_code("threshold"), **_unitless(threshold)),
+    ]
+    evaluations = [hd.sr.QualitativeEvaluation(name=_code("referable_dr"), value=_code(referable))]
+    if quality is not None:
+        if quality["experience_score"] is not None:
+            measurements.append(hd.sr.Measurement(name=_code("experience_score"),
+                                                  **_unitless(quality["experience_score"])))
+        evaluations.append(hd.sr.QualitativeEvaluation(name=_code("image_quality"),
+                                                       value=_code(QUALITY_CODES[quality["status"]])))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid(ref, model, "image"),
             identifier=f"image-level result: {' '.join(str(predicted_class).split()) or 'unnamed class'}",
@@ -263,14 +317,17 @@ def _image_group(
         ],
         finding_type=_code("diabetic_retinopathy"),
         algorithm_id=algorithm,
-        measurements=[
-            hd.sr.Measurement(name=_code("probability"), **_unitless(probability)),
-            hd.sr.Measurement(name=_code("threshold"), **_unitless(threshold)),
-        ],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=_code("referable_dr"), value=_code(referable))
-        ],
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
     )
+    if quality is not None:
+        # TID 1501 row 12 takes coded questions with text answers too; highdicom builds coded ones only.
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=_code("image_quality_reason"),
+            value=quality["reason"],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        ))
+    return group
 
 
 def _filter_group(
