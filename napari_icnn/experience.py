@@ -139,4 +139,4 @@ def fit_experience(train: np.ndarray, val: np.ndarray, source: str = "") -> Expe
 
 
 def _rounded(a: np.ndarray) -> list[float]:
-    return [float(f"{v:.6g}") for v in np.asarray(a, np.float64).ravel()]
+    return [float(f"{v:.7g}") for v in np.asarray(a, np.float64).ravel()]

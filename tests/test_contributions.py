@@ -97,6 +97,10 @@ def test_calibrate_stores_the_reference_eye_and_explanations_use_it(tmp_path, co
     assert len(healthy) >= 2
     assert main(["calibrate", "--model", str(bundle), "--data", str(cohort), "--device", "cpu"]) == 0
     assert f"the mean of {len(healthy)} healthy" in capsys.readouterr().out
+    assert load_bundle(bundle, "cpu").experience is None  # only with --train
+    assert main(["calibrate", "--model", str(bundle), "--data", str(cohort), "--train", str(cohort),
+                 "--device", "cpu"]) == 0
+    assert "experience stored" in capsys.readouterr().out
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["icnn"]["reference"]["n_images"] == len(healthy)
     assert list(bundle.glob("configs/metadata.json.bak-*"))  # the previous metadata is kept
@@ -162,3 +166,6 @@ def test_training_stores_the_reference_eye_of_its_validation_cohort(tmp_path, co
     meta = json.loads((out / "configs" / "metadata.json").read_text())["icnn"]
     assert meta["calibration"]["n_images"] == 16 and model.temperature == pytest.approx(
         meta["calibration"]["temperature"], rel=1e-4)
+    # and the statistics of its experience: training photographs, limit on the validation ones
+    assert meta["experience"]["n_train"] == meta["experience"]["n_val"] == 16
+    assert model.experience is not None and model.experience.dims == model.net.summary_width

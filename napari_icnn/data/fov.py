@@ -312,6 +312,17 @@ def check_fundus(rgb: np.ndarray, path: str | os.PathLike[str] | None = None) ->
     mean = px.mean(axis=0)
     chroma = float(np.mean(px.max(axis=1) - px.min(axis=1)))
     r, g, b = (float(v) for v in mean)
+    # a fundus photograph too dark or washed out is an ungradeable photograph, not another kind of image: say so
+    # before its lost colour makes it look grey
+    if r < 25.0 and r >= 1.15 * b:
+        raise DeclinedInput(path, f"ungradeable: underexposed — the field of view is too dark to read (mean red "
+                                  f"level {r:.0f} of 255)")
+    clipped = px.min(axis=1) > 245
+    if clipped.mean() > 0.4 and (~clipped).sum() >= 16:
+        rest = px[~clipped].mean(axis=0)
+        if rest[0] >= rest[1] and rest[0] >= 1.1 * rest[2] and rest[0] - rest[2] >= 6:
+            raise DeclinedInput(path, f"ungradeable: overexposed — {clipped.mean():.0%} of the field of view is "
+                                      "clipped white")
     if chroma < 6.0:
         raise DeclinedInput(
             path,
@@ -338,7 +349,8 @@ def check_fundus(rgb: np.ndarray, path: str | os.PathLike[str] | None = None) ->
             raise DeclinedInput(
                 path,
                 f"no circular field of view: the bright region matches a circle at IoU {a.fit_iou:.2f} "
-                "(a fundus photograph is a bright disc on a dark surround)",
+                "(a fundus photograph is a bright disc on a dark surround; one partly covered by an eyelid, "
+                "eyelashes or a shadow is ungradeable)",
             )
         if fov.radius < max(24.0, 0.15 * min(h, w)):
             raise DeclinedInput(
