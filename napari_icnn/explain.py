@@ -479,8 +479,7 @@ def explain_file(image_path: str | os.PathLike[str], bundle: str | os.PathLike[s
     for img in images:
         expl = explain(img, model, gate=False, decline_unfamiliar=decline_unfamiliar)
         gate = expl.gate
-        withheld = bool(gate is not None and gate.declined
-                        and not (keep_ungradeable and gate.status == "ungradeable"))
+        withheld = gate is not None and gate.withheld(keep_ungradeable)
         target = Path(out_dir) if len(images) == 1 else Path(out_dir) / f"frame{(img.frame or 0):04d}"
         write_explanation(expl, img, target, top_k, withheld=withheld)
         results.append(expl)

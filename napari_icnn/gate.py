@@ -49,6 +49,11 @@ class Gate:
         """Whether the verdict is withheld."""
         return self.status == "ungradeable" or (self.status == "unfamiliar" and self.decline_unfamiliar)
 
+    def withheld(self, keep_ungradeable: bool = False) -> bool:
+        """Whether the verdict is withheld, given whether the caller keeps verdicts on ungradeable photographs
+        (``--keep-ungradeable``); an unfamiliar scan declined on request stays withheld."""
+        return self.declined and not (keep_ungradeable and self.status == "ungradeable")
+
     @property
     def message(self) -> str:
         """The outcome in one line, e.g. ``"ungradeable: out of focus (sharpness 0.21, gradable from 0.35)"``."""
@@ -57,7 +62,8 @@ class Gate:
         familiarity = ("the model stores no statistics of its training photographs" if self.experience is None
                        else f"experience score {self.experience:.2f} (limit 1.00)")
         if self.status == "unfamiliar":
-            return f"outside the model's experience: {familiarity}; its probability may not hold"
+            caveat = "" if self.declined else "; its probability may not hold"
+            return f"outside the model's experience: {familiarity}{caveat}"
         return f"gradable · {familiarity}"
 
     def to_json(self) -> dict[str, Any]:

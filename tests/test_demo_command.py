@@ -23,7 +23,7 @@ def test_the_quick_demo_runs_end_to_end_and_refuses_a_foreign_folder(tmp_path):
     assert 0.0 <= metrics["auc"] <= 1.0
     for folder in ("explain_synthetic", "explain_real_photograph"):
         doc = json.loads((out / folder / "explanation.json").read_text())
-        assert doc["format_version"] == 2 and doc["contribution_basis"]
+        assert doc["format_version"] == 3 and doc["contribution_basis"] and doc["gate"]["status"] != "ungradeable"
         reported = doc["evidence"] + doc["context"] + doc["possible_artefacts"]
         assert reported and {"id", "name", "peak_x", "peak_y", "role", "flags"} <= set(reported[0])
         assert all(f["role"] == "evidence" for f in doc["evidence"])

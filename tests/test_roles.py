@@ -106,7 +106,7 @@ def test_explanation_json_groups_the_filters(retina_explanation):
 
     expl, _ = retina_explanation
     doc = expl.to_json(5)
-    assert doc["format_version"] == FORMAT_VERSION == 2
+    assert doc["format_version"] == FORMAT_VERSION == 3 and doc["gate"]["status"] == "gradable"
     assert "filters" not in doc and doc["contribution_basis"] == expl.contribution_basis
     assert [e["id"] for e in doc["evidence"]] == [f.id for f in expl.evidence(5)]
     assert [e["id"] for e in doc["context"]] == [f.id for f in expl.context(5)]

@@ -184,14 +184,17 @@ class JobWidget(QWidget):
         self._set_running(True)
         self._show_status(text)
         self.progress.setRange(0, 0)  # busy until the first progress
-        self._worker = new_worker(
+        # only this run's end may clear the job: a run started before the previous worker's finished signal
+        # arrived must not be marked ended by that signal
+        this: dict[str, Any] = {}
+        self._worker = this["worker"] = new_worker(
             _guarded_call,
             job,
             *args,
             yielded=self._on_event,
             returned=self._on_returned,
             errored=self._on_error,
-            finished=self._on_finished,
+            finished=lambda: self._on_finished(this["worker"]),
         )
         self._worker.start()
         return self._worker
@@ -225,7 +228,9 @@ class JobWidget(QWidget):
         self.progress.setFormat("failed")
         self._report_failure(err)
 
-    def _on_finished(self) -> None:
+    def _on_finished(self, worker: Any = None) -> None:
+        if worker is not None and worker is not self._worker:
+            return
         self._worker = None
         if self._running:  # ended without a result or an error (the worker was quit)
             self._set_running(False)

@@ -51,9 +51,7 @@ class GateRule:
 
     def withheld(self, gate: Any) -> bool:
         """Whether the verdict on a scan with ``gate`` is withheld (``None``: not assessed, never withheld)."""
-        if gate is None or not gate.declined:
-            return False
-        return not (self.keep_ungradeable and gate.status == "ungradeable")
+        return gate is not None and gate.withheld(self.keep_ungradeable)
 
 
 @dataclass(frozen=True)

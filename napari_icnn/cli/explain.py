@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     for e in results:
         frame = "" if e.frame is None else f" frame {e.frame}"
         gate = e.gate
-        if gate is not None and gate.declined and not (args.keep_ungradeable and gate.status == "ungradeable"):
+        if gate is not None and gate.withheld(args.keep_ungradeable):
             print(f"{e.source}{frame}: declined: {gate.message}")
             declined.append((frame, gate))  # frame: "" or " frame N"
             continue
