@@ -274,6 +274,13 @@ def test_config_uses_batch_config_defaults(widget):
         w.top_k_spin.value(),
     ) == (defaults.device, defaults.batch, defaults.workers, defaults.top_k)
     assert w.formats() is None
+    # the gate's two settings, off by default as on the command line, reach the run's configuration
+    assert {n: b.isChecked() for n, b in w.gate_checks.items()} == {
+        "keep_ungradeable": defaults.keep_ungradeable, "decline_unfamiliar": defaults.decline_unfamiliar}
+    w.add_inputs(["x"])
+    w.out_edit.setText("y")
+    w.gate_checks["keep_ungradeable"].setChecked(True)
+    assert w.config().keep_ungradeable and not w.config().decline_unfamiliar
 
 
 def test_manifest_offers_the_batch_widget(make_napari_viewer):

@@ -121,3 +121,23 @@ def test_a_peak_beyond_the_photograph_is_never_evidence_however_weak():
         for category, part in (("HE", None), ("free", "fovea"), ("SE", "optic_disc")):
             role = role_of(category, part, strength, fov_radius=0.99, inside_scan=False)
             assert role.role == ARTEFACT and "peak outside the photograph" in role.flags, (strength, category)
+
+
+def test_the_gate_passes_the_real_photograph_with_its_disc_found(retina_explanation):
+    """The image-quality and experience gate lets scikit-image's real photograph through: gradable, within the
+    shipped model's experience, no referable DR, and its optic-disc filters on the brightest spot of the field."""
+    import skimage.data
+    from scipy import ndimage as ndi
+
+    from napari_icnn.data.fov import find_fov
+
+    expl, model = retina_explanation
+    assert model.experience is not None
+    assert expl.gate.status == "gradable" and expl.gate.quality.gradable and expl.gate.experience <= 1.0
+    assert expl.predicted_class == "no referable DR"
+    rgb = skimage.data.retina()
+    fov = find_fov(rgb)
+    glow = ndi.gaussian_filter(rgb.astype(float).mean(axis=2), 0.06 * fov.radius) * fov.mask(rgb.shape[:2])
+    y, x = np.unravel_index(glow.argmax(), glow.shape)
+    disc = [f for f in expl.context(4) if f.part == "optic_disc"]
+    assert disc and all(np.hypot(f.peak_x - x, f.peak_y - y) < 0.15 * fov.radius for f in disc)

@@ -169,6 +169,12 @@ class BatchWidget(StoppableJobWidget):
             box.setChecked(True)
             box.setToolTip(FORMAT_HELP.get(name, ""))
         form.addRow(batch_setting("formats").label, hbox(*self.format_checks.values(), stretch_first=False))
+        # the image-quality gate: by default an ungradeable photograph is declined, an unfamiliar one reported
+        self.gate_checks: dict[str, QCheckBox] = {}
+        for name in ("keep_ungradeable", "decline_unfamiliar"):
+            box = self.gate_checks[name] = QCheckBox(batch_setting(name).label)
+            box.setToolTip(_tip(name))
+        form.addRow("Image-quality gate", hbox(*self.gate_checks.values(), stretch_first=False))
         root.addWidget(self.form_box)
 
         self.run_button = QPushButton("Run")
@@ -277,6 +283,7 @@ class BatchWidget(StoppableJobWidget):
             "scheduler": self.scheduler_edit.text().strip() or None,
             "formats": self.formats(),
             "top_k": self.top_k_spin.value(),
+            **{name: box.isChecked() for name, box in self.gate_checks.items()},
         }
 
     def config(self) -> BatchConfig:
