@@ -184,17 +184,14 @@ class JobWidget(QWidget):
         self._set_running(True)
         self._show_status(text)
         self.progress.setRange(0, 0)  # busy until the first progress
-        # only this run's end may clear the job: a run started before the previous worker's finished signal
-        # arrived must not be marked ended by that signal
-        this: dict[str, Any] = {}
-        self._worker = this["worker"] = new_worker(
+        self._worker = new_worker(
             _guarded_call,
             job,
             *args,
             yielded=self._on_event,
             returned=self._on_returned,
             errored=self._on_error,
-            finished=lambda: self._on_finished(this["worker"]),
+            finished=self._on_finished,
         )
         self._worker.start()
         return self._worker
@@ -228,9 +225,7 @@ class JobWidget(QWidget):
         self.progress.setFormat("failed")
         self._report_failure(err)
 
-    def _on_finished(self, worker: Any = None) -> None:
-        if worker is not None and worker is not self._worker:
-            return
+    def _on_finished(self) -> None:
         self._worker = None
         if self._running:  # ended without a result or an error (the worker was quit)
             self._set_running(False)
