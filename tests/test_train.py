@@ -102,6 +102,33 @@ def test_fine_tuning_starts_from_a_bundle(cohorts, tmp_path):
     assert torch.allclose(w0[conv], w1[conv], atol=1e-5)
 
 
+def test_fine_tuning_an_icnn_starts_its_filter_categories_from_what_they_respond_to(cohorts, tmp_path, monkeypatch):
+    """Retraining an interpretable model on local data: the filter assignment is fitted to the initial model's
+    responses on the training images before the first step; an ordinary CNN's start (the two-stage recipe) is not."""
+    from napari_icnn.engine import train as engine
+
+    base = train(_cfg(cohorts, tmp_path / "base", epochs=1, warmup_epochs=0)).bundle
+    ordinary = train(_cfg(cohorts, tmp_path / "ordinary", epochs=1, warmup_epochs=1, ordinary=True,
+                          categories="decision")).bundle
+    said = "filter categories start from the initial model's responses on the training images"
+    seen: list[tuple[bool, bool]] = []
+    warm = engine._warm_assignment
+
+    def spy(net, loader, device, assignment, cfg, dist):
+        warm(net, loader, device, assignment, cfg, dist)
+        # every type seen on eyes with and without it: the first matching is the statistics', not a deal
+        seen.append((bool(assignment.initialised.all()), bool(assignment.negatives_seen.all())))
+
+    monkeypatch.setattr(engine, "_warm_assignment", spy)
+    events: list = []
+    train(_cfg(cohorts, tmp_path / "tuned", epochs=1, warmup_epochs=0, init=str(base), lr=1e-9),
+          on_event=events.append)
+    assert any(getattr(e, "text", "") == said for e in events) and seen == [(True, True)]
+    events.clear()
+    train(_cfg(cohorts, tmp_path / "icnn", epochs=1, warmup_epochs=0, init=str(ordinary)), on_event=events.append)
+    assert not any(getattr(e, "text", "") == said for e in events) and len(seen) == 1
+
+
 def test_cli_rejects_bad_options_with_a_message(cohorts, tmp_path):
     p = _cli("--data", cohorts / "train", "--out", tmp_path / "x", "--size", "100")
     _, err = p.communicate(timeout=120)

@@ -1,6 +1,6 @@
 """Build the model shipped in ``napari_icnn/models/demo`` (``make demo-bundle``, about 25 minutes on a 2-core CPU).
 
-The ``demo`` recipe of :data:`napari_icnn.recipes.RECIPES` (the one ``icnn demo`` trains), on its own cohorts:
+The ``demo`` recipe of :data:`napari_icnn.recipes.RECIPES` (the one ``icnn demo --full`` trains), on its own cohorts:
 realistic synthetic photographs from seeds 31 (training) and 32 (validation; seed 33 was its test cohort in
 docs/results.md); the tests use other seeds. An ordinary CNN for the referable decision alone, then the
 interpretable fine-tuning that starts from it with TrainConfig's defaults (lesion-type filters on the 4-px map, a

@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "burned-in text, colour cast, exposure, blur, dust, reflections, JPEG; the clean look gives the "
             "original square artefact-free photographs. --ungradeable-share P makes a share P of the realistic "
             "photographs ungradeable (defocus, underexposed, overexposed or obscured; labels.csv columns "
-            "gradable and ungradeable), leaving their grades and masks what was drawn. The same seed gives "
+            "gradable and ungradeable), leaving their grades and masks what was drawn. --camera NAME (repeatable) "
+            "draws every photograph's camera from the named profiles only (e.g. a clinic with one handheld "
+            "camera: --camera handheld), leaving everything else of each image as it was. The same seed gives "
             "the same files; ids are s<seed>_<index>, so cohorts made with different seeds never collide."
         ),
     )
@@ -55,6 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="realistic: share of photographs made ungradeable (defocus, underexposed, overexposed, "
         "obscured; chosen by the seed alone, never by the labels), 0-1 (default: 0)",
     )
+    p.add_argument(
+        "--camera",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="realistic: draw cameras only from this profile (repeatable; desktop-45, desktop-wide, sensor-3:2, "
+        "sensor-4:3, widefield, marker-45, handheld; default: all, by their weights)",
+    )
     p.add_argument("--seed", type=int, default=0, help="cohort seed (default: %(default)s)")
     p.add_argument(
         "--dicom", action="store_true", help="also write each image as Ophthalmic Photography DICOM"
@@ -87,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--ungradeable-share applies to the realistic look only; leave it out for --look clean")
     if not 0.0 <= share <= 1.0:  # also refuses nan
         raise ConfigError(f"--ungradeable-share must be a share from 0 to 1; got {args.ungradeable_share!r}")
+    if args.look == "clean" and args.camera is not None:
+        raise ConfigError("--camera applies to the realistic look only; leave it out for --look clean")
     size = args.size if args.size is not None or args.look == "realistic" else 512
     summary = drain(
         generate_cohort(
@@ -100,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             look=args.look,
             size_range=tuple(args.size_range) if args.size_range else SIZE_RANGE,
             ungradeable_share=share,
+            cameras=None if args.camera is None else tuple(args.camera),
         ),
         TextProgress(),
     )

@@ -22,6 +22,11 @@ validation images, and with Grad-CAM of the same model on the same images as the
 - **top filter**: on each referable image, the filter contributing most to the decision (against the
   bundle's reference eye); a hit when it is a lesion-type filter whose peak lies in a lesion of its own
   type. Also reported: its peak in a lesion of any type, and how often it is an anatomy or label-free one.
+- **decision**: the referable decision's AUC, and its accuracy at the bundle's threshold on its calibrated
+  probability (as :func:`napari_icnn.explain.explain` decides).
+
+``gradcam=False`` leaves the Grad-CAM baseline out (its figures are None): one forward pass per image instead
+of one backward pass per output as well, for comparing models (``icnn demo``'s before/after) rather than methods.
 """
 
 from __future__ import annotations
@@ -130,9 +135,11 @@ def _top_area(heat: np.ndarray, area: int) -> np.ndarray:
 
 
 def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, device: str = "auto",
-                             batch: int = 16, out: str | None = None) -> Generator[Any, None, dict]:
+                             batch: int = 16, out: str | None = None,
+                             gradcam: bool = True) -> Generator[Any, None, dict]:
     """Score a bundle's lesion-type evidence on annotated ``data``, thresholds fixed on ``select_on``;
-    yields progress, returns (and optionally writes) the figures document."""
+    yields progress, returns (and optionally writes) the figures document. ``gradcam``: also score Grad-CAM
+    of the same model as the baseline (else its figures are None)."""
     import json
     import time
 
@@ -152,7 +159,7 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
     types = filter_types(model)
     lesion_outputs = {t: model.class_names.index(t) for t in MASK_LESION_KEYS if t in model.class_names}
     d = model.decision_index if model.decision_index is not None else 0
-    cam_outputs = sorted({d, *lesion_outputs.values()})
+    cam_outputs = sorted({d, *lesion_outputs.values()}) if gradcam else []
     parts = MASK_LESION_KEYS
 
     def loader(path: str) -> tuple[Any, list[Any]]:
@@ -210,9 +217,10 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
                 continue
             st["with"] += 1
             st["hits"][fs] += (scores[i, fs] > 0) & m[k, py[fs], px[fs]]
-            cam = test[f"cam{lesion_outputs.get(t, d)}"][i]
-            cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
-            st["cam_hits"] += int(m[k, cy, cx])
+            cam = test[f"cam{lesion_outputs.get(t, d)}"][i] if gradcam else None
+            if cam is not None:
+                cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
+                st["cam_hits"] += int(m[k, cy, cx])
             labels, n_inst = ndimage.label(m[k], structure=np.ones((3, 3), bool))
             st["inst"] += n_inst
             region = np.zeros((size, size), bool)
@@ -223,7 +231,8 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
             area = int(region.sum())
             st["area"].append(area / max(1, int(test["fov"][i].sum())))
             st["cov_icnn"] += _covered(labels, n_inst, region)
-            st["cov_cam"] += _covered(labels, n_inst, _top_area(cam, area))
+            if cam is not None:
+                st["cov_cam"] += _covered(labels, n_inst, _top_area(cam, area))
         if referable[i] == 1:
             top_n += 1
             f = int(top[i])
@@ -235,9 +244,10 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
                 chance_own.append(float(m[parts.index(own)].sum()) / max(1, int(test["fov"][i].sum())))
             cat, part = model.filters[f].category, model.filters[f].part
             top_context += cat == FREE_CATEGORY or part in ANATOMY_KEYS
-            cam = test[f"cam{d}"][i]
-            cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
-            cam_ref_any += bool(any_lesion[cy, cx])
+            if gradcam:
+                cam = test[f"cam{d}"][i]
+                cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
+                cam_ref_any += bool(any_lesion[cy, cx])
     nan = float("nan")
     for t in parts:
         st = stats[t]
@@ -251,10 +261,10 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
             "images_without": st["without"],
             "icnn_hit_rate": float(np.mean(hit)) if fs and st["with"] else nan,
             "icnn_hit_rate_per_filter": [float(v) for v in hit],
-            "gradcam_hit_rate": st["cam_hits"] / st["with"] if st["with"] else nan,
+            "gradcam_hit_rate": st["cam_hits"] / st["with"] if st["with"] and gradcam else nan,
             "instances": st["inst"],
             "coverage_icnn": st["cov_icnn"] / st["inst"] if st["inst"] else nan,
-            "coverage_gradcam": st["cov_cam"] / st["inst"] if st["inst"] else nan,
+            "coverage_gradcam": st["cov_cam"] / st["inst"] if st["inst"] and gradcam else nan,
             "region_fraction_of_fov": float(np.mean(st["area"])) if st["area"] else nan,
             "silence_per_filter": [float(v) for v in sil],
             "silence_mean": float(np.mean(sil)) if fs and st["without"] else nan,
@@ -263,14 +273,20 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
         }
     from napari_icnn.engine.metrics import roc_auc
 
-    dec_auc = nan
+    dec_auc = dec_acc = nan
     if (referable >= 0).all() and len(np.unique(referable)) == 2:
         dec_auc = roc_auc(test["logits"][:, d], referable.astype(float))
+    if (referable >= 0).all() and n:
+        # the verdict explain() gives: the calibrated probability against the bundle's threshold
+        positive = 1.0 / (1.0 + np.exp(-test["logits"][:, d] / model.temperature)) >= model.threshold
+        dec_acc = float(np.mean(positive == (referable == 1)))
     doc = {
         "model": {"path": str(model.path), "name": model.name, "sha256": model.sha256, "targets": model.targets},
-        "data": {"path": str(data), "images": n, "referable": int((referable == 1).sum())},
+        "data": {"path": str(data), "images": n, "referable": int((referable == 1).sum()),
+                 "ids": [r.id for r in recs]},
         "selection_data": {"path": str(select_on), "images": len(val_recs)},
         "decision_auc": dec_auc,
+        "decision_accuracy": dec_acc,
         "lesion_type_outputs": list(lesion_outputs),
         "types": per_type,
         "top_filter": {
@@ -280,7 +296,7 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
             "context_rate": top_context / top_n if top_n else nan,
             "own_type_chance": float(np.mean(chance_own)) if chance_own else nan,
         },
-        "gradcam_decision_any_lesion_rate": cam_ref_any / top_n if top_n else nan,
+        "gradcam_decision_any_lesion_rate": cam_ref_any / top_n if top_n and gradcam else nan,
         "firing_thresholds": [float(v) for v in thr],
         "contribution_basis": model.contribution_basis,
         "seconds": time.monotonic() - t0,

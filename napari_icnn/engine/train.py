@@ -209,14 +209,21 @@ def train_iter(
                         pin_memory=pin)
 
     net = _build_net(cfg, k).to(device)
+    init_categories: list[str | None] = []
     if cfg.init and saved is None:
-        shared = _init_from(net, cfg.init, names)
+        shared, init_categories = _init_from(net, cfg.init, names)
         yield Message(f"initialised from bundle {cfg.init}"
                       + (f" (its {', '.join(shared)} output included)" if shared else ""))
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     assignment = FilterAssignment(cfg.n_filters, len(cat_names), n_free=n_free_filters(cfg),
                                   balanced=cfg.categories == "lesion-types").to(device)
+    if cfg.interpretable and any(c in cat_names for c in init_categories):
+        # An interpretable model fine-tuned (on local data, say): its filters' categories come from what they
+        # already respond to on the training images, not from a deal that its first batch reshuffles, and the
+        # filters that fire alike with and without their type stay out of the decision from the first step.
+        yield Message("filter categories start from the initial model's responses on the training images")
+        _warm_assignment(net, train_dl, device, assignment, cfg, dist)
     filter_weights = filter_weights_for(cfg, device)
     running_z = None
     if cfg.z_estimate == "running" and cfg.interpretable:
@@ -523,6 +530,22 @@ def _calibrate_lambda(net, loader, device, assignment, cfg: TrainConfig, dist: r
     return 1.0 / max(ratio, 1e-30)
 
 
+@torch.no_grad()
+def _warm_assignment(net, loader, device, assignment, cfg: TrainConfig, dist: runtime.DistInfo) -> None:
+    """Fold one pass of ``net`` (eval mode, weights and normalisation statistics untouched) over ``loader`` into
+    the filter assignment's running means, so its first matching reflects what the filters already respond to."""
+    was_training = net.training
+    net.eval()
+    assignment.train()
+    for batch in loader:
+        x = batch["image"].to(device)
+        y = batch["target"].to(device).float().view(len(x), -1)[:, list(cfg.category_columns)]
+        max_act = net(x).maps.float().flatten(2).amax(2)
+        assignment.update(*_gathered(max_act, y, dist))
+    assignment.refresh()
+    net.train(was_training)
+
+
 def _gathered(max_act: torch.Tensor, y: torch.Tensor, dist: runtime.DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
     """All processes update the filter assignment from the same (global) batch statistics."""
     if not dist.enabled:
@@ -561,11 +584,12 @@ def _validate(net, loader, device, names, cfg: TrainConfig) -> dict[str, float]:
     return out
 
 
-def _init_from(net, bundle: str, names: list[str] | None = None) -> list[str]:
+def _init_from(net, bundle: str, names: list[str] | None = None) -> tuple[list[str], list[str | None]]:
     """Fine-tune start: copy every tensor of the bundle whose name and shape fit. Where the head differs (other
     outputs), the rows of the outputs both networks have — by name, e.g. "referable DR" — are copied, so a
     decision learnt by the ordinary CNN is where the fine-tuning starts from, not a random row that the small
-    fine-tuning learning rate could not move far. Returns the outputs copied that way."""
+    fine-tuning learning rate could not move far. Returns the outputs copied that way, and the bundle's filter
+    categories when it has as many filters as ``net`` (an ordinary CNN's are None; else an empty list)."""
     loaded = load_bundle(bundle, device="cpu")
     src = loaded.net.state_dict()
     dst = net.state_dict()
@@ -583,7 +607,8 @@ def _init_from(net, bundle: str, names: list[str] | None = None) -> list[str]:
                 dst["fc.bias"][row] = src["fc.bias"][k]
                 shared.append(name)
     net.load_state_dict(dst)
-    return shared
+    categories = [f.category for f in loaded.filters] if len(loaded.filters) == net.n_filters else []
+    return shared, categories
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ Two looks: ``clean`` (square, artefact-free; the default of :func:`generate_fund
 ((128, 128, 3), 0, True)
 """
 
-from napari_icnn.data.synth.camera import FOV_SHAPES, PROFILES, SIZE_RANGE
+from napari_icnn.data.synth.camera import CAMERA_NAMES, FOV_SHAPES, PROFILES, SIZE_RANGE
 from napari_icnn.data.synth.cohort import (
     COHORT_FORMAT,
     DICOM_COLUMNS,
@@ -53,6 +53,7 @@ __all__ = [
     "MASK_FOLDERS",
     "LOOKS",
     "PROFILES",
+    "CAMERA_NAMES",
     "FOV_SHAPES",
     "SIZE_RANGE",
     "RULES",

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from napari_icnn.data.synth._raster import dilate1, noise_field, smoothstep
+from napari_icnn.errors import ConfigError
 
 __all__ = [
     "Profile",
@@ -90,6 +91,24 @@ PROFILES: tuple[Profile, ...] = (
     Profile("handheld", "circle", (1.0, 1.333), 0.08, (WHITE, YELLOW), 0.6, (0.45, 0.3, 0.25), (0.4, 0.35, 0.25), 1.5),
 )  # fmt: skip
 _WEIGHTS = np.asarray([p.weight for p in PROFILES]) / sum(p.weight for p in PROFILES)
+CAMERA_NAMES: tuple[str, ...] = tuple(p.name for p in PROFILES)
+"""The camera profiles' names, in :data:`PROFILES` order."""
+
+
+def check_cameras(cameras: Any) -> tuple[str, ...] | None:
+    """The camera profiles a cohort is restricted to, as a tuple in :data:`PROFILES` order without repeats,
+    or ``None`` (every profile, by its weight); :class:`~napari_icnn.errors.ConfigError` for an empty choice,
+    a name that is not a profile's, or a bare string (which would be read letter by letter)."""
+    if cameras is None:
+        return None
+    if isinstance(cameras, str) or not all(isinstance(c, str) for c in cameras) or not cameras:
+        raise ConfigError(f"cameras must be a non-empty list of camera profile names ({', '.join(CAMERA_NAMES)}) "
+                          f"or None for all of them; got {cameras!r}")
+    unknown = [c for c in cameras if c not in CAMERA_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown camera profile {', '.join(map(repr, unknown))}; the profiles are "
+                          f"{', '.join(CAMERA_NAMES)}")
+    return tuple(c for c in CAMERA_NAMES if c in cameras)
 
 CLINICS = (
     "RIVERSIDE EYE CLINIC", "Northgate Retina Service", "DR SCREENING UNIT 3", "St. Lucia Ophthalmology",
@@ -140,12 +159,20 @@ class Frame:
         return span(self.height, self.oy), span(self.width, self.ox)
 
 
-def sample_frame(rng: np.random.Generator, size: int | None, size_range: tuple[int, int] = SIZE_RANGE) -> Frame:
+def sample_frame(rng: np.random.Generator, size: int | None, size_range: tuple[int, int] = SIZE_RANGE,
+                 cameras: tuple[str, ...] | None = None) -> Frame:
     """Draw a camera profile and its frame; ``size`` fixes the frame width (else drawn from ``size_range``).
 
-    The same draws happen whatever ``size`` is, so fixing it changes nothing else.
+    ``cameras`` (checked by :func:`check_cameras`) restricts the profile to those named, drawn by their relative
+    weights; ``None`` draws from every profile. The same draws happen whatever ``size`` and ``cameras`` are, so
+    fixing either changes nothing else.
     """
-    prof = PROFILES[int(rng.choice(len(PROFILES), p=_WEIGHTS))]
+    if cameras is None:
+        prof = PROFILES[int(rng.choice(len(PROFILES), p=_WEIGHTS))]
+    else:
+        allowed = [p for p in PROFILES if p.name in cameras]
+        w = np.asarray([p.weight for p in allowed])
+        prof = allowed[int(rng.choice(len(allowed), p=w / w.sum()))]
     aspect = prof.aspects[int(rng.integers(len(prof.aspects)))]
     lo, hi = size_range
     drawn = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))

@@ -100,7 +100,7 @@ from PIL import Image
 
 from napari_icnn import __version__
 from napari_icnn.atomic import atomic_write
-from napari_icnn.data.synth.camera import FOV_SHAPES, PROFILES
+from napari_icnn.data.synth.camera import FOV_SHAPES, PROFILES, check_cameras
 from napari_icnn.data.synth.degrade import UNGRADEABLE_KINDS, check_ungradeable_share
 from napari_icnn.data.synth.fundus import (
     ARTEFACT_KEYS,
@@ -185,6 +185,8 @@ class CohortSummary:
     look: str = "realistic"
     n_ungradeable: int = 0
     """Photographs made ungradeable (``gradable`` = 0)."""
+    cameras: tuple[str, ...] | None = None
+    """The camera profiles the cohort was restricted to (``None``: every profile, by its weight)."""
 
     @property
     def images_per_second(self) -> float:
@@ -201,6 +203,9 @@ class CohortSummary:
             what = "synthetic fundus photographs (realistic look: varied cameras and sizes)"
         else:
             what = f"synthetic fundus photographs (realistic look: varied cameras, {self.size} px wide)"
+        if self.look != "clean" and self.cameras is not None:
+            names = ", ".join(self.cameras)
+            what = what.replace("varied cameras", f"camera{'s' if len(self.cameras) > 1 else ''} {names} only")
         failed = f", ungradeable {self.n_ungradeable}" if self.n_ungradeable else ""
         return (
             f"Wrote {self.n} {what}{extra} to {self.out} "
@@ -222,12 +227,13 @@ def write_cohort(
     look: str = "realistic",
     size_range: tuple[int, int] = SIZE_RANGE,
     ungradeable_share: float = 0.0,
+    cameras: tuple[str, ...] | None = None,
 ) -> CohortSummary:
     """Write a cohort and return its summary (:func:`generate_cohort` without progress events)."""
     return drain(
         generate_cohort(
             out, n, size=size, seed=seed, dicom=dicom, workers=workers, overwrite=overwrite,
-            look=look, size_range=size_range, ungradeable_share=ungradeable_share,
+            look=look, size_range=size_range, ungradeable_share=ungradeable_share, cameras=cameras,
         )  # fmt: skip
     )
 
@@ -244,6 +250,7 @@ def generate_cohort(
     look: str = "realistic",
     size_range: tuple[int, int] = SIZE_RANGE,
     ungradeable_share: float = 0.0,
+    cameras: tuple[str, ...] | None = None,
 ) -> Generator[Progress | Message, None, CohortSummary]:
     """Write ``n`` synthetic photographs with masks and labels to ``out``, yielding progress.
 
@@ -272,6 +279,12 @@ def generate_cohort(
         stream of its seed alone (so about this share; exactly none at 0, every one at 1), by one of
         ``defocus``, ``underexposed``, ``overexposed``, ``obscured`` drawn uniformly. 0 (the default)
         writes exactly the files of a cohort without the option.
+    cameras
+        Realistic look: restrict the camera of every photograph to these profiles (names of
+        :data:`~napari_icnn.data.synth.camera.PROFILES`, e.g. ``("handheld",)``: a clinic with one kind of
+        camera), drawn by their relative weights; ``cohort.json`` then lists them under ``cameras``. ``None``
+        (the default) draws from every profile by its weight and writes exactly the files of a cohort without
+        the option.
 
     Returns
     -------
@@ -286,6 +299,9 @@ def generate_cohort(
     """
     n, size, seed, workers = _checked(n, size, seed, workers, look, size_range)
     share = check_ungradeable_share(ungradeable_share, look)
+    if look == "clean" and cameras is not None:
+        raise ConfigError("cameras applies to the realistic look only (the clean look has no camera profiles)")
+    cams = check_cameras(cameras)
     if dicom:
         try:
             import napari_icnn.dicom.op_writer  # noqa: F401
@@ -295,13 +311,14 @@ def generate_cohort(
     previous = _prepare(root, overwrite)
     for folder in ("images", *(f"masks/{p}" for p in MASK_FOLDERS), *(("dicom",) if dicom else ())):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    meta = _meta(n, size, seed, dicom, look, size_range, share)
+    meta = _meta(n, size, seed, dicom, look, size_range, share, cams)
     _write_json(root / "cohort.json", {**meta, "complete": False})
 
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     yield Progress("synth", 0, n)
-    for row in _rows(root, n, size, seed, dicom, workers, look, (int(size_range[0]), int(size_range[1])), share):
+    ranged = (int(size_range[0]), int(size_range[1]))
+    for row in _rows(root, n, size, seed, dicom, workers, look, ranged, share, cams):
         rows.append(row)
         rate = len(rows) / max(time.perf_counter() - start, 1e-9)
         yield Progress("synth", len(rows), n, f"{rate:.1f} images/s")
@@ -321,7 +338,7 @@ def generate_cohort(
     failed = {k: sum(1 for r in rows if r["ungradeable"] == k) for k in UNGRADEABLE_KINDS}
     summary_meta = {"grade_counts": list(grades), "referable": n_ref, "dme": n_dme, "ungradeable_counts": failed}
     _write_json(root / "cohort.json", {**meta, **summary_meta, "complete": True})
-    return CohortSummary(root, n, size, seed, dicom, grades, n_ref, n_dme, seconds, look, sum(failed.values()))
+    return CohortSummary(root, n, size, seed, dicom, grades, n_ref, n_dme, seconds, look, sum(failed.values()), cams)
 
 
 # -- checks and folder handling ----------------------------------------------------------------
@@ -400,13 +417,16 @@ def _remove_stale(root: Path, keep: set[str], dicom: bool) -> int:
 
 
 def _meta(
-    n: int, size: int | None, seed: int, dicom: bool, look: str, size_range: tuple[int, int], share: float
+    n: int, size: int | None, seed: int, dicom: bool, look: str, size_range: tuple[int, int], share: float,
+    cameras: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if look == "realistic":
         extra = {
             "size_range": None if size is not None else list(size_range),
             "camera_profiles": {p.name: {"fov_shape": p.fov_shape, "weight": p.weight} for p in PROFILES},
+            # only when restricted: a cohort of every profile keeps the very cohort.json it had
+            **({"cameras": list(cameras)} if cameras is not None else {}),
         }
     return {
         "format": COHORT_FORMAT,
@@ -476,14 +496,15 @@ def _rows(
     look: str,
     size_range: tuple[int, int],
     share: float,
+    cameras: tuple[str, ...] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    jobs = [(str(root), seed, i, size, dicom, look, size_range, share) for i in range(n)]
+    jobs = [(str(root), seed, i, size, dicom, look, size_range, share, cameras) for i in range(n)]
     if workers == 1 or n == 1:
         yield from map(_make_one, jobs)
         return
     # "spawn": a fresh interpreter per worker, safe whatever threads the parent runs (torch, Qt).
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, n), mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=min(workers, n), mp_context=ctx, initializer=_ignore_interrupts)
     try:
         yield from pool.map(_make_one, jobs, chunksize=max(1, min(8, n // (4 * workers))))
     except BrokenProcessPool as exc:
@@ -495,12 +516,23 @@ def _rows(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _make_one(job: tuple[str, int, int, int | None, bool, str, tuple[int, int], float]) -> dict[str, Any]:
+def _ignore_interrupts() -> None:
+    """Worker start-up: Ctrl-C reaches the whole process group; the parent alone stops the run (it cancels the
+    jobs not started and waits for those running), so the workers print no traceback of their own."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _make_one(
+    job: tuple[str, int, int, int | None, bool, str, tuple[int, int], float, tuple[str, ...] | None],
+) -> dict[str, Any]:
     """Generate image ``i`` and write its files; return its labels row."""
-    out, seed, i, size, dicom, look, size_range, share = job
+    out, seed, i, size, dicom, look, size_range, share, cameras = job
     root = Path(out)
     f = generate_fundus(
-        np.random.SeedSequence([seed, i]), size, look=look, size_range=size_range, ungradeable_share=share
+        np.random.SeedSequence([seed, i]), size, look=look, size_range=size_range, ungradeable_share=share,
+        cameras=cameras,
     )
     rid = f.labels["id"]
     _atomic(root / "images" / f"{rid}.png", lambda fh: fh.write(_png(f.image)))

@@ -22,6 +22,7 @@ from napari_icnn.data.synth.camera import (
     MIN_REALISTIC_SIZE,
     SIZE_RANGE,
     Frame,
+    check_cameras,
     plan_artefacts,
     render,
     sample_frame,
@@ -176,6 +177,7 @@ def generate_fundus(
     look: str = "clean",
     size_range: tuple[int, int] = SIZE_RANGE,
     ungradeable_share: float = 0.0,
+    cameras: tuple[str, ...] | None = None,
 ) -> SynthFundus:
     """Generate one synthetic macula-centred fundus photograph.
 
@@ -206,6 +208,10 @@ def generate_fundus(
         over-exposed, or obscured; see :mod:`napari_icnn.data.synth.degrade`), decided by a random stream
         of the seed alone. Masks and labels stay what was drawn; columns ``gradable`` and ``ungradeable``
         say what happened.
+    cameras
+        Realistic look: the camera profiles (:data:`~napari_icnn.data.synth.camera.PROFILES` names) the camera is
+        drawn from, by their relative weights; ``None`` (the default) draws from every profile. Only the camera
+        draw changes: the same seed keeps its eye, lesions and artefact streams.
 
     Returns
     -------
@@ -226,6 +232,9 @@ def generate_fundus(
         raise ConfigError(f"size must be an integer of at least {least} pixels for the {look} look; got {size!r}")
     if realistic:
         check_size_range(size_range)
+    elif cameras is not None:
+        raise ConfigError("cameras applies to the realistic look only (the clean look has no camera profiles)")
+    cams = check_cameras(cameras)
     share = check_ungradeable_share(ungradeable_share, look)
     if laterality not in (None, "L", "R"):
         raise ConfigError(f"laterality must be 'L', 'R' or None; got {laterality!r}")
@@ -243,7 +252,8 @@ def generate_fundus(
     target = int(grade) if grade is not None else drawn_grade
     if realistic:
         return _realistic(
-            ss, None if size is None else int(size), size_range, eye, target, ident, cohort_seed, index, share
+            ss, None if size is None else int(size), size_range, eye, target, ident, cohort_seed, index, share,
+            cams,
         )
     assert size is not None
     size = int(size)
@@ -310,9 +320,10 @@ def _realistic(
     cohort_seed: int,
     index: int,
     ungradeable_share: float = 0.0,
+    cameras: tuple[str, ...] | None = None,
 ) -> SynthFundus:
     """The realistic look: a camera frame, artefacts planned first, the eye painted around them."""
-    frame = sample_frame(_stream(ss, "frame"), size, size_range)
+    frame = sample_frame(_stream(ss, "frame"), size, size_range, cameras)
     s = frame.canvas
     shape = frame.profile.fov_shape
     geo = sample_geometry(
