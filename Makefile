@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-
 	libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 \
 	libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 dicom3tools orthanc orthanc-dicomweb
 
-.PHONY: demo test test-fast lint system-deps venv clean demo-bundle
+.PHONY: demo test test-fast lint system-deps venv clean demo-bundle wheel-check constraints
 
 system-deps:
 	@if ! command -v dpkg >/dev/null 2>&1; then \
@@ -25,10 +25,12 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml
+# The versions of constraints.txt (the tested set), every extra (the Qt binding, PACS, Dask cluster) and the
+# test tools.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[gui,test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[all,test]"
 	touch $@
 
 venv: $(STAMP)
@@ -60,5 +62,21 @@ demo: system-deps venv
 demo-bundle: venv
 	$(PY) -m training.demo_bundle --work build/demo-bundle
 
+# The built sdist and wheel installed (not editable) into a fresh venv and run from outside the checkout
+# (a few minutes): .ci/wheel-check says what it checks.
+wheel-check: venv
+	bash .ci/wheel-check
+
+# Rewrites constraints.txt with the newest versions pyproject.toml allows (then run make test and make
+# wheel-check before committing it).
+CONSTRAINTS_VENV := build/constraints-venv
+constraints:
+	rm -rf $(CONSTRAINTS_VENV) && python3 -m venv $(CONSTRAINTS_VENV)
+	$(CONSTRAINTS_VENV)/bin/pip install -q -e ".[all,test]"
+	{ sed -n '/^#/p' constraints.txt; $(CONSTRAINTS_VENV)/bin/pip freeze --exclude-editable \
+		| sed -E 's/^(torch[a-z]*==[^+]+)\+.*/\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(CONSTRAINTS_VENV)
+
 clean:
-	rm -rf $(VENV) demo-output build *.egg-info .pytest_cache
+	rm -rf $(VENV) demo-output build dist *.egg-info .pytest_cache

@@ -70,7 +70,7 @@ def display_missing() -> str | None:
     if importlib.util.find_spec("napari") is None:
         return "napari is not installed"
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return "no display (run under Xvfb: xvfb-run -a icnn benchmark ...)"
+        return "no display (run under Xvfb: xvfb-run -a python -m benchmarks ...)"
     return None
 
 

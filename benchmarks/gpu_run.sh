@@ -40,7 +40,7 @@ EOF
 # Groups in order of importance, so a run cut short loses the least. SIGINT first (the harness stops
 # cleanly and the JSON keeps the finished groups), SIGKILL 20 s later.
 timeout -k 20 --signal=INT 330 \
-    python3 -m napari_icnn benchmark --device cuda \
+    python3 -m benchmarks --device cuda \
         --only train_step memory materialised scores explain throughput batch \
         --json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/gpu_bench.log"
 status=${PIPESTATUS[0]}

@@ -1,4 +1,4 @@
-"""The performance harness behind ``icnn benchmark``.
+"""The performance harness behind ``python -m benchmarks``.
 
 Each figure is measured side by side with what it is compared to, in the same process: the
 repetitions of the variants are interleaved (A B, B A, A B, ... so neither always runs first) and
@@ -259,7 +259,7 @@ def _machine_lines(device: Any, cores: int) -> list[str]:
     import torch
 
     lines = [
-        f"# icnn benchmark on {platform.node() or 'this machine'}: {platform.machine()}, {cores} usable CPU cores, "
+        f"# python -m benchmarks on {platform.node() or 'this machine'}: {platform.machine()}, {cores} usable CPU cores, "
         f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     ]
     if device.type == "cuda":

@@ -6,9 +6,14 @@ Every error a user can cause (a bad file, a wrong option, a broken bundle) is an
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Sequence
 
-__all__ = ["IcnnError", "InputError", "DeclinedInput", "GateDeclined", "BundleError", "ConfigError", "Cancelled"]
+__all__ = [
+    "IcnnError", "InputError", "DeclinedInput", "GateDeclined", "BundleError", "ConfigError", "MissingExtra",
+    "Cancelled", "EXTRAS", "missing_extra", "require_extra",
+]
 
 
 class IcnnError(Exception):
@@ -65,6 +70,53 @@ class ConfigError(IcnnError, ValueError):
     def __init__(self, message: str, field: str | None = None):
         self.field = field
         super().__init__(message)
+
+
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "pacs": ("dicomweb_client", "pynetdicom", "requests"),
+    "cluster": ("dask", "distributed"),
+}
+"""The optional parts of napari-icnn: each extra of the distribution and the modules it brings."""
+
+
+class MissingExtra(ConfigError):
+    """An optional part of napari-icnn is asked for but the packages of its extra are not installed.
+
+    Parameters
+    ----------
+    what
+        What needs the extra, as the user knows it ("the Dask cluster").
+    extra
+        The extra to install (a key of :data:`EXTRAS`).
+    field
+        The configuration field it concerns, where there is one.
+    """
+
+    def __init__(self, what: str, extra: str, field: str | None = None):
+        self.what = what
+        self.extra = extra
+        super().__init__(f"{what} needs the {extra} extra: pip install 'napari-icnn[{extra}]'", field=field)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module left half-imported
+        return False
+
+
+def missing_extra(extra: str, modules: Sequence[str] | None = None) -> list[str]:
+    """The modules of ``extra`` (or just ``modules`` of it) that cannot be imported; empty when all can.
+
+    Only looks them up (no import), so it is cheap enough for a form's validation.
+    """
+    return [m for m in (EXTRAS[extra] if modules is None else modules) if not _importable(m)]
+
+
+def require_extra(what: str, extra: str, modules: Sequence[str] | None = None, field: str | None = None) -> None:
+    """Raise :class:`MissingExtra` for ``what`` when a module of ``extra`` (or of ``modules``) is missing."""
+    if missing_extra(extra, modules):
+        raise MissingExtra(what, extra, field=field)
 
 
 class Cancelled(IcnnError):

@@ -146,6 +146,8 @@ class Placement:
         out: dict[str, Any] = {"scale": self.scale, "translate": self.translate}
         for key in ("rotate", "shear", "affine", "units"):
             value = getattr(self, key)
+            if key == "units" and value is not None and all(u == "pixel" for u in value):
+                continue  # napari's default; napari 0.5.0's add_image refuses any units tuple
             if value is not None:
                 out[key] = np.asarray(value) if key in ("rotate", "affine") else value
         return out

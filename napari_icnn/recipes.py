@@ -3,7 +3,8 @@ interpretable fine-tuning that starts from it), and the retraining of the shippe
 
 ``demo`` builds the shipped model (``make demo-bundle``) and is what ``icnn demo --full`` trains; ``quick`` is
 ``icnn demo --full --quick``; ``cpu``, ``gpu`` and ``tiny`` are the interpretability study's presets
-(``icnn experiment --preset``), which add what is compared and on which seeds. Everything not named here
+(``python -m training.experiments --preset`` in the source checkout), which add what is compared and on which
+seeds. Everything not named here
 is :class:`~napari_icnn.config.TrainConfig`'s default, the lesion-type recipe included.
 
 :data:`RETRAINING` holds what ``icnn demo`` (``demo``) and ``icnn demo --quick`` (``quick``) retrain the shipped

@@ -18,7 +18,8 @@ def dock(make_napari_viewer):
     def make(widget_type: type, name: str, area: str | None = None) -> Any:
         viewer = make_napari_viewer()
         widget = widget_type(viewer)
-        viewer.window.add_dock_widget(widget, name=name, area=area)
+        # napari before 0.9 takes no area=None
+        viewer.window.add_dock_widget(widget, name=name, **({"area": area} if area else {}))
         return widget
 
     return make

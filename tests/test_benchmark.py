@@ -1,4 +1,4 @@
-"""``icnn benchmark``: the harness runs and its output is well formed (timings are never asserted)."""
+"""``python -m benchmarks``: the harness runs and its output is well formed (timings are never asserted)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from napari_icnn.cli import benchmark as cli_benchmark
-from napari_icnn.cli import main
+from benchmarks.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def harness():
-    return cli_benchmark.load_harness()
+    import benchmarks.harness
+
+    return benchmarks.harness
 
 
 def _figure_lines(text: str) -> dict[str, str]:
@@ -36,16 +37,16 @@ def _figure_lines(text: str) -> dict[str, str]:
     return lines
 
 
-def test_quick_run_from_elsewhere_writes_matching_json(tmp_path):
-    """The real command, from a folder outside the checkout and without a display: one line and one
+def test_quick_run_writes_matching_json(tmp_path):
+    """The real command, from the checkout's root and without a display: one line and one
     JSON entry per figure, numbers finite or null, and the napari stage reported missing, not faked."""
     out = tmp_path / "figures.json"
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
-        [sys.executable, "-m", "napari_icnn", "benchmark", "--quick", "--device", "cpu", "--only", "synth", "explain",
+        [sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--only", "synth", "explain",
          "--json", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())
@@ -278,7 +279,7 @@ def test_json_has_no_nan(harness, tmp_path):
 
 
 def test_unknown_group_is_a_usage_error(capsys):
-    assert main(["benchmark", "--only", "warp_speed"]) == 2
+    assert main(["--only", "warp_speed"]) == 2
     err = capsys.readouterr().err
     assert "warp_speed" in err and "train_step" in err and "Traceback" not in err
 
@@ -288,19 +289,21 @@ def test_cuda_where_there_is_none_is_a_usage_error(capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert main(["benchmark", "--device", "cuda", "--only", "synth"]) == 2
+    assert main(["--device", "cuda", "--only", "synth"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
 
 
-def test_without_the_checkout_says_so(tmp_path, monkeypatch, capsys):
-    with pytest.raises(cli_benchmark.IcnnError, match="source checkout"):
-        cli_benchmark.load_harness(tmp_path)
-    monkeypatch.setattr(cli_benchmark, "checkout_root", lambda: tmp_path)
-    assert main(["benchmark", "--only", "synth"]) == 1
-    err = capsys.readouterr().err
-    assert str(tmp_path / "benchmarks" / "harness.py") in err and "Traceback" not in err
+def test_not_a_command_of_the_installed_package():
+    from napari_icnn.cli import SUBCOMMANDS
+
+    assert "benchmark" not in SUBCOMMANDS  # the harness ships with the checkout, not with the wheel
 
 
-def test_help_lists_the_harness_groups(harness):
-    assert cli_benchmark._GROUPS == tuple(harness.GROUPS)
+def test_help_lists_the_harness_groups(harness, capsys):
     assert ROOT / "benchmarks" / "harness.py" == Path(harness.__file__).resolve()
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: python -m benchmarks ")
+    assert all(name in text for name in harness.GROUPS)

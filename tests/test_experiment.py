@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+"""The checkout's root: the study runs from there (python -m training.experiments)."""
+
 
 def _cohort_ids(cohort: Path) -> list[str]:
     with open(cohort / "labels.csv", newline="") as fh:
@@ -38,8 +41,8 @@ def test_the_leakage_check_fails_on_leakage():
 @pytest.mark.slow
 def test_tiny_experiment_writes_tables_figures_and_resumes(tmp_path):
     out = tmp_path / "study"
-    cmd = [sys.executable, "-m", "napari_icnn", "experiment", "--out", str(out), "--preset", "tiny"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    cmd = [sys.executable, "-m", "training.experiments", "--out", str(out), "--preset", "tiny"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "results.json").read_text())
     kinds = {(r["model"], r["explainer"], r["role"]) for r in doc["records"]}
@@ -88,20 +91,26 @@ def test_tiny_experiment_writes_tables_figures_and_resumes(tmp_path):
     for heading in ("lesion filters", "anatomy filters", "worst seed", "mean of seeds"):
         assert heading in md
     # a second run resumes: nothing is trained again
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
     assert "epoch 1/" not in again.stdout + again.stderr
 
 
 def test_unknown_preset_is_a_usage_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "napari_icnn", "experiment", "--out", str(tmp_path / "x"),
-                           "--preset", "huge"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "training.experiments", "--out", str(tmp_path / "x"),
+                           "--preset", "huge"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--preset" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_bad_free_fraction_is_refused_before_any_work(tmp_path):
     out = tmp_path / "x"
-    proc = subprocess.run([sys.executable, "-m", "napari_icnn", "experiment", "--out", str(out), "--preset", "tiny",
-                           "--free-fraction", "1.5"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "training.experiments", "--out", str(out), "--preset", "tiny",
+                           "--free-fraction", "1.5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--free-fraction" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "data").exists()
+
+
+def test_not_a_command_of_the_installed_package():
+    from napari_icnn.cli import SUBCOMMANDS
+
+    assert "experiment" not in SUBCOMMANDS  # the study ships with the checkout, not with the wheel

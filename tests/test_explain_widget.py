@@ -475,7 +475,7 @@ def test_side_by_side_shows_the_scan_beside_its_evidence(qtbot, widget, fundus):
     scan = _add_scan(viewer, fundus)
     widget.top_k_spin.setValue(3)
     _run(qtbot, widget)
-    grid = viewer.canvas.grid
+    grid = widget.view.grid  # viewer.canvas.grid from napari 0.9, viewer.grid before
     widget.side_check.setChecked(True)
 
     layers = list(viewer.layers)
@@ -549,7 +549,7 @@ def test_the_manifest_docks_a_working_widget(qtbot, make_napari_viewer, tiny_bun
     _run(qtbot, w)
     assert len(_evidence(viewer, REGION, EVIDENCE)) == 2 and len(w.legend.rows) == len(_evidence(viewer, REGION))
     w.side_check.setChecked(True)
-    assert viewer.canvas.grid.enabled
+    assert w.view.grid.enabled
 
 
 # --------------------------------------------------------------------------- DICOM in, SEG out

@@ -90,6 +90,24 @@ def test_every_manifest_sample_opens_in_napari(make_napari_viewer):
 
 
 @pytest.mark.gui
+def test_napari_starts_on_a_qt_binding_it_does_not_deprecate(make_napari_viewer, qtbot):
+    """The gui extra's binding (PyQt6): on PyQt5 napari 0.9 warns at every start that it is deprecated."""
+    import qtpy
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        viewer = make_napari_viewer(show=True)
+        viewer.open_sample("napari-icnn", "retina")
+        qtbot.wait(100)
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    assert qtpy.API_NAME in ("PyQt6", "PySide6"), qtpy.API_NAME
+    assert not [n for n in seen if "deprecated" in str(n.message)], [str(n.message) for n in seen]
+
+
+@pytest.mark.gui
 def test_real_retina_in_napari(make_napari_viewer):
     viewer = make_napari_viewer()
 

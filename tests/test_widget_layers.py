@@ -398,6 +398,6 @@ def test_plugin_modules_import_without_torch():
         "import sys; import napari_icnn._widgets.explain_widget, napari_icnn._writer; "
         "heavy = sorted(m for m in ('torch', 'monai') if m in sys.modules); print(heavy); sys.exit(bool(heavy))"
     )
-    env = dict(os.environ, QT_API="pyqt5")
+    env = dict(os.environ, QT_API="pyqt6")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

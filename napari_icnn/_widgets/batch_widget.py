@@ -224,14 +224,14 @@ class BatchWidget(StoppableJobWidget):
         self.add_files_button.clicked.connect(self._browse_input_files)
         self.remove_button.clicked.connect(self._remove_selected)
         self.out_browse.clicked.connect(
-            lambda: choose_folder(self, self.out_edit, "Choose the output folder")  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
+            lambda: choose_folder(self, self.out_edit, "Choose the output folder")
         )
         for edit in (self.out_edit, self.model_edit, self.scheduler_edit):
-            edit.textChanged.connect(lambda _: self.validate())  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
-        self.device_combo.currentIndexChanged.connect(lambda _: self.validate())  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
+            edit.textChanged.connect(lambda _: self.validate())
+        self.device_combo.currentIndexChanged.connect(lambda _: self.validate())
         self.run_button.clicked.connect(self.run)
         self.stop_button.clicked.connect(self.stop)
-        self.open_button.clicked.connect(self.open_results_folder)  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
+        self.open_button.clicked.connect(self.open_results_folder)
         self.rows_button.toggled.connect(self._toggle_rows)
 
     def _browse_input_folder(self) -> None:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qtpy.compat import isalive
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -310,12 +312,21 @@ class ExplainWidget(JobWidget):
 
     def _connect(self) -> None:
         events = self.viewer.layers.events
-        handlers = [(e, self._on_layers_changed) for e in (events.inserted, events.removed, events.moved)]
-        for emitter, handler in handlers:
-            emitter.connect(handler)
-        # A closed dock must not be called back by the viewer it leaves behind.
-        self.destroyed.connect(lambda *_: [emitter.disconnect(handler) for emitter, handler in handlers])  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
-        self.scan_combo.currentIndexChanged.connect(lambda _: self.validate())  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
+        # A closed dock must not be called back by the viewer it leaves behind. The viewer holds a plain
+        # function, not the widget's method: napari compares a bound method's object with its other callbacks'
+        # when disconnecting, and a widget whose Qt object is already deleted cannot be compared.
+        widget = weakref.ref(self)
+
+        def on_layers_changed(event: Any = None) -> None:
+            w = widget()
+            if w is not None and isalive(w):
+                w._on_layers_changed(event)
+
+        emitters = (events.inserted, events.removed, events.moved)
+        for emitter in emitters:
+            emitter.connect(on_layers_changed)
+        self.destroyed.connect(lambda *_: [emitter.disconnect(on_layers_changed) for emitter in emitters])
+        self.scan_combo.currentIndexChanged.connect(lambda _: self.validate())
         self.model_edit.textChanged.connect(lambda _: self._on_setting_changed())
         self.top_k_spin.valueChanged.connect(lambda _: self._on_setting_changed())
         self.threshold_spin.valueChanged.connect(lambda _: self._on_setting_changed())

@@ -147,7 +147,7 @@ def model_field(form: QFormLayout, parent: QWidget, default_tip: str) -> ModelFi
     message = message_label()
     form.addRow("Model", hbox(edit, browse, default))
     form.addRow("", message)
-    browse.clicked.connect(lambda: choose_folder(parent, edit, "Choose a model bundle folder"))  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
+    browse.clicked.connect(lambda: choose_folder(parent, edit, "Choose a model bundle folder"))
     default.clicked.connect(lambda: edit.setText(str(_default_bundle())))
     return ModelField(edit, browse, default, message)
 

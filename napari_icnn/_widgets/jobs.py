@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-from qtpy.QtWidgets import QLabel, QWidget
+from qtpy.compat import isalive
+from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
 
 from napari_icnn._widgets.form import ERROR_STYLE, HINT_STYLE
 from napari_icnn.errors import Cancelled, IcnnError
@@ -146,6 +147,15 @@ class JobWidget(QWidget):
     STOPPING_TEXT = "Stopping…"
     """The status line once a stop is asked for: what is kept."""
 
+    progress: QProgressBar
+    """The run's progress bar (built by the subclass)."""
+    status: QLabel
+    """The status line under it (built by the subclass)."""
+
+    def validate(self) -> bool:
+        """Check the form and enable the Run button when it may run; whether it may (the subclass's)."""
+        raise NotImplementedError
+
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -184,14 +194,24 @@ class JobWidget(QWidget):
         self._set_running(True)
         self._show_status(text)
         self.progress.setRange(0, 0)  # busy until the first progress
-        self._worker = new_worker(
+        # only this run's end may clear the job: a run started before the previous worker's finished signal
+        # arrived must not be marked ended by that signal
+        this: dict[str, Any] = {}
+
+        def finished() -> None:
+            # a plain function is not disconnected when the widget is deleted (its methods are): a run
+            # outliving its closed widget must not call into it
+            if isalive(self):
+                self._on_finished(this["worker"])
+
+        self._worker = this["worker"] = new_worker(
             _guarded_call,
             job,
             *args,
             yielded=self._on_event,
             returned=self._on_returned,
             errored=self._on_error,
-            finished=self._on_finished,
+            finished=finished,
         )
         self._worker.start()
         return self._worker
@@ -225,7 +245,9 @@ class JobWidget(QWidget):
         self.progress.setFormat("failed")
         self._report_failure(err)
 
-    def _on_finished(self) -> None:
+    def _on_finished(self, worker: Any = None) -> None:
+        if worker is not None and worker is not self._worker:
+            return
         self._worker = None
         if self._running:  # ended without a result or an error (the worker was quit)
             self._set_running(False)
@@ -272,6 +294,11 @@ class StoppableJobWidget(JobWidget):
     ``validate()`` and the ``_on_event`` / ``_on_returned`` slots. Its job takes the run's settings
     and a :class:`threading.Event` that asks it to stop.
     """
+
+    form_box: QWidget
+    """The settings, disabled while a run is under way (built by the subclass)."""
+    stop_button: QPushButton
+    """Stops the run (built by the subclass)."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(napari_viewer, parent)

@@ -61,8 +61,7 @@ class LegendRow:
         self.name_edit.setToolTip(_NAME_TIP + "".join(f"\n• {flag}" for flag in f.flags))
         self.name_edit.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.contribution = QLabel(f"{f.contribution:+.3f}")
-        # PyQt5's stubs type AlignmentFlag | AlignmentFlag as int; Qt takes the combined flags
-        self.contribution.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)  # type: ignore[arg-type]
+        self.contribution.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.contribution.setToolTip(_CONTRIBUTION_TIP)
         self.group = f.group
         self.flags = f.flags

@@ -153,7 +153,7 @@ class TrainWidget(StoppableJobWidget):
         self._validate_timer = QTimer(self)
         self._validate_timer.setSingleShot(True)
         self._validate_timer.setInterval(350)  # typing a path: check once the user pauses
-        self._validate_timer.timeout.connect(self.validate)  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
+        self._validate_timer.timeout.connect(self.validate)
         self._build()
         self._connect()
         self._restore_settings()
@@ -218,10 +218,11 @@ class TrainWidget(StoppableJobWidget):
     def _add_field(self, form: QFormLayout, s: Setting) -> None:
         name = s.name
         if name in _PATH_FIELDS:
-            editor: QWidget = QLineEdit(s.default or "")
-            editor.setPlaceholderText(s.placeholder)
-            get, put = _text_access(editor, optional=s.optional)
-            row = hbox(editor, *self._path_buttons(name, editor))
+            line = QLineEdit(s.default or "")
+            line.setPlaceholderText(s.placeholder)
+            get, put = _text_access(line, optional=s.optional)
+            row = hbox(line, *self._path_buttons(name, line))
+            editor: QWidget = line
         else:
             editor, get, put = _value_editor(s)
             row = hbox(editor, self.device_badge) if name == "device" else editor
@@ -252,12 +253,12 @@ class TrainWidget(StoppableJobWidget):
             e = f.editor
             if isinstance(e, QLineEdit):
                 e.textChanged.connect(lambda _: self._validate_timer.start())
-                e.editingFinished.connect(self.validate)  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
+                e.editingFinished.connect(self.validate)
             elif isinstance(e, QComboBox):
-                e.currentIndexChanged.connect(lambda _: self.validate())  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
+                e.currentIndexChanged.connect(lambda _: self.validate())
             elif isinstance(e, QCheckBox):
-                e.toggled.connect(lambda _: self.validate())  # type: ignore[arg-type]  # PyQt stubs: slots return None (Qt drops the value)
-            else:
+                e.toggled.connect(lambda _: self.validate())
+            elif isinstance(e, (QSpinBox, QDoubleSpinBox)):
                 e.valueChanged.connect(lambda _: self.validate())
         self.advanced_toggle.toggled.connect(self._toggle_advanced)
         self.start_button.clicked.connect(self.start)

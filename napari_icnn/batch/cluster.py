@@ -16,9 +16,9 @@ from napari_icnn.atomic import DiskFull
 from napari_icnn.batch import work
 from napari_icnn.batch.config import BatchCounts
 from napari_icnn.batch.local import file_events
-from napari_icnn.batch.preflight import NEEDS_DISTRIBUTED
+from napari_icnn.batch.preflight import CLUSTER
 from napari_icnn.batch.summary import Row, SummaryFile, one_line
-from napari_icnn.errors import ConfigError
+from napari_icnn.errors import ConfigError, MissingExtra
 
 __all__ = ["connect", "run_cluster", "CONNECT_TIMEOUT_S", "WORKER_WAIT_S"]
 
@@ -41,7 +41,7 @@ def connect(address: str, out: str, model_path: str) -> Any:
     try:
         from distributed import Client
     except ImportError:
-        raise ConfigError(NEEDS_DISTRIBUTED, field="scheduler") from None
+        raise MissingExtra(CLUSTER, "cluster", field="scheduler") from None
     try:
         client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:

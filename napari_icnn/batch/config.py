@@ -105,7 +105,7 @@ class BatchConfig:
         "one process; about the number of cores)", bounds=(0, 256)))
     scheduler: str | None = field(default=None, metadata=_meta(
         "--scheduler", "Dask scheduler", "address of a Dask scheduler (tcp://host:8786) to run on its cluster "
-        "instead of here (needs the 'distributed' package; every worker must see the input and output folders at "
+        "instead of here (needs the cluster extra: pip install 'napari-icnn[cluster]'; every worker must see the input and output folders at "
         "the same paths)", placeholder="empty: this machine · tcp://host:8786"))
     formats: tuple[str, ...] | None = field(default=None, metadata=_meta(
         "--formats", "Formats", "comma-separated subset of seg,sr,png,json (default: all that apply; seg and sr "

@@ -10,15 +10,13 @@ is reported by the run itself, in the same words for both too.
 from __future__ import annotations
 
 import errno
-import functools
-import importlib.util
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from napari_icnn.errors import BundleError, ConfigError
+from napari_icnn.errors import BundleError, ConfigError, MissingExtra, missing_extra
 
 if TYPE_CHECKING:
     from napari_icnn.batch.config import BatchConfig
@@ -40,7 +38,9 @@ __all__ = [
 
 NO_INPUTS = "no INPUT given: name DICOM/image files or folders to run on"
 NO_OUT = "--out: an output folder is required"
-NEEDS_DISTRIBUTED = "--scheduler needs the 'distributed' package (pip install distributed)"
+CLUSTER = "the Dask cluster"
+"""What needs the ``cluster`` extra, in the words of its error message."""
+NEEDS_DISTRIBUTED = str(MissingExtra(CLUSTER, "cluster"))
 
 # [protocol://]host[:port], the host a name, an IPv4 address or a bracketed IPv6 one
 _SCHEDULER = re.compile(
@@ -132,10 +132,9 @@ def scheduler_problem(address: str | None) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
 def has_distributed() -> bool:
-    """Whether Dask's ``distributed`` package is installed."""
-    return importlib.util.find_spec("distributed") is not None
+    """Whether Dask and its ``distributed`` package (the ``cluster`` extra) are installed."""
+    return not missing_extra("cluster")
 
 
 def problems(
@@ -173,4 +172,8 @@ def preflight(cfg: BatchConfig, *, inputs: bool = True) -> None:
     for name, text in found.items():
         if name == "inputs" and not inputs:
             continue
-        raise BundleError(text) if name == "model" else ConfigError(text, field=name)
+        if name == "model":
+            raise BundleError(text)
+        if text == NEEDS_DISTRIBUTED:
+            raise MissingExtra(CLUSTER, "cluster", field=name)
+        raise ConfigError(text, field=name)

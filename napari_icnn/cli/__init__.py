@@ -10,15 +10,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from napari_icnn import __version__
 from napari_icnn.errors import Cancelled, ConfigError, IcnnError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "run_handler"]
 
-# Sub-command modules, in the order ``icnn --help`` lists them.
-SUBCOMMANDS = ("synth", "train", "calibrate", "evaluate", "explain", "infer", "experiment", "benchmark", "demo")
+# Sub-command modules, in the order ``icnn --help`` lists them. The study and the performance figures are
+# scripts of the source checkout (python -m training.experiments, python -m benchmarks), not commands of the
+# installed package.
+SUBCOMMANDS = ("synth", "train", "calibrate", "evaluate", "explain", "infer", "demo")
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -56,19 +58,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    return run_handler(f"icnn {args.command}", args.func, args)
+
+
+def run_handler(prog: str, func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Call ``func(args)``; its exit code, or the code of the error it raised (see :func:`main`), whose message
+    is printed as one line after ``prog`` (the command as the user typed it), without a traceback."""
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except Cancelled as err:
-        print(f"icnn {args.command}: stopped: {err}", file=sys.stderr)
+        print(f"{prog}: stopped: {err}", file=sys.stderr)
         return EXIT_CANCELLED
     except KeyboardInterrupt:
-        print(f"icnn {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_CANCELLED
     except ConfigError as err:
-        print(f"icnn {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except IcnnError as err:
-        print(f"icnn {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
 
 

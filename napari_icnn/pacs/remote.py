@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from napari_icnn.errors import require_extra
+
 if TYPE_CHECKING:
     from napari_icnn.pacs.credentials import Credentials, PacsSettings
     from napari_icnn.pacs.urls import PacsUrl
@@ -104,12 +106,20 @@ class Remote(Protocol):
 
 
 def connect(url: PacsUrl, settings: PacsSettings, credentials: Credentials | None = None) -> Remote:
-    """A connection to ``url`` (nothing is sent yet). ``credentials``: those of ``settings`` unless given."""
+    """A connection to ``url`` (nothing is sent yet). ``credentials``: those of ``settings`` unless given.
+
+    Raises
+    ------
+    MissingExtra
+        The client package of ``url``'s protocol (the ``pacs`` extra) is not installed.
+    """
     creds = settings.credentials if credentials is None else credentials
     if url.protocol == "dicomweb":
+        require_extra("a PACS over DICOMweb", "pacs", ("dicomweb_client", "requests"))
         from napari_icnn.pacs.dicomweb import DicomWebRemote
 
         return DicomWebRemote(url, creds, settings.timeout)
+    require_extra("a PACS over DIMSE", "pacs", ("pynetdicom",))
     from napari_icnn.pacs.dimse import DimseRemote
 
     return DimseRemote(url, settings.aet, settings.timeout)

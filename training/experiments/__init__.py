@@ -1,6 +1,7 @@
 """The interpretability study: ICNN vs ordinary CNN vs Grad-CAM / occlusion on synthetic fundus cohorts.
 
-Run it with ``icnn experiment --out DIR [--seed S] [--preset cpu|gpu]``; ``docs/results.md`` is written from
+Run it from the root of the source checkout with
+``python -m training.experiments --out DIR [--seed S] [--preset cpu|gpu]``; ``docs/results.md`` is written from
 its outputs (``DIR/results.json``, ``DIR/results.md``, ``DIR/figures/``).
 """
 

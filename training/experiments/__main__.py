@@ -1,23 +1,26 @@
-"""``icnn experiment``: the interpretability study (ICNN vs ordinary CNN vs Grad-CAM / occlusion).
+"""``python -m training.experiments``: the interpretability study (ICNN vs ordinary CNN vs Grad-CAM / occlusion).
 
 Every explainer is scored on the same seeded subset of each seed's test images, filters are chosen on the
 validation cohort, and each figure is reported per seed, as the mean of per-seed figures and for the worst seed,
-for lesion and anatomy filters apart. The study's code lives in the source checkout (``training/experiments/``);
-this command runs it.
+for lesion and anatomy filters apart. The study is part of the source checkout, not of the installed package:
+run it from the root of a clone of the repository, with napari-icnn installed there (``make venv``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from napari_icnn.config import DEVICES
+PROG = "python -m training.experiments"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``experiment`` parser to the ``icnn`` sub-command parsers, its handler :func:`run`."""
-    p = sub.add_parser("experiment", help="run the interpretability study on synthetic cohorts", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m training.experiments``."""
+    from napari_icnn.config import DEVICES
+
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--out", required=True, help="study folder (re-running into it resumes)")
     p.add_argument("--preset", default="cpu", help="cpu (VGG, referable DR, 3 seeds, 256 px, realistic photographs), "
                    "cpu-clean (the same on the clean look), gpu (both backbones and tasks at 512 px) or tiny "
@@ -26,27 +29,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--free-fraction", type=float, default=None,
                    help="fraction of the ICNN's filters trained label-free (default: the training default)")
-    p.set_defaults(func=run)
-
-
-def _checkout() -> Path:
-    from napari_icnn.errors import ConfigError
-
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "training" / "experiments" / "driver.py").is_file():
-        raise ConfigError("icnn experiment runs from a source checkout of napari-icnn (training/experiments/ is "
-                          "not part of the installed package); install it with pip install -e .")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return root
+    return p
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run (or resume) the interpretability study into ``--out`` from the source checkout; 0."""
-    _checkout()
+    """Run (or resume) the interpretability study into ``--out``; 0."""
     from training.experiments import run_experiment
 
     doc = run_experiment(args.out, preset=args.preset, seeds=tuple(args.seed or ()), device=args.device,
                          icnn_overrides={} if args.free_fraction is None else {"free_fraction": args.free_fraction})
     print(f"\nresults: {Path(args.out) / 'results.md'} ({doc['total_seconds'] / 60:.1f} min)")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m training.experiments`` with ``argv``; the exit code (2 for a usage error, as ``icnn``'s)."""
+    from napari_icnn.cli import run_handler
+
+    args = build_parser().parse_args(argv)
+    return run_handler(PROG, run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
