@@ -150,7 +150,7 @@ def _working_copy(rgb: np.ndarray, fov: Any, text: np.ndarray) -> tuple[np.ndarr
             hh, ww = (img.shape[0] // k) * k, (img.shape[1] // k) * k
             img = img[:hh, :ww].reshape(hh // k, k, ww // k, k, 3).mean(axis=(1, 3), dtype=np.float32)
             m = m[:hh, :ww].reshape(hh // k, k, ww // k, k).mean(axis=(1, 3)) > 0.5
-            t = t[:hh, :ww].reshape(hh // k, k, ww // k, k).any(axis=(1, 3))
+            t = np.asarray(t[:hh, :ww].reshape(hh // k, k, ww // k, k).any(axis=(1, 3)))
         rest = zoom * k
         img = img.astype(np.float32) / 255.0
         if rest < 0.98:
