@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_bundle(args.model, device=args.device)
     records = list(discover(args.data, args.format).records)
     train = list(discover(args.train, args.format).records) if args.train else []
+    if args.train and (len(train) < 8 or len(records) < 8):  # checked before anything is written to the bundle
+        raise ConfigError(f"--train {args.train}: the model's experience needs at least 8 training and 8 "
+                          f"validation images (got {len(train)} and {len(records)})")
     healthy = healthy_eyes(records)
     if len(healthy) < MIN_REFERENCE_EYES:
         raise ConfigError(
