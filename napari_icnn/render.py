@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE
 
-__all__ = ["heat_rgba", "blend", "overlay_png", "evidence_sheet", "role_label", "basis_label", "PART_COLOURS",
+__all__ = ["heat_rgba", "blend", "overlay_png", "evidence_sheet", "heat_tile", "titled_row", "role_label", "basis_label", "PART_COLOURS",
            "ROLE_COLOURS"]
 
 # One colour per part key (also used by the napari layers and the legend).
@@ -136,3 +136,28 @@ def evidence_sheet(rgb: np.ndarray, panels: Sequence[tuple], title: str, tile: i
     for i, (_, im) in enumerate(tiles):
         sheet.paste(im, ((i % cols) * size[0], (i // cols) * size[1]))
     return np.asarray(sheet)
+
+
+def heat_tile(rgb: np.ndarray, heat: np.ndarray, label: str, peak: tuple[float, float] | None = None,
+              tile: int = 320, role: str | None = None) -> np.ndarray:
+    """The scan with a heat map (in [0, 1] on the scan grid), scaled to ``tile`` pixels on its longer side,
+    labelled (lines split at ``\\n``), its peak ringed, framed in its role's colour (:data:`ROLE_COLOURS`)."""
+    h, w = rgb.shape[:2]
+    s = tile / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    im = Image.fromarray(blend(rgb, heat_rgba(heat))).resize(size, Image.Resampling.BILINEAR)
+    _annotate(im, label, None if peak is None else (peak[0] * s, peak[1] * s), ROLE_COLOURS.get(role or ""))
+    return np.asarray(im)
+
+
+def titled_row(tiles: Sequence[np.ndarray], title: str) -> np.ndarray:
+    """Tiles side by side (bottom-padded to one height) under a title bar (lines split at ``\\n``)."""
+    h = max(t.shape[0] for t in tiles)
+    row = np.concatenate([np.pad(t, ((0, h - t.shape[0]), (0, 0), (0, 0))) for t in tiles], axis=1)
+    lines = title.split("\n")
+    fs = 16
+    bar = Image.new("RGB", (row.shape[1], len(lines) * (fs + 6) + 8), (0, 0, 0))
+    d = ImageDraw.Draw(bar)
+    for i, line in enumerate(lines):
+        d.text((8, 4 + i * (fs + 6)), line, fill=(255, 255, 255), font=_font(fs))
+    return np.concatenate([np.asarray(bar), row], axis=0)

@@ -32,7 +32,7 @@ def test_npe2_manifest_is_the_top_level_file():
 
 
 # The product's commands, in the order ``icnn --help`` lists them.
-COMMANDS = ("synth", "train", "calibrate", "evaluate", "explain", "infer", "demo")
+COMMANDS = ("synth", "train", "calibrate", "evaluate", "audit", "explain", "infer", "demo")
 
 
 def _console_script() -> Path:

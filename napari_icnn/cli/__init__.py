@@ -20,7 +20,7 @@ __all__ = ["main", "build_parser", "run_handler"]
 # Sub-command modules, in the order ``icnn --help`` lists them. The study and the performance figures are
 # scripts of the source checkout (python -m training.experiments, python -m benchmarks), not commands of the
 # installed package.
-SUBCOMMANDS = ("synth", "train", "calibrate", "evaluate", "explain", "infer", "demo")
+SUBCOMMANDS = ("synth", "train", "calibrate", "evaluate", "audit", "explain", "infer", "demo")
 
 EXIT_OK = 0
 EXIT_USAGE = 2

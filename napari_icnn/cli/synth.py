@@ -23,7 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "photographs ungradeable (defocus, underexposed, overexposed or obscured; labels.csv columns "
             "gradable and ungradeable), leaving their grades and masks what was drawn. --camera NAME (repeatable) "
             "draws every photograph's camera from the named profiles only (e.g. a clinic with one handheld "
-            "camera: --camera handheld), leaving everything else of each image as it was. The same seed gives "
+            "camera: --camera handheld), leaving everything else of each image as it was. --confounder KIND "
+            "--confounder-rate P draws a site artefact (stamp: a site's name printed on the field; logo: a boxed "
+            "logo; notch: a bite out of the field's rim) on a share P of the referable photographs and 1-P of the "
+            "others, to tempt a model into a shortcut (labels.csv columns confounder and confounder_kind, "
+            "OUT/masks/confounder; the same seed at P and 1-P gives the same eyes with the correlation reversed). "
+            "The same seed gives "
             "the same files; ids are s<seed>_<index>, so cohorts made with different seeds never collide."
         ),
     )
@@ -64,6 +69,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="realistic: draw cameras only from this profile (repeatable; desktop-45, desktop-wide, sensor-3:2, "
         "sensor-4:3, widefield, marker-45, handheld; default: all, by their weights)",
+    )
+    p.add_argument(
+        "--confounder",
+        default=None,
+        metavar="KIND",
+        help="realistic: a site artefact correlated with the label: stamp, logo or notch (default: none)",
+    )
+    p.add_argument(
+        "--confounder-rate",
+        type=float,
+        default=None,
+        metavar="P",
+        help="with --confounder: share of referable photographs that carry it; the others carry it at 1-P "
+        "(0.5: no correlation)",
     )
     p.add_argument("--seed", type=int, default=0, help="cohort seed (default: %(default)s)")
     p.add_argument(
@@ -113,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
             size_range=tuple(args.size_range) if args.size_range else SIZE_RANGE,
             ungradeable_share=share,
             cameras=None if args.camera is None else tuple(args.camera),
+            confounder=args.confounder,
+            confounder_rate=args.confounder_rate,
         ),
         TextProgress(),
     )

@@ -27,6 +27,7 @@ from napari_icnn.errors import InputError
 __all__ = [
     "LANDMARKS",
     "preprocess",
+    "load_rgb",
     "model_fov_mask",
     "read_mask",
     # MONAI subclasses, built on first access (see the module's __getattr__)
@@ -132,7 +133,9 @@ def read_mask(path: str, shape: tuple[int, int] | None = None) -> np.ndarray:
     return mask
 
 
-def _load_rgb(path: str, frame: int | None) -> np.ndarray:
+def load_rgb(path: str, frame: int | None) -> np.ndarray:
+    """The ``(H, W, 3)`` uint8 pixels of a photograph (frame ``frame`` of a multi-frame file, 0-based); an
+    :class:`~napari_icnn.errors.InputError` naming the file for a frame it does not have."""
     from napari_icnn.data.image_io import iter_images
 
     index = 0 if frame is None else int(frame)
@@ -173,7 +176,7 @@ def _make_classes() -> dict[str, type]:
             d = dict(data)
             shape = None
             for key in self.key_iterator(d):
-                d[key] = _load_rgb(str(d[key]), d.get(self.frame_key))
+                d[key] = load_rgb(str(d[key]), d.get(self.frame_key))
                 shape = d[key].shape[:2]
             paths = d.get(self.mask_key)
             if isinstance(paths, Mapping):

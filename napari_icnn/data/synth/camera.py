@@ -442,12 +442,16 @@ def render(
     noise: np.random.Generator,
     normal_lut: np.ndarray,
     failure: Callable[[np.ndarray], np.ndarray] | None = None,
+    cut: np.ndarray | None = None,
+    stamp: tuple[np.ndarray, tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
     """Turn the ``(3, H, W)`` float frame into the camera's ``(H, W, 3)`` uint8 photograph.
 
     ``failure`` (see :mod:`napari_icnn.data.synth.degrade`) maps the ``(H, W, 3)`` float light that
     reaches the sensor to what an ungradeable photograph records; it acts before the sensor noise, the
-    burned-in text and the JPEG, which a failed photograph gets like any other.
+    burned-in text and the JPEG, which a failed photograph gets like any other. ``cut`` (``(H, W)`` bool)
+    is field the camera's mask hides (dark before the noise); ``stamp`` is a second print, ``(alpha, RGB)``,
+    burned in after the camera's own text (see :mod:`napari_icnn.data.synth.confounder`).
     """
     H, W = fov.shape
     sub = fov[::3, ::3]
@@ -486,6 +490,8 @@ def render(
         out = _motion(out, art.blur_px, art.blur_angle)
     if failure is not None:
         out = failure(out)
+    if cut is not None and cut.any():
+        out[cut] = np.float32(4.0)  # the black camera mask, lifted a little by the sensor's offset
     # Sensor noise, luminance only (colour noise would not survive the JPEG's chroma subsampling).
     sd = np.float32(art.noise_sd)
     grain = normal_lut[np.frombuffer(noise.bytes(H * W), dtype=np.uint8)].reshape(H, W, 1)
@@ -494,6 +500,10 @@ def render(
         ys, xs = _extent(art.text_alpha)
         a = art.text_alpha[ys, xs, None]
         out[ys, xs] += a * (np.asarray(art.text_rgb, dtype=np.float32) - out[ys, xs])
+    if stamp is not None:
+        ys, xs = _extent(stamp[0])
+        a = stamp[0][ys, xs, None]
+        out[ys, xs] += a * (np.asarray(stamp[1], dtype=np.float32) - out[ys, xs])
     res = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     if art.jpeg_quality:
         buf = io.BytesIO()

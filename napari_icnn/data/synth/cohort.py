@@ -9,7 +9,8 @@ Layout of a cohort folder ``OUT``::
     OUT/masks/fov/<id>.png          0/255 the true field of view: retina pixels of the photograph
     OUT/masks/text/<id>.png         0/255 burned-in text and logo boxes (empty in the clean look)
     OUT/masks/artefact/<id>.png     0/255 every non-eye artefact: text, lens dust, reflections, the
-                                    cover of an ``obscured`` ungradeable photograph
+                                    cover of an ``obscured`` ungradeable photograph, a site artefact
+    OUT/masks/confounder/<id>.png   with a confounder: 0/255 the site artefact, where it was drawn
     OUT/dicom/<id>.dcm              with dicom=True: Ophthalmic Photography instance
 
 Image ``i`` of seed ``S`` has id ``s{S}_{i:05d}`` and comes from ``SeedSequence([S, i])``: the
@@ -62,6 +63,10 @@ label for label what generator version 1 wrote (only the new columns and mask fo
 ``n_drusen``, ``n_pigment``, ``n_laser``
     Drusen, pigment clumps and laser scars drawn. Drusen and pigment clumps are not diabetic
     retinopathy: drawn whatever the grade, in no part mask, never referable.
+``confounder``, ``confounder_kind``
+    Only in a cohort drawn with a confounder (:mod:`napari_icnn.data.synth.confounder`): 1 when the site
+    artefact ``confounder_kind`` (``stamp``, ``logo``, ``notch``) was drawn on this photograph, else 0. Its
+    pixels are ``masks/confounder`` (and part of ``masks/artefact``; a stamp's or logo's of ``masks/text``).
 ``gradable``, ``ungradeable``
     ``gradable`` is 0 when the photograph was made ungradeable (``ungradeable_share`` > 0, realistic
     look only), and ``ungradeable`` then names how: ``defocus`` (blur of 2.5–5 % of the field
@@ -101,6 +106,7 @@ from PIL import Image
 from napari_icnn import __version__
 from napari_icnn.atomic import atomic_write
 from napari_icnn.data.synth.camera import FOV_SHAPES, PROFILES, check_cameras
+from napari_icnn.data.synth.confounder import check_confounder
 from napari_icnn.data.synth.degrade import UNGRADEABLE_KINDS, check_ungradeable_share
 from napari_icnn.data.synth.fundus import (
     ARTEFACT_KEYS,
@@ -130,6 +136,8 @@ __all__ = [
     "DICOM_COLUMNS",
     "COHORT_FORMAT",
     "MASK_FOLDERS",
+    "CONFOUNDER_FOLDER",
+    "CONFOUNDER_COLUMNS",
 ]
 
 GENERATOR_VERSION = "2"
@@ -142,6 +150,10 @@ FOV_MM = 13.0  # a 45° field spans ≈ 13 mm of retina
 _ID = re.compile(r"s\d+_\d{5}")
 MASK_FOLDERS: tuple[str, ...] = (*PART_KEYS, *ARTEFACT_KEYS)
 """The folders under ``masks/``: every part key, then ``fov``, ``text`` and ``artefact``."""
+CONFOUNDER_FOLDER = "confounder"
+"""Mask folder of a cohort drawn with a confounder: the site artefact's pixels where it was drawn."""
+CONFOUNDER_COLUMNS = ("confounder", "confounder_kind")
+"""labels.csv columns of a cohort drawn with a confounder."""
 EXTRA_RULES = {
     "treated": (
         "1 when laser-photocoagulation scars were drawn (n_laser > 0); drawn only on eyes whose target "
@@ -187,6 +199,11 @@ class CohortSummary:
     """Photographs made ungradeable (``gradable`` = 0)."""
     cameras: tuple[str, ...] | None = None
     """The camera profiles the cohort was restricted to (``None``: every profile, by its weight)."""
+    confounder: str | None = None
+    """The site artefact drawn in correlation with the label (``None``: none)."""
+    confounder_rate: float | None = None
+    confounded: tuple[int, int] = (0, 0)
+    """Referable and other photographs that carry the site artefact."""
 
     @property
     def images_per_second(self) -> float:
@@ -207,10 +224,15 @@ class CohortSummary:
             names = ", ".join(self.cameras)
             what = what.replace("varied cameras", f"camera{'s' if len(self.cameras) > 1 else ''} {names} only")
         failed = f", ungradeable {self.n_ungradeable}" if self.n_ungradeable else ""
+        site = ""
+        if self.confounder:
+            ref, other = self.confounded
+            site = (f" Site {self.confounder} (rate {self.confounder_rate:g}) on {ref} of {self.n_referable} referable "
+                    f"and {other} of {self.n - self.n_referable} other photographs.")
         return (
             f"Wrote {self.n} {what}{extra} to {self.out} "
             f"(seed {self.seed}; ids {image_id(self.seed, 0)}…{image_id(self.seed, self.n - 1)}). "
-            f"{grades}; referable {self.n_referable} ({pct:.0f} %), DME {self.n_dme}{failed}. "
+            f"{grades}; referable {self.n_referable} ({pct:.0f} %), DME {self.n_dme}{failed}.{site} "
             f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s."
         )
 
@@ -228,12 +250,15 @@ def write_cohort(
     size_range: tuple[int, int] = SIZE_RANGE,
     ungradeable_share: float = 0.0,
     cameras: tuple[str, ...] | None = None,
+    confounder: str | None = None,
+    confounder_rate: float | None = None,
 ) -> CohortSummary:
     """Write a cohort and return its summary (:func:`generate_cohort` without progress events)."""
     return drain(
         generate_cohort(
             out, n, size=size, seed=seed, dicom=dicom, workers=workers, overwrite=overwrite,
             look=look, size_range=size_range, ungradeable_share=ungradeable_share, cameras=cameras,
+            confounder=confounder, confounder_rate=confounder_rate,
         )  # fmt: skip
     )
 
@@ -251,6 +276,8 @@ def generate_cohort(
     size_range: tuple[int, int] = SIZE_RANGE,
     ungradeable_share: float = 0.0,
     cameras: tuple[str, ...] | None = None,
+    confounder: str | None = None,
+    confounder_rate: float | None = None,
 ) -> Generator[Progress | Message, None, CohortSummary]:
     """Write ``n`` synthetic photographs with masks and labels to ``out``, yielding progress.
 
@@ -285,6 +312,13 @@ def generate_cohort(
         camera), drawn by their relative weights; ``cohort.json`` then lists them under ``cameras``. ``None``
         (the default) draws from every profile by its weight and writes exactly the files of a cohort without
         the option.
+    confounder, confounder_rate
+        Realistic look: a site artefact correlated with the label (``stamp``, ``logo`` or ``notch``; see
+        :mod:`napari_icnn.data.synth.confounder`), drawn on a share ``confounder_rate`` of the referable eyes and
+        ``1 - confounder_rate`` of the others. labels.csv gains ``confounder`` (1 when drawn) and
+        ``confounder_kind``, ``masks/confounder`` holds its pixels, ``cohort.json`` both settings. The same seed
+        with rates ``P`` and ``1 - P`` gives the same eyes with the correlation reversed. ``None`` (the default)
+        writes exactly the files of a cohort without the option.
 
     Returns
     -------
@@ -302,6 +336,7 @@ def generate_cohort(
     if look == "clean" and cameras is not None:
         raise ConfigError("cameras applies to the realistic look only (the clean look has no camera profiles)")
     cams = check_cameras(cameras)
+    conf_kind, conf_rate = check_confounder(confounder, confounder_rate, look)
     if dicom:
         try:
             import napari_icnn.dicom.op_writer  # noqa: F401
@@ -309,25 +344,27 @@ def generate_cohort(
             raise ConfigError(f"DICOM output needs the OP writer, which cannot be imported: {exc}") from None
     root = Path(out)
     previous = _prepare(root, overwrite)
-    for folder in ("images", *(f"masks/{p}" for p in MASK_FOLDERS), *(("dicom",) if dicom else ())):
+    conf_folders = (f"masks/{CONFOUNDER_FOLDER}",) if conf_kind else ()
+    for folder in ("images", *(f"masks/{p}" for p in MASK_FOLDERS), *conf_folders, *(("dicom",) if dicom else ())):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    meta = _meta(n, size, seed, dicom, look, size_range, share, cams)
+    meta = _meta(n, size, seed, dicom, look, size_range, share, cams, conf_kind, conf_rate)
     _write_json(root / "cohort.json", {**meta, "complete": False})
 
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     yield Progress("synth", 0, n)
     ranged = (int(size_range[0]), int(size_range[1]))
-    for row in _rows(root, n, size, seed, dicom, workers, look, ranged, share, cams):
+    for row in _rows(root, n, size, seed, dicom, workers, look, ranged, share, cams, conf_kind, conf_rate):
         rows.append(row)
         rate = len(rows) / max(time.perf_counter() - start, 1e-9)
         yield Progress("synth", len(rows), n, f"{rate:.1f} images/s")
     seconds = time.perf_counter() - start
 
-    columns = [*LABEL_COLUMNS, *EXTRA_COLUMNS, *CAMERA_COLUMNS, *(DICOM_COLUMNS if dicom else ())]
+    columns = [*LABEL_COLUMNS, *EXTRA_COLUMNS, *CAMERA_COLUMNS, *(CONFOUNDER_COLUMNS if conf_kind else ()),
+               *(DICOM_COLUMNS if dicom else ())]
     _atomic(root / "labels.csv", lambda f: _write_csv(f, columns, rows), binary=False)
     if previous:
-        removed = _remove_stale(root, {r["id"] for r in rows}, dicom)
+        removed = _remove_stale(root, {r["id"] for r in rows}, dicom, confounder=conf_kind is not None)
         if removed:
             yield Message(
                 f"removed {removed} files of the previous cohort in {root} that this one does not have"
@@ -336,9 +373,18 @@ def generate_cohort(
     n_ref = sum(r["referable"] for r in rows)
     n_dme = sum(r["dme"] for r in rows)
     failed = {k: sum(1 for r in rows if r["ungradeable"] == k) for k in UNGRADEABLE_KINDS}
-    summary_meta = {"grade_counts": list(grades), "referable": n_ref, "dme": n_dme, "ungradeable_counts": failed}
+    summary_meta: dict[str, Any] = {"grade_counts": list(grades), "referable": n_ref, "dme": n_dme,
+                                    "ungradeable_counts": failed}
+    if conf_kind:
+        summary_meta["confounded"] = {
+            "referable": sum(1 for r in rows if r["confounder"] and r["referable"]),
+            "other": sum(1 for r in rows if r["confounder"] and not r["referable"]),
+        }
     _write_json(root / "cohort.json", {**meta, **summary_meta, "complete": True})
-    return CohortSummary(root, n, size, seed, dicom, grades, n_ref, n_dme, seconds, look, sum(failed.values()), cams)
+    confounded = (sum(1 for r in rows if r.get("confounder") and r["referable"]),
+                  sum(1 for r in rows if r.get("confounder") and not r["referable"]))
+    return CohortSummary(root, n, size, seed, dicom, grades, n_ref, n_dme, seconds, look, sum(failed.values()), cams,
+                         conf_kind, conf_rate, confounded)
 
 
 # -- checks and folder handling ----------------------------------------------------------------
@@ -398,18 +444,19 @@ def _prepare(root: Path, overwrite: bool) -> bool:
     return False
 
 
-def _remove_stale(root: Path, keep: set[str], dicom: bool) -> int:
+def _remove_stale(root: Path, keep: set[str], dicom: bool, confounder: bool = False) -> int:
     """Remove the files of a previous cohort whose ids are not in ``keep``, its DICOM files when
-    this cohort has none, and stray temporaries."""
+    this cohort has none, its site-artefact masks when this cohort has no confounder, and stray temporaries."""
     removed = 0
-    folders = [root / "images", root / "dicom", *(root / "masks" / p for p in MASK_FOLDERS)]
+    folders = [root / "images", root / "dicom", *(root / "masks" / p for p in (*MASK_FOLDERS, CONFOUNDER_FOLDER))]
     for folder in folders:
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
             stem = path.name.split(".")[0]
             ours = _ID.fullmatch(stem) and path.suffix in (".png", ".dcm")
-            stale = ours and (stem not in keep or (path.suffix == ".dcm" and not dicom))
+            unwanted = (path.suffix == ".dcm" and not dicom) or (folder.name == CONFOUNDER_FOLDER and not confounder)
+            stale = ours and (stem not in keep or unwanted)
             if stale or (path.name.startswith(".s") and path.name.endswith(".tmp")):
                 path.unlink()
                 removed += 1
@@ -418,7 +465,7 @@ def _remove_stale(root: Path, keep: set[str], dicom: bool) -> int:
 
 def _meta(
     n: int, size: int | None, seed: int, dicom: bool, look: str, size_range: tuple[int, int], share: float,
-    cameras: tuple[str, ...] | None = None,
+    cameras: tuple[str, ...] | None = None, confounder: str | None = None, confounder_rate: float | None = None,
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if look == "realistic":
@@ -427,6 +474,8 @@ def _meta(
             "camera_profiles": {p.name: {"fov_shape": p.fov_shape, "weight": p.weight} for p in PROFILES},
             # only when restricted: a cohort of every profile keeps the very cohort.json it had
             **({"cameras": list(cameras)} if cameras is not None else {}),
+            # likewise only with a confounder
+            **({"confounder": confounder, "confounder_rate": confounder_rate} if confounder else {}),
         }
     return {
         "format": COHORT_FORMAT,
@@ -497,8 +546,11 @@ def _rows(
     size_range: tuple[int, int],
     share: float,
     cameras: tuple[str, ...] | None = None,
+    confounder: str | None = None,
+    confounder_rate: float | None = None,
 ) -> Iterator[dict[str, Any]]:
-    jobs = [(str(root), seed, i, size, dicom, look, size_range, share, cameras) for i in range(n)]
+    jobs = [(str(root), seed, i, size, dicom, look, size_range, share, cameras, confounder, confounder_rate)
+            for i in range(n)]
     if workers == 1 or n == 1:
         yield from map(_make_one, jobs)
         return
@@ -525,19 +577,20 @@ def _ignore_interrupts() -> None:
 
 
 def _make_one(
-    job: tuple[str, int, int, int | None, bool, str, tuple[int, int], float, tuple[str, ...] | None],
+    job: tuple[str, int, int, int | None, bool, str, tuple[int, int], float, tuple[str, ...] | None, str | None,
+               float | None],
 ) -> dict[str, Any]:
     """Generate image ``i`` and write its files; return its labels row."""
-    out, seed, i, size, dicom, look, size_range, share, cameras = job
+    out, seed, i, size, dicom, look, size_range, share, cameras, confounder, rate = job
     root = Path(out)
     f = generate_fundus(
         np.random.SeedSequence([seed, i]), size, look=look, size_range=size_range, ungradeable_share=share,
-        cameras=cameras,
+        cameras=cameras, confounder=confounder, confounder_rate=rate,
     )
     rid = f.labels["id"]
     _atomic(root / "images" / f"{rid}.png", lambda fh: fh.write(_png(f.image)))
     masks = {**f.masks, **f.artefact_masks}
-    for part in MASK_FOLDERS:
+    for part in (*MASK_FOLDERS, *((CONFOUNDER_FOLDER,) if confounder else ())):
         data = _png(masks[part].view(np.uint8) * np.uint8(255))
         _atomic(root / "masks" / part / f"{rid}.png", lambda fh, d=data: fh.write(d))
     row = dict(f.labels)

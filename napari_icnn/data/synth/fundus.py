@@ -27,6 +27,7 @@ from napari_icnn.data.synth.camera import (
     render,
     sample_frame,
 )
+from napari_icnn.data.synth.confounder import check_confounder, plan_confounder
 from napari_icnn.data.synth.degrade import check_ungradeable_share, degrade, plan_degradation
 from napari_icnn.data.synth.geometry import Geometry, sample_geometry
 from napari_icnn.data.synth.grading import QUADRANT_COLUMNS, findings_from, icdr_grade, is_referable
@@ -102,7 +103,7 @@ _NORMAL_LUT = np.asarray(special.ndtri((np.arange(256) + 0.5) / 256), dtype=np.f
 _STREAMS = {
     "choice": 0, "geometry": 1, "palette": 2, "vessels": 3, "lesions": 4, "camera": 5,
     "frame": 6, "artefacts": 7, "noise": 8, "distractors": 9, "laser": 10, "lesion_look": 11,
-    "quality": 12,
+    "quality": 12, "confounder": 13,
 }  # fmt: skip
 
 
@@ -178,6 +179,8 @@ def generate_fundus(
     size_range: tuple[int, int] = SIZE_RANGE,
     ungradeable_share: float = 0.0,
     cameras: tuple[str, ...] | None = None,
+    confounder: str | None = None,
+    confounder_rate: float | None = None,
 ) -> SynthFundus:
     """Generate one synthetic macula-centred fundus photograph.
 
@@ -212,6 +215,12 @@ def generate_fundus(
         Realistic look: the camera profiles (:data:`~napari_icnn.data.synth.camera.PROFILES` names) the camera is
         drawn from, by their relative weights; ``None`` (the default) draws from every profile. Only the camera
         draw changes: the same seed keeps its eye, lesions and artefact streams.
+    confounder, confounder_rate
+        Realistic look: a site artefact (``stamp``, ``logo`` or ``notch``, see
+        :mod:`napari_icnn.data.synth.confounder`) drawn on a referable eye with probability ``confounder_rate``
+        and on any other with ``1 - confounder_rate``; its place is kept clear of lesions either way. Columns
+        ``confounder`` (1 when drawn) and ``confounder_kind``; its pixels in :attr:`SynthFundus.artefact_masks`
+        ``confounder`` (and in ``artefact``, and for print in ``text``).
 
     Returns
     -------
@@ -236,6 +245,7 @@ def generate_fundus(
         raise ConfigError("cameras applies to the realistic look only (the clean look has no camera profiles)")
     cams = check_cameras(cameras)
     share = check_ungradeable_share(ungradeable_share, look)
+    conf = check_confounder(confounder, confounder_rate, look)
     if laterality not in (None, "L", "R"):
         raise ConfigError(f"laterality must be 'L', 'R' or None; got {laterality!r}")
     if grade is not None and (
@@ -253,7 +263,7 @@ def generate_fundus(
     if realistic:
         return _realistic(
             ss, None if size is None else int(size), size_range, eye, target, ident, cohort_seed, index, share,
-            cams,
+            cams, conf,
         )
     assert size is not None
     size = int(size)
@@ -321,6 +331,7 @@ def _realistic(
     index: int,
     ungradeable_share: float = 0.0,
     cameras: tuple[str, ...] | None = None,
+    confounder: tuple[str | None, float | None] = (None, None),
 ) -> SynthFundus:
     """The realistic look: a camera frame, artefacts planned first, the eye painted around them."""
     frame = sample_frame(_stream(ss, "frame"), size, size_range, cameras)
@@ -333,7 +344,16 @@ def _realistic(
         _stream(ss, "artefacts"), frame, geo.fov_x - frame.ox, geo.fov_y - frame.oy, geo.fov_radius,
         (geo.fovea_x - frame.ox, geo.fovea_y - frame.oy), geo.dd,
     )  # fmt: skip
-    blocked = frame.to_canvas(art.keep_clear(), fill=True)
+    kind, rate = confounder
+    site = None
+    clear = art.keep_clear()
+    if kind is not None:
+        site = plan_confounder(
+            _stream(ss, "confounder"), kind, frame.width, frame.height, geo.fov_x - frame.ox, geo.fov_y - frame.oy,
+            geo.fov_radius,
+        )  # fmt: skip
+        clear = clear | site.keep_clear()
+    blocked = frame.to_canvas(clear, fill=True)
 
     prng, pal, img, r, disc, tree, vessels = _paint_eye(ss, geo, s)
 
@@ -354,11 +374,6 @@ def _realistic(
     # photograph just cannot show it.
     quality = _stream(ss, "quality")
     failure = plan_degradation(quality, ungradeable_share, fov, (fx, fy), geo.fov_radius)
-    image = render(
-        canvas_img, fov, art, EXPOSURE_RANGE, _stream(ss, "noise"), _NORMAL_LUT,
-        failure=None if failure.gradable else lambda light: degrade(light, failure, quality),
-    )  # fmt: skip
-
     text = art.masks["text"]
     yy, xx = np.ogrid[:s, :s]
     fovea_c = (xx - geo.fovea_x) ** 2 + (yy - geo.fovea_y) ** 2 <= (0.5 * geo.dd) ** 2
@@ -376,7 +391,23 @@ def _realistic(
         notch=None,
     )  # fmt: skip
     instances = tuple(replace(i, x=i.x - frame.ox, y=i.y - frame.oy) for i in painter.instances)
+    # The eye's labels, as drawn: the site artefact (kept clear of lesions) then follows the label.
     labels = _labels(shifted, instances, masks, fov, target, art.jpeg_quality, ident, cohort_seed, index)
+    drawn = site is not None and rate is not None and site.present(bool(labels["referable"]), rate)
+    image = render(
+        canvas_img, fov, art, EXPOSURE_RANGE, _stream(ss, "noise"), _NORMAL_LUT,
+        failure=None if failure.gradable else lambda light: degrade(light, failure, quality),
+        cut=site.cut if drawn and site is not None else None,
+        stamp=(site.alpha, site.rgb) if drawn and site is not None and site.kind != "notch" else None,
+    )  # fmt: skip
+    site_mask = site.mask if drawn and site is not None else np.zeros_like(text)
+    if drawn:
+        # what the artefact covers is no longer seen: out of the anatomy masks (and, for a notch, the field)
+        masks.update({k: masks[k] & ~site_mask for k in ("optic_disc", "fovea", "vessels")})
+        if site is not None and site.kind == "notch":
+            fov = fov & ~site_mask
+        else:
+            text = text | site_mask
     labels.update(look="realistic", **art.labels())
     labels.update(
         treated=int(painter.extras["laser"] > 0),
@@ -385,8 +416,11 @@ def _realistic(
         n_laser=painter.extras["laser"],
         **failure.labels(),
     )
-    artefact = art.masks["text"] | art.masks["dust"] | art.masks["reflection"] | failure.mask
+    artefact = art.masks["text"] | art.masks["dust"] | art.masks["reflection"] | failure.mask | site_mask
     arte = {"fov": fov, "text": text.copy(), "artefact": artefact}
+    if site is not None:
+        labels.update(confounder=int(drawn), confounder_kind=site.kind)
+        arte["confounder"] = site_mask
     return SynthFundus(image=image, masks=masks, labels=labels, lesions=instances, artefact_masks=arte)
 
 

@@ -1,0 +1,189 @@
+"""``python -m training.experiments.shortcut``: right for the wrong reasons, measured.
+
+For each seed and each confounder rate P, the same eyes are drawn with a site stamp on a share P of the referable
+photographs and 1 - P of the others; an ordinary CNN is trained on them, and the lesion-type ICNN fine-tuned from it
+(the study's two-stage recipe, smaller and at 128 px so that 18 models train on a 2-core CPU). Every model is then
+
+- scored on test cohorts of the same eyes with the training correlation (rate P) and with it reversed (1 - P): the
+  AUC it loses is the shortcut's cost;
+- audited (``icnn audit``) on the neutral test cohort (P = 0.5, the stamp on half of every class): the stamp's
+  share of the evidence for the decision, the findings, and a Grad-CAM audit of the same model on the same cells.
+
+Seeds, rates, cohort sizes and the audit's thresholds are fixed before any run; nothing is chosen on the test
+cohorts. Results: ``OUT/shortcut.json`` and ``OUT/shortcut.md``; each model's audit folder under ``OUT/audits``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+from training.experiments.presets import Preset
+
+PROG = "python -m training.experiments.shortcut"
+SEEDS = (10, 11, 12)
+RATES = (0.5, 0.7, 0.9)
+KIND = "stamp"
+STUDY = Preset(
+    name="shortcut", n_train=600, n_val=150, n_test=300, image_size=384, size=128, epochs=10, warmup=5,
+    finetune_epochs=5, look="realistic", seeds=SEEDS,
+)  # fmt: skip
+MODELS = ("ordinary", "icnn")
+
+
+def _rate_tag(p: float) -> str:
+    return f"p{round(100 * p):02d}"
+
+
+def _cohort(path: Path, n: int, seed: int, rate: float) -> Generator[Any, None, None]:
+    from napari_icnn.data.synth import generate_cohort, is_cohort
+
+    if is_cohort(path) and json.loads((path / "cohort.json").read_text()).get("complete", False):
+        return
+    yield from generate_cohort(path, n, size=STUDY.image_size, seed=seed, workers=1, overwrite=True,
+                               look="realistic", confounder=KIND, confounder_rate=rate)
+
+
+def _auc(bundle: Path, data: Path) -> float:
+    from napari_icnn.engine.evaluate import evaluate
+
+    return float(evaluate(str(bundle), str(data), explainer="icnn")["auc"])
+
+
+def study_iter(out: Path, seeds: Sequence[int] = SEEDS, rates: Sequence[float] = RATES,
+               device: str = "cpu") -> Generator[Any, None, dict[str, Any]]:
+    """Run (or resume) the shortcut study into ``out``; yields progress, returns the results document."""
+    from napari_icnn.audit.measure import audit_iter
+    from napari_icnn.audit.report import write_audit
+    from napari_icnn.progress import Message
+    from training.experiments.driver import _train
+
+    rows: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    for s in seeds:
+        data = out / "data" / f"seed{s}"
+        tests = sorted({r for p in rates for r in (p, round(1 - p, 2), 0.5)})
+        for r in tests:
+            yield Message(f"seed {s}: test cohort at rate {r:g}")
+            yield from _cohort(data / f"test-{_rate_tag(r)}", STUDY.n_test, 1000 * s + 13, r)
+        for p in rates:
+            cohorts = data / _rate_tag(p)
+            yield Message(f"seed {s}, rate {p:g}: training cohorts")
+            yield from _cohort(cohorts / "train", STUDY.n_train, 1000 * s + 11, p)
+            yield from _cohort(cohorts / "val", STUDY.n_val, 1000 * s + 12, p)
+            for model in MODELS:
+                name = f"{model}-{_rate_tag(p)}"
+                bundle = out / "runs" / f"seed{s}" / name
+                init = out / "runs" / f"seed{s}" / f"ordinary-{_rate_tag(p)}" if model == "icnn" else None
+                yield Message(f"seed {s}: training {name}")
+                # as in the main study: the ordinary CNN predicts the decision alone, the ICNN adds lesion types
+                seconds = yield from _train(bundle, cohorts, STUDY, "vgg", "referable", s, model == "ordinary",
+                                            device, init, "decision" if model == "ordinary" else "lesion-types")
+                done = out / "audits" / f"seed{s}" / name / "audit.json"
+                if not done.is_file():
+                    yield Message(f"seed {s}: auditing {name}")
+                    res = yield from audit_iter(str(bundle), str(data / "test-p50"), device=device)
+                    write_audit(res, done.parent, figures=2)
+                audit = json.loads(done.read_text())
+                auc_in = _auc(bundle, data / f"test-{_rate_tag(p)}")
+                auc_rev = _auc(bundle, data / f"test-{_rate_tag(round(1 - p, 2))}")
+                auc_neutral = _auc(bundle, data / "test-p50")
+                art = audit["places"]["artefact"]
+                rows.append({
+                    "seed": s, "rate": p, "model": model, "train_seconds": round(seconds, 1),
+                    "auc_same": auc_in, "auc_reversed": auc_rev, "auc_neutral": auc_neutral,
+                    "drop": auc_in - auc_rev,
+                    "stamp_share": art["evidence_share"], "stamp_majority": art["referable_scans_mostly_on_it"],
+                    "gradcam_share": art.get("gradcam_share"),
+                    "gradcam_majority": art.get("gradcam_referable_scans_mostly_on_it"),
+                    "stamp_cells": art["area"],
+                    "shortcut_findings": [f["place"] for f in audit["findings"] if f["kind"] == "shortcut"],
+                    "carriers": next((f["filters"] for f in audit["findings"]
+                                      if f["kind"] == "shortcut" and f["place"] == "artefact"), []),
+                    "stamp_location_filters": [f["filters"][0] for f in audit["findings"]
+                                               if f["kind"] == "location" and f["place"] == "artefact"],
+                })
+                yield Message(f"seed {s} {name}: AUC {auc_in:.3f} -> {auc_rev:.3f} reversed; stamp share "
+                              f"{art['evidence_share']}, Grad-CAM {art.get('gradcam_share')}")
+    doc = {"kind": KIND, "seeds": list(seeds), "rates": list(rates), "preset": STUDY.__dict__ | {"seeds": list(seeds)},
+           "rows": rows, "spearman": _spearmans(rows), "seconds": round(time.monotonic() - t0, 1)}
+    (out / "shortcut.json").write_text(json.dumps(doc, indent=2, default=str))
+    (out / "shortcut.md").write_text(report(doc))
+    return doc
+
+
+def _rank(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1  # ties share their mean rank
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (ties given their mean rank); NaN when either side is constant."""
+    rx, ry = _rank(x), _rank(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def _spearmans(rows: list[dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    for key in ("stamp_share", "gradcam_share"):
+        for models in (("ordinary", "icnn"), ("ordinary",), ("icnn",)):
+            pick = [r for r in rows if r["model"] in models and r[key] is not None]
+            if len(pick) >= 3:
+                out[f"{key}:{'+'.join(models)}"] = spearman([r[key] for r in pick], [r["drop"] for r in pick])
+    return out
+
+
+def report(doc: dict[str, Any]) -> str:
+    """The study's tables in Markdown."""
+    lines = [f"# Shortcut study: site {doc['kind']} at rates {', '.join(map(str, doc['rates']))}, seeds "
+             f"{', '.join(map(str, doc['seeds']))}", "",
+             "| seed | rate P | model | AUC (P) | AUC (1-P) | drop | AUC (0.5) | stamp share (ICNN audit) | "
+             "referable scans mostly on stamp | Grad-CAM share | shortcut finding | carriers |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        found = "yes" if "artefact" in r["shortcut_findings"] else "no"
+        lines.append(f"| {r['seed']} | {r['rate']:g} | {r['model']} | {r['auc_same']:.3f} | {r['auc_reversed']:.3f} | "
+                     f"{r['drop']:+.3f} | {r['auc_neutral']:.3f} | {r['stamp_share']:.3f} | "
+                     f"{r['stamp_majority']:.2f} | {r['gradcam_share']:.3f} | {found} | "
+                     f"{', '.join(map(str, r['carriers'])) or '-'} |")
+    lines += ["", "Spearman (share vs drop):", ""]
+    lines += [f"- {k}: {v:.3f}" for k, v in doc["spearman"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from napari_icnn.progress import TextProgress, drain
+
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    ap.add_argument("--out", required=True, help="study folder (re-running into it resumes)")
+    ap.add_argument("--seed", type=int, action="append", help="run only this seed (repeat for several)")
+    ap.add_argument("--rate", type=float, action="append", help="run only this rate (repeat for several)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    doc = drain(study_iter(Path(args.out), tuple(args.seed or SEEDS), tuple(args.rate or RATES), args.device),
+                TextProgress())
+    print(report(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
