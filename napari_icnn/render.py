@@ -139,13 +139,22 @@ def evidence_sheet(rgb: np.ndarray, panels: Sequence[tuple], title: str, tile: i
 
 
 def heat_tile(rgb: np.ndarray, heat: np.ndarray, label: str, peak: tuple[float, float] | None = None,
-              tile: int = 320, role: str | None = None) -> np.ndarray:
+              tile: int = 320, role: str | None = None, region: np.ndarray | None = None) -> np.ndarray:
     """The scan with a heat map (in [0, 1] on the scan grid), scaled to ``tile`` pixels on its longer side,
-    labelled (lines split at ``\\n``), its peak ringed, framed in its role's colour (:data:`ROLE_COLOURS`)."""
+    labelled (lines split at ``\\n``), its peak ringed, framed in its role's colour (:data:`ROLE_COLOURS`); a
+    ``region`` (bool on the scan grid) is outlined in white."""
     h, w = rgb.shape[:2]
     s = tile / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
     im = Image.fromarray(blend(rgb, heat_rgba(heat))).resize(size, Image.Resampling.BILINEAR)
+    if region is not None and region.any():
+        from scipy import ndimage as ndi
+
+        small = np.asarray(Image.fromarray(region.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 0
+        edge = small & ~ndi.binary_erosion(small, iterations=1)
+        px = np.asarray(im).copy()
+        px[edge] = 255
+        im = Image.fromarray(px)
     _annotate(im, label, None if peak is None else (peak[0] * s, peak[1] * s), ROLE_COLOURS.get(role or ""))
     return np.asarray(im)
 

@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> Path:
             raise SystemExit(f"the audit failed: {widget.status.text()}")
         shortcut = next((f for f in doc["findings"] if f["kind"] == "shortcut"), None)
         fid = shortcut["filters"][0] if shortcut else max(doc["filters"], key=lambda r: r["evidence_share"])["filter"]
-        widget.findings_list.setCurrentRow(0)
+        widget.findings_list.setCurrentRow(0)  # selects the filter that carries most of the shortcut
         widget.select_filter(fid)
+        widget.findings_list.clearSelection()  # the finding keeps its colour in the picture
         widget.show_filter(fid, args.scans)
         wait_until(lambda: sum(la.name.startswith("audit · ") for la in viewer.layers) == 2 * args.scans, 300,
                    "showing the filter's scans")

@@ -55,7 +55,7 @@ SHORTCUT_COLOUR = "#e06666"
 NON_EYE_COLOUR = "#f1c232"
 LAYER_PREFIX = "audit · "
 _ROLE = Qt.ItemDataRole.UserRole
-_COLUMNS = ("filter", "peaks mostly on", "share of scans", "share of evidence")
+_COLUMNS = ("filter", "peaks mostly on", "of its scans", "of the evidence")
 
 
 def audit_problems(model: str, data: str, out: str) -> dict[str, str]:
@@ -180,6 +180,8 @@ class AuditWidget(StoppableJobWidget):
         header = self.filters_table.horizontalHeader()
         assert header is not None  # a QTableWidget always has its headers
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for col in range(1, len(_COLUMNS)):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         rows_header = self.filters_table.verticalHeader()
         assert rows_header is not None
         rows_header.setVisible(False)

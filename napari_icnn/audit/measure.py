@@ -293,15 +293,30 @@ def _artefact_source(spec: Any, artefact_masks: str | None) -> tuple[Path | None
     if spec.format != "synth":
         return None, None
     root = Path(spec.root)
-    try:
-        kind = json.loads((root / "cohort.json").read_text()).get("confounder")
-    except (OSError, ValueError, AttributeError):
-        kind = None
+    kind = _confounder_kind(root)
     conf = root / "masks" / "confounder"
     if kind and conf.is_dir():  # the cohort says it drew one: masks left by an earlier cohort are not trusted
         return conf, f"the site {kind}"
     art = root / "masks" / "artefact"
     return (art, "marked artefacts (text, dust, reflections)") if art.is_dir() else (None, None)
+
+
+def _confounder_kind(root: Path) -> str | None:
+    """The site artefact a synthetic cohort (or a subset of one, which has its labels.csv only) was drawn with."""
+    import csv
+
+    try:
+        kind = json.loads((root / "cohort.json").read_text()).get("confounder")
+        if kind:
+            return str(kind)
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        with open(root / "labels.csv", newline="", encoding="utf-8") as fh:
+            row = next(csv.DictReader(fh), None)
+    except OSError:
+        return None
+    return (row or {}).get("confounder_kind") or None
 
 
 def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: bool = True,

@@ -39,6 +39,8 @@ class FilterView:
     strength: float
     contribution: float
     role: str
+    region: np.ndarray
+    """Where the filter fires on the scan (its map at or above the region threshold of its peak), bool."""
 
 
 def filter_views(model: Any, records: dict[str, Any], ids: list[str], fid: int) -> list[FilterView]:
@@ -53,20 +55,20 @@ def filter_views(model: Any, records: dict[str, Any], ids: list[str], fid: int) 
         expl = explain_batch([rgb], model, check=False, assess=False)[0]
         f = expl.filter(fid)
         out.append(FilterView(sid, rgb, expl.map_on_scan(fid), (f.peak_x, f.peak_y), f.strength, f.contribution,
-                              f.role))
+                              f.role, expl.region_on_scan(fid)))
     return out
 
 
 def filter_figure(result: AuditResult, fid: int, model: Any, records: dict[str, Any], tile: int = 320) -> np.ndarray:
-    """A row of the filter's strongest scans, each with its map (normalised by its typical strong response) and
-    its peak ringed, under a title saying where it peaks and its share of the evidence; ``(H, W, 3)`` uint8."""
+    """A row of the filter's strongest scans, each with its map (normalised by its typical strong response), its
+    region outlined and its peak ringed, under a title saying where it peaks and its share of the evidence; ``(H, W, 3)`` uint8."""
     from napari_icnn.audit.measure import on_place
     from napari_icnn.render import heat_tile, titled_row
 
     row = result.filter_rows[fid]
     ids = [result.ids[i] for _, i in result.top_images.get(fid, [])]
     tiles = [heat_tile(v.rgb, v.heat, f"{v.id}\nstrength {v.strength:.2f} · contribution {v.contribution:+.2f}",
-                       v.peak, tile, v.role) for v in filter_views(model, records, ids, fid)]
+                       v.peak, tile, v.role, region=v.region) for v in filter_views(model, records, ids, fid)]
     if not tiles:
         return np.zeros((tile, tile, 3), np.uint8)
     where = on_place(row["peaks_mostly_on"], result.artefact_name) if row["peaks_mostly_on"] else "nowhere"
