@@ -27,7 +27,7 @@ from napari_icnn.bundle import default_bundle_path
 from napari_icnn.cli import main
 from napari_icnn.data.synth import write_cohort
 from napari_icnn.errors import InputError
-from napari_icnn.progress import drain
+from napari_icnn.progress import Message, drain
 
 N, SIZE, SEED = 10, 384, 5
 A = PLACES.index("artefact")
@@ -298,3 +298,33 @@ def test_every_non_eye_place_can_raise_a_shortcut():
             mass[:, :, [A, k]] = mass[:, :, [k, A]]
         found = [f for f in _findings(res, contrib, mass) if f.kind == "shortcut"]
         assert [f.place for f in found] == [place], place
+
+
+def test_an_unreadable_scan_is_left_out_and_named(cohort, tmp_path, capsys):
+    """One broken photograph in the cohort: the audit goes on without it and says which and why."""
+    broken = tmp_path / "broken"
+    shutil.copytree(cohort / "stamp", broken)
+    _, rows = _csv(broken / "labels.csv")
+    victim = rows[2]["id"]
+    (broken / "images" / f"{victim}.png").write_bytes(b"not a png at all")
+    events = []
+    res = drain(audit_iter(str(default_bundle_path()), str(broken), gradcam=False, device="cpu"), events.append)
+    assert victim not in res.ids and len(res.ids) == N - 1
+    assert res.ids == [r["id"] for r in rows if r["id"] != victim]  # the others keep their order and labels
+    assert list(res.labels) == [int(r["referable"]) for r in rows if r["id"] != victim]
+    left = res.data["left_out"]
+    assert [x["id"] for x in left] == [victim] and f"{victim}.png" in left[0]["reason"]
+    assert any(isinstance(e, Message) and e.level == "warning" and victim in e.text for e in events)
+    code = main(["audit", "--data", str(broken), "--out", str(tmp_path / "out"), "--no-gradcam", "--figures", "0"])
+    assert code in (0, 3)
+    assert "1 left out" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "audit.json").read_text())["data"]["left_out"][0]["id"] == victim
+
+
+def test_a_cohort_of_unreadable_scans_is_refused(cohort, tmp_path):
+    broken = tmp_path / "all-broken"
+    shutil.copytree(cohort / "stamp", broken)
+    for png in (broken / "images").glob("*.png"):
+        png.write_bytes(b"junk")
+    with pytest.raises(InputError, match="no scan that could be audited"):
+        drain(audit_iter(str(default_bundle_path()), str(broken), gradcam=False, device="cpu"))

@@ -45,9 +45,12 @@ def test_tiny_shortcut_study_runs_reports_and_resumes(tmp_path, monkeypatch):
     assert [x[3] for x in labels["test-p10"]] != [x[3] for x in labels["test-p90"]]
     for r in doc["rows"]:
         assert 0.0 <= r["auc_reversed"] <= 1.0 and r["drop"] == pytest.approx(r["auc_same"] - r["auc_reversed"])
-        assert 0.0 <= r["stamp_share"] <= 1.0
+        assert 0.0 <= r["artefact_share"] <= 1.0
         audit = json.loads((tmp_path / "audits" / "seed3" / f"{r['model']}-p90" / "audit.json").read_text())
         assert audit["data"]["path"].endswith("test-p50") and audit["artefact"] == "the site stamp"
+        bare = json.loads((tmp_path / "audits-without-masks" / "seed3" / f"{r['model']}-p90" / "audit.json").read_text())
+        assert bare["places"]["artefact"]["scans"] == 0  # found, if at all, as burned-in text
+        assert r["unmasked_place"] == "text" and r["unmasked_share"] == bare["places"]["text"]["evidence_share"]
     report = (tmp_path / "shortcut.md").read_text()
     assert "| 3 | 0.9 | ordinary |" in report and "Spearman" in report
     assert json.loads((tmp_path / "shortcut.json").read_text())["rows"] == json.loads(json.dumps(doc["rows"]))

@@ -302,6 +302,8 @@ class AuditWidget(StoppableJobWidget):
                 table.setItem(i, j, cell)
         shortcuts = [f for f in doc["findings"] if f["kind"] == "shortcut"]
         auc = f"; AUC {doc['auc']:.3f}" if doc.get("auc") is not None else ""
+        left = doc["data"].get("left_out") or []
+        auc += f"; {len(left)} left out (could not be read, see audit.json)" if left else ""
         self.status.setText(f"{doc['data']['scans']} scans audited{auc}: "
                             + (f"{len(shortcuts)} shortcut finding{'s' if len(shortcuts) != 1 else ''}"
                                if shortcuts else "no shortcut finding")

@@ -348,7 +348,7 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
     from napari_icnn.data.transforms import load_rgb, preprocess, read_mask
     from napari_icnn.engine.explainers import make_explainer
     from napari_icnn.engine.metrics import roc_auc
-    from napari_icnn.errors import InputError
+    from napari_icnn.errors import IcnnError, InputError
     from napari_icnn.explain import REGION_THRESHOLD
     from napari_icnn.roles import MIN_STRENGTH
 
@@ -375,22 +375,31 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
     contrib = np.zeros((n, c))
     mass = np.zeros((n, c, len(PLACES)), np.float32)
     heaps: list[list[tuple[float, int]]] = [[] for _ in range(c)]
+    kept: list[str] = []
+    skipped: list[dict[str, str]] = []
     yield Progress("audit", 0, n)
     for start in range(0, n, batch):
-        chunk = records[start:start + batch]
-        xs, places = [], []
-        for r in chunk:
-            rgb = load_rgb(r.image, r.frame)
-            fov = find_fov(rgb)
-            x, geom, _ = preprocess(rgb, model.size, fov)
-            parts = {k: read_mask(p, rgb.shape[:2]) for k, p in r.masks.items()}
-            art = None
-            if folder is not None and (folder / f"{r.id}.png").is_file():
-                art = read_mask(str(folder / f"{r.id}.png"), rgb.shape[:2])
+        xs: list[np.ndarray] = []
+        places: list[tuple[Any, ...]] = []
+        for r in records[start:start + batch]:
+            try:
+                rgb = load_rgb(r.image, r.frame)
+                fov = find_fov(rgb)
+                x, geom, _ = preprocess(rgb, model.size, fov)
+                parts = {k: read_mask(p, rgb.shape[:2]) for k, p in r.masks.items()}
+                art = None
+                if folder is not None and (folder / f"{r.id}.png").is_file():
+                    art = read_mask(str(folder / f"{r.id}.png"), rgb.shape[:2])
+            except IcnnError as err:  # one bad scan is reported and left out, not the end of the audit
+                skipped.append({"id": r.id, "path": str(r.image), "reason": str(err)})
+                yield Message(f"left out {r.image}: {err}", level="warning")
+                continue
+            labels[len(kept) + len(xs)] = int(r.labels["referable"]) if "referable" in r.labels else -1
             xs.append(x)
-            places.append((geom, fov, find_burned_in(rgb), art, parts))
-            if "referable" in r.labels:
-                labels[start + len(xs) - 1] = int(r.labels["referable"])
+            places.append((r.id, geom, fov, find_burned_in(rgb), art, parts))
+        if not xs:
+            yield Progress("audit", min(start + batch, n), n)
+            continue
         xt = torch.from_numpy(np.stack(xs)).to(model.device)
         with torch.no_grad():
             out = net(xt)
@@ -399,8 +408,9 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
             maps = out.masked.float().cpu().numpy()
         cams = cam(xt).maps[:, 0].float().cpu().numpy() if cam is not None else None
         h, w = maps.shape[-2:]
-        for j, (geom, fov, text, art, parts) in enumerate(places):
-            i = start + j
+        for j, (sid, geom, fov, text, art, parts) in enumerate(places):
+            i = len(kept)
+            kept.append(sid)
             place = cell_places(h, w, model.size, geom, fov, text, art, parts)
             counts = np.bincount(place.ravel(), minlength=len(PLACES))
             present[i] = counts > 0
@@ -425,8 +435,13 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
                 g = _pool_mean(cams[j], h, w)[None]
                 cam_share[i] = _mass_by_place(g, place, REGION_THRESHOLD)[0]
         yield Progress("audit", min(start + batch, n), n)
-    if n == 0:
-        raise InputError(data, "holds no scans to audit")
+    k = len(kept)
+    if k == 0:
+        raise InputError(data, "holds no scan that could be audited" + (
+            f" ({len(skipped)} could not be read; the first: {skipped[0]['reason']})" if skipped else ""))
+    labels, probs, present, area, evidence = labels[:k], probs[:k], present[:k], area[:k], evidence[:k]
+    cam_share = None if cam_share is None else cam_share[:k]
+    peak_place, active, contrib, mass = peak_place[:k], active[:k], contrib[:k], mass[:k]
     auc = None
     if (labels >= 0).all() and len(set(labels.tolist())) == 2:
         auc = float(roc_auc(probs, labels.astype(float)))
@@ -435,9 +450,9 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
         model={"path": str(model.path), "name": model.name, "version": model.version, "sha256": model.sha256,
                "interpretable": bool(getattr(net, "interpretable", True)), "filters": c,
                "contribution_basis": model.contribution_basis},
-        data={"path": str(data), "format": spec.format, "scans": n,
+        data={"path": str(data), "format": spec.format, "scans": k, "listed": n, "left_out": skipped,
               "artefact_masks": None if folder is None else str(folder)},
-        artefact_name=artefact_name, ids=[r.id for r in records], labels=labels, probs=probs, present=present,
+        artefact_name=artefact_name, ids=kept, labels=labels, probs=probs, present=present,
         area=area, evidence=evidence, gradcam=cam_share, filter_rows=rows, findings=[],
         top_images={f: sorted(heaps[f], reverse=True) for f in range(c)}, auc=auc,
     )

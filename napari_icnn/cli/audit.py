@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
                            batch=args.batch), TextProgress())
     folder = write_audit(res, args.out, figures=args.figures)
     print(f"\n{len(res.ids)} scans audited" + (f"; AUC {res.auc:.3f}" if res.auc is not None else ""))
+    left = res.data.get("left_out") or []
+    if left:
+        print(f"  {len(left)} left out (could not be read; listed in audit.json), e.g. {left[0]['reason']}")
     for place in ("artefact", "text", "rim", "outside"):
         share = res.share(place)
         if share == share:  # not NaN: the place occurs
