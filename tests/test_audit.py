@@ -18,6 +18,7 @@ from napari_icnn.audit.measure import (
     PLACES,
     SHORTCUT_EXCESS,
     AuditResult,
+    Finding,
     _findings,
     _mass_by_place,
     audit_iter,
@@ -328,3 +329,28 @@ def test_a_cohort_of_unreadable_scans_is_refused(cohort, tmp_path):
         png.write_bytes(b"junk")
     with pytest.raises(InputError, match="no scan that could be audited"):
         drain(audit_iter(str(default_bundle_path()), str(broken), gradcam=False, device="cpu"))
+
+
+def test_a_folder_of_unlabelled_photographs_is_audited(cohort, tmp_path, capsys):
+    """A site's export: photographs in subfolders, no CSV, no masks. Audited without labels (no AUC), on the places
+    found in the pixels; a figure can be drawn from it; a missing or empty folder is named."""
+    site = tmp_path / "site"
+    for i, png in enumerate(sorted((cohort / "stamp" / "images").glob("*.png"))[:4]):
+        (site / f"day{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, site / f"day{i % 2}" / png.name)
+    (site / "notes.txt").write_text("not a photograph")
+    events = []
+    res = drain(audit_iter(str(default_bundle_path()), str(site), gradcam=False, device="cpu"), events.append)
+    assert sorted(res.ids) == sorted(f"day{i % 2}/{p.stem}" for i, p in
+                                     enumerate(sorted((cohort / "stamp" / "images").glob("*.png"))[:4]))
+    assert res.auc is None and (res.labels == -1).all() and res.data["format"] == "images"
+    assert not res.present[:, A].any() and res.present[:, PLACES.index("rim")].all()
+    assert any(isinstance(e, Message) and "without labels" in e.text for e in events)
+    res.findings.insert(0, Finding("shortcut", "text", "forced", (0,)))  # a flagged filter, to draw its figure
+    out = write_audit(res, tmp_path / "audit", figures=1)
+    assert (out / "figures" / "filter_0.png").is_file()
+    assert main(["audit", "--data", str(site), "--out", str(tmp_path / "cli"), "--no-gradcam", "--figures", "0",
+                 "--format", "images"]) in (0, 3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no photograph"):
+        drain(audit_iter(str(default_bundle_path()), str(tmp_path / "empty"), gradcam=False, device="cpu"))

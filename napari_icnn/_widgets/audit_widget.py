@@ -344,12 +344,12 @@ class AuditWidget(StoppableJobWidget):
         self.status.setText(f"Loading {len(ids)} scans of {name}…")
 
         def views() -> Generator[None, None, Any]:
+            from napari_icnn.audit.measure import cohort_of
             from napari_icnn.audit.report import filter_views
             from napari_icnn.bundle import load_bundle
-            from napari_icnn.data.layouts import discover
 
             model = load_bundle(doc["model"]["path"], device="cpu")
-            records = {r.id: r for r in discover(doc["data"]["path"], doc["data"]["format"]).records}
+            records = {r.id: r for r in cohort_of(doc["data"]["path"], doc["data"]["format"]).records}
             yield None
             return filter_views(model, records, ids, fid)
 

@@ -58,6 +58,8 @@ __all__ = [
     "audit_iter",
     "place_name",
     "on_place",
+    "cohort_of",
+    "IMAGES_FORMAT",
 ]
 
 FORMAT_VERSION = 1
@@ -301,6 +303,45 @@ def _artefact_source(spec: Any, artefact_masks: str | None) -> tuple[Path | None
     return (art, "marked artefacts (text, dust, reflections)") if art.is_dir() else (None, None)
 
 
+IMAGES_FORMAT = "images"
+"""The audit's own layout: a folder of photographs (PNG, JPEG, TIFF, ``.dcm``; any depth) with no labels, as a
+site's export comes."""
+
+
+@dataclass(frozen=True)
+class _Photographs:
+    """A folder of photographs read as a cohort without labels (``format`` :data:`IMAGES_FORMAT`)."""
+
+    root: str
+    records: tuple[Any, ...]
+    format: str = IMAGES_FORMAT
+
+
+def cohort_of(data: str, format: str = "auto") -> Any:
+    """The cohort to audit: what :func:`~napari_icnn.data.layouts.discover` reads, or, with ``format`` ``images``
+    (or ``auto`` on a folder with no CSV at its top that no layout fits), every photograph below the folder, without
+    labels. Raises what ``discover`` raises otherwise."""
+    from napari_icnn.data.image_io import IMAGE_SUFFIXES
+    from napari_icnn.data.layouts import Record, discover
+    from napari_icnn.errors import InputError
+
+    root = Path(data).expanduser()
+    if format != IMAGES_FORMAT:
+        try:
+            return discover(data, format)
+        except InputError:
+            if format != "auto" or not root.is_dir() or any(root.glob("*.csv")):
+                raise
+    if not root.is_dir():
+        raise InputError(root, "no such folder (format images: a folder of photographs)")
+    suffixes = {x.lower() for x in IMAGE_SUFFIXES} | {".dcm"}  # a DICOM file's first frame
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise InputError(root, "holds no photograph this layout reads and none of the known data layouts")
+    records = tuple(Record(p.relative_to(root).with_suffix("").as_posix(), str(p)) for p in files)
+    return _Photographs(str(root), records)
+
+
 def _confounder_kind(root: Path) -> str | None:
     """The site artefact a synthetic cohort (or a subset of one, which has its labels.csv only) was drawn with."""
     import csv
@@ -330,7 +371,8 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
     model_path
         The bundle.
     data
-        A cohort in any layout :func:`~napari_icnn.data.layouts.discover` reads. Part masks, when present, place
+        A cohort in any layout :func:`~napari_icnn.data.layouts.discover` reads, or a folder of photographs
+        without labels (:func:`cohort_of`). Part masks, when present, place
         evidence on lesions and anatomy; artefact masks (a synthetic cohort's, or ``artefact_masks``) on the
         marked artefact. Without either, the audit still places evidence on detected text, the rim and outside
         the field of view.
@@ -344,7 +386,6 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
     from napari_icnn.bundle import load_bundle
     from napari_icnn.data.burned_in import find_burned_in
     from napari_icnn.data.fov import find_fov
-    from napari_icnn.data.layouts import discover
     from napari_icnn.data.transforms import load_rgb, preprocess, read_mask
     from napari_icnn.engine.explainers import make_explainer
     from napari_icnn.engine.metrics import roc_auc
@@ -354,7 +395,10 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
 
     t0 = time.monotonic()
     model = load_bundle(model_path, device=device)
-    spec = discover(data, format)
+    spec = cohort_of(data, format)
+    if spec.format == IMAGES_FORMAT:
+        yield Message(f"{data}: read as a folder of photographs without labels (no AUC; evidence on the places "
+                      "found in the pixels: text, rim, outside the field)")
     records = list(spec.records)
     folder, artefact_name = _artefact_source(spec, artefact_masks)
     net = model.net

@@ -102,11 +102,11 @@ def write_audit(result: AuditResult, out: str | Path, *, model: Any = None, figu
         scans.append(row)
     atomic_write_text(root / "scans.csv", _csv(scans))
     if flagged:
+        from napari_icnn.audit.measure import cohort_of
         from napari_icnn.bundle import load_bundle
-        from napari_icnn.data.layouts import discover
 
         model = model or load_bundle(result.model["path"], device="cpu")
-        records = {r.id: r for r in discover(result.data["path"], result.data["format"]).records}
+        records = {r.id: r for r in cohort_of(result.data["path"], result.data["format"]).records}
         (root / "figures").mkdir(exist_ok=True)
         for fid in flagged:
             buf = io.BytesIO()

@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model bundle folder (default: the shipped demo model)")
     p.add_argument("--data", required=True, help="cohort folder or CSV (same layouts as icnn train)")
     p.add_argument("--out", required=True, help="output folder for the audit (created; its files are replaced)")
-    p.add_argument("--format", default="auto", help="data layout (default: auto)")
+    p.add_argument("--format", default="auto",
+                   help="data layout: auto, one icnn train reads, or images (a folder of photographs without labels; "
+                        "auto falls back to it for a folder no layout fits) (default: auto)")
     p.add_argument("--artefact-masks", default=None, metavar="DIR",
                    help="folder of <id>.png masks of an artefact to audit against (default: a synthetic cohort's "
                         "masks/confounder, else its masks/artefact)")
