@@ -124,10 +124,7 @@ def evidence_sheet(rgb: np.ndarray, panels: Sequence[tuple], title: str, tile: i
 
     tiles = [(title, small(rgb))]
     for label, m, peak, *role in panels:
-        im = small(blend(rgb, heat_rgba(m)))
-        _annotate(im, label, None if peak is None else (peak[0] * s, peak[1] * s),
-                  ROLE_COLOURS.get(role[0]) if role else None)
-        tiles.append(("", im))
+        tiles.append(("", Image.fromarray(heat_tile(rgb, m, label, peak, tile, role[0] if role else None))))
     first = tiles[0][1]
     _annotate(first, title, None)
     cols = min(4, len(tiles))

@@ -60,10 +60,12 @@ _COLUMNS = ("filter", "peaks mostly on", "of its scans", "of the evidence")
 
 def audit_problems(model: str, data: str, out: str) -> dict[str, str]:
     """The form's problems by field (``model``, ``data``, ``out``), in the command line's words."""
+    from napari_icnn.bundle import check_model
+
     found: dict[str, str] = {}
-    m = Path(model).expanduser() if model else None
-    if m is not None and not (m / "configs" / "metadata.json").is_file():
-        found["model"] = f"{m}: not a model bundle (no configs/metadata.json)"
+    problem = check_model(model)
+    if problem:
+        found["model"] = problem
     if not data:
         found["data"] = "choose the cohort to audit (a folder or CSV in any layout icnn train reads)"
     elif not Path(data).expanduser().exists():

@@ -419,6 +419,7 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
     contrib = np.zeros((n, c))
     mass = np.zeros((n, c, len(PLACES)), np.float32)
     heaps: list[list[tuple[float, int]]] = [[] for _ in range(c)]
+    scales = np.asarray([f.act_scale for f in infos])
     kept: list[str] = []
     skipped: list[dict[str, str]] = []
     yield Progress("audit", 0, n)
@@ -466,7 +467,7 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
             flat = maps[j].reshape(c, -1)
             peak_place[i] = place.ravel()[flat.argmax(axis=1)]
             acts = flat.max(axis=1)
-            active[i] = acts / np.asarray([f.act_scale for f in infos]) >= MIN_STRENGTH
+            active[i] = acts / scales >= MIN_STRENGTH
             contrib[i] = cb[j]
             probs[i] = float(p[j])
             for f in range(c):

@@ -375,14 +375,11 @@ def generate_cohort(
     failed = {k: sum(1 for r in rows if r["ungradeable"] == k) for k in UNGRADEABLE_KINDS}
     summary_meta: dict[str, Any] = {"grade_counts": list(grades), "referable": n_ref, "dme": n_dme,
                                     "ungradeable_counts": failed}
-    if conf_kind:
-        summary_meta["confounded"] = {
-            "referable": sum(1 for r in rows if r["confounder"] and r["referable"]),
-            "other": sum(1 for r in rows if r["confounder"] and not r["referable"]),
-        }
-    _write_json(root / "cohort.json", {**meta, **summary_meta, "complete": True})
     confounded = (sum(1 for r in rows if r.get("confounder") and r["referable"]),
                   sum(1 for r in rows if r.get("confounder") and not r["referable"]))
+    if conf_kind:
+        summary_meta["confounded"] = {"referable": confounded[0], "other": confounded[1]}
+    _write_json(root / "cohort.json", {**meta, **summary_meta, "complete": True})
     return CohortSummary(root, n, size, seed, dicom, grades, n_ref, n_dme, seconds, look, sum(failed.values()), cams,
                          conf_kind, conf_rate, confounded)
 
