@@ -354,3 +354,28 @@ def test_a_folder_of_unlabelled_photographs_is_audited(cohort, tmp_path, capsys)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no photograph"):
         drain(audit_iter(str(default_bundle_path()), str(tmp_path / "empty"), gradcam=False, device="cpu"))
+
+
+def test_the_audit_reports_what_the_gate_says_of_each_scan(cohort, tmp_path):
+    """An out-of-focus photograph is audited like the others (nothing left out) and listed as ungradeable, as the
+    product would decline it; the sharp ones are not listed."""
+    from PIL import Image
+    from scipy import ndimage as ndi
+
+    site = tmp_path / "site"
+    site.mkdir()
+    pngs = sorted((cohort / "stamp" / "images").glob("*.png"))[:3]
+    for png in pngs:
+        shutil.copy(png, site / png.name)
+    rgb = np.asarray(Image.open(pngs[0]).convert("RGB"))
+    sigma = 0.04 * min(rgb.shape[:2])
+    blurred = np.stack([ndi.gaussian_filter(rgb[..., k], sigma) for k in range(3)], axis=-1)
+    Image.fromarray(blurred).save(site / "blurred.png")
+    res = drain(audit_iter(str(default_bundle_path()), str(site), gradcam=False, device="cpu"))
+    assert len(res.ids) == 4 and res.gate[res.ids.index("blurred")] == "ungradeable"
+    assert all(res.gate[res.ids.index(p.stem)] != "ungradeable" for p in pngs)
+    doc = res.to_json()
+    assert doc["gate"]["ungradeable"] == ["blurred"]
+    out = write_audit(res, tmp_path / "audit", figures=0)
+    _, rows = _csv(out / "scans.csv")
+    assert {r["id"]: r["gate"] for r in rows}["blurred"] == "ungradeable"

@@ -306,6 +306,8 @@ class AuditWidget(StoppableJobWidget):
         auc = f"; AUC {doc['auc']:.3f}" if doc.get("auc") is not None else ""
         left = doc["data"].get("left_out") or []
         auc += f"; {len(left)} left out (could not be read, see audit.json)" if left else ""
+        odd = sum(len(v) for v in (doc.get("gate") or {}).values())
+        auc += f"; {odd} unfamiliar or ungradeable (audited all the same, see audit.json)" if odd else ""
         self.status.setText(f"{doc['data']['scans']} scans audited{auc}: "
                             + (f"{len(shortcuts)} shortcut finding{'s' if len(shortcuts) != 1 else ''}"
                                if shortcuts else "no shortcut finding")

@@ -136,6 +136,9 @@ class AuditResult:
     """Per filter: ``(activation, scan index)`` of its strongest scans, strongest first."""
     seconds: float = 0.0
     auc: float | None = None
+    gate: list[str] = field(default_factory=list)
+    """Per scan, what the product's gate says of it (:class:`napari_icnn.gate.Gate`): ``gradable``, ``unfamiliar``
+    (outside the model's experience) or ``ungradeable``; every scan is audited either way."""
 
     def share(self, place: str, source: str = "icnn") -> float:
         """Mean share of the evidence (or of Grad-CAM's mass) on ``place`` over the scans that carry it."""
@@ -178,6 +181,8 @@ class AuditResult:
             "data": self.data,
             "artefact": self.artefact_name,
             "auc": _round(self.auc),
+            "gate": {status: [sid for sid, g in zip(self.ids, self.gate) if g == status]
+                     for status in ("unfamiliar", "ungradeable")},
             "settings": {"shortcut_excess": SHORTCUT_EXCESS, "location_share": LOCATION_SHARE,
                          "location_min_active": LOCATION_MIN_ACTIVE, "majority": MAJORITY},
             "places": places,
@@ -391,6 +396,8 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
     from napari_icnn.engine.metrics import roc_auc
     from napari_icnn.errors import IcnnError, InputError
     from napari_icnn.explain import REGION_THRESHOLD
+    from napari_icnn.gate import Gate
+    from napari_icnn.quality import assess_quality
     from napari_icnn.roles import MIN_STRENGTH
 
     t0 = time.monotonic()
@@ -420,6 +427,8 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
     mass = np.zeros((n, c, len(PLACES)), np.float32)
     heaps: list[list[tuple[float, int]]] = [[] for _ in range(c)]
     scales = np.asarray([f.act_scale for f in infos])
+    experience = getattr(model, "experience", None)
+    gates: list[str] = []
     kept: list[str] = []
     skipped: list[dict[str, str]] = []
     yield Progress("audit", 0, n)
@@ -440,8 +449,9 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
                 yield Message(f"left out {r.image}: {err}", level="warning")
                 continue
             labels[len(kept) + len(xs)] = int(r.labels["referable"]) if "referable" in r.labels else -1
+            text = find_burned_in(rgb)
             xs.append(x)
-            places.append((r.id, geom, fov, find_burned_in(rgb), art, parts))
+            places.append((r.id, geom, fov, text, art, parts, assess_quality(rgb, fov, text)))
         if not xs:
             yield Progress("audit", min(start + batch, n), n)
             continue
@@ -451,11 +461,15 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
             cb = net.contributions(out.masked, decision, model.reference).float().cpu().numpy()
             p = torch.sigmoid(out.logits[:, decision].float()).cpu().numpy()
             maps = out.masked.float().cpu().numpy()
+            familiarity = (experience.score(net.summary(out.features.float()).double().cpu().numpy())
+                           if experience is not None and out.features is not None else None)
         cams = cam(xt).maps[:, 0].float().cpu().numpy() if cam is not None else None
         h, w = maps.shape[-2:]
-        for j, (sid, geom, fov, text, art, parts) in enumerate(places):
+        for j, (sid, geom, fov, text, art, parts, quality) in enumerate(places):
             i = len(kept)
             kept.append(sid)
+            # what the product would say of the scan; the audit keeps every scan and reports the others
+            gates.append(Gate(quality, None if familiarity is None else float(familiarity[j])).status)
             place = cell_places(h, w, model.size, geom, fov, text, art, parts)
             counts = np.bincount(place.ravel(), minlength=len(PLACES))
             present[i] = counts > 0
@@ -499,7 +513,7 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
               "artefact_masks": None if folder is None else str(folder)},
         artefact_name=artefact_name, ids=kept, labels=labels, probs=probs, present=present,
         area=area, evidence=evidence, gradcam=cam_share, filter_rows=rows, findings=[],
-        top_images={f: sorted(heaps[f], reverse=True) for f in range(c)}, auc=auc,
+        top_images={f: sorted(heaps[f], reverse=True) for f in range(c)}, auc=auc, gate=gates,
     )
     result.findings = _findings(result, contrib, mass)
     result.seconds = time.monotonic() - t0

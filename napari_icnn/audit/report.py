@@ -93,7 +93,8 @@ def write_audit(result: AuditResult, out: str | Path, *, model: Any = None, figu
     scans = []
     for i, sid in enumerate(result.ids):
         row: dict[str, Any] = {"id": sid, "referable": "" if result.labels[i] < 0 else int(result.labels[i]),
-                               "probability": round(float(result.probs[i]), 4)}
+                               "probability": round(float(result.probs[i]), 4),
+                               "gate": result.gate[i] if i < len(result.gate) else ""}
         for k, p in enumerate(PLACES):
             row[f"evidence_on_{p}"] = round(float(result.evidence[i, k]), 4) if result.present[i, k] else ""
         if result.gradcam is not None:

@@ -52,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
                            batch=args.batch), TextProgress())
     folder = write_audit(res, args.out, figures=args.figures)
     print(f"\n{len(res.ids)} scans audited" + (f"; AUC {res.auc:.3f}" if res.auc is not None else ""))
+    for status, what in (("unfamiliar", "outside the model's experience"), ("ungradeable", "ungradeable")):
+        ids = [sid for sid, g in zip(res.ids, res.gate) if g == status]
+        if ids:
+            print(f"  {len(ids)} {what}, audited all the same (the product would "
+                  f"{'warn' if status == 'unfamiliar' else 'decline'}): {', '.join(ids[:5])}"
+                  + (" ..." if len(ids) > 5 else ""))
     left = res.data.get("left_out") or []
     if left:
         print(f"  {len(left)} left out (could not be read; listed in audit.json), e.g. {left[0]['reason']}")
