@@ -30,6 +30,7 @@ __all__ = [
     "Z_ESTIMATES",
     "DECISION_FILTERS",
     "ARCHS",
+    "TOP_STRIDES",
     "DEVICES",
     "LOSS_MODES",
     "CACHE_MODES",
@@ -61,6 +62,8 @@ TARGET_SETS: dict[str, tuple[str, ...]] = {
 ``referable+lesion-types`` is the referable decision with the lesion types' presence beside it (the lesion-type
 recipe of ``--task referable``)."""
 ARCHS = ("vgg", "resnet")
+TOP_STRIDES = {"vgg": (8, 4), "resnet": (16, 8)}
+"""Input pixels per top-map cell each backbone can be built with: its default, then the finer map."""
 DEVICES = ("auto", "cpu", "cuda")
 LOSS_MODES = ("paper", "mi")
 CACHE_MODES = ("memory", "disk", "none")
@@ -154,10 +157,11 @@ class TrainConfig:
     )
     arch: str = _opt("vgg", "backbone: vgg (plain VGG-style stack) or resnet (MONAI ResNet)", "--arch", label="Backbone")
     top_stride: int | None = _auto(
-        "input pixels per cell of the interpretable layer's map: 8, or 4 (VGG only) for a map twice as fine "
-        "(lesion-sized cells, about 4x the compute of the top layers); auto: 4 for lesion-type filters on VGG (the "
-        "recipe chosen on validation, docs/results.md), else 8", "--top-stride",
-        label="Top-layer stride", bounds=(3, 8),
+        "input pixels per cell of the interpretable layer's map: VGG 8, or 4 for a map twice as fine (lesion-sized "
+        "cells, about 4x the compute of the top layers); ResNet 16, or 8 (layer4 unstrided, about 8 % more compute); "
+        "auto: the finer one for lesion-type filters (the recipe chosen on validation, docs/results.md), else the "
+        "coarser", "--top-stride",
+        label="Top-layer stride", bounds=(3, 16),
     )
     size: int = _opt(
         256, "model input side in pixels (the FOV is cropped and resized to it)", "--size",
@@ -287,8 +291,8 @@ class TrainConfig:
             raise bad("z_estimate", f"must be one of {', '.join(Z_ESTIMATES)}")
         if self.cache not in CACHE_MODES:
             raise bad("cache", f"must be one of {', '.join(CACHE_MODES)}")
-        if self.top_stride is not None and (self.top_stride not in (4, 8) or (self.top_stride == 4 and self.arch != "vgg")):
-            raise bad("top_stride", "must be 8, or 4 with --arch vgg")
+        if self.top_stride is not None and self.top_stride not in TOP_STRIDES.get(self.arch, (self.top_stride,)):
+            raise bad("top_stride", "must be 8 or 4 with --arch vgg, 16 or 8 with --arch resnet")
         if self.size < 64 or self.size % 16:
             raise bad("size", "must be a multiple of 16 and at least 64")
         if self.epochs is not None and self.epochs < 1:
@@ -392,10 +396,11 @@ class TrainConfig:
                 )
         categories = values.get("categories", self.categories)
         if self.top_stride is None and categories != "auto":
-            fine = categories == "lesion-types" and self.arch == "vgg" and not self.ordinary
-            values["top_stride"] = 4 if fine else 8
-            why["top_stride"] = ("lesion-type filters on VGG: 4-px cells, the recipe chosen on validation" if fine
-                                 else "8-px cells")
+            fine = categories == "lesion-types" and not self.ordinary
+            coarse, finer = TOP_STRIDES.get(self.arch, (8, 8))
+            values["top_stride"] = finer if fine else coarse
+            why["top_stride"] = (f"lesion-type filters: {finer}-px cells, the finer map (chosen on validation for VGG, "
+                                 "docs/results.md)" if fine else f"{coarse}-px cells")
         new = dataclasses.replace(self, **values)
         new._derived = {**self._derived, **why}
         return new

@@ -231,5 +231,7 @@ def test_the_top_stride_follows_the_filter_categories():
     assert types.top_stride == 4 and "validation" in types.derived["top_stride"]
     assert TrainConfig(data="d", out="o").resolved(lesion_labels=False).top_stride == 8
     assert TrainConfig(data="d", out="o", arch="resnet").resolved(lesion_labels=True).top_stride == 8
+    assert TrainConfig(data="d", out="o", arch="resnet").resolved(lesion_labels=False).top_stride == 16
+    assert TrainConfig(data="d", out="o", arch="resnet", ordinary=True).resolved(lesion_labels=True).top_stride == 16
     assert TrainConfig(data="d", out="o", ordinary=True).resolved(lesion_labels=True).top_stride == 8
     assert TrainConfig(data="d", out="o", top_stride=8).resolved(lesion_labels=True).top_stride == 8

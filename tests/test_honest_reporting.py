@@ -207,3 +207,23 @@ def test_the_scored_subset_is_a_seeded_draw_from_the_test_cohort_not_its_first_i
     assert _ids(scored_subset(_fake_cohort(tmp_path / "c" / "test", 50), 10, 2004)) != ids
     # asking again reuses the folder
     assert scored_subset(test, 10, 1004) == sub
+
+
+def test_a_study_without_a_single_category_icnn_reports_the_lesion_type_icnn_under_its_own_name():
+    """A preset that trains only the lesion-type ICNN (the ResNet study) fills the paper's tables with that model
+    and says so on every row and bar."""
+    doc = _study({
+        1: {"ordinary": _metrics(0.1, 0.2, 0.10, 0.2), "icnn": _metrics(0.3, 0.6, 0.08, 0.1, auc=0.95),
+            "gradcam": _metrics(0, 0, 0.1, 0.4)},
+    })
+    for r in doc["records"]:
+        if r["model"] == "icnn":
+            r["model"] = "icnn-types"
+    md = tables_markdown(doc)
+    assert "this preset trains no single-category ICNN" in md
+    lesion_table = md.split("### Part interpretability, lesion filters")[1].split("###")[0]
+    assert "| vgg / referable (ICNN: lesion types) | 1 | 0.100 | 0.300 |" in lesion_table
+    assert "**3.00×**" in lesion_table
+    bars = {text: verdict for text, verdict, _ in _bars(doc)}
+    assert bars["vgg/referable (ICNN: lesion types): ICNN AUC within 0.02 of ordinary (ICNN − ordinary ≥ −0.02)"]
+    assert not any(text.startswith("vgg/referable:") for text in bars)

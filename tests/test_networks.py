@@ -169,7 +169,8 @@ def test_a_vgg_top_map_twice_as_fine_shares_the_weights_and_knows_its_cells():
     assert (coarse.n, coarse.stride, coarse.offset) == (8, 8, 3.0)
     assert (fine.n, fine.stride, fine.offset) == (16, 4, 1.0)
     assert fine(torch.zeros(1, 3, 64, 64)).maps.shape == (1, 4, 16, 16)
-    assert ICNN(**fine.config).n == 16 and "vgg_stride" not in coarse.config  # older bundles load unchanged
+    assert ICNN(**fine.config).n == 16 and "top_stride" not in coarse.config  # the default is not stored
+    assert ICNN(image_size=64, n_filters=4, width=16, vgg_stride=4).n == 16  # as older bundles store it
     # the receptive field of cell (9, 5) is centred on input pixel offset + stride * (9, 5)
     fine.eval()
     grad_input = (0.5 + 0.1 * torch.randn(1, 3, 64, 64)).requires_grad_(True)
@@ -182,4 +183,32 @@ def test_a_vgg_top_map_twice_as_fine_shares_the_weights_and_knows_its_cells():
     with pytest.raises(ConfigError, match="--top-stride"):
         TrainConfig(top_stride=4, arch="resnet")
     with pytest.raises(ConfigError, match="--top-stride"):
+        TrainConfig(top_stride=16)
+    with pytest.raises(ConfigError, match="top_stride"):
+        ICNN(arch="resnet", image_size=64, n_filters=4, width=8, top_stride=4)
+    with pytest.raises(ConfigError, match="--top-stride"):
         TrainConfig(top_stride=2)
+
+
+def test_resnet_top_map_twice_as_fine_has_the_same_weights_and_cell_centres():
+    """ResNet at stride 8 (layer4 unstrided) loads the stride-16 weights, and each cell's receptive field is centred
+    on stride * (i, j): the geometry the templates and the part metrics assume."""
+    from napari_icnn.icnn.networks import ICNN
+
+    torch.manual_seed(0)
+    coarse = ICNN(arch="resnet", image_size=128, n_filters=4, width=8)
+    fine = ICNN(arch="resnet", image_size=128, n_filters=4, width=8, top_stride=8)
+    fine.load_state_dict(coarse.state_dict())
+    assert (coarse.n, coarse.stride, coarse.offset) == (8, 16, 0.0)
+    assert (fine.n, fine.stride, fine.offset) == (16, 8, 0.0)
+    assert fine.config["top_stride"] == 8 and ICNN(**fine.config).n == 16
+    assert fine(torch.zeros(1, 3, 128, 128)).maps.shape == (1, 4, 16, 16)
+    for net, cell in ((fine, (8, 7)), (coarse, (4, 3))):
+        net.eval()
+        x = (0.5 + 0.1 * torch.randn(1, 3, 128, 128)).requires_grad_(True)
+        feats = net.backbone(x)
+        feats[0, :, cell[0], cell[1]].sum().backward()
+        ys, xs = torch.nonzero(x.grad.abs().sum(dim=1)[0], as_tuple=True)
+        centre = ((float(ys.min()) + float(ys.max())) / 2, (float(xs.min()) + float(xs.max())) / 2)
+        want = (net.offset + net.stride * cell[0], net.offset + net.stride * cell[1])
+        assert abs(centre[0] - want[0]) <= 1.0 and abs(centre[1] - want[1]) <= 1.0, (net.stride, centre, want)

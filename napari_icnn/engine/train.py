@@ -87,7 +87,7 @@ def _net_kwargs(cfg: TrainConfig, n_outputs: int) -> dict[str, Any]:
         dropout=cfg.dropout,
         beta=cfg.beta,
         interpretable=cfg.interpretable,
-        **({"vgg_stride": cfg.top_stride} if cfg.top_stride not in (None, 8) else {}),
+        top_stride=cfg.top_stride,
     )
 
 

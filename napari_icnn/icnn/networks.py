@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from napari_icnn.config import TOP_STRIDES
 from napari_icnn.errors import ConfigError
 from napari_icnn.icnn.masked import LOCATE_MODES, InterpretableMask, locate_peaks
 from napari_icnn.icnn.templates import TemplateBank
@@ -74,9 +75,10 @@ def _vgg(width: int, stride: int = 8) -> tuple[nn.Module, int, int, float]:
 
 
 class _ResNetFeatures(nn.Module):
-    """MONAI's 2D ResNet (basic blocks) up to layer4; stride 16 with ``conv1_t_stride=1``."""
+    """MONAI's 2D ResNet (basic blocks) up to layer4; stride 16 with ``conv1_t_stride=1``, or 8 with layer4's
+    first block unstrided (the same parameters, so either starts from the other's weights)."""
 
-    def __init__(self, width: int, layers: tuple[int, ...]):
+    def __init__(self, width: int, layers: tuple[int, ...], stride: int = 16):
         super().__init__()
         from monai.networks.nets import ResNet
 
@@ -91,6 +93,13 @@ class _ResNetFeatures(nn.Module):
             feed_forward=False,
         )
         self.out_channels = 8 * width
+        if stride == 8:
+            # The stride-1 stem and layer1 at half resolution dominate the cost; an unstrided layer4 doubles the
+            # map's side for about 8 % more compute per step (docs/results.md, ResNet).
+            first = self.net.layer4[0]
+            first.conv1.stride = (1, 1)
+            if first.downsample is not None:
+                first.downsample[0].stride = (1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         n = self.net
@@ -106,7 +115,7 @@ class ICNN(nn.Module):
     arch
         ``"vgg"``: a VGG-style plain stack of MONAI conv-BN-ReLU blocks, stride 8, widths
         w, 2w, 3w, 4w. ``"resnet"``: MONAI's 2D ResNet with basic blocks up to layer4, first conv
-        at stride 1, so stride 16 (a finer top map than the usual 32, for lesion-level parts).
+        at stride 1, so stride 16 (a finer top map than the usual 32, for lesion-level parts), or 8.
     n_outputs
         Logits K (1 for a binary task).
     n_filters
@@ -125,8 +134,11 @@ class ICNN(nn.Module):
         ``False`` builds the ordinary CNN: the same layers with the mask permanently off.
     resnet_layers
         Basic blocks in layer1..layer4 (``arch="resnet"`` only).
+    top_stride
+        Input pixels per top-map cell (:data:`napari_icnn.config.TOP_STRIDES`): VGG 8, or 4 without the second pooling; ResNet 16, or 8
+        with layer4 unstrided. ``None``: the backbone's default.
     vgg_stride
-        8, or 4 for a top map twice as fine (the second pooling left out; ``arch="vgg"`` only).
+        The name older bundles store a VGG ``top_stride`` under.
 
     Attributes
     ----------
@@ -154,7 +166,8 @@ class ICNN(nn.Module):
         locate: str = "argmax",
         interpretable: bool = True,
         resnet_layers: tuple[int, ...] | list[int] = (1, 1, 1, 1),
-        vgg_stride: int = 8,
+        top_stride: int | None = None,
+        vgg_stride: int | None = None,
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -170,13 +183,21 @@ class ICNN(nn.Module):
         if len(resnet_layers) != 4 or min(resnet_layers) < 1:
             raise ConfigError(f"resnet_layers must be 4 positive block counts (got {resnet_layers!r})")
 
-        if vgg_stride not in (4, 8) or (arch != "vgg" and vgg_stride != 8):
-            raise ConfigError(f"vgg_stride must be 8 or 4, and 4 only for arch 'vgg' (got {vgg_stride!r} for {arch!r})")
+        if vgg_stride is not None:
+            if arch != "vgg" or (top_stride is not None and top_stride != vgg_stride):
+                raise ConfigError(f"vgg_stride {vgg_stride!r} is for arch 'vgg' only and names the top_stride")
+            top_stride = vgg_stride
+        allowed = TOP_STRIDES[arch]
+        top_stride = allowed[0] if top_stride is None else top_stride
+        if top_stride not in allowed:
+            raise ConfigError(f"top_stride must be one of {', '.join(map(str, allowed))} for arch {arch!r} "
+                              f"(got {top_stride!r})")
         if arch == "vgg":
-            self.backbone, channels, self.stride, self.offset = _vgg(width, vgg_stride)
+            self.backbone, channels, self.stride, self.offset = _vgg(width, top_stride)
         else:
-            self.backbone = _ResNetFeatures(width, resnet_layers)
-            channels, self.stride, self.offset = self.backbone.out_channels, 16, 0.0
+            # every stage's strided 3x3 conv (padding 1) and 1x1 shortcut keep cell centres at stride * (i, j)
+            self.backbone = _ResNetFeatures(width, resnet_layers, top_stride)
+            channels, self.stride, self.offset = self.backbone.out_channels, top_stride, 0.0
         if (
             isinstance(image_size, bool)
             or not isinstance(image_size, int)
@@ -201,7 +222,7 @@ class ICNN(nn.Module):
             locate=locate,
             interpretable=bool(interpretable),
             resnet_layers=list(resnet_layers),
-            **({"vgg_stride": vgg_stride} if vgg_stride != 8 else {}),
+            **({"top_stride": top_stride} if top_stride != allowed[0] else {}),
         )
         self.n_filters, self.n_outputs, self.image_size = n_filters, n_outputs, image_size
         self.interpretable = bool(interpretable)

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--out", required=True, help="study folder (re-running into it resumes)")
     p.add_argument("--preset", default="cpu", help="cpu (VGG, referable DR, 3 seeds, 256 px, realistic photographs), "
-                   "cpu-clean (the same on the clean look), gpu (both backbones and tasks at 512 px) or tiny "
+                   "cpu-clean (the same on the clean look), cpu-resnet (the lesion-type study on ResNet, shorter), gpu (both "
+                   "backbones and tasks at 512 px) or tiny "
                    "(seconds; for tests)")
     p.add_argument("--seed", type=int, action="append", help="run only this seed (repeat for several)")
     p.add_argument("--device", default="auto", choices=DEVICES)

@@ -164,7 +164,8 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
         scored = scored_subset(data / "test", p.baseline_images, 1000 * s + SUBSET_SEED_OFFSET)
         for arch in p.archs:
             for task in p.tasks:
-                models = ["ordinary", "icnn"] + (["icnn-types"] if p.lesion_types and task == "referable" else [])
+                models = (["ordinary"] + (["icnn"] if p.single_category or task != "referable" else [])
+                          + (["icnn-types"] if p.lesion_types and task == "referable" else []))
                 for model in models:
                     name = f"{arch}-{task}-{model}"
                     bundle = root / "runs" / f"seed{s}" / name

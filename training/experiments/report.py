@@ -63,6 +63,29 @@ def per_seed(doc: dict[str, Any]) -> dict[tuple[str, str], dict[int, dict[str, A
     return out
 
 
+def icnn_arm(seeds: dict[int, dict[str, Any]]) -> tuple[dict[int, dict[str, Any]], bool]:
+    """``seeds`` with the lesion-type ICNN standing in as "icnn" where no single-category ICNN was trained (a preset
+    with ``single_category=False``), so the paper's tables describe the ICNN there is; and whether it does."""
+    if any("icnn" in x for x in seeds.values()) or not any("icnn-types" in x for x in seeds.values()):
+        return seeds, False
+    out = {}
+    for s, x in seeds.items():
+        y = {**x, "icnn": x.get("icnn-types")}
+        if "classification" in x:
+            y["classification"] = {**x["classification"], "icnn": x["classification"].get("icnn-types")}
+        out[s] = y
+    return out, True
+
+
+def _arms(doc: dict[str, Any]) -> list[tuple[tuple[str, str], dict[int, dict[str, Any]], str]]:
+    """(arch, task), its seeds with :func:`icnn_arm` applied, and the label its rows carry."""
+    rows = []
+    for key, seeds in sorted(per_seed(doc).items()):
+        seeds, types = icnn_arm(seeds)
+        rows.append((key, seeds, f"{key[0]} / {key[1]}" + (" (ICNN: lesion types)" if types else "")))
+    return rows
+
+
 def _num(x: Any) -> float:
     try:
         v = float(x)
@@ -164,30 +187,31 @@ def _bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(bar, verdict, detail): each judged on the mean of per-seed figures and on the worst seed."""
     bars: list[tuple[str, str, str]] = []
 
-    for (arch, task), seeds in sorted(per_seed(doc).items()):
+    for (arch, task), seeds, label in _arms(doc):
+        tag = task + label[len(f"{arch} / {task}"):]
         for g in ("lesion", "anatomy"):
             r = {s: _ratio(_group(x.get("icnn"), g, "part_interpretability"),
                            _group(x.get("ordinary"), g, "part_interpretability")) for s, x in seeds.items()}
             summ = summary_over_seeds(r)
-            bars.append((f"{arch}/{task}: {g} filters' part interpretability ICNN ≥ 1.5× ordinary",
+            bars.append((f"{arch}/{tag}: {g} filters' part interpretability ICNN ≥ 1.5× ordinary",
                          _verdict(summ, lambda v: v >= 1.5), _detail(r, summ)))
         for g in ("lesion", "anatomy"):
             r = {s: _ratio(_group(x.get("icnn"), g, "location_instability"),
                            _group(x.get("ordinary"), g, "location_instability")) for s, x in seeds.items()}
             summ = summary_over_seeds(r, higher_is_better=False)
-            bars.append((f"{arch}/{task}: {g} filters' location instability ≥ 30 % lower (ICNN / ordinary ≤ 0.70)",
+            bars.append((f"{arch}/{tag}: {g} filters' location instability ≥ 30 % lower (ICNN / ordinary ≤ 0.70)",
                          _verdict(summ, lambda v: v <= 0.70), _detail(r, summ)))
         if task == "referable":
             d = {s: _num(x.get("classification", {}).get("icnn", {}).get("auc"))
                  - _num(x.get("classification", {}).get("ordinary", {}).get("auc")) for s, x in seeds.items()}
             summ = summary_over_seeds(d)
-            bars.append((f"{arch}/{task}: ICNN AUC within 0.02 of ordinary (ICNN − ordinary ≥ −0.02)",
+            bars.append((f"{arch}/{tag}: ICNN AUC within 0.02 of ordinary (ICNN − ordinary ≥ −0.02)",
                          _verdict(summ, lambda v: v >= -0.02), _detail(d, summ, 4, "")))
         if any("gradcam" in x for x in seeds.values()):
             r = {s: _ratio(_group(x.get("icnn"), "lesion", "pointing_hit_rate"),
                            _group(x.get("gradcam"), "lesion", "pointing_hit_rate")) for s, x in seeds.items()}
             summ = summary_over_seeds(r)
-            bars.append((f"{arch}/{task}: ICNN lesion filters' peaks on a lesion more often than Grad-CAM's peak",
+            bars.append((f"{arch}/{tag}: ICNN lesion filters' peaks on a lesion more often than Grad-CAM's peak",
                          _verdict(summ, lambda v: v > 1.0), _detail(r, summ)))
             for part in LESIONS:
                 r = {s: _ratio(_part(x.get("icnn"), part, "pointing_matched_mean"),
@@ -196,12 +220,12 @@ def _bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
                 if all(np.isnan(v) for v in r.values()):
                     named = any(x.get("icnn", {}).get("per_part", {}).get(part, {}).get("filters")
                                 for x in seeds.values())
-                    bars.append((f"{arch}/{task}: ICNN {PARTS[part].display} filters point better than Grad-CAM",
+                    bars.append((f"{arch}/{tag}: ICNN {PARTS[part].display} filters point better than Grad-CAM",
                                  "MISS", "no seed has a scorable ICNN filter named after it" if not named
                                  else "not scorable (Grad-CAM or the filters have no value)"))
                     continue
                 summ = summary_over_seeds(r)
-                bars.append((f"{arch}/{task}: ICNN {PARTS[part].display} filters point better than Grad-CAM",
+                bars.append((f"{arch}/{tag}: ICNN {PARTS[part].display} filters point better than Grad-CAM",
                              _verdict(summ, lambda v: v > 1.0),
                              _detail(r, summ) + ("; – : no filter named after it in that seed"
                                                  if any(np.isnan(v) for v in r.values()) else "")))
@@ -336,7 +360,7 @@ def lesion_types_markdown(doc: dict[str, Any]) -> list[str]:
 
 
 def tables_markdown(doc: dict[str, Any]) -> str:
-    seeds_all = per_seed(doc)
+    arms = _arms(doc)
     n = len(doc["seeds"])
     sub = doc.get("scored_subset") or {}
     look = f", {doc['look']} photographs" if doc.get("look") else ""
@@ -351,6 +375,9 @@ def tables_markdown(doc: dict[str, Any]) -> str:
                   f"{sub['images']} of the {sub['of']} test images per seed ({sub['rule']}); classification and "
                   "calibration on the whole test cohort. Filters are chosen (best filter per part, parts paired "
                   "with the ordinary CNN's filters) on the validation cohort.", ""]
+    if any(label.endswith("(ICNN: lesion types)") for _, _, label in arms):
+        lines += ["ICNN (lesion types): this preset trains no single-category ICNN, so the ICNN columns of the tables "
+                  "in the paper's form are the lesion-type ICNN's.", ""]
     lines += ["Lesion filters: the ICNN's category filters that did not match the optic disc, fovea or vessels; "
               "anatomy filters: its label-free filters and those matched to an anatomy part. The ordinary CNN has "
               "no categories: all its filters are scored in both groups, each against that group's parts only.", ""]
@@ -358,8 +385,8 @@ def tables_markdown(doc: dict[str, Any]) -> str:
         lines += [f"### Part interpretability, {g} filters (IoU > 0.2 with {parts_txt}; IoU > 0.04 beside it)", "",
                   "| backbone / task | seed | ordinary CNN | ICNN | ordinary (> 0.04) | ICNN (> 0.04) | ICNN / ordinary |",
                   "|---|---|---|---|---|---|---|"]
-        for (arch, task), seeds in sorted(seeds_all.items()):
-            lines += _seed_rows(f"{arch} / {task}", seeds, [
+        for _, seeds, label in arms:
+            lines += _seed_rows(label, seeds, [
                 ("o", lambda x, g=g: _group(x.get("ordinary"), g, "part_interpretability"), 3),
                 ("i", lambda x, g=g: _group(x.get("icnn"), g, "part_interpretability"), 3),
                 ("o4", lambda x, g=g: _group(x.get("ordinary"), g, "part_interpretability_iou04"), 3),
@@ -370,8 +397,8 @@ def tables_markdown(doc: dict[str, Any]) -> str:
     for g in ("lesion", "anatomy"):
         lines += [f"### Location instability, {g} filters (lower is better; chance ≈ 0.1; worst seed: highest ratio)",
                   "", "| backbone / task | seed | ordinary CNN | ICNN | ICNN / ordinary |", "|---|---|---|---|---|"]
-        for (arch, task), seeds in sorted(seeds_all.items()):
-            lines += _seed_rows(f"{arch} / {task}", seeds, [
+        for _, seeds, label in arms:
+            lines += _seed_rows(label, seeds, [
                 ("o", lambda x, g=g: _group(x.get("ordinary"), g, "location_instability"), 4),
                 ("i", lambda x, g=g: _group(x.get("icnn"), g, "location_instability"), 4),
             ], ("r", lambda x, g=g: _ratio(_group(x.get("icnn"), g, "location_instability"),
@@ -383,8 +410,8 @@ def tables_markdown(doc: dict[str, Any]) -> str:
                   "the group's parts' share of the field of view.", "",
                   "| backbone / task | seed | ordinary CNN | ICNN | Grad-CAM | occlusion | chance | ICNN / Grad-CAM |",
                   "|---|---|---|---|---|---|---|---|"]
-        for (arch, task), seeds in sorted(seeds_all.items()):
-            lines += _seed_rows(f"{arch} / {task}", seeds, [
+        for _, seeds, label in arms:
+            lines += _seed_rows(label, seeds, [
                 ("o", lambda x, g=g: _group(x.get("ordinary"), g, "pointing_hit_rate"), 3),
                 ("i", lambda x, g=g: _group(x.get("icnn"), g, "pointing_hit_rate"), 3),
                 ("g", lambda x, g=g: _group(x.get("gradcam"), g, "pointing_hit_rate"), 3),
@@ -411,12 +438,12 @@ def tables_markdown(doc: dict[str, Any]) -> str:
             return per
         return f"{per}; mean {_v(summ['mean'])}, worst {_v(summ['worst'])} (seed {summ['worst_seed']})"
 
-    for (arch, task), seeds in sorted(seeds_all.items()):
+    for _, seeds, label in arms:
         for part in PARTS:
             if not any(part in (x.get("icnn", {}).get("per_part") or {}) for x in seeds.values()):
                 continue
             lines.append(
-                f"| {arch} / {task} | {PARTS[part].display} | "
+                f"| {label} | {PARTS[part].display} | "
                 f"{cell(seeds, lambda x, p=part: _part(x.get('icnn'), p, 'pointing_matched_mean'))} | "
                 f"{cell(seeds, lambda x, p=part: _part(x.get('icnn'), p, 'peak_hit_rate_best_unit', 'test'))} | "
                 f"{cell(seeds, lambda x, p=part: _part(x.get('icnn'), p, 'top_filter_hit_rate'))} | "
@@ -427,7 +454,7 @@ def tables_markdown(doc: dict[str, Any]) -> str:
     lines += ["", "### Classification and calibration on the whole test cohort", "",
               "| backbone / task | seed | model | AUC | accuracy | sensitivity at 90 % specificity | ECE uncalibrated | "
               "ECE calibrated (temperature) |", "|---|---|---|---|---|---|---|---|"]
-    for (arch, task), seeds in sorted(seeds_all.items()):
+    for _, seeds, label in arms:
         for model in ("ordinary", "icnn"):
             per: dict[str, dict[int, float]] = defaultdict(dict)
             for s, x in sorted(seeds.items()):
@@ -438,12 +465,12 @@ def tables_markdown(doc: dict[str, Any]) -> str:
                         "eu": _num(ece.get("uncalibrated")), "ec": _num(ece.get("calibrated"))}
                 for k, v in vals.items():
                     per[k][s] = v
-                lines.append(f"| {arch} / {task} | {s} | {'ICNN' if model == 'icnn' else 'ordinary CNN'} | "
+                lines.append(f"| {label} | {s} | {'ICNN' if model == 'icnn' else 'ordinary CNN'} | "
                              f"{_v(vals['auc'], 4)} | {_v(vals['acc'])} | {_v(vals['sens'])} | {_v(vals['eu'])} | "
                              f"{_v(vals['ec'])} ({_v(_num(ece.get('temperature')), 2)}) |")
             sums = {k: summary_over_seeds(v, higher_is_better=k not in ("eu", "ec")) for k, v in per.items()}
             if sums:
-                lines.append(f"| {arch} / {task} | mean (worst) | {'ICNN' if model == 'icnn' else 'ordinary CNN'} | "
+                lines.append(f"| {label} | mean (worst) | {'ICNN' if model == 'icnn' else 'ordinary CNN'} | "
                              + " | ".join(f"{_v(sums[k]['mean'], 4 if k == 'auc' else 3)} "
                                           f"({_v(sums[k]['worst'], 4 if k == 'auc' else 3)}, seed {sums[k]['worst_seed']})"
                                           for k in ("auc", "acc", "sens", "eu", "ec")) + " |")
@@ -466,6 +493,8 @@ def _iou_histogram(doc: dict[str, Any], path: Path) -> None:
     agg = aggregate(doc)
     fig, axes = plt.subplots(1, len(agg), figsize=(5 * len(agg), 3.2), squeeze=False)
     for ax, ((arch, task), b) in zip(axes[0], sorted(agg.items())):
+        if "icnn" not in b and "icnn-types" in b:
+            b = {**b, "icnn": b["icnn-types"]}
         bins = np.linspace(0, max(0.05, max([v for m in ("ordinary", "icnn") for v in b.get(m, {}).get("match_iou", [0])
                                               if v is not None] + [0.05])), 25)
         for model, colour in (("ordinary", "#888888"), ("icnn", "#d62728")):
@@ -501,8 +530,9 @@ def _montage(root: Path, doc: dict[str, Any], path: Path, n_images: int = 4, k: 
     with open(test / "labels.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["referable"] == "1" and int(r["n_EX"]) + int(r["n_HE"]) > 0]
     rows = rows[:n_images]
-    models = {m: load_bundle(root / "runs" / f"seed{s}" / f"{arch}-{task}-{m}", device="cpu")
-              for m in ("ordinary", "icnn")}
+    runs = root / "runs" / f"seed{s}"
+    icnn = "icnn" if (runs / f"{arch}-{task}-icnn").is_dir() else "icnn-types"
+    models = {m: load_bundle(runs / f"{arch}-{task}-{m}", device="cpu") for m in ("ordinary", icnn)}
     fig, axes = plt.subplots(2 * len(rows), k + 1, figsize=(2.2 * (k + 1), 2.3 * 2 * len(rows)))
     for r_i, row in enumerate(rows):
         img = load_image(test / "images" / f"{row['id']}.png")[0]
@@ -510,7 +540,7 @@ def _montage(root: Path, doc: dict[str, Any], path: Path, n_images: int = 4, k: 
             e = explain(img, model)
             ax_row = axes[2 * r_i + m_i]
             ax_row[0].imshow(img.pixels)
-            ax_row[0].set_title(f"{row['id']} · {'ICNN' if mname == 'icnn' else 'ordinary'}\np={e.probability:.2f}",
+            ax_row[0].set_title(f"{row['id']} · {'ordinary' if mname == 'ordinary' else 'ICNN'}\np={e.probability:.2f}",
                                 fontsize=7)
             for j, f in enumerate(e.top(k)):
                 ax_row[j + 1].imshow(blend(img.pixels, heat_rgba(e.map_on_scan(f.id))))

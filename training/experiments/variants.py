@@ -1,8 +1,8 @@
 """Method choices for the lesion-type ICNN, made on a validation cohort only.
 
-``python -m training.experiments.variants --study DIR --seed S --out OUT --name NAME [TrainConfig overrides]``
-fine-tunes the study's ordinary CNN of seed S (``DIR/runs/seed<S>/vgg-referable-ordinary``) as a lesion-type
-ICNN with the study's schedule and the given overrides (``free_fraction=0``, ``z_estimate=running``), then
+``python -m training.experiments.variants --study DIR [--preset P] --seed S --out OUT --name NAME [TrainConfig
+overrides]`` fine-tunes the study's ordinary CNN of seed S (``DIR/runs/seed<S>/<arch>-referable-ordinary``, the
+preset's backbone) as a lesion-type ICNN with the preset's schedule and the given overrides (``free_fraction=0``, ``z_estimate=running``), then
 scores its lesion-type evidence (engine.lesion_types) on the seed's **validation** cohort, firing thresholds
 fixed on a held-out half of that cohort. The test cohorts are never read. Results: ``OUT/<NAME>.json``.
 """
@@ -47,19 +47,21 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", required=True, type=Path)
+    ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="the study's preset (default cpu)")
     ap.add_argument("--seed", required=True, type=int)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--name", required=True)
     ap.add_argument("overrides", nargs="*", help="TrainConfig field=value")
     args = ap.parse_args(argv)
-    p = PRESETS["cpu"]
+    p = PRESETS[args.preset]
+    arch = p.archs[0]
     overrides = dict(kv.split("=", 1) for kv in args.overrides)
     data = args.study / "data" / f"seed{args.seed}"
     bundle = args.out / "runs" / f"seed{args.seed}" / args.name
     if not (bundle / "models" / "model.pt").is_file():
-        cfg = TrainConfig(data=str(data / "train"), val=str(data / "val"), out=str(bundle), size=p.size,
+        cfg = TrainConfig(data=str(data / "train"), val=str(data / "val"), out=str(bundle), size=p.size, arch=arch,
                           seed=args.seed, epochs=p.finetune_epochs, warmup_epochs=0, lr=p.finetune_lr,
-                          init=str(args.study / "runs" / f"seed{args.seed}" / "vgg-referable-ordinary"),
+                          init=str(args.study / "runs" / f"seed{args.seed}" / f"{arch}-referable-ordinary"),
                           categories="lesion-types", resume=(bundle / "checkpoints" / "last.pt").is_file(),
                           **{**p.train, **p.icnn, **{k: _value(v) for k, v in overrides.items()}})
         drain(train_iter(cfg), TextProgress())
