@@ -1,4 +1,6 @@
-"""Training step time of the ICNN over the ordinary network: same backbone, batch and weights.
+"""Training step time of the ICNN over the ordinary network: same backbone, batch and weights; and of the
+finer top map (``--top-stride``: VGG 4 px against 8, ResNet 8 against 16) over each backbone's default, and of
+ResNet over VGG, the costs behind the lesion-type recipe's geometry.
 
 The ICNN step is the training engine's (:func:`napari_icnn.engine.train.train_iter`) in an
 interpretable epoch: mask on, forward under the engine's autocast, BCE, filter-assignment update,
@@ -120,7 +122,32 @@ def _compare(ctx: Context, arch: str, size: int, batch: int) -> Timings:
     return time_steps(ctx, steps, x, y, budget_s=25.0)
 
 
+FINE_MAP = {"vgg": (8, 4), "resnet": (16, 8)}
+"""Each backbone's default top stride and its finer map (:data:`napari_icnn.config.TOP_STRIDES`)."""
+
+
+def _geometry(ctx: Context, size: int, batch: int) -> Timings:
+    """The ICNN step of both backbones at both top strides, interleaved on one batch."""
+    steps = {f"{arch}_{stride}": TrainStep(step_config(arch, size, batch, top_stride=stride), ctx.device)
+             for arch, strides in FINE_MAP.items() for stride in strides}
+    x, y = fixed_batch(step_config("vgg", size, batch), ctx.device)
+    return time_steps(ctx, steps, x, y, budget_s=40.0)
+
+
 def run(ctx: Context) -> Iterator[Figure]:
+    size = 256
+    batch = plan_batch(ctx, size)
+    ctx.log(f"training step, top-map geometry, {size} px, batch {batch}")
+    t = _geometry(ctx, size, batch)
+    release(ctx.device)
+    for arch, (coarse, fine) in FINE_MAP.items():
+        yield Figure(f"train_step_ratio_fine_map_{arch}_{size}", t.ratio(f"{arch}_{fine}", f"{arch}_{coarse}"),
+                     note=f"{fine}-px over {coarse}-px cells, batch {batch}, {t.rounds} rounds, "
+                          f"{1e3 * t.median(f'{arch}_{fine}'):.0f} / {1e3 * t.median(f'{arch}_{coarse}'):.0f} ms")
+    yield Figure(f"train_step_ratio_resnet_over_vgg_{size}", t.ratio("resnet_16", "vgg_8"),
+                 note="each backbone at its default top stride")
+    yield Figure(f"train_step_ratio_resnet_over_vgg_lesion_maps_{size}", t.ratio("resnet_8", "vgg_4"),
+                 note="each at the finer map the lesion-type filters use")
     target = ctx.target("<=", cpu=1.10, gpu=1.03)
     for arch in ARCHS:
         for size in SIZES:

@@ -42,7 +42,8 @@ __all__ = [
 ]
 
 GROUPS: dict[str, tuple[str, str]] = {
-    "train_step": ("fig_train", "training step time, ICNN / ordinary network (VGG and ResNet, 224, 256 and 512 px)"),
+    "train_step": ("fig_train", "training step time, ICNN / ordinary network (VGG and ResNet, 224, 256 and 512 px); "
+                   "the finer top map / the default, ResNet / VGG"),
     "materialised": ("fig_materialised",
                      "the B x C x n^2 x n x n reference filter loss against the vectorised one (time, memory)"),
     "memory": ("fig_memory", "peak memory of an ICNN training step against the ordinary network's"),
