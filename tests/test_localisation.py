@@ -50,7 +50,7 @@ def test_the_loss_moves_each_typed_filters_peak_onto_a_lesion_of_its_type_and_le
     assert divmod(int(maps[1, 1].argmax()), n) == (5, 1)
     # nothing to supervise: a zero that still backpropagates
     empty = lesion_mask_loss(maps, torch.zeros_like(cells), types)
-    assert float(empty) == 0.0 and empty.requires_grad
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
 
 
 @pytest.fixture(scope="module")
