@@ -182,6 +182,14 @@ class TrainConfig:
         "maps is lambda0 times the classification loss's; epoch t after warm-up uses lambda0 / (t - warmup)",
         "--lambda", label="Filter-loss weight λ",
     )
+    lesion_mask_weight: float = _opt(
+        0.0,
+        "with lesion-type filters and lesion masks in the training data (synthetic cohorts, IDRiD's segmentation "
+        "layout): weight of a localisation loss that puts each filter's peak inside a lesion of its own type on the "
+        "training eyes that have one (minus the log of the filter's softmax mass on the cells holding such a "
+        "lesion). 0: off, the paper's image-level supervision, no masks needed",
+        "--lesion-mask-weight", label="Lesion-mask weight", bounds=(0.0, 100.0),
+    )
     batch: int | None = _auto(
         f"batch size (per process under torchrun), at least {MIN_BATCH}; auto: {DEFAULT_BATCH}, or the number of "
         "training images (per process) when there are fewer",
@@ -291,6 +299,8 @@ class TrainConfig:
             raise bad("z_estimate", f"must be one of {', '.join(Z_ESTIMATES)}")
         if self.cache not in CACHE_MODES:
             raise bad("cache", f"must be one of {', '.join(CACHE_MODES)}")
+        if not 0.0 <= self.lesion_mask_weight <= 100.0:
+            raise bad("lesion_mask_weight", "must be between 0 and 100")
         if self.top_stride is not None and self.top_stride not in TOP_STRIDES.get(self.arch, (self.top_stride,)):
             raise bad("top_stride", "must be 8 or 4 with --arch vgg, 16 or 8 with --arch resnet")
         if self.size < 64 or self.size % 16:

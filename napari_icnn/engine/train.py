@@ -24,12 +24,12 @@ import torch.nn.functional as F
 
 from napari_icnn.atomic import atomic_write_text
 from napari_icnn.bundle import WEIGHTS, FilterInfo, atomic_torch_save, load_bundle, save_bundle
-from napari_icnn.config import TrainConfig
+from napari_icnn.config import TrainConfig, flag_of
 from napari_icnn.devices import autocast_for, resolve_device
 from napari_icnn.engine import runtime
 from napari_icnn.engine.run_folder import BEST, CACHE, CHECKPOINT_DIR, CONFIG, HISTORY, LAST, check_output
 from napari_icnn.errors import Cancelled, ConfigError
-from napari_icnn.parts import FREE_CATEGORY
+from napari_icnn.parts import FREE_CATEGORY, MASK_LESION_KEYS
 from napari_icnn.progress import EpochEnd, Message, Progress
 
 if TYPE_CHECKING:
@@ -95,7 +95,6 @@ def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[Tra
     """The records to train and validate on, and ``cfg`` resolved for them (see :meth:`TrainConfig.resolved`)."""
     from napari_icnn.data.datasets import split_records
     from napari_icnn.data.layouts import discover, task_targets
-    from napari_icnn.parts import MASK_LESION_KEYS
 
     spec = discover(cfg.data, cfg.format)
     records = list(spec.records)
@@ -119,6 +118,15 @@ def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[Tra
         has_masks = spec.has_masks
     if cfg.max_train_images:
         train = train[: cfg.max_train_images]
+    if cfg.lesion_mask_weight > 0:
+        if cfg.ordinary or cfg.categories != "lesion-types":
+            raise ConfigError(f"{flag_of('lesion_mask_weight')} supervises lesion-type filters: it needs "
+                              f"{flag_of('categories')} lesion-types (and no {flag_of('ordinary')})",
+                              field="lesion_mask_weight")
+        if not any(k in r.masks for r in train for k in MASK_LESION_KEYS):
+            raise ConfigError(f"{flag_of('lesion_mask_weight')}: no training photograph of {flag_of('data')} "
+                              f"{cfg.data} has a lesion mask ({', '.join(MASK_LESION_KEYS)}); give masks (README, "
+                              f"training data layouts) or leave it at 0", field="lesion_mask_weight")
     return cfg, train, val, has_masks
 
 
@@ -190,8 +198,10 @@ def train_iter(
                 and cfg.categories == "decision" else ""))
     yield Message(f"{len(train_recs)} training / {len(val_recs)} validation images; task {cfg.task}; {about}")
     cache_dir = out / CHECKPOINT_DIR / CACHE if cfg.cache == "disk" else None
+    supervise = cfg.lesion_mask_weight > 0  # lesion masks ride along with the photographs (and their augmentation)
     train_ds = make_dataset(train_recs, size=cfg.size, task=cfg.target_set, augment=cfg.augment, cache=cfg.cache,
-                            cache_dir=cache_dir)
+                            cache_dir=cache_dir, with_masks=supervise,
+                            mask_parts=MASK_LESION_KEYS if supervise else None)
     val_ds = make_dataset(val_recs, size=cfg.size, task=cfg.target_set, augment=False, cache=cfg.cache,
                           cache_dir=cache_dir, with_masks=has_masks)
     sampler: DistributedSampler | None = None
@@ -250,6 +260,9 @@ def train_iter(
         torch.set_rng_state(saved["rng_torch"])
         yield Message(f"resumed after epoch {saved['epoch']} of {cfg.epochs}")
         del saved
+    # each category's lesion type as a mask channel (-1: not a lesion type), for the lesion-mask loss
+    mask_types = torch.tensor([MASK_LESION_KEYS.index(names[col]) if names[col] in MASK_LESION_KEYS else -1
+                               for col in cfg.category_columns], dtype=torch.long, device=device) if supervise else None
     decision_from = cfg.decision_categories
     if decision_from is not None:
         keep = ", ".join(cat_names[i] for i in decision_from)
@@ -288,15 +301,17 @@ def train_iter(
             assignment.train()
             if running_z is not None:
                 running_z.train()
-            sums = {"loss": 0.0, "cls_loss": 0.0, "filter_loss": 0.0}
+            sums = {"loss": 0.0, "cls_loss": 0.0, "filter_loss": 0.0, **({"mask_loss": 0.0} if supervise else {})}
+            extra: dict[str, float] = {}
             seen = 0
             for i, batch in enumerate(train_dl):
                 if should_stop is not None and should_stop():
                     raise Cancelled("stop requested")
                 x = batch["image"].to(device, non_blocking=True)
                 y = batch["target"].to(device, non_blocking=True).float().view(len(x), -1)
+                masks = batch["masks"].to(device, non_blocking=True) if supervise else None
                 loss, cls, floss = train_step(model, net, x, y, opt, sched, assignment, cfg, lam, filter_weights,
-                                              dist, log_z=running_z)
+                                              dist, log_z=running_z, masks=masks, mask_types=mask_types, extra=extra)
                 if decision_from is not None:
                     restrict_decision(net, assignment, decision_from, unselective=unselective)
                 b = len(x)
@@ -304,6 +319,8 @@ def train_iter(
                 sums["loss"] += float(loss.detach()) * b
                 sums["cls_loss"] += float(cls.detach()) * b
                 sums["filter_loss"] += float(floss.detach()) * b
+                if supervise:
+                    sums["mask_loss"] += extra.get("mask_loss", 0.0) * b
                 yield Progress(f"epoch {epoch}/{cfg.epochs}", i + 1, steps, f"loss {sums['loss'] / seen:.4f}",
                                epoch=epoch, n_epochs=cfg.epochs)
             metrics = {key: v / max(seen, 1) for key, v in sums.items()}
@@ -394,12 +411,16 @@ def phase_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], fl
 
 
 def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: float, filter_weights,
-               dist: runtime.DistInfo | None = None, filter_loss=None, log_z=None) -> tuple[torch.Tensor, ...]:
-    """One optimisation step: classification loss + ``lam`` × the weighted template filter loss.
+               dist: runtime.DistInfo | None = None, filter_loss=None, log_z=None, masks=None, mask_types=None,
+               extra: dict[str, float] | None = None) -> tuple[torch.Tensor, ...]:
+    """One optimisation step: classification loss + ``lam`` × the weighted template filter loss (+ the lesion-mask
+    loss, :mod:`napari_icnn.icnn.localisation`, weighted by ``cfg.lesion_mask_weight``, when ``masks`` are given).
 
     ``model`` is ``net`` or its DDP wrapper. Returns the detached (total, classification, filter) losses.
     ``filter_loss`` replaces the template filter loss (the benchmark's materialised reference uses it);
     ``log_z`` (a :class:`~napari_icnn.icnn.loss.RunningLogZ`) makes Z_T the paper's running constant.
+    ``masks``: ``(B, T, H, W)`` lesion masks (:data:`~napari_icnn.parts.MASK_LESION_KEYS` order); ``mask_types``:
+    ``(K,)`` each filter category's mask channel, -1 for none. ``extra`` receives the lesion-mask loss.
     """
     from napari_icnn.icnn.loss import template_filter_loss
 
@@ -425,6 +446,16 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
                                                                **kw)
             floss = (per_filter * filter_weights).mean()
     loss = cls + lam * floss
+    if masks is not None and mask_types is not None and cfg.interpretable and lam > 0:
+        from napari_icnn.icnn.localisation import lesion_cells, lesion_mask_loss
+
+        cats = assignment.categories.to(device)
+        types = torch.where(cats >= 0, mask_types[cats.clamp(min=0)], torch.full_like(cats, -1))
+        pre = net.conv(out.features).float()  # before the ReLU: a silent cell still gets a gradient
+        mloss = lesion_mask_loss(pre, lesion_cells(masks, net.n, net.stride, net.offset), types)
+        loss = loss + cfg.lesion_mask_weight * mloss
+        if extra is not None:
+            extra["mask_loss"] = float(mloss.detach())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -654,7 +685,6 @@ def firing_thresholds_of(net, loader, records, categories: list[str | None], act
     :data:`MIN_FIRING_SEPARATION`: its "fires" would claim a lesion it cannot see), and for all when the images
     lack presence labels."""
     from napari_icnn.engine.lesion_types import firing_thresholds
-    from napari_icnn.parts import MASK_LESION_KEYS
 
     types = [c if c in MASK_LESION_KEYS else None for c in categories]
     if not any(types) or not all(set(MASK_LESION_KEYS) <= set(r.labels) for r in records):

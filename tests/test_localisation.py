@@ -1,0 +1,100 @@
+"""Lesion-mask supervision: the cells a peak may land on, the loss's pull, and training with it end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from napari_icnn.config import TrainConfig
+from napari_icnn.data.synth import write_cohort
+from napari_icnn.engine.train import train
+from napari_icnn.errors import ConfigError
+from napari_icnn.icnn.localisation import lesion_cells, lesion_mask_loss
+
+
+def test_a_lesion_cell_is_one_whose_centre_lies_within_half_a_cell_of_a_lesion_pixel():
+    masks = torch.zeros(1, 2, 64, 64)
+    masks[0, 0, 1 + 4 * 9, 1 + 4 * 5] = 1  # exactly on cell (9, 5)'s centre at stride 4, offset 1
+    masks[0, 1, 3 + 8 * 2 + 5, 3 + 8 * 6] = 1  # 5 px below cell (2, 6)'s centre at stride 8, offset 3: cell (3, 6)
+    fine = lesion_cells(masks, 16, 4, 1.0)
+    assert fine.shape == (1, 2, 16, 16)
+    assert fine[0, 0].nonzero().tolist() == [[9, 5]]
+    coarse = lesion_cells(masks, 8, 8, 3.0)
+    assert coarse[0, 1].nonzero().tolist() == [[3, 6]]
+    with pytest.raises(ValueError, match="B, T, H, W"):
+        lesion_cells(masks[0], 8, 8, 3.0)
+
+
+def test_the_loss_moves_each_typed_filters_peak_onto_a_lesion_of_its_type_and_leaves_the_others_alone():
+    torch.manual_seed(0)
+    n = 8
+    cells = torch.zeros(2, 2, n, n, dtype=torch.bool)
+    cells[0, 0, 2, 3] = cells[0, 0, 6, 6] = True  # image 0: two lesions of type 0
+    cells[1, 1, 5, 1] = True  # image 1: one lesion of type 1, none of type 0
+    types = torch.tensor([0, 1, -1])  # filter 2 has no lesion type (label-free)
+    maps = torch.randn(2, 3, n, n, requires_grad=True)
+    start = lesion_mask_loss(maps, cells, types)
+    start.backward()
+    assert maps.grad[:, 2].abs().sum() == 0  # no type: no pull
+    assert maps.grad[1, 0].abs().sum() == 0 and maps.grad[0, 1].abs().sum() == 0  # type absent from the image
+    opt = torch.optim.SGD([maps], lr=1.0)
+    for _ in range(200):
+        opt.zero_grad()
+        lesion_mask_loss(maps, cells, types).backward()
+        opt.step()
+    assert float(lesion_mask_loss(maps, cells, types).detach()) < 0.05 < float(start.detach())
+    peak0 = divmod(int(maps[0, 0].argmax()), n)
+    assert peak0 in {(2, 3), (6, 6)}  # some lesion of its type, not necessarily both
+    assert divmod(int(maps[1, 1].argmax()), n) == (5, 1)
+    # nothing to supervise: a zero that still backpropagates
+    empty = lesion_mask_loss(maps, torch.zeros_like(cells), types)
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohorts")
+    write_cohort(root / "train", 32, size=128, seed=111, look="clean")
+    write_cohort(root / "val", 16, size=128, seed=112, look="clean")
+    return root
+
+
+SMALL = dict(size=64, batch=8, n_filters=8, width=8, cache="memory", augment=True, epochs=2, warmup_epochs=1)
+
+
+def test_training_with_lesion_masks_reports_the_mask_loss_and_lowers_it(cohorts, tmp_path):
+    cfg = TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "m"),
+                      categories="lesion-types", lesion_mask_weight=1.0, **{**SMALL, "epochs": 4})
+    result = train(cfg)
+    assert result.epochs_done == 4
+    history = json.loads((tmp_path / "m" / "checkpoints" / "history.json").read_text())
+    mask_losses = [h["mask_loss"] for h in history[1:]]  # interpretable epochs
+    assert all(v > 0 for v in mask_losses)
+    assert mask_losses[-1] < mask_losses[0], mask_losses
+    saved = json.loads((tmp_path / "m" / "checkpoints" / "config.json").read_text())
+    assert saved["lesion_mask_weight"] == 1.0
+
+
+def test_lesion_mask_weight_needs_lesion_type_filters_and_masks(cohorts, tmp_path):
+    with pytest.raises(ConfigError, match="lesion-types"):
+        train(TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "a"),
+                          categories="decision", lesion_mask_weight=1.0, **SMALL))
+    bare = tmp_path / "bare"
+    (bare / "images").mkdir(parents=True)
+    rows = (cohorts / "train" / "labels.csv").read_text().splitlines()
+    for line in rows[1:]:
+        i = line.split(",")[0]
+        (bare / "images" / f"{i}.png").write_bytes((cohorts / "train" / "images" / f"{i}.png").read_bytes())
+    (bare / "labels.csv").write_text("\n".join(rows) + "\n")
+    for name in ("cohort.json",):
+        if (cohorts / "train" / name).is_file():
+            (bare / name).write_text((cohorts / "train" / name).read_text())
+    with pytest.raises(ConfigError, match="lesion mask") as err:
+        train(TrainConfig(data=str(bare), val=str(cohorts / "val"), out=str(tmp_path / "b"),
+                          categories="lesion-types", lesion_mask_weight=1.0, **SMALL))
+    assert str(bare) in str(err.value)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match="--lesion-mask-weight"):
+        TrainConfig(lesion_mask_weight=-1.0)
