@@ -94,12 +94,12 @@ class _ResNetFeatures(nn.Module):
         )
         self.out_channels = 8 * width
         if stride == 8:
-            # The stride-1 stem and layer1 at half resolution dominate the cost; an unstrided layer4 doubles the
-            # map's side for about 8 % more compute per step (docs/results.md, ResNet).
+            # The stride-1 stem and layer1 at half resolution dominate the backbone's cost; an unstrided layer4
+            # doubles the map's side for about 8 % more backbone compute (docs/benchmarks.md, 1b).
             first = self.net.layer4[0]
-            first.conv1.stride = (1, 1)
-            if first.downsample is not None:
-                first.downsample[0].stride = (1, 1)
+            for conv in first.modules():
+                if isinstance(conv, nn.Conv2d) and conv.stride == (2, 2):  # conv1 and the 1x1 shortcut
+                    conv.stride = (1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         n = self.net
