@@ -227,3 +227,34 @@ def test_a_study_without_a_single_category_icnn_reports_the_lesion_type_icnn_und
     bars = {text: verdict for text, verdict, _ in _bars(doc)}
     assert bars["vgg/referable (ICNN: lesion types): ICNN AUC within 0.02 of ordinary (ICNN − ordinary ≥ −0.02)"]
     assert not any(text.startswith("vgg/referable:") for text in bars)
+
+
+def test_a_seed_where_neither_model_scores_cannot_pass_a_ratio_bar():
+    doc = _study({
+        1: {"ordinary": _metrics(0.1, 0.2, 0.10, 0.2), "icnn": _metrics(0.5, 0.4, 0.05, 0.1)},
+        2: {"ordinary": _metrics(0.0, 0.2, 0.10, 0.2), "icnn": _metrics(0.0, 0.4, 0.05, 0.1)},  # 0 / 0
+    })
+    bars = {text: verdict for text, verdict, _ in _bars(doc)}
+    assert bars["vgg/referable: lesion filters' part interpretability ICNN ≥ 1.5× ordinary"].startswith("MISS")
+    assert bars["vgg/referable: anatomy filters' part interpretability ICNN ≥ 1.5× ordinary"] == "PASS"
+
+
+def test_lesion_filters_that_never_find_their_lesion_do_not_pass_by_tying_grad_cam_at_zero():
+    from training.experiments.report import lesion_type_bars
+
+    def types(hit: float, gradcam: float) -> dict:
+        t = {"n_filters": 2, "icnn_hit_rate": hit, "gradcam_hit_rate": gradcam, "coverage_icnn": hit,
+             "coverage_gradcam": gradcam, "silent_filters_share": 1.0, "silence_worst": 0.9}
+        return {"types": {"MA": t, "HE": dict(t, icnn_hit_rate=0.3, coverage_icnn=0.3), "EX": t, "SE": t},
+                "top_filter": {"own_type_rate": 0.5}}
+
+    doc = {"preset": "tiny", "seeds": [1, 2], "records": [
+        {"seed": s, "arch": "vgg", "task": "referable", "model": "icnn-types", "explainer": "lesion-types",
+         "role": "lesion-types", "metrics": types(0.0, 0.0)} for s in (1, 2)]}
+    bars = {text: verdict for text, verdict, _ in lesion_type_bars(doc)}
+    ma = bars["vgg/referable lesion types: microaneurysms filters' hit rate (peak in a lesion of the type) ≥ "
+              "Grad-CAM of the type's logit (mean over seeds)"]
+    he = bars["vgg/referable lesion types: haemorrhages filters' hit rate (peak in a lesion of the type) ≥ "
+              "Grad-CAM of the type's logit (mean over seeds)"]
+    assert ma.startswith("MISS") and "neither" in ma
+    assert he == "PASS"

@@ -135,9 +135,13 @@ def summary_over_seeds(values: dict[int, float], higher_is_better: bool = True) 
             "worst_seed": worst_seed, "n": len(known)}
 
 
-def _verdict(summary: dict[str, Any], ok: Any) -> str:
+def _verdict(summary: dict[str, Any], ok: Any, values: dict[int, float] | None = None) -> str:
+    """PASS when the mean and the worst seed meet ``ok``; a seed without a value (``values``: NaN, e.g. 0 / 0)
+    cannot be judged, so the bar is not met on it."""
     if summary["worst_seed"] is None:
         return "MISS"
+    if values is not None and any(v is None or np.isnan(v) for v in values.values()):
+        return "MISS (a seed cannot be judged: –)"
     mean_ok, worst_ok = bool(ok(summary["mean"])), bool(ok(summary["worst"]))
     if mean_ok and worst_ok:
         return "PASS"
@@ -194,25 +198,25 @@ def _bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
                            _group(x.get("ordinary"), g, "part_interpretability")) for s, x in seeds.items()}
             summ = summary_over_seeds(r)
             bars.append((f"{arch}/{tag}: {g} filters' part interpretability ICNN ≥ 1.5× ordinary",
-                         _verdict(summ, lambda v: v >= 1.5), _detail(r, summ)))
+                         _verdict(summ, lambda v: v >= 1.5, r), _detail(r, summ)))
         for g in ("lesion", "anatomy"):
             r = {s: _ratio(_group(x.get("icnn"), g, "location_instability"),
                            _group(x.get("ordinary"), g, "location_instability")) for s, x in seeds.items()}
             summ = summary_over_seeds(r, higher_is_better=False)
             bars.append((f"{arch}/{tag}: {g} filters' location instability ≥ 30 % lower (ICNN / ordinary ≤ 0.70)",
-                         _verdict(summ, lambda v: v <= 0.70), _detail(r, summ)))
+                         _verdict(summ, lambda v: v <= 0.70, r), _detail(r, summ)))
         if task == "referable":
             d = {s: _num(x.get("classification", {}).get("icnn", {}).get("auc"))
                  - _num(x.get("classification", {}).get("ordinary", {}).get("auc")) for s, x in seeds.items()}
             summ = summary_over_seeds(d)
             bars.append((f"{arch}/{tag}: ICNN AUC within 0.02 of ordinary (ICNN − ordinary ≥ −0.02)",
-                         _verdict(summ, lambda v: v >= -0.02), _detail(d, summ, 4, "")))
+                         _verdict(summ, lambda v: v >= -0.02, d), _detail(d, summ, 4, "")))
         if any("gradcam" in x for x in seeds.values()):
             r = {s: _ratio(_group(x.get("icnn"), "lesion", "pointing_hit_rate"),
                            _group(x.get("gradcam"), "lesion", "pointing_hit_rate")) for s, x in seeds.items()}
             summ = summary_over_seeds(r)
             bars.append((f"{arch}/{tag}: ICNN lesion filters' peaks on a lesion more often than Grad-CAM's peak",
-                         _verdict(summ, lambda v: v > 1.0), _detail(r, summ)))
+                         _verdict(summ, lambda v: v > 1.0, r), _detail(r, summ)))
             for part in LESIONS:
                 r = {s: _ratio(_part(x.get("icnn"), part, "pointing_matched_mean"),
                                _part(x.get("gradcam"), part, "peak_hit_rate_best_unit", "test"))
@@ -258,7 +262,7 @@ def lesion_type_bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
         r = {s: _ratio(_group(x.get(m), "lesion", "part_interpretability"),
                        _group(x.get("ordinary"), "lesion", "part_interpretability")) for s, x in seeds.items()}
         summ = summary_over_seeds(r)
-        ok = summ["worst_seed"] is not None and summ["worst"] >= 1.5
+        ok = summ["worst_seed"] is not None and summ["worst"] >= 1.5 and summ["n"] == len(r)  # 0 / 0 is no gain
         bars.append((f"{arch}/{task} lesion types: lesion filters' part interpretability ≥ 1.5× ordinary on every "
                      "seed", "PASS" if ok else "MISS", _detail(r, summ)))
         for t in LESIONS:
@@ -267,9 +271,13 @@ def lesion_type_bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
                                         "coverage of lesion instances at Grad-CAM's area")):
                 vals = {s: _lt_type(x, m, t, ours) - _lt_type(x, m, t, theirs) for s, x in seeds.items()}
                 summ = summary_over_seeds(vals)
-                pairs = ", ".join(f"seed {s} {_v(_lt_type(x, m, t, ours), 2)} vs {_v(_lt_type(x, m, t, theirs), 2)}"
+                pairs = ", ".join(f"seed {s} {_v(_lt_type(x, m, t, ours), 3)} vs {_v(_lt_type(x, m, t, theirs), 3)}"
                                   for s, x in sorted(seeds.items()))
-                verdict = "MISS" if summ["worst_seed"] is None else ("PASS" if summ["mean"] >= 0 else "MISS")
+                found = summary_over_seeds({s: _lt_type(x, m, t, ours) for s, x in seeds.items()})["mean"]
+                # filters that never find their lesion fail the bar even where Grad-CAM does not find it either
+                verdict = ("MISS" if summ["worst_seed"] is None else
+                           "MISS (neither finds the lesion: 0 vs 0)" if not found > 0 and not summ["mean"] < 0 else
+                           "PASS" if summ["mean"] >= 0 else "MISS")
                 bars.append((f"{arch}/{task} lesion types: {PARTS[t].display} filters' {what} ≥ Grad-CAM of the "
                              "type's logit (mean over seeds)", verdict,
                              f"ICNN vs Grad-CAM {pairs}; mean difference {_v(summ['mean'], 3)}"))
@@ -285,12 +293,12 @@ def lesion_type_bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
         top = {s: _num(_lt(x, m).get("top_filter", {}).get("own_type_rate")) for s, x in seeds.items()}
         summ = summary_over_seeds(top)
         bars.append((f"{arch}/{task} lesion types: the top-contributing filter of a referable scan peaks in a lesion "
-                     "of its own type on ≥ 60 % of them", _verdict(summ, lambda v: v >= 0.6), _detail(top, summ, 2, "")))
+                     "of its own type on ≥ 60 % of them", _verdict(summ, lambda v: v >= 0.6, top), _detail(top, summ, 2, "")))
         d = {s: _num(x.get("classification", {}).get(m, {}).get("per_class", {}).get("referable DR", {}).get("auc"))
              - _num(x.get("classification", {}).get("ordinary", {}).get("auc")) for s, x in seeds.items()}
         summ = summary_over_seeds(d)
         bars.append((f"{arch}/{task} lesion types: referable AUC within 0.02 of the ordinary CNN's",
-                     _verdict(summ, lambda v: v >= -0.02), _detail(d, summ, 4, "")))
+                     _verdict(summ, lambda v: v >= -0.02, d), _detail(d, summ, 4, "")))
     return bars
 
 
