@@ -158,7 +158,7 @@ class TrainConfig:
     arch: str = _opt("vgg", "backbone: vgg (plain VGG-style stack) or resnet (MONAI ResNet)", "--arch", label="Backbone")
     top_stride: int | None = _auto(
         "input pixels per cell of the interpretable layer's map: VGG 8, or 4 for a map twice as fine (lesion-sized "
-        "cells, about 4x the compute of the top layers); ResNet 16, or 8 (layer4 unstrided, about 8 % more compute); "
+        "cells, about 2.7x the training step); ResNet 16, or 8 (layer4 unstrided, about 1.4x the step); "
         "auto: the finer one for lesion-type filters (the recipe chosen on validation, docs/results.md), else the "
         "coarser", "--top-stride",
         label="Top-layer stride", bounds=(3, 16),
@@ -407,7 +407,7 @@ class TrainConfig:
         categories = values.get("categories", self.categories)
         if self.top_stride is None and categories != "auto":
             fine = categories == "lesion-types" and not self.ordinary
-            coarse, finer = TOP_STRIDES.get(self.arch, (8, 8))
+            coarse, finer = TOP_STRIDES[self.arch]  # the arch was checked on construction
             values["top_stride"] = finer if fine else coarse
             why["top_stride"] = (f"lesion-type filters: {finer}-px cells, the finer map (chosen on validation for VGG, "
                                  "docs/results.md)" if fine else f"{coarse}-px cells")

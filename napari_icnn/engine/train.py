@@ -451,8 +451,7 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
 
         cats = assignment.categories.to(device)
         types = torch.where(cats >= 0, mask_types[cats.clamp(min=0)], torch.full_like(cats, -1))
-        pre = net.conv(out.features).float()  # before the ReLU: a silent cell still gets a gradient
-        mloss = lesion_mask_loss(pre, lesion_cells(masks, net.n, net.stride, net.offset), types)
+        mloss = lesion_mask_loss(out.pre_maps.float(), lesion_cells(masks, net.n, net.stride, net.offset), types)
         loss = loss + cfg.lesion_mask_weight * mloss
         if extra is not None:
             extra["mask_loss"] = float(mloss.detach())

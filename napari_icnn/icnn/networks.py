@@ -37,6 +37,9 @@ class ICNNOutput:
     """``(B, C)`` long flat index ``i * n + j`` of each map's peak."""
     features: Tensor | None = None
     """``(B, W, n, n)`` the backbone's output that the interpretable filters read."""
+    pre_maps: Tensor | None = None
+    """``(B, C, n, n)`` the interpretable filters' maps before their ReLU (the lesion-mask loss's input: a cell
+    at 0 after the ReLU would get no gradient)."""
 
     def __post_init__(self) -> None:
         if (
@@ -251,7 +254,8 @@ class ICNN(nn.Module):
     def forward(self, x: Tensor) -> ICNNOutput:
         """Run the network on ``(B, 3, H, W)`` images."""
         features = self.backbone(x)
-        maps = self.act(self.conv(features))
+        pre_maps = self.conv(features)
+        maps = self.act(pre_maps)
         if self.interpretable:
             masked, mu = self.mask(maps)
         else:
@@ -261,7 +265,8 @@ class ICNN(nn.Module):
             # these filters still feed the classifier, but learn from the template loss alone
             k = self.template_only
             to_head = torch.cat([masked[:, :k].detach(), masked[:, k:]], dim=1)
-        return ICNNOutput(logits=self.head(to_head), maps=maps, masked=masked, mu=mu, features=features)
+        return ICNNOutput(logits=self.head(to_head), maps=maps, masked=masked, mu=mu, features=features,
+                          pre_maps=pre_maps)
 
     @staticmethod
     def pooled(masked: Tensor) -> Tensor:

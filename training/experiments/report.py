@@ -78,11 +78,11 @@ def icnn_arm(seeds: dict[int, dict[str, Any]]) -> tuple[dict[int, dict[str, Any]
 
 
 def _arms(doc: dict[str, Any]) -> list[tuple[tuple[str, str], dict[int, dict[str, Any]], str]]:
-    """(arch, task), its seeds with :func:`icnn_arm` applied, and the label its rows carry."""
+    """(arch, task), its seeds with :func:`icnn_arm` applied, and what its labels add to the task's name."""
     rows = []
     for key, seeds in sorted(per_seed(doc).items()):
         seeds, types = icnn_arm(seeds)
-        rows.append((key, seeds, f"{key[0]} / {key[1]}" + (" (ICNN: lesion types)" if types else "")))
+        rows.append((key, seeds, " (ICNN: lesion types)" if types else ""))
     return rows
 
 
@@ -191,8 +191,8 @@ def _bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(bar, verdict, detail): each judged on the mean of per-seed figures and on the worst seed."""
     bars: list[tuple[str, str, str]] = []
 
-    for (arch, task), seeds, label in _arms(doc):
-        tag = task + label[len(f"{arch} / {task}"):]
+    for (arch, task), seeds, note in _arms(doc):
+        tag = task + note
         for g in ("lesion", "anatomy"):
             r = {s: _ratio(_group(x.get("icnn"), g, "part_interpretability"),
                            _group(x.get("ordinary"), g, "part_interpretability")) for s, x in seeds.items()}
@@ -383,7 +383,7 @@ def tables_markdown(doc: dict[str, Any]) -> str:
                   f"{sub['images']} of the {sub['of']} test images per seed ({sub['rule']}); classification and "
                   "calibration on the whole test cohort. Filters are chosen (best filter per part, parts paired "
                   "with the ordinary CNN's filters) on the validation cohort.", ""]
-    if any(label.endswith("(ICNN: lesion types)") for _, _, label in arms):
+    if any(note for _, _, note in arms):
         lines += ["ICNN (lesion types): this preset trains no single-category ICNN, so the ICNN columns of the tables "
                   "in the paper's form are the lesion-type ICNN's.", ""]
     lines += ["Lesion filters: the ICNN's category filters that did not match the optic disc, fovea or vessels; "
@@ -393,7 +393,8 @@ def tables_markdown(doc: dict[str, Any]) -> str:
         lines += [f"### Part interpretability, {g} filters (IoU > 0.2 with {parts_txt}; IoU > 0.04 beside it)", "",
                   "| backbone / task | seed | ordinary CNN | ICNN | ordinary (> 0.04) | ICNN (> 0.04) | ICNN / ordinary |",
                   "|---|---|---|---|---|---|---|"]
-        for _, seeds, label in arms:
+        for (arch, task), seeds, note in arms:
+            label = f"{arch} / {task}{note}"
             lines += _seed_rows(label, seeds, [
                 ("o", lambda x, g=g: _group(x.get("ordinary"), g, "part_interpretability"), 3),
                 ("i", lambda x, g=g: _group(x.get("icnn"), g, "part_interpretability"), 3),
@@ -405,7 +406,8 @@ def tables_markdown(doc: dict[str, Any]) -> str:
     for g in ("lesion", "anatomy"):
         lines += [f"### Location instability, {g} filters (lower is better; chance ≈ 0.1; worst seed: highest ratio)",
                   "", "| backbone / task | seed | ordinary CNN | ICNN | ICNN / ordinary |", "|---|---|---|---|---|"]
-        for _, seeds, label in arms:
+        for (arch, task), seeds, note in arms:
+            label = f"{arch} / {task}{note}"
             lines += _seed_rows(label, seeds, [
                 ("o", lambda x, g=g: _group(x.get("ordinary"), g, "location_instability"), 4),
                 ("i", lambda x, g=g: _group(x.get("icnn"), g, "location_instability"), 4),
@@ -418,7 +420,8 @@ def tables_markdown(doc: dict[str, Any]) -> str:
                   "the group's parts' share of the field of view.", "",
                   "| backbone / task | seed | ordinary CNN | ICNN | Grad-CAM | occlusion | chance | ICNN / Grad-CAM |",
                   "|---|---|---|---|---|---|---|---|"]
-        for _, seeds, label in arms:
+        for (arch, task), seeds, note in arms:
+            label = f"{arch} / {task}{note}"
             lines += _seed_rows(label, seeds, [
                 ("o", lambda x, g=g: _group(x.get("ordinary"), g, "pointing_hit_rate"), 3),
                 ("i", lambda x, g=g: _group(x.get("icnn"), g, "pointing_hit_rate"), 3),
@@ -446,7 +449,8 @@ def tables_markdown(doc: dict[str, Any]) -> str:
             return per
         return f"{per}; mean {_v(summ['mean'])}, worst {_v(summ['worst'])} (seed {summ['worst_seed']})"
 
-    for _, seeds, label in arms:
+    for (arch, task), seeds, note in arms:
+        label = f"{arch} / {task}{note}"
         for part in PARTS:
             if not any(part in (x.get("icnn", {}).get("per_part") or {}) for x in seeds.values()):
                 continue
@@ -462,7 +466,8 @@ def tables_markdown(doc: dict[str, Any]) -> str:
     lines += ["", "### Classification and calibration on the whole test cohort", "",
               "| backbone / task | seed | model | AUC | accuracy | sensitivity at 90 % specificity | ECE uncalibrated | "
               "ECE calibrated (temperature) |", "|---|---|---|---|---|---|---|---|"]
-    for _, seeds, label in arms:
+    for (arch, task), seeds, note in arms:
+        label = f"{arch} / {task}{note}"
         for model in ("ordinary", "icnn"):
             per: dict[str, dict[int, float]] = defaultdict(dict)
             for s, x in sorted(seeds.items()):
