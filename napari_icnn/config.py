@@ -72,6 +72,9 @@ Z_ESTIMATES = ("batch", "running")
 DECISION_FILTERS = ("referable-lesions", "all")
 
 DEFAULT_EPOCHS = 16
+# The lesion-mask loss's weight when training data carry masks: the one value tried on validation (round 8 of
+# docs/results.md), then confirmed on the test seeds.
+DEFAULT_LESION_MASK_WEIGHT = 1.0
 DEFAULT_BATCH = 16
 DEFAULT_VAL_FRACTION = 0.2
 MIN_BATCH = 2
@@ -182,13 +185,14 @@ class TrainConfig:
         "maps is lambda0 times the classification loss's; epoch t after warm-up uses lambda0 / (t - warmup)",
         "--lambda", label="Filter-loss weight λ",
     )
-    lesion_mask_weight: float = _opt(
-        0.0,
+    lesion_mask_weight: float | None = _auto(
         "with lesion-type filters and lesion masks in the training data (synthetic cohorts, IDRiD's segmentation "
         "layout): weight of a localisation loss that puts each filter's peak inside a lesion of its own type on the "
         "training eyes that have one (minus the log of the filter's softmax mass on the cells holding such a "
-        "lesion). 0: off, the paper's image-level supervision, no masks needed",
-        "--lesion-mask-weight", label="Lesion-mask weight", bounds=(0.0, 100.0),
+        f"lesion). 0: off, the paper's image-level supervision, no masks needed; auto: "
+        f"{DEFAULT_LESION_MASK_WEIGHT:g} when the filters are lesion types and some training photograph has a "
+        "lesion mask (chosen on validation, docs/results.md), else 0",
+        "--lesion-mask-weight", label="Lesion-mask weight", bounds=(-1.0, 100.0), step=1.0,
     )
     batch: int | None = _auto(
         f"batch size (per process under torchrun), at least {MIN_BATCH}; auto: {DEFAULT_BATCH}, or the number of "
@@ -299,7 +303,7 @@ class TrainConfig:
             raise bad("z_estimate", f"must be one of {', '.join(Z_ESTIMATES)}")
         if self.cache not in CACHE_MODES:
             raise bad("cache", f"must be one of {', '.join(CACHE_MODES)}")
-        if not 0.0 <= self.lesion_mask_weight <= 100.0:
+        if self.lesion_mask_weight is not None and not 0.0 <= self.lesion_mask_weight <= 100.0:
             raise bad("lesion_mask_weight", "must be between 0 and 100")
         if self.top_stride is not None and self.top_stride not in TOP_STRIDES.get(self.arch, (self.top_stride,)):
             raise bad("top_stride", "must be 8 or 4 with --arch vgg, 16 or 8 with --arch resnet")
@@ -359,13 +363,15 @@ class TrainConfig:
         device_type: str | None = None,
         cores: int | None = None,
         lesion_labels: bool | None = None,
+        lesion_masks: bool | None = None,
     ) -> TrainConfig:
         """A copy with the "auto" (``None``) settings fixed; explicit values are kept and checked.
 
         The schedule (epochs, warm-up) is always fixed. The validation fraction and the batch are fixed when
         ``n_data`` (images in ``data``) is given, with ``n_val`` the images in ``val`` when there is one;
         the loader workers when ``device_type`` (``"cpu"`` or ``"cuda"``) is; the categories when
-        ``lesion_labels`` (every image has MA/HE/EX/SE presence labels) is. Raises :class:`ConfigError`
+        ``lesion_labels`` (every image has MA/HE/EX/SE presence labels) is, and with them the lesion-mask weight when
+        ``lesion_masks`` (some training image has a lesion mask) is. Raises :class:`ConfigError`
         naming the flags involved when explicit values cannot work with the data.
         """
         values: dict[str, Any] = {}
@@ -411,6 +417,14 @@ class TrainConfig:
             values["top_stride"] = finer if fine else coarse
             why["top_stride"] = (f"lesion-type filters: {finer}-px cells, the finer map (chosen on validation for VGG, "
                                  "docs/results.md)" if fine else f"{coarse}-px cells")
+        if self.lesion_mask_weight is None and categories != "auto" and lesion_masks is not None:
+            lesion_types = categories == "lesion-types" and not self.ordinary
+            values["lesion_mask_weight"] = DEFAULT_LESION_MASK_WEIGHT if lesion_types and lesion_masks else 0.0
+            why["lesion_mask_weight"] = (
+                "lesion-type filters and lesion masks: each filter's peak is pulled into a lesion of its type "
+                "(chosen on validation, docs/results.md)" if lesion_types and lesion_masks else
+                "no lesion masks in the training data: image-level labels only" if lesion_types else
+                "no lesion-type filters")
         new = dataclasses.replace(self, **values)
         new._derived = {**self._derived, **why}
         return new

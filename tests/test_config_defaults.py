@@ -235,3 +235,21 @@ def test_the_top_stride_follows_the_filter_categories():
     assert TrainConfig(data="d", out="o", arch="resnet", ordinary=True).resolved(lesion_labels=True).top_stride == 16
     assert TrainConfig(data="d", out="o", ordinary=True).resolved(lesion_labels=True).top_stride == 8
     assert TrainConfig(data="d", out="o", top_stride=8).resolved(lesion_labels=True).top_stride == 8
+
+
+def test_the_lesion_mask_weight_follows_the_categories_and_the_masks():
+    from napari_icnn.config import DEFAULT_LESION_MASK_WEIGHT, TrainConfig
+
+    base = TrainConfig(data="d", out="o")
+    assert base.lesion_mask_weight is None  # auto until the data are known
+    masked = base.resolved(lesion_labels=True, lesion_masks=True)
+    assert masked.lesion_mask_weight == DEFAULT_LESION_MASK_WEIGHT > 0
+    assert "validation" in masked.derived["lesion_mask_weight"]
+    bare = base.resolved(lesion_labels=True, lesion_masks=False)
+    assert bare.lesion_mask_weight == 0 and "no lesion masks" in bare.derived["lesion_mask_weight"]
+    assert base.resolved(lesion_labels=False, lesion_masks=True).lesion_mask_weight == 0  # decision filters
+    assert TrainConfig(data="d", out="o", ordinary=True).resolved(lesion_labels=True,
+                                                                   lesion_masks=True).lesion_mask_weight == 0
+    assert TrainConfig(data="d", out="o", lesion_mask_weight=0.0).resolved(
+        lesion_labels=True, lesion_masks=True).lesion_mask_weight == 0  # an explicit 0 is kept
+    assert base.resolved(lesion_labels=True).lesion_mask_weight is None  # masks unknown: left to the engine

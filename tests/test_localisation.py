@@ -65,8 +65,9 @@ SMALL = dict(size=64, batch=8, n_filters=8, width=8, cache="memory", augment=Tru
 
 
 def test_training_with_lesion_masks_reports_the_mask_loss_and_lowers_it(cohorts, tmp_path):
+    # no --lesion-mask-weight: lesion-type filters and masks in the data switch the loss on by default
     cfg = TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "m"),
-                      categories="lesion-types", lesion_mask_weight=1.0, **{**SMALL, "epochs": 4})
+                      categories="lesion-types", **{**SMALL, "epochs": 4})
     result = train(cfg)
     assert result.epochs_done == 4
     history = json.loads((tmp_path / "m" / "checkpoints" / "history.json").read_text())
@@ -96,5 +97,12 @@ def test_lesion_mask_weight_needs_lesion_type_filters_and_masks(cohorts, tmp_pat
                           categories="lesion-types", lesion_mask_weight=1.0, **SMALL))
     assert str(bare) in str(err.value)
     assert not (tmp_path / "b").exists()
+    # left to its default, the weight falls back to the paper's image-level supervision on data without masks
+    train(TrainConfig(data=str(bare), val=str(cohorts / "val"), out=str(tmp_path / "c"), categories="lesion-types",
+                      **SMALL))
+    saved = json.loads((tmp_path / "c" / "checkpoints" / "config.json").read_text())
+    assert saved["lesion_mask_weight"] == 0
+    history = json.loads((tmp_path / "c" / "checkpoints" / "history.json").read_text())
+    assert not any(h.get("mask_loss") for h in history)
     with pytest.raises(ConfigError, match="--lesion-mask-weight"):
         TrainConfig(lesion_mask_weight=-1.0)

@@ -57,10 +57,10 @@ def defaults() -> dict:
 
 def test_check_data_reads_the_layout_and_counts(cohorts):
     ok = check_data(str(cohorts / "train"), "auto", "referable")
-    assert ok.problem is None and ok.count == 24 and ok.lesion_labels
+    assert ok.problem is None and ok.count == 24 and ok.lesion_labels and ok.lesion_masks
     assert ok.summary.startswith("24 photographs · synth layout · part masks")
     graded = check_data(str(cohorts / "graded"), "auto", "referable")
-    assert graded.problem is None and graded.count == 12 and not graded.lesion_labels
+    assert graded.problem is None and graded.count == 12 and not graded.lesion_labels and not graded.lesion_masks
     assert graded.summary == "12 photographs · csv layout"
 
 
@@ -187,10 +187,12 @@ def test_check_training_resolves_auto_settings_for_the_data(cohorts, tmp_path):
     assert check.hints["data"].startswith("24 photographs") and check.hints["batch"] == "auto: 16 (the default)"
     assert check.hints["categories"].startswith("auto: lesion-types (every image has")
     assert check.resolved.categories == "lesion-types" and check.resolved.val_fraction == 0.2
+    assert check.hints["lesion_mask_weight"].startswith("auto: 1 (lesion-type filters and lesion masks")
     assert check.raise_first() == TrainConfig(**values)  # as given: the engine resolves it again
 
     graded = check_training({**values, "data": str(cohorts / "graded")})
     assert graded.hints["categories"].startswith("auto: decision (some images lack")
+    assert graded.hints["lesion_mask_weight"] == "auto: 0 (no lesion-type filters)"
 
     seen = []
 

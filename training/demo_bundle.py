@@ -4,7 +4,7 @@ The ``demo`` recipe of :data:`napari_icnn.recipes.RECIPES` (the one ``icnn demo 
 realistic synthetic photographs from seeds 31 (training) and 32 (validation; seed 33 was its test cohort in
 docs/results.md); the tests use other seeds. An ordinary CNN for the referable decision alone, then the
 interpretable fine-tuning that starts from it with TrainConfig's defaults (lesion-type filters on the 4-px map, a
-quarter of them label-free). ``python -m training.demo_bundle [--work DIR]``.
+quarter of them label-free, each pulled into lesions of its type by the cohorts' lesion masks). ``python -m training.demo_bundle [--work DIR]``.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ class DataCheck:
     """Photographs (0 with an error)."""
     lesion_labels: bool = False
     """Every photograph has MA/HE/EX/SE presence labels (what lesion-type filter categories need)."""
+    lesion_masks: bool = False
+    """Some photograph has a lesion mask (what the lesion-mask loss needs)."""
 
     @property
     def problem(self) -> str | None:
@@ -59,7 +61,8 @@ def check_data(path: str, fmt: str = "auto", task: str | None = None) -> DataChe
     masks = f" · part masks ({len(spec.mask_parts)} parts)" if spec.has_masks else ""
     n = len(spec.records)
     lesion_labels = all(set(MASK_LESION_KEYS) <= set(r.labels) for r in spec.records)
-    return DataCheck(None, f"{n} photographs · {spec.format} layout{masks}", n, lesion_labels)
+    lesion_masks = any(p in MASK_LESION_KEYS for p in spec.mask_parts)
+    return DataCheck(None, f"{n} photographs · {spec.format} layout{masks}", n, lesion_labels, lesion_masks)
 
 
 class DataCheckCache:

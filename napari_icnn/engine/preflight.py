@@ -119,6 +119,7 @@ def check_training(
             found["val"].count if usable and "val" in found else None,
             device_type="cuda" if device.kind == "gpu" else "cpu",
             lesion_labels=all(labelled) if usable else None,
+            lesion_masks=found["data"].lesion_masks if usable else None,
         )
     except ConfigError as err:
         check._add(err, err.field)

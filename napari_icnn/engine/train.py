@@ -107,8 +107,9 @@ def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[Tra
         for r in val:
             task_targets(r, cfg.task)
     lesion_labels = all(set(MASK_LESION_KEYS) <= set(r.labels) for r in records + (val or []))
+    lesion_masks = any(k in r.masks for r in records for k in MASK_LESION_KEYS)
     cfg = cfg.resolved(len(records), None if val is None else len(val), world_size=world_size,
-                       device_type=device_type, lesion_labels=lesion_labels)
+                       device_type=device_type, lesion_labels=lesion_labels, lesion_masks=lesion_masks)
     if val is not None:
         train = records
         has_masks = vspec.has_masks
@@ -118,6 +119,7 @@ def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[Tra
         has_masks = spec.has_masks
     if cfg.max_train_images:
         train = train[: cfg.max_train_images]
+    assert cfg.lesion_mask_weight is not None, "resolved() with lesion_masks fixes the lesion-mask weight"
     if cfg.lesion_mask_weight > 0:
         if cfg.ordinary or cfg.categories != "lesion-types":
             raise ConfigError(f"{flag_of('lesion_mask_weight')} supervises lesion-type filters: it needs "
@@ -198,7 +200,7 @@ def train_iter(
                 and cfg.categories == "decision" else ""))
     yield Message(f"{len(train_recs)} training / {len(val_recs)} validation images; task {cfg.task}; {about}")
     cache_dir = out / CHECKPOINT_DIR / CACHE if cfg.cache == "disk" else None
-    supervise = cfg.lesion_mask_weight > 0  # lesion masks ride along with the photographs (and their augmentation)
+    supervise = bool(cfg.lesion_mask_weight)  # lesion masks ride along with the photographs (and their augmentation)
     train_ds = make_dataset(train_recs, size=cfg.size, task=cfg.target_set, augment=cfg.augment, cache=cfg.cache,
                             cache_dir=cache_dir, with_masks=supervise,
                             mask_parts=MASK_LESION_KEYS if supervise else None)
@@ -452,7 +454,7 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
         cats = assignment.categories.to(device)
         types = torch.where(cats >= 0, mask_types[cats.clamp(min=0)], torch.full_like(cats, -1))
         mloss = lesion_mask_loss(out.pre_maps.float(), lesion_cells(masks, net.n, net.stride, net.offset), types)
-        loss = loss + cfg.lesion_mask_weight * mloss
+        loss = loss + (cfg.lesion_mask_weight or 0.0) * mloss
         if extra is not None:
             extra["mask_loss"] = float(mloss.detach())
     opt.zero_grad(set_to_none=True)

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--free-fraction", type=float, default=None,
                    help="fraction of the ICNN's filters trained label-free (default: the training default)")
+    p.add_argument("--lesion-mask-weight", type=float, default=None,
+                   help="the lesion-type ICNN's lesion-mask loss weight (default: the training default, 1 with the "
+                   "cohorts' masks; 0: the paper's image-level supervision)")
     return p
 
 
@@ -37,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
     """Run (or resume) the interpretability study into ``--out``; 0."""
     from training.experiments import run_experiment
 
+    overrides = {k: v for k, v in (("free_fraction", args.free_fraction),
+                                   ("lesion_mask_weight", args.lesion_mask_weight)) if v is not None}
     doc = run_experiment(args.out, preset=args.preset, seeds=tuple(args.seed or ()), device=args.device,
-                         icnn_overrides={} if args.free_fraction is None else {"free_fraction": args.free_fraction})
+                         icnn_overrides=overrides)
     print(f"\nresults: {Path(args.out) / 'results.md'} ({doc['total_seconds'] / 60:.1f} min)")
     return 0
 

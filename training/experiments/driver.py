@@ -59,6 +59,8 @@ def _train(out: Path, data: Path, p: Preset, arch: str, task: str, seed: int, or
     if (out / "models" / "model.pt").is_file() and (out / "configs" / "metadata.json").is_file():
         return float(json.loads((out / "checkpoints" / "history.json").read_text())[-1]["seconds"])
     overrides = {**p.train, **({} if ordinary else p.icnn)}
+    if categories != "lesion-types":  # the lesion-mask loss supervises lesion-type filters only
+        overrides.pop("lesion_mask_weight", None)
     schedule: dict[str, Any] = dict(epochs=p.epochs, warmup_epochs=p.warmup)
     if init is not None:
         schedule = dict(epochs=p.finetune_epochs, warmup_epochs=0, lr=p.finetune_lr, init=str(init))
@@ -147,6 +149,9 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
     ff = (icnn_overrides or {}).get("free_fraction")
     if ff is not None and not 0 <= ff <= 1:  # checked now, not after the cohorts have been generated
         raise ConfigError(f"--free-fraction: must be between 0 and 1 (got {ff!r})")
+    w = (icnn_overrides or {}).get("lesion_mask_weight")
+    if w is not None and not 0 <= w <= 100:
+        raise ConfigError(f"--lesion-mask-weight: must be between 0 and 100 (got {w!r})")
     if icnn_overrides:
         p = replace(p, icnn={**p.icnn, **icnn_overrides})
     seeds = tuple(seeds) if seeds else p.seeds
