@@ -125,7 +125,9 @@ def test_a_peak_beyond_the_photograph_is_never_evidence_however_weak():
 
 def test_the_gate_passes_the_real_photograph_with_its_disc_found(retina_explanation):
     """The image-quality and experience gate lets scikit-image's real photograph through: gradable, within the
-    shipped model's experience, no referable DR, and its optic-disc filters on the brightest spot of the field."""
+    shipped model's experience, no referable DR, its optic-disc filters on the brightest spot of the field and its
+    fovea filters where a fovea lies: level with the disc, about 4.5 mm (0.5-0.95 of a 45-degree field's radius)
+    from it."""
     import skimage.data
     from scipy import ndimage as ndi
 
@@ -139,5 +141,9 @@ def test_the_gate_passes_the_real_photograph_with_its_disc_found(retina_explanat
     fov = find_fov(rgb)
     glow = ndi.gaussian_filter(rgb.astype(float).mean(axis=2), 0.06 * fov.radius) * fov.mask(rgb.shape[:2])
     y, x = np.unravel_index(glow.argmax(), glow.shape)
-    disc = [f for f in expl.context(4) if f.part == "optic_disc"]
+    context = expl.context(len(expl.filters))
+    disc = [f for f in context if f.part == "optic_disc"]
     assert disc and all(np.hypot(f.peak_x - x, f.peak_y - y) < 0.15 * fov.radius for f in disc)
+    for f in (f for f in context if f.part == "fovea"):
+        assert 0.5 * fov.radius < np.hypot(f.peak_x - x, f.peak_y - y) < 0.95 * fov.radius, f.name
+        assert abs(f.peak_y - y) < 0.2 * fov.radius, f.name
