@@ -250,6 +250,10 @@ def test_lesion_type_figures_score_filters_and_grad_cam_on_the_same_images(lesio
         # a figure is missing only where no image can score it
         assert (v["icnn_hit_rate"] is None) == (with_type == 0) == (v["gradcam_hit_rate"] is None), (t, v)
         assert (v["silence_mean"] is None) == (with_type == len(rows)), (t, v)
+        if with_type:
+            # the strongest filter hits where both filters do and only where one of them does
+            a, b = v["icnn_hit_rate_per_filter"]
+            assert max(0.0, a + b - 1.0) - 1e-9 <= v["strongest_filter_hit_rate"] <= min(1.0, a + b) + 1e-9, (t, v)
     assert doc["top_filter"]["referable_images"] == sum(r["referable"] == "1" for r in rows)
     assert len(doc["firing_thresholds"]) == 10
 

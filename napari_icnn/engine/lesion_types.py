@@ -9,6 +9,10 @@ validation images, and with Grad-CAM of the same model on the same images as the
   field centre of its strongest cell) lies inside a lesion of that type (a silent filter misses); the mean
   over the type's filters. Grad-CAM: the peak of its map for the type's own logit (the decision's logit for
   a model without lesion-type outputs).
+- **strongest filter's hit rate** (a diagnostic beside the hit rate, not a replacement for it): per image, the one
+  filter of the type whose peak is highest relative to its firing threshold (the type's most confident filter
+  there), a hit when that peak lies inside a lesion of the type. One point per image, as Grad-CAM's peak is; the
+  hit rate above averages all the type's filters, each with its single peak.
 - **coverage**: the share of the type's lesion instances (8-connected components) of which at least half
   the pixels lie inside the union of the type's filter regions (a filter's region: its map, upsampled, at
   or above the filter's firing threshold). Grad-CAM's map is thresholded to the same number of pixels on
@@ -199,7 +203,9 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
 
     per_type: dict[str, Any] = {}
     stats: dict[str, dict[str, Any]] = {t: {"hits": np.zeros(c), "with": 0, "silent": np.zeros(c), "without": 0, "inst": 0,
-                 "cov_icnn": 0, "cov_cam": 0, "cam_hits": 0, "area": []} for t in parts}
+                 "cov_icnn": 0, "cov_cam": 0, "cam_hits": 0, "strongest_hits": 0, "area": []} for t in parts}
+    # each filter's peak in units of its firing threshold (a filter without one, NaN, never counts as strongest)
+    confidence = np.where(np.isfinite(thr) & (thr > 0), scores / np.where(thr > 0, thr, 1.0), -np.inf)
     top_own = top_any = top_context = top_n = 0
     chance_own: list[float] = []
     cam_ref_any = 0
@@ -217,6 +223,9 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
                 continue
             st["with"] += 1
             st["hits"][fs] += (scores[i, fs] > 0) & m[k, py[fs], px[fs]]
+            if fs:
+                best = fs[int(np.argmax(confidence[i, fs]))]
+                st["strongest_hits"] += bool(scores[i, best] > 0 and m[k, py[best], px[best]])
             cam = test[f"cam{lesion_outputs.get(t, d)}"][i] if gradcam else None
             if cam is not None:
                 cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
@@ -261,6 +270,7 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
             "images_without": st["without"],
             "icnn_hit_rate": float(np.mean(hit)) if fs and st["with"] else nan,
             "icnn_hit_rate_per_filter": [float(v) for v in hit],
+            "strongest_filter_hit_rate": st["strongest_hits"] / st["with"] if fs and st["with"] else nan,
             "gradcam_hit_rate": st["cam_hits"] / st["with"] if st["with"] and gradcam else nan,
             "instances": st["inst"],
             "coverage_icnn": st["cov_icnn"] / st["inst"] if st["inst"] else nan,
