@@ -194,6 +194,13 @@ class TrainConfig:
         "lesion mask (chosen on validation, docs/results.md), else 0",
         "--lesion-mask-weight", label="Lesion-mask weight", bounds=(-1.0, 100.0), step=1.0,
     )
+    silence_weight: float = _opt(
+        0.0,
+        "weight of a loss that asks each category filter to stay silent on training images without its category "
+        "(softplus of its highest response before the ReLU, so that it ends below zero everywhere); image-level "
+        "labels suffice. The paper's negative template asks the same through the template loss. 0: off",
+        "--silence-weight", label="Silence weight", bounds=(0.0, 100.0),
+    )
     batch: int | None = _auto(
         f"batch size (per process under torchrun), at least {MIN_BATCH}; auto: {DEFAULT_BATCH}, or the number of "
         "training images (per process) when there are fewer",
@@ -303,6 +310,8 @@ class TrainConfig:
             raise bad("z_estimate", f"must be one of {', '.join(Z_ESTIMATES)}")
         if self.cache not in CACHE_MODES:
             raise bad("cache", f"must be one of {', '.join(CACHE_MODES)}")
+        if not 0.0 <= self.silence_weight <= 100.0:
+            raise bad("silence_weight", "must be between 0 and 100")
         if self.lesion_mask_weight is not None and not 0.0 <= self.lesion_mask_weight <= 100.0:
             raise bad("lesion_mask_weight", "must be between 0 and 100")
         if self.top_stride is not None and self.top_stride not in TOP_STRIDES.get(self.arch, (self.top_stride,)):

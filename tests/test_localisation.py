@@ -106,3 +106,35 @@ def test_lesion_mask_weight_needs_lesion_type_filters_and_masks(cohorts, tmp_pat
     assert not any(h.get("mask_loss") for h in history)
     with pytest.raises(ConfigError, match="--lesion-mask-weight"):
         TrainConfig(lesion_mask_weight=-1.0)
+
+
+def test_the_silence_loss_pulls_absent_filters_below_zero_and_leaves_the_others():
+    from napari_icnn.icnn.localisation import silence_loss
+
+    torch.manual_seed(0)
+    maps = (torch.randn(2, 3, 6, 6) + 2.0).requires_grad_()
+    absent = torch.tensor([[True, False, False], [False, False, True]])
+    start = silence_loss(maps, absent)
+    opt = torch.optim.SGD([maps], lr=5.0)
+    for _ in range(600):  # the gradient reaches the highest cell only, one cell at a time
+        opt.zero_grad()
+        silence_loss(maps, absent).backward()
+        opt.step()
+    peaks = maps.detach().flatten(2).amax(2)
+    assert float(silence_loss(maps, absent).detach()) < 0.5 < 2.0 < float(start.detach())  # softplus(0) = 0.69
+    assert peaks[0, 0] < 0 and peaks[1, 2] < 0  # silent where the category is absent
+    assert peaks[0, 1] > 1 and peaks[1, 0] > 1  # untouched elsewhere
+    assert float(silence_loss(maps, torch.zeros_like(absent)).detach()) == 0.0
+    with pytest.raises(ValueError, match="do not fit"):
+        silence_loss(maps, absent[:, :2])
+
+
+def test_training_with_the_silence_loss_reports_it_and_lowers_it(cohorts, tmp_path):
+    cfg = TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "s"),
+                      categories="lesion-types", lesion_mask_weight=0.0, silence_weight=1.0, **{**SMALL, "epochs": 4})
+    train(cfg)
+    history = json.loads((tmp_path / "s" / "checkpoints" / "history.json").read_text())
+    losses = [h["silence_loss"] for h in history[1:]]  # interpretable epochs
+    assert all(v > 0 for v in losses) and losses[-1] < losses[0], losses
+    with pytest.raises(ConfigError, match="--silence-weight"):
+        TrainConfig(silence_weight=-1.0)

@@ -303,7 +303,8 @@ def train_iter(
             assignment.train()
             if running_z is not None:
                 running_z.train()
-            sums = {"loss": 0.0, "cls_loss": 0.0, "filter_loss": 0.0, **({"mask_loss": 0.0} if supervise else {})}
+            sums = {"loss": 0.0, "cls_loss": 0.0, "filter_loss": 0.0, **({"mask_loss": 0.0} if supervise else {}),
+                    **({"silence_loss": 0.0} if cfg.silence_weight > 0 else {})}
             extra: dict[str, float] = {}
             seen = 0
             for i, batch in enumerate(train_dl):
@@ -321,8 +322,9 @@ def train_iter(
                 sums["loss"] += float(loss.detach()) * b
                 sums["cls_loss"] += float(cls.detach()) * b
                 sums["filter_loss"] += float(floss.detach()) * b
-                if supervise:
-                    sums["mask_loss"] += extra.get("mask_loss", 0.0) * b
+                for key in ("mask_loss", "silence_loss"):
+                    if key in sums:
+                        sums[key] += extra.get(key, 0.0) * b
                 yield Progress(f"epoch {epoch}/{cfg.epochs}", i + 1, steps, f"loss {sums['loss'] / seen:.4f}",
                                epoch=epoch, n_epochs=cfg.epochs)
             metrics = {key: v / max(seen, 1) for key, v in sums.items()}
@@ -457,6 +459,14 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
         loss = loss + (cfg.lesion_mask_weight or 0.0) * mloss
         if extra is not None:
             extra["mask_loss"] = float(mloss.detach())
+    if cfg.silence_weight > 0 and cfg.interpretable and lam > 0:
+        from napari_icnn.icnn.localisation import silence_loss
+
+        absent = ~assignment.positive_mask(y[:, list(cfg.category_columns)])  # free filters: always positive
+        sloss = silence_loss(out.pre_maps.float(), absent)
+        loss = loss + cfg.silence_weight * sloss
+        if extra is not None:
+            extra["silence_loss"] = float(sloss.detach())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -7,6 +7,11 @@ layout), this loss adds that information: on every training eye that has a lesio
 ``-log sum_{c in lesion cells} softmax(z_f)_c``, with ``z_f`` the filter's map before its ReLU. It asks for the
 filter's mass (and so its peak, the one template position the paper's loss fits) to lie on *some* lesion of its
 type, not on every one: a multiple-instance form that keeps the one-part-per-filter design.
+
+:func:`silence_loss` is the other half, and needs image-level labels only: on every training image without a
+filter's category, the softplus of the filter's highest response before its ReLU, so that the filter stays silent
+(below zero everywhere) where its lesion is absent. The paper's negative template T⁻ asks for the same through the
+template loss; this asks for it directly.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["lesion_cells", "lesion_mask_loss"]
+__all__ = ["lesion_cells", "lesion_mask_loss", "silence_loss"]
 
 
 def lesion_cells(masks: Tensor, n: int, stride: int, offset: float) -> Tensor:
@@ -65,3 +70,19 @@ def lesion_mask_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor) -> T
             return pre_maps.sum() * 0.0
         inside = torch.logsumexp(logp.masked_fill(~where, float("-inf")), dim=2)  # (B, C'), -inf where absent
         return -inside[present].mean()
+
+
+def silence_loss(pre_maps: Tensor, absent: Tensor) -> Tensor:
+    """Mean over the (image, filter) pairs marked ``absent`` of softplus(the filter's highest pre-ReLU response);
+    0 when no pair is.
+
+    ``pre_maps``: ``(B, C, n, n)`` the interpretable filters' maps before the ReLU; ``absent``: ``(B, C)`` bool, the
+    image has none of the filter's category (never set for label-free filters).
+    """
+    if absent.shape != pre_maps.shape[:2]:
+        raise ValueError(f"silence loss: maps {tuple(pre_maps.shape)}, absent {tuple(absent.shape)} do not fit")
+    if not bool(absent.any()):
+        return pre_maps.sum() * 0.0
+    with torch.autocast(device_type=pre_maps.device.type, enabled=False):
+        peak = pre_maps.float().flatten(2).amax(dim=2)  # (B, C)
+        return F.softplus(peak[absent]).mean()
