@@ -15,7 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_icnn.bundle import shipped_bundle_path
+from napari_icnn.bundle import require_model, shipped_bundle_path
+from napari_icnn.errors import BundleError
 from napari_icnn.progress import TextProgress, drain
 
 ROWS = (
@@ -45,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
                     "scored on (a seeded subset)")
     ap.add_argument("--model", action="append", help="bundle (repeat; default: the shipped model)")
     args = ap.parse_args(argv)
+    models = args.model or [str(shipped_bundle_path())]
+    for model in models:  # before any cohort is generated
+        try:
+            require_model(model)
+        except BundleError as err:
+            ap.error(str(err))
     show = TextProgress()
     cohorts = {}
     for name, seed, n in (("test", args.seed, args.n), ("val", args.val_seed, args.n_val)):
@@ -55,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     scored = scored_subset(cohorts["test"], args.scored, 1000 * args.seed + 4)
     table: dict[str, list[float | None]] = {label: [] for label, _ in ROWS}
     per_type: dict[str, list[str]] = {}
-    models = args.model or [str(shipped_bundle_path())]
     for k, model in enumerate(models):
         out = args.work / f"model{k}"
         out.mkdir(parents=True, exist_ok=True)

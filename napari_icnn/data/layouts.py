@@ -124,6 +124,11 @@ class DataSpec:
     mask_parts: tuple[str, ...]
     """Parts annotated somewhere in the set, in :data:`~napari_icnn.parts.PART_KEYS` order."""
 
+    @property
+    def has_lesion_masks(self) -> bool:
+        """Some record has a lesion mask (MA, HE, EX or SE): what the lesion-mask loss needs."""
+        return any(p in MASK_LESION_KEYS for p in self.mask_parts)
+
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r}; expected one of {', '.join(FORMATS)}")

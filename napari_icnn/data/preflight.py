@@ -61,8 +61,7 @@ def check_data(path: str, fmt: str = "auto", task: str | None = None) -> DataChe
     masks = f" · part masks ({len(spec.mask_parts)} parts)" if spec.has_masks else ""
     n = len(spec.records)
     lesion_labels = all(set(MASK_LESION_KEYS) <= set(r.labels) for r in spec.records)
-    lesion_masks = any(p in MASK_LESION_KEYS for p in spec.mask_parts)
-    return DataCheck(None, f"{n} photographs · {spec.format} layout{masks}", n, lesion_labels, lesion_masks)
+    return DataCheck(None, f"{n} photographs · {spec.format} layout{masks}", n, lesion_labels, spec.has_lesion_masks)
 
 
 class DataCheckCache:

@@ -107,9 +107,8 @@ def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[Tra
         for r in val:
             task_targets(r, cfg.task)
     lesion_labels = all(set(MASK_LESION_KEYS) <= set(r.labels) for r in records + (val or []))
-    lesion_masks = any(k in r.masks for r in records for k in MASK_LESION_KEYS)
     cfg = cfg.resolved(len(records), None if val is None else len(val), world_size=world_size,
-                       device_type=device_type, lesion_labels=lesion_labels, lesion_masks=lesion_masks)
+                       device_type=device_type, lesion_labels=lesion_labels, lesion_masks=spec.has_lesion_masks)
     if val is not None:
         train = records
         has_masks = vspec.has_masks
