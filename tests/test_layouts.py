@@ -99,7 +99,7 @@ def test_idrid_segmentation_layout(tmp_path):
     spec = discover(tmp_path)
     assert spec.format == "idrid-seg"
     assert [r.id for r in spec.records] == ["IDRiD_01", "IDRiD_02", "IDRiD_03"]
-    assert spec.mask_parts == ("optic_disc", "MA", "HE", "EX", "SE")
+    assert spec.mask_parts == ("optic_disc", "MA", "HE", "EX", "SE") and spec.has_lesion_masks
     second = spec.records[1]
     assert second.labels == {"MA": 1, "HE": 1, "EX": 1, "SE": 0}  # its SE file is missing
     assert "SE" not in second.masks and second.masks["optic_disc"].endswith("IDRiD_02_OD.tif")
@@ -139,7 +139,7 @@ def test_idrid_grading_layout_with_stray_spaces(tmp_path):
         "IDRiD_001,1,2,,\nIDRiD_002,2,0,,\nIDRiD_003,1,1,,\nIDRiD_004,0,0,,\n,,,,\n"
     )
     spec = discover(tmp_path)
-    assert spec.format == "idrid-grading" and not spec.has_masks
+    assert spec.format == "idrid-grading" and not spec.has_masks and not spec.has_lesion_masks
     got = {r.id: r.labels for r in spec.records}
     assert got == {
         "IDRiD_001": {"grade": 1, "dme": 2, "referable": 1},  # DME risk 2 alone is referable
