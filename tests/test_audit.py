@@ -322,6 +322,23 @@ def test_an_unreadable_scan_is_left_out_and_named(cohort, tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "audit.json").read_text())["data"]["left_out"][0]["id"] == victim
 
 
+def test_a_dicom_file_the_layout_cannot_read_is_left_out_and_named(tmp_path):
+    """A .dcm file that is not DICOM, in a site's DICOM export: audited without it, and named in the report."""
+    from napari_icnn.data.synth import generate_fundus
+    from napari_icnn.dicom.op_writer import write_op
+
+    for i in range(2):
+        write_op(tmp_path / "pacs" / f"IM{i}.dcm", generate_fundus(i, size=128).image, laterality="R")
+    (tmp_path / "pacs" / "IM9.dcm").write_bytes(b"\x00" * 200)
+    events = []
+    res = drain(audit_iter(str(default_bundle_path()), str(tmp_path / "pacs"), gradcam=False, device="cpu"),
+                events.append)
+    assert len(res.ids) == 2 and res.data["format"] == "dicom"
+    assert res.data["left_out"] == [{"id": "", "path": str(tmp_path / "pacs" / "IM9.dcm"),
+                                     "reason": "not a DICOM file"}]
+    assert any(isinstance(e, Message) and e.level == "warning" and "IM9.dcm" in e.text for e in events)
+
+
 def test_a_cohort_of_unreadable_scans_is_refused(cohort, tmp_path):
     broken = tmp_path / "all-broken"
     shutil.copytree(cohort / "stamp", broken)

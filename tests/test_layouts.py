@@ -201,6 +201,22 @@ def test_dicom_folder_without_csv_is_unlabelled(tmp_path):
         task_targets(spec.records[0], "referable")
 
 
+def test_a_dicom_folder_reports_the_files_it_could_not_read(tmp_path):
+    from napari_icnn.data.preflight import check_data
+
+    good = write_op(tmp_path / "a.dcm", generate_fundus(1, size=64).image, laterality="R")
+    (tmp_path / "junk.dcm").write_bytes(b"not a DICOM file at all" * 10)
+    (tmp_path / "notes.md").write_text("not named as DICOM: not expected to be read")
+    spec = discover(tmp_path)
+    assert [r.id for r in spec.records] == [str(good.SOPInstanceUID)]
+    assert spec.skipped == (f"{tmp_path / 'junk.dcm'}: not a DICOM file",)
+    assert "1 file(s) left out, unreadable (junk.dcm" in check_data(str(tmp_path)).summary
+    _write_csv(tmp_path / "labels.csv", ["sop_instance_uid", "label"], [[str(good.SOPInstanceUID), 1]])
+    assert discover(tmp_path).skipped == spec.skipped  # a labelled folder says the same
+    write_cohort(tmp_path / "synth", 1, size=64, look="clean")
+    assert discover(tmp_path / "synth").skipped == ()
+
+
 def test_explicit_format_is_honoured(tmp_path):
     write_cohort(tmp_path, 1, size=64, look="clean")
     with pytest.raises(InputError, match="IDRiD masks"):

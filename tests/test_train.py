@@ -212,3 +212,23 @@ def test_a_later_epoch_wins_a_tie_in_validation_auc_but_not_a_real_drop():
     assert _takes_over(0.990 - BEST_TOLERANCE / 2, best)  # noise: the later, better-settled epoch is kept
     assert not _takes_over(0.990 - 2 * BEST_TOLERANCE, best)
     assert _takes_over(0.5, {"score": float("-inf"), "epoch": 0})  # the first eligible epoch always counts
+
+
+def test_training_on_a_dicom_folder_names_the_files_it_leaves_out(cohorts, tmp_path):
+    """A .dcm file that is not DICOM beside the labelled ones: training goes on without it and says so."""
+    from napari_icnn.data.synth import generate_fundus
+    from napari_icnn.dicom.op_writer import write_op
+    from napari_icnn.progress import Message
+
+    rows = ["sop_instance_uid,label"]
+    for i in range(8):
+        ds = write_op(tmp_path / "pacs" / f"IM{i}.dcm", generate_fundus(i, size=96).image, laterality="R")
+        rows.append(f"{ds.SOPInstanceUID},{i % 2}")
+    (tmp_path / "pacs" / "labels.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "pacs" / "IM8.dcm").write_bytes(b"exported by mistake")
+    events = []
+    result = train(TrainConfig(data=str(tmp_path / "pacs"), val=str(cohorts / "val"), out=str(tmp_path / "m"),
+                               ordinary=True, **{**SMALL, "epochs": 1, "warmup_epochs": 0}), on_event=events.append)
+    assert result.epochs_done == 1
+    said = [e.text for e in events if isinstance(e, Message) and "left out" in e.text]
+    assert said == [f"left out 1 file(s) that could not be read: {tmp_path / 'pacs' / 'IM8.dcm'}: not a DICOM file"]

@@ -430,7 +430,11 @@ def audit_iter(model_path: str, data: str, *, format: str = "auto", gradcam: boo
     experience = getattr(model, "experience", None)
     gates: list[str] = []
     kept: list[str] = []
-    skipped: list[dict[str, str]] = []
+    # files the layout itself could not read count as left out too, so that the report accounts for each one
+    skipped: list[dict[str, str]] = [{"id": "", "path": p, "reason": why} for p, _, why in
+                                     (e.partition(": ") for e in getattr(spec, "skipped", ()))]
+    for entry in skipped:
+        yield Message(f"left out {entry['path']}: {entry['reason']}", level="warning")
     yield Progress("audit", 0, n)
     for start in range(0, n, batch):
         xs: list[np.ndarray] = []

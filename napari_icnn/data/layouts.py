@@ -123,6 +123,10 @@ class DataSpec:
     """Some record has part masks."""
     mask_parts: tuple[str, ...]
     """Parts annotated somewhere in the set, in :data:`~napari_icnn.parts.PART_KEYS` order."""
+    skipped: tuple[str, ...] = ()
+    """Files the layout would have read but could not, each ``"<path>: <reason>"`` (a ``.dcm`` file that is not
+    DICOM, a DICOM file without a SOP Instance UID): left out of ``records``, and reported so that no photograph
+    is lost without a word."""
 
     @property
     def has_lesion_masks(self) -> bool:
@@ -133,6 +137,7 @@ class DataSpec:
         if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r}; expected one of {', '.join(FORMATS)}")
         object.__setattr__(self, "records", tuple(self.records))
+        object.__setattr__(self, "skipped", tuple(self.skipped))
         seen: set[str] = set()
         for r in self.records:
             if r.id in seen:
@@ -235,6 +240,10 @@ def _walk(root: Path) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
     return out
+
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+"""File names that say "DICOM": such a file that is not DICOM is reported as skipped, not passed over."""
 
 
 def _has_dicom(files: Iterable[Path]) -> bool:
@@ -379,12 +388,12 @@ def _laterality(table: _Table, line: int, row: dict[str, str]) -> str | None:
     return mapping[raw]
 
 
-def _spec(fmt: str, root: Path, records: list[Record], source: Path) -> DataSpec:
+def _spec(fmt: str, root: Path, records: list[Record], source: Path, skipped: Iterable[str] = ()) -> DataSpec:
     if not records:
         raise InputError(source, f"no photographs found ({fmt} layout)")
     present = {p for r in records for p in r.masks}
     parts = tuple(p for p in PART_KEYS if p in present)
-    return DataSpec(fmt, str(root.resolve()), tuple(records), bool(parts), parts)
+    return DataSpec(fmt, str(root.resolve()), tuple(records), bool(parts), parts, tuple(skipped))
 
 
 class _Ids:
@@ -665,17 +674,25 @@ def _read_dicom(root: Path) -> DataSpec:
         table = _Table.read(keyed[0]) if keyed else None
     by_uid: dict[str, tuple[Path, int, str | None]] = {}
     unreadable: list[str] = []
+    skipped: list[str] = []  # the same files, by full path, for the data set's report
     for f in _walk(search):
-        if f.suffix.lower() in (".csv", ".txt", ".json") or not is_dicom(f):
+        if f.suffix.lower() in (".csv", ".txt", ".json"):
+            continue
+        if not is_dicom(f):
+            if f.suffix.lower() in DICOM_SUFFIXES:  # named as DICOM: the user meant it to be read
+                unreadable.append(f"{f.name} (not a DICOM file)")
+                skipped.append(f"{f}: not a DICOM file")
             continue
         try:
             header = read_header(f)
         except InputError as exc:
             unreadable.append(f"{f.name} ({exc.reason})")
+            skipped.append(f"{f}: {exc.reason}")
             continue
         uid = str(getattr(header, "SOPInstanceUID", "") or "").strip()
         if not uid:
             unreadable.append(f"{f.name} (no SOPInstanceUID)")
+            skipped.append(f"{f}: no SOPInstanceUID")
             continue
         if uid in by_uid:
             raise InputError(f, f"duplicate SOPInstanceUID {uid} (also in {by_uid[uid][0]})")
@@ -698,7 +715,7 @@ def _read_dicom(root: Path) -> DataSpec:
         for uid, (f, n_frames, lat) in sorted(by_uid.items(), key=lambda kv: str(kv[1][0])):
             every: list[int | None] = [None] if n_frames == 1 else list(range(n_frames))
             records.extend(Record(_frame_id(uid, k), str(f), k, {}, laterality=lat) for k in every)
-        return _spec("dicom", search, records, root)
+        return _spec("dicom", search, records, root, skipped)
 
     table.require("sop_instance_uid", "label")
     ids = _Ids(table.path)
@@ -724,7 +741,7 @@ def _read_dicom(root: Path) -> DataSpec:
             rid = _frame_id(uid, k)
             ids.add(rid, f"line {line}")
             records.append(Record(rid, str(f), k, labels, {}, {}, laterality))
-    return _spec("dicom", search, records, table.path)
+    return _spec("dicom", search, records, table.path, skipped)
 
 
 def _frame_id(uid: str, frame: int | None) -> str:

@@ -21,7 +21,8 @@ class DataCheck:
 
     error: IcnnError | None = None
     summary: str = ""
-    """``"<n> photographs · <layout> layout[ · part masks (<k> parts)]"``; empty with an error."""
+    """``"<n> photographs · <layout> layout[ · part masks (<k> parts)][ · <m> files left out (...)]"``; empty with an
+    error."""
     count: int = 0
     """Photographs (0 with an error)."""
     lesion_labels: bool = False
@@ -59,9 +60,12 @@ def check_data(path: str, fmt: str = "auto", task: str | None = None) -> DataChe
     if not spec.records:
         return DataCheck(InputError(path, f"no photographs found in this {spec.format} layout"))
     masks = f" · part masks ({len(spec.mask_parts)} parts)" if spec.has_masks else ""
+    left_out = (f" · {len(spec.skipped)} file(s) left out, unreadable ({Path(spec.skipped[0]).name})"
+                if spec.skipped else "")
     n = len(spec.records)
     lesion_labels = all(set(MASK_LESION_KEYS) <= set(r.labels) for r in spec.records)
-    return DataCheck(None, f"{n} photographs · {spec.format} layout{masks}", n, lesion_labels, spec.has_lesion_masks)
+    return DataCheck(None, f"{n} photographs · {spec.format} layout{masks}{left_out}", n, lesion_labels,
+                     spec.has_lesion_masks)
 
 
 class DataCheckCache:

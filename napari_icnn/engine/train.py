@@ -91,8 +91,10 @@ def _net_kwargs(cfg: TrainConfig, n_outputs: int) -> dict[str, Any]:
     )
 
 
-def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[TrainConfig, Any, Any, Any]:
-    """The records to train and validate on, and ``cfg`` resolved for them (see :meth:`TrainConfig.resolved`)."""
+def _load_data(cfg: TrainConfig, world_size: int,
+               device_type: str) -> tuple[TrainConfig, Any, Any, Any, list[str]]:
+    """The records to train and validate on, ``cfg`` resolved for them (see :meth:`TrainConfig.resolved`), whether
+    the validation records have part masks, and the files either layout could not read (``DataSpec.skipped``)."""
     from napari_icnn.data.datasets import split_records
     from napari_icnn.data.layouts import discover, task_targets
 
@@ -101,8 +103,10 @@ def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[Tra
     for r in records:  # fail early, naming the record, when a label the task needs is missing
         task_targets(r, cfg.task)
     val = None
+    skipped = list(spec.skipped)
     if cfg.val:
         vspec = discover(cfg.val, "auto")
+        skipped += vspec.skipped
         val = list(vspec.records)
         for r in val:
             task_targets(r, cfg.task)
@@ -128,7 +132,7 @@ def _load_data(cfg: TrainConfig, world_size: int, device_type: str) -> tuple[Tra
             raise ConfigError(f"{flag_of('lesion_mask_weight')}: no training photograph of {flag_of('data')} "
                               f"{cfg.data} has a lesion mask ({', '.join(MASK_LESION_KEYS)}); give masks (README, "
                               f"training data layouts) or leave it at 0", field="lesion_mask_weight")
-    return cfg, train, val, has_masks
+    return cfg, train, val, has_masks, skipped
 
 
 def _describe_derived(cfg: TrainConfig) -> str:
@@ -181,7 +185,7 @@ def train_iter(
     ckdir = out / CHECKPOINT_DIR
 
     yield Message(f"device {device}{f' x{dist.world_size} processes' if dist.enabled else ''}; loading data")
-    cfg, train_recs, val_recs, has_masks = _load_data(cfg, dist.world_size, device.type)
+    cfg, train_recs, val_recs, has_masks, skipped = _load_data(cfg, dist.world_size, device.type)
     # _load_data resolved every "auto" setting the loop below reads
     assert cfg.epochs is not None and cfg.warmup_epochs is not None
     assert cfg.batch is not None and cfg.workers is not None
@@ -198,6 +202,9 @@ def train_iter(
              + (" (lesion-type evidence needs MA/HE/EX/SE presence labels)" if "categories" in cfg.derived
                 and cfg.categories == "decision" else ""))
     yield Message(f"{len(train_recs)} training / {len(val_recs)} validation images; task {cfg.task}; {about}")
+    if skipped:
+        yield Message(f"left out {len(skipped)} file(s) that could not be read: " + "; ".join(skipped[:5])
+                      + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""))
     cache_dir = out / CHECKPOINT_DIR / CACHE if cfg.cache == "disk" else None
     supervise = bool(cfg.lesion_mask_weight)  # lesion masks ride along with the photographs (and their augmentation)
     train_ds = make_dataset(train_recs, size=cfg.size, task=cfg.target_set, augment=cfg.augment, cache=cfg.cache,
