@@ -282,6 +282,7 @@ def train_iter(
 
     stopped = False
     epoch = start_epoch - 1
+    decision_kept: dict[int, int] = {}  # per epoch, the category filters the decision was computed from
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             if sampler is not None:
@@ -298,6 +299,7 @@ def train_iter(
                     yield Message(f"epoch {epoch}: left out of the decision, firing alike on eyes with and without "
                                   "their type: " + ", ".join(f"{n} {cat_names[c]}" for c, n in zip(decision_from,
                                                                                                left_out) if n))
+                decision_kept[epoch] = sum(int(((cats == c) & ~unselective).sum()) for c in decision_from)
             net.template_only = n_free_filters(cfg) if cfg.free_template_only and cfg.mask_on(epoch) else 0
             lam = cfg.lambda_at(epoch)
             if lam > 0 and lam_scale is None:
@@ -373,6 +375,11 @@ def train_iter(
     if stopped:
         # Inside a closed generator nothing more may be yielded; a drained one reports the stop.
         return result
+    kept = decision_kept.get(int(best["epoch"]))
+    if kept is not None and kept <= 1:  # the decision, and so its probability, hangs on one filter
+        yield Message(f"the decision of the written model rests on {kept} filter: the others fire alike on eyes with "
+                      "and without their lesion type, so its evidence and its probabilities mean little (train "
+                      "longer, or on more or larger photographs)", level="warning")
     yield Message(f"bundle written to {out} (best epoch {best['epoch']}, {result.seconds:.0f} s)")
     return result
 
