@@ -28,6 +28,7 @@ __all__ = [
     "TARGET_SETS",
     "CATEGORIES",
     "Z_ESTIMATES",
+    "LESION_MASK_TARGETS",
     "DECISION_FILTERS",
     "ARCHS",
     "TOP_STRIDES",
@@ -69,12 +70,14 @@ LOSS_MODES = ("paper", "mi")
 CACHE_MODES = ("memory", "disk", "none")
 CATEGORIES = ("auto", "lesion-types", "decision")
 Z_ESTIMATES = ("batch", "running")
+LESION_MASK_TARGETS = ("near", "centre")
 DECISION_FILTERS = ("referable-lesions", "all")
 
 DEFAULT_EPOCHS = 16
 # The lesion-mask loss's weight when training data carry masks: the one value tried on validation (round 8 of
 # docs/results.md), then confirmed on the test seeds.
 DEFAULT_LESION_MASK_WEIGHT = 1.0
+DEFAULT_SEPARATION_WEIGHT = 1.0
 DEFAULT_BATCH = 16
 DEFAULT_VAL_FRACTION = 0.2
 MIN_BATCH = 2
@@ -194,6 +197,23 @@ class TrainConfig:
         "lesion mask (chosen on validation, docs/results.md), else 0",
         "--lesion-mask-weight", label="Lesion-mask weight", bounds=(-1.0, 100.0), step=1.0,
     )
+    lesion_mask_target: str = _opt(
+        "centre",
+        "which top-map cells the lesion-mask loss counts as on a lesion: centre (the cell's centre pixel lies in "
+        "the lesion, the point where a filter's peak is drawn and scored; an eye whose lesions of a type hold no "
+        "cell centre falls back to near) or near (a lesion pixel within half a cell of the centre, the earlier "
+        "recipe); chosen on validation, docs/results.md",
+        "--lesion-mask-target", label="Lesion-mask target",
+    )
+    separation_weight: float | None = _auto(
+        "weight of a ranking loss that asks each category filter to respond more strongly on every training image "
+        "with its category than on any without it (logistic loss of the difference of their highest responses, "
+        "over the pairs in a batch), so that its firing threshold tells eyes with its lesion type from eyes "
+        "without; unlike the silence loss it does not push the responses on images with the category down. 0: "
+        f"off; auto: {DEFAULT_SEPARATION_WEIGHT:g} with the lesion-mask loss (the recipe chosen on validation, "
+        "docs/results.md), else 0",
+        "--separation-weight", label="Separation weight", bounds=(-1.0, 100.0), step=0.5,
+    )
     silence_weight: float = _opt(
         0.0,
         "weight of a loss that asks each category filter to stay silent on training images without its category "
@@ -310,6 +330,10 @@ class TrainConfig:
             raise bad("z_estimate", f"must be one of {', '.join(Z_ESTIMATES)}")
         if self.cache not in CACHE_MODES:
             raise bad("cache", f"must be one of {', '.join(CACHE_MODES)}")
+        if self.lesion_mask_target not in LESION_MASK_TARGETS:
+            raise bad("lesion_mask_target", f"must be one of {', '.join(LESION_MASK_TARGETS)}")
+        if self.separation_weight is not None and not 0.0 <= self.separation_weight <= 100.0:
+            raise bad("separation_weight", "must be between 0 and 100")
         if not 0.0 <= self.silence_weight <= 100.0:
             raise bad("silence_weight", "must be between 0 and 100")
         if self.lesion_mask_weight is not None and not 0.0 <= self.lesion_mask_weight <= 100.0:
@@ -434,6 +458,12 @@ class TrainConfig:
                 "(chosen on validation, docs/results.md)" if lesion_types and lesion_masks else
                 "no lesion masks in the training data: image-level labels only" if lesion_types else
                 "no lesion-type filters")
+        mask_weight = values.get("lesion_mask_weight", self.lesion_mask_weight)
+        if self.separation_weight is None and mask_weight is not None:
+            values["separation_weight"] = DEFAULT_SEPARATION_WEIGHT if mask_weight > 0 else 0.0
+            why["separation_weight"] = ("with the lesion-mask loss: each filter's peak ranked higher on eyes with its "
+                                        "type than on eyes without (chosen on validation, docs/results.md)"
+                                        if mask_weight > 0 else "no lesion-mask loss")
         new = dataclasses.replace(self, **values)
         new._derived = {**self._derived, **why}
         return new
@@ -646,7 +676,8 @@ def choices_of(name: str) -> tuple[str, ...] | None:
     if name == "format":
         return ("auto", *FORMATS)
     return {"task": TASKS, "categories": CATEGORIES, "decision_filters": DECISION_FILTERS, "arch": ARCHS,
-            "device": DEVICES, "loss_mode": LOSS_MODES, "z_estimate": Z_ESTIMATES, "cache": CACHE_MODES}.get(name)
+            "device": DEVICES, "loss_mode": LOSS_MODES, "z_estimate": Z_ESTIMATES, "cache": CACHE_MODES,
+            "lesion_mask_target": LESION_MASK_TARGETS}.get(name)
 
 
 def config_help(name: str) -> str:

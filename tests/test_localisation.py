@@ -27,6 +27,43 @@ def test_a_lesion_cell_is_one_whose_centre_lies_within_half_a_cell_of_a_lesion_p
         lesion_cells(masks[0], 8, 8, 3.0)
 
 
+def test_the_centre_target_keeps_the_cells_whose_centre_lies_in_the_lesion_and_falls_back_for_tiny_ones():
+    masks = torch.zeros(1, 2, 64, 64)
+    masks[0, 0, 8:12, 4:7] = 1  # holds cell (2, 1)'s centre (9, 5); row 11 is within half a cell of (3, 1)
+    masks[0, 1, 10:13, 10:13] = 1  # 3 px between centres 9 and 13: no centre inside
+    near = lesion_cells(masks, 16, 4, 1.0)
+    centre = lesion_cells(masks, 16, 4, 1.0, "centre")
+    assert centre[0, 0].nonzero().tolist() == [[2, 1]]
+    assert near[0, 0].nonzero().tolist() == [[2, 1], [3, 1]]
+    assert torch.equal(centre[0, 1], near[0, 1]) and near[0, 1].sum() == 4  # nothing exact: the near cells
+    with pytest.raises(ValueError, match="near or centre"):
+        lesion_cells(masks, 16, 4, 1.0, "middle")
+
+
+def test_the_separation_loss_ranks_each_filters_images_with_its_category_above_those_without():
+    from napari_icnn.icnn.localisation import separation_loss
+
+    torch.manual_seed(0)
+    maps = torch.randn(6, 3, 5, 5).requires_grad_()
+    positive = torch.tensor([[1, 0, 1], [1, 1, 1], [0, 1, 1], [0, 0, 1], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
+    start = separation_loss(maps, positive)
+    start.backward()
+    assert maps.grad[:, 2].abs().sum() == 0  # on every image (label-free): nothing to rank
+    opt = torch.optim.SGD([maps], lr=2.0)
+    for _ in range(300):
+        opt.zero_grad()
+        separation_loss(maps, positive).backward()
+        opt.step()
+    peaks = maps.detach().flatten(2).amax(2)
+    for f in (0, 1):
+        assert peaks[positive[:, f], f].min() > peaks[~positive[:, f], f].max() + 2.0
+    assert float(separation_loss(maps, positive).detach()) < 0.2 < float(start.detach())
+    none = separation_loss(maps, torch.ones_like(positive))
+    assert float(none.detach()) == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="do not fit"):
+        separation_loss(maps, positive[:, :2])
+
+
 def test_the_loss_moves_each_typed_filters_peak_onto_a_lesion_of_its_type_and_leaves_the_others_alone():
     torch.manual_seed(0)
     n = 8
@@ -65,9 +102,11 @@ SMALL = dict(size=64, batch=8, n_filters=8, width=8, cache="memory", augment=Tru
 
 
 def test_training_with_lesion_masks_reports_the_mask_loss_and_lowers_it(cohorts, tmp_path):
-    # no --lesion-mask-weight: lesion-type filters and masks in the data switch the loss on by default
+    # no --lesion-mask-weight: lesion-type filters and masks in the data switch the loss on by default (the
+    # separation loss with it, off here so that the mask loss's own pull is what is measured); 128 px, where the
+    # lesions are large enough to hold a cell's centre, the default target
     cfg = TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "m"),
-                      categories="lesion-types", **{**SMALL, "epochs": 4})
+                      categories="lesion-types", separation_weight=0.0, **{**SMALL, "epochs": 4, "size": 128})
     result = train(cfg)
     assert result.epochs_done == 4
     history = json.loads((tmp_path / "m" / "checkpoints" / "history.json").read_text())
@@ -138,3 +177,29 @@ def test_training_with_the_silence_loss_reports_it_and_lowers_it(cohorts, tmp_pa
     assert all(v > 0 for v in losses) and losses[-1] < losses[0], losses
     with pytest.raises(ConfigError, match="--silence-weight"):
         TrainConfig(silence_weight=-1.0)
+
+
+def test_training_with_the_centre_target_and_the_separation_loss_reports_both(cohorts, tmp_path):
+    cfg = TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "c"),
+                      categories="lesion-types", lesion_mask_target="centre", separation_weight=1.0,
+                      **{**SMALL, "epochs": 3})
+    train(cfg)
+    history = json.loads((tmp_path / "c" / "checkpoints" / "history.json").read_text())
+    assert all(h["separation_loss"] > 0 and h["mask_loss"] > 0 for h in history[1:])  # interpretable epochs
+    saved = json.loads((tmp_path / "c" / "checkpoints" / "config.json").read_text())
+    assert saved["lesion_mask_target"] == "centre" and saved["separation_weight"] == 1.0
+    with pytest.raises(ConfigError, match="--separation-weight"):
+        TrainConfig(separation_weight=-1.0)
+    with pytest.raises(ConfigError, match="--lesion-mask-target"):
+        TrainConfig(lesion_mask_target="middle")
+
+
+def test_a_model_whose_decision_rests_on_one_filter_is_reported(cohorts, tmp_path):
+    """Every lesion-type filter below the selectivity the decision asks for: one is kept, and the run warns."""
+    from napari_icnn.progress import Message
+
+    events = []
+    train(TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "w"),
+                      categories="lesion-types", decision_min_selectivity=0.999, **SMALL), on_event=events.append)
+    warned = [e.text for e in events if isinstance(e, Message) and e.level == "warning"]
+    assert any(w.startswith("the decision of the written model rests on 1 filter") for w in warned), warned

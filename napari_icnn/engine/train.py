@@ -123,6 +123,7 @@ def _load_data(cfg: TrainConfig, world_size: int,
     if cfg.max_train_images:
         train = train[: cfg.max_train_images]
     assert cfg.lesion_mask_weight is not None, "resolved() with lesion_masks fixes the lesion-mask weight"
+    assert cfg.separation_weight is not None, "and with it the separation weight"
     if cfg.lesion_mask_weight > 0:
         if cfg.ordinary or cfg.categories != "lesion-types":
             raise ConfigError(f"{flag_of('lesion_mask_weight')} supervises lesion-type filters: it needs "
@@ -312,7 +313,8 @@ def train_iter(
             if running_z is not None:
                 running_z.train()
             sums = {"loss": 0.0, "cls_loss": 0.0, "filter_loss": 0.0, **({"mask_loss": 0.0} if supervise else {}),
-                    **({"silence_loss": 0.0} if cfg.silence_weight > 0 else {})}
+                    **({"silence_loss": 0.0} if cfg.silence_weight > 0 else {}),
+                    **({"separation_loss": 0.0} if cfg.separation_weight else {})}
             extra: dict[str, float] = {}
             seen = 0
             for i, batch in enumerate(train_dl):
@@ -330,7 +332,7 @@ def train_iter(
                 sums["loss"] += float(loss.detach()) * b
                 sums["cls_loss"] += float(cls.detach()) * b
                 sums["filter_loss"] += float(floss.detach()) * b
-                for key in ("mask_loss", "silence_loss"):
+                for key in ("mask_loss", "silence_loss", "separation_loss"):
                     if key in sums:
                         sums[key] += extra.get(key, 0.0) * b
                 yield Progress(f"epoch {epoch}/{cfg.epochs}", i + 1, steps, f"loss {sums['loss'] / seen:.4f}",
@@ -468,10 +470,19 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
 
         cats = assignment.categories.to(device)
         types = torch.where(cats >= 0, mask_types[cats.clamp(min=0)], torch.full_like(cats, -1))
-        mloss = lesion_mask_loss(out.pre_maps.float(), lesion_cells(masks, net.n, net.stride, net.offset), types)
+        mloss = lesion_mask_loss(out.pre_maps.float(), lesion_cells(masks, net.n, net.stride, net.offset,
+                                                                     cfg.lesion_mask_target), types)
         loss = loss + (cfg.lesion_mask_weight or 0.0) * mloss
         if extra is not None:
             extra["mask_loss"] = float(mloss.detach())
+    if cfg.separation_weight and cfg.interpretable and lam > 0:
+        from napari_icnn.icnn.localisation import separation_loss
+
+        positive = assignment.positive_mask(y[:, list(cfg.category_columns)])
+        rloss = separation_loss(out.pre_maps.float(), positive)
+        loss = loss + cfg.separation_weight * rloss
+        if extra is not None:
+            extra["separation_loss"] = float(rloss.detach())
     if cfg.silence_weight > 0 and cfg.interpretable and lam > 0:
         from napari_icnn.icnn.localisation import silence_loss
 

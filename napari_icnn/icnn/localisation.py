@@ -8,7 +8,9 @@ layout), this loss adds that information: on every training eye that has a lesio
 filter's mass (and so its peak, the one template position the paper's loss fits) to lie on *some* lesion of its
 type, not on every one: a multiple-instance form that keeps the one-part-per-filter design.
 
-:func:`silence_loss` is the other half, and needs image-level labels only: on every training image without a
+:func:`separation_loss` asks the same with a ranking: a filter's highest response on an image with its category above
+that on each image without it, so that its firing threshold separates the two without pushing either side to a
+floor. :func:`silence_loss` is the other half, and needs image-level labels only: on every training image without a
 filter's category, the softplus of the filter's highest response before its ReLU, so that the filter stays silent
 (below zero everywhere) where its lesion is absent. The paper's negative template T⁻ asks for the same through the
 template loss; this asks for it directly.
@@ -20,25 +22,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["lesion_cells", "lesion_mask_loss", "silence_loss"]
+__all__ = ["lesion_cells", "lesion_mask_loss", "separation_loss", "silence_loss"]
 
 
-def lesion_cells(masks: Tensor, n: int, stride: int, offset: float) -> Tensor:
-    """``(B, T, n, n)`` bool: cell (i, j) holds a lesion pixel within half a cell of its centre.
+def lesion_cells(masks: Tensor, n: int, stride: int, offset: float, target: str = "near") -> Tensor:
+    """``(B, T, n, n)`` bool: the cells a peak of a filter of each type should land on.
 
     ``masks`` is ``(B, T, H, W)`` at the model's input; cell (i, j) is centred on input pixel
     ``offset + stride * (i, j)`` (:class:`~napari_icnn.icnn.networks.ICNN`'s geometry), the point a filter's peak
-    is scored at, so a cell counts exactly when a peak there can land on the lesion.
+    is drawn and scored at. ``target`` "near": a lesion pixel lies within half a cell of that centre; "centre":
+    the centre pixel itself lies in the lesion, so a peak there is a hit, not a near miss (an image whose lesions
+    of a type hold no cell centre, tiny ones, falls back to "near" for that type).
     """
     if masks.ndim != 4:
         raise ValueError(f"lesion masks must be (B, T, H, W), got {tuple(masks.shape)}")
-    half = int(stride) // 2
-    near = F.max_pool2d(masks.float(), kernel_size=2 * half + 1, stride=1, padding=half)
+    if target not in ("near", "centre"):
+        raise ValueError(f"lesion-mask target must be near or centre, got {target!r}")
     h, w = masks.shape[-2:]
     centres = offset + stride * torch.arange(n, device=masks.device, dtype=torch.float32)
     rows = centres.round().long().clamp(0, h - 1)
     cols = centres.round().long().clamp(0, w - 1)
-    return near[:, :, rows][:, :, :, cols] > 0
+    half = int(stride) // 2
+    near = F.max_pool2d(masks.float(), kernel_size=2 * half + 1, stride=1, padding=half)[:, :, rows][:, :, :, cols] > 0
+    if target == "near":
+        return near
+    exact = masks[:, :, rows][:, :, :, cols] > 0
+    hit = exact.flatten(2).any(dim=2)[:, :, None, None]
+    return torch.where(hit, exact, near)
 
 
 def lesion_mask_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor) -> Tensor:
@@ -70,6 +80,26 @@ def lesion_mask_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor) -> T
             return pre_maps.sum() * 0.0
         inside = torch.logsumexp(logp.masked_fill(~where, float("-inf")), dim=2)  # (B, C'), -inf where absent
         return -inside[present].mean()
+
+
+def separation_loss(pre_maps: Tensor, positive: Tensor) -> Tensor:
+    """Mean over filters, and over the pairs of a batch's images with and without the filter's category, of
+    softplus(peak without - peak with), each peak the filter's highest response before the ReLU: a ranking (AUC)
+    surrogate, so that a threshold can tell the two apart; 0 when no filter has both kinds of image.
+
+    ``positive``: ``(B, C)`` bool, the image has the filter's category (always set for label-free filters, which
+    therefore never have a pair).
+    """
+    if positive.shape != pre_maps.shape[:2]:
+        raise ValueError(f"separation loss: maps {tuple(pre_maps.shape)}, positive {tuple(positive.shape)} do not fit")
+    with torch.autocast(device_type=pre_maps.device.type, enabled=False):
+        peak = pre_maps.float().flatten(2).amax(dim=2)  # (B, C)
+        pairs = positive[:, None, :] & ~positive[None, :, :]  # (with, without, C)
+        if not bool(pairs.any()):
+            return pre_maps.sum() * 0.0
+        gap = F.softplus(peak[None, :, :] - peak[:, None, :])  # [i, j, f]: peak_j - peak_i
+        per_filter = (gap * pairs).sum(dim=(0, 1)) / pairs.sum(dim=(0, 1)).clamp(min=1)
+        return per_filter[pairs.any(dim=1).any(dim=0)].mean()
 
 
 def silence_loss(pre_maps: Tensor, absent: Tensor) -> Tensor:
