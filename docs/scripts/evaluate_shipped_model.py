@@ -12,6 +12,7 @@ cohort). Writes one JSON per model and prints a table of the figures docs/result
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -62,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     scored = scored_subset(cohorts["test"], args.scored, 1000 * args.seed + 4)
     table: dict[str, list[float | None]] = {label: [] for label, _ in ROWS}
     per_type: dict[str, list[str]] = {}
-    for k, model in enumerate(models):
-        out = args.work / f"model{k}"
+    for model in models:
+        # documents are kept per model file, so a rebuilt model is never shown another's figures
+        digest = hashlib.sha256((Path(model) / "models" / "model.pt").read_bytes()).hexdigest()[:16]
+        out = args.work / f"model-{digest}"
         out.mkdir(parents=True, exist_ok=True)
         cls_path, types_path = out / "classification.json", out / "lesion-types.json"
         cls = (json.loads(cls_path.read_text()) if cls_path.is_file() else
