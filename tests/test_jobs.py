@@ -95,6 +95,22 @@ def test_a_failure_becomes_one_error_notification(qtbot, demo, notes, error, not
     assert demo.progress.maximum() >= 1  # not left busy
 
 
+def _warns(n: int):
+    for i in range(n):
+        yield Message(f"careful {i}", level="warning")
+    yield Message("fine")
+    return "result"
+
+
+def test_a_runs_first_warnings_become_notifications(qtbot, demo, notes):
+    demo._start(_warns, 5, text="Working…")
+    qtbot.waitUntil(lambda: not demo.running, timeout=WAIT_MS)
+    assert notes.of("warning") == [f"Demo: careful {i}" for i in range(Demo.MAX_WARNINGS)], notes.seen
+    demo._start(_warns, 1, text="Again…")  # a new run has its own allowance
+    qtbot.waitUntil(lambda: not demo.running, timeout=WAIT_MS)
+    assert notes.of("warning")[-1] == "Demo: careful 0" and not notes.of("error")
+
+
 def test_stop_reaches_the_job_and_ends_the_run_quietly(qtbot, demo, notes):
     demo.stop()  # nothing runs: nothing to stop
     assert not demo._stop.is_set()

@@ -162,6 +162,7 @@ class JobWidget(QWidget):
         self._worker: Any = None
         self._stop = threading.Event()
         self._running = False
+        self._warnings = 0  # of this run, shown as notifications
         self._outcome: Any = None
         stop = self._stop  # a closed widget stops its run; capture only the event, the widget is gone
         self.destroyed.connect(lambda *_: stop.set())
@@ -191,6 +192,7 @@ class JobWidget(QWidget):
         """
         self._stop.clear()  # the previous run's thread has returned: the event is free again
         self._outcome = None
+        self._warnings = 0
         self._set_running(True)
         self._show_status(text)
         self.progress.setRange(0, 0)  # busy until the first progress
@@ -274,9 +276,17 @@ class JobWidget(QWidget):
     def _on_epoch_end(self, event: EpochEnd) -> None:
         """An epoch ended (training jobs)."""
 
+    MAX_WARNINGS = 3
+    """Warnings of one run shown as notifications (the status line, which the next message replaces, shows all)."""
+
     def _on_message(self, event: Message) -> None:
         if not self._stop.is_set():
             self.status.setText(event.text)
+        if event.level == "warning" and self._warnings < self.MAX_WARNINGS:
+            from napari.utils.notifications import show_warning
+
+            self._warnings += 1
+            show_warning(f"{self.JOB_NAME}: {event.text}")
 
     def _report_failure(self, err: BaseException) -> None:
         notify_failure(self.JOB_NAME, err, logging.getLogger(type(self).__module__))
