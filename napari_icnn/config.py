@@ -77,7 +77,6 @@ DEFAULT_EPOCHS = 16
 # The lesion-mask loss's weight when training data carry masks: the one value tried on validation (round 8 of
 # docs/results.md), then confirmed on the test seeds.
 DEFAULT_LESION_MASK_WEIGHT = 1.0
-DEFAULT_SEPARATION_WEIGHT = 1.0
 DEFAULT_BATCH = 16
 DEFAULT_VAL_FRACTION = 0.2
 MIN_BATCH = 2
@@ -205,14 +204,14 @@ class TrainConfig:
         "recipe); chosen on validation, docs/results.md",
         "--lesion-mask-target", label="Lesion-mask target",
     )
-    separation_weight: float | None = _auto(
+    separation_weight: float = _opt(
+        0.0,
         "weight of a ranking loss that asks each category filter to respond more strongly on every training image "
         "with its category than on any without it (logistic loss of the difference of their highest responses, "
-        "over the pairs in a batch), so that its firing threshold tells eyes with its lesion type from eyes "
-        "without; unlike the silence loss it does not push the responses on images with the category down. 0: "
-        f"off; auto: {DEFAULT_SEPARATION_WEIGHT:g} with the lesion-mask loss (the recipe chosen on validation, "
-        "docs/results.md), else 0",
-        "--separation-weight", label="Separation weight", bounds=(-1.0, 100.0), step=0.5,
+        "over the pairs in a batch); unlike the silence loss it does not push the responses on images with the "
+        "category down. It can also teach a filter to fire on another lesion type that comes with its own "
+        "(docs/results.md, round 12). 0: off",
+        "--separation-weight", label="Separation weight", bounds=(0.0, 100.0), step=0.5,
     )
     silence_weight: float = _opt(
         0.0,
@@ -332,7 +331,7 @@ class TrainConfig:
             raise bad("cache", f"must be one of {', '.join(CACHE_MODES)}")
         if self.lesion_mask_target not in LESION_MASK_TARGETS:
             raise bad("lesion_mask_target", f"must be one of {', '.join(LESION_MASK_TARGETS)}")
-        if self.separation_weight is not None and not 0.0 <= self.separation_weight <= 100.0:
+        if not 0.0 <= self.separation_weight <= 100.0:
             raise bad("separation_weight", "must be between 0 and 100")
         if not 0.0 <= self.silence_weight <= 100.0:
             raise bad("silence_weight", "must be between 0 and 100")
@@ -458,12 +457,6 @@ class TrainConfig:
                 "(chosen on validation, docs/results.md)" if lesion_types and lesion_masks else
                 "no lesion masks in the training data: image-level labels only" if lesion_types else
                 "no lesion-type filters")
-        mask_weight = values.get("lesion_mask_weight", self.lesion_mask_weight)
-        if self.separation_weight is None and mask_weight is not None:
-            values["separation_weight"] = DEFAULT_SEPARATION_WEIGHT if mask_weight > 0 else 0.0
-            why["separation_weight"] = ("with the lesion-mask loss: each filter's peak ranked higher on eyes with its "
-                                        "type than on eyes without (chosen on validation, docs/results.md)"
-                                        if mask_weight > 0 else "no lesion-mask loss")
         new = dataclasses.replace(self, **values)
         new._derived = {**self._derived, **why}
         return new

@@ -255,18 +255,11 @@ def test_the_lesion_mask_weight_follows_the_categories_and_the_masks():
     assert base.resolved(lesion_labels=True).lesion_mask_weight is None  # masks unknown: left to the engine
 
 
-def test_the_separation_weight_and_the_mask_target_go_with_the_lesion_mask_loss():
-    from napari_icnn.config import DEFAULT_SEPARATION_WEIGHT, TrainConfig
+def test_the_mask_target_is_the_centre_and_the_separation_loss_an_option_off_by_default():
+    from napari_icnn.config import TrainConfig
 
     base = TrainConfig(data="d", out="o")
-    assert base.separation_weight is None and base.lesion_mask_target == "centre"
-    masked = base.resolved(lesion_labels=True, lesion_masks=True)
-    assert masked.separation_weight == DEFAULT_SEPARATION_WEIGHT > 0
-    assert "validation" in masked.derived["separation_weight"]
-    for cfg in (base.resolved(lesion_labels=True, lesion_masks=False),  # image-level labels only: as measured
-                TrainConfig(data="d", out="o", lesion_mask_weight=0.0).resolved(lesion_labels=True, lesion_masks=True),
-                TrainConfig(data="d", out="o", ordinary=True).resolved(lesion_labels=True, lesion_masks=True)):
-        assert cfg.separation_weight == 0 and cfg.derived["separation_weight"] == "no lesion-mask loss"
+    assert base.separation_weight == 0 and base.lesion_mask_target == "centre"
+    assert base.resolved(lesion_labels=True, lesion_masks=True).separation_weight == 0
     assert TrainConfig(data="d", out="o", separation_weight=3.0).resolved(
-        lesion_labels=True, lesion_masks=False).separation_weight == 3.0  # an explicit weight is kept
-    assert base.resolved(lesion_labels=True).separation_weight is None  # left to the engine with the mask weight
+        lesion_labels=True, lesion_masks=False).separation_weight == 3.0

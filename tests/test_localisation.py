@@ -102,11 +102,10 @@ SMALL = dict(size=64, batch=8, n_filters=8, width=8, cache="memory", augment=Tru
 
 
 def test_training_with_lesion_masks_reports_the_mask_loss_and_lowers_it(cohorts, tmp_path):
-    # no --lesion-mask-weight: lesion-type filters and masks in the data switch the loss on by default (the
-    # separation loss with it, off here so that the mask loss's own pull is what is measured); 128 px, where the
-    # lesions are large enough to hold a cell's centre, the default target
+    # no --lesion-mask-weight: lesion-type filters and masks in the data switch the loss on by default; 128 px,
+    # where the lesions are large enough to hold a cell's centre
     cfg = TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "m"),
-                      categories="lesion-types", separation_weight=0.0, **{**SMALL, "epochs": 4, "size": 128})
+                      categories="lesion-types", **{**SMALL, "epochs": 4, "size": 128})
     result = train(cfg)
     assert result.epochs_done == 4
     history = json.loads((tmp_path / "m" / "checkpoints" / "history.json").read_text())

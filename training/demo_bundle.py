@@ -4,7 +4,8 @@ The ``demo`` recipe of :data:`napari_icnn.recipes.RECIPES` (the one ``icnn demo 
 realistic synthetic photographs from seeds 31 (training) and 32 (validation; seed 33 was its test cohort in
 docs/results.md); the tests use other seeds. An ordinary CNN for the referable decision alone, then the
 interpretable fine-tuning that starts from it with TrainConfig's defaults (lesion-type filters on the 4-px map, a
-quarter of them label-free, each pulled into lesions of its type by the cohorts' lesion masks). ``python -m training.demo_bundle [--work DIR]``.
+quarter of them label-free, each pulled into lesions of its type by the cohorts' lesion masks, with round 8's
+"near" target: see SHIPPED_MASK_TARGET). ``python -m training.demo_bundle [--work DIR]``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import shutil
 from pathlib import Path
 
 TRAIN_SEED, VAL_SEED, MODEL_SEED = 31, 32, 0
+SHIPPED_MASK_TARGET = "near"
+"""The lesion-mask target the shipped model was built with (round 8's recipe). The default is now ``centre``
+(round 12); the shipped model has not been rebuilt with it yet (docs/results.md), so this keeps ``make demo-bundle``
+reproducing the model that ships."""
 SHIPPED = Path(__file__).resolve().parents[1] / "napari_icnn" / "models" / "demo"
 
 
@@ -37,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     train(TrainConfig(out=str(args.work / "ordinary"), ordinary=True, epochs=r.epochs, warmup_epochs=r.warmup,
                       categories="decision", **common), on_event=show)
     train(TrainConfig(out=str(args.work / "icnn"), init=str(args.work / "ordinary"), epochs=r.finetune_epochs,
-                      warmup_epochs=0, lr=r.finetune_lr, categories="lesion-types", **common), on_event=show)
+                      warmup_epochs=0, lr=r.finetune_lr, categories="lesion-types",
+                      lesion_mask_target=SHIPPED_MASK_TARGET, **common), on_event=show)
     shutil.rmtree(SHIPPED, ignore_errors=True)
     shutil.copytree(args.work / "icnn", SHIPPED, ignore=shutil.ignore_patterns("checkpoints"))
     print(f"shipped model replaced: {SHIPPED}")

@@ -123,7 +123,6 @@ def _load_data(cfg: TrainConfig, world_size: int,
     if cfg.max_train_images:
         train = train[: cfg.max_train_images]
     assert cfg.lesion_mask_weight is not None, "resolved() with lesion_masks fixes the lesion-mask weight"
-    assert cfg.separation_weight is not None, "and with it the separation weight"
     if cfg.lesion_mask_weight > 0:
         if cfg.ordinary or cfg.categories != "lesion-types":
             raise ConfigError(f"{flag_of('lesion_mask_weight')} supervises lesion-type filters: it needs "
@@ -314,7 +313,7 @@ def train_iter(
                 running_z.train()
             sums = {"loss": 0.0, "cls_loss": 0.0, "filter_loss": 0.0, **({"mask_loss": 0.0} if supervise else {}),
                     **({"silence_loss": 0.0} if cfg.silence_weight > 0 else {}),
-                    **({"separation_loss": 0.0} if cfg.separation_weight else {})}
+                    **({"separation_loss": 0.0} if cfg.separation_weight > 0 else {})}
             extra: dict[str, float] = {}
             seen = 0
             for i, batch in enumerate(train_dl):
@@ -475,7 +474,7 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
         loss = loss + (cfg.lesion_mask_weight or 0.0) * mloss
         if extra is not None:
             extra["mask_loss"] = float(mloss.detach())
-    if cfg.separation_weight and cfg.interpretable and lam > 0:
+    if cfg.separation_weight > 0 and cfg.interpretable and lam > 0:
         from napari_icnn.icnn.localisation import separation_loss
 
         positive = assignment.positive_mask(y[:, list(cfg.category_columns)])
