@@ -215,6 +215,10 @@ def test_a_dicom_folder_reports_the_files_it_could_not_read(tmp_path):
     assert discover(tmp_path).skipped == spec.skipped  # a labelled folder says the same
     write_cohort(tmp_path / "synth", 1, size=64, look="clean")
     assert discover(tmp_path / "synth").skipped == ()
+    (tmp_path / "only-junk" / "day1").mkdir(parents=True)
+    (tmp_path / "only-junk" / "day1" / "x.DCM").write_bytes(b"junk")
+    with pytest.raises(InputError, match=r"1 file\(s\) named as DICOM are not DICOM, e.g. day1/x.DCM"):
+        discover(tmp_path / "only-junk")
 
 
 def test_explicit_format_is_honoured(tmp_path):

@@ -227,10 +227,12 @@ def _detect(root: Path) -> str:
         return "csv"
     if any("sop_instance_uid" in _columns(f) for f in top_csvs) or _has_dicom(files):
         return "dicom"
+    named = [f for f in files if f.suffix.lower() in DICOM_SUFFIXES]  # named as DICOM, yet none is
     raise InputError(
         root,
         "unknown data layout: found no labels.csv + images/ (synth), no IDRiD_NN_XX.tif masks (IDRiD "
-        "segmentation), no IDRiD grading CSV, no CSV with path,label columns and no DICOM files",
+        "segmentation), no IDRiD grading CSV, no CSV with path,label columns and no DICOM files"
+        + (f" ({len(named)} file(s) named as DICOM are not DICOM, e.g. {named[0].relative_to(root)})" if named else ""),
     )
 
 
