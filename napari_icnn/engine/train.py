@@ -438,7 +438,8 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
     ``filter_loss`` replaces the template filter loss (the benchmark's materialised reference uses it);
     ``log_z`` (a :class:`~napari_icnn.icnn.loss.RunningLogZ`) makes Z_T the paper's running constant.
     ``masks``: ``(B, T, H, W)`` lesion masks (:data:`~napari_icnn.parts.MASK_LESION_KEYS` order); ``mask_types``:
-    ``(K,)`` each filter category's mask channel, -1 for none. ``extra`` receives the lesion-mask loss.
+    ``(K,)`` each filter category's mask channel, -1 for none. ``extra`` receives the lesion-mask, separation and
+    silence losses that are on.
     """
     from napari_icnn.icnn.loss import template_filter_loss
 
@@ -477,16 +478,14 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
     if cfg.separation_weight > 0 and cfg.interpretable and lam > 0:
         from napari_icnn.icnn.localisation import separation_loss
 
-        positive = assignment.positive_mask(y[:, list(cfg.category_columns)])
-        rloss = separation_loss(out.pre_maps.float(), positive)
+        rloss = separation_loss(out.pre_maps.float(), positive)  # the filter loss's positives, computed above
         loss = loss + cfg.separation_weight * rloss
         if extra is not None:
             extra["separation_loss"] = float(rloss.detach())
     if cfg.silence_weight > 0 and cfg.interpretable and lam > 0:
         from napari_icnn.icnn.localisation import silence_loss
 
-        absent = ~assignment.positive_mask(y[:, list(cfg.category_columns)])  # free filters: always positive
-        sloss = silence_loss(out.pre_maps.float(), absent)
+        sloss = silence_loss(out.pre_maps.float(), ~positive)  # free filters: always positive, never absent
         loss = loss + cfg.silence_weight * sloss
         if extra is not None:
             extra["silence_loss"] = float(sloss.detach())

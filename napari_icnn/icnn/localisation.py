@@ -8,13 +8,13 @@ layout), this loss adds that information: on every training eye that has a lesio
 filter's mass (and so its peak, the one template position the paper's loss fits) to lie on *some* lesion of its
 type, not on every one: a multiple-instance form that keeps the one-part-per-filter design.
 
-:func:`separation_loss` asks the same with a ranking: a filter's highest response on an image with its category above
-that on each image without it, so that its firing threshold separates the two without pushing either side to a
-floor (an option, off: on validation it taught haemorrhage filters to fire on the cotton-wool spots that come with
-haemorrhages, docs/results.md round 12). :func:`silence_loss` is the other half, and needs image-level labels only: on every training image without a
+:func:`silence_loss` is the other half, and needs image-level labels only: on every training image without a
 filter's category, the softplus of the filter's highest response before its ReLU, so that the filter stays silent
 (below zero everywhere) where its lesion is absent. The paper's negative template T⁻ asks for the same through the
-template loss; this asks for it directly.
+template loss; this asks for it directly. :func:`separation_loss` asks it with a ranking instead: a filter's
+highest response on an image with its category above that on each image without it, so that its firing threshold
+separates the two without pushing either side to a floor (an option, off: on validation it taught haemorrhage
+filters to fire on the cotton-wool spots that come with haemorrhages, docs/results.md round 12).
 """
 
 from __future__ import annotations
