@@ -213,6 +213,12 @@ class TrainConfig:
         "(docs/results.md, round 12). 0: off",
         "--separation-weight", label="Separation weight", bounds=(0.0, 100.0), step=0.5,
     )
+    separation_types: str = _opt(
+        "",
+        "the lesion types whose filters the separation loss applies to, comma-separated keys "
+        f"({', '.join(MASK_LESION_KEYS)}); empty: every category filter",
+        "--separation-types", label="Separation types", placeholder="every category filter",
+    )
     silence_weight: float = _opt(
         0.0,
         "weight of a loss that asks each category filter to stay silent on training images without its category "
@@ -333,6 +339,9 @@ class TrainConfig:
             raise bad("lesion_mask_target", f"must be one of {', '.join(LESION_MASK_TARGETS)}")
         if not 0.0 <= self.separation_weight <= 100.0:
             raise bad("separation_weight", "must be between 0 and 100")
+        unknown = [t for t in self.separation_type_keys if t not in MASK_LESION_KEYS]
+        if unknown:
+            raise bad("separation_types", f"{unknown[0]} is not a lesion type; use {', '.join(MASK_LESION_KEYS)}")
         if not 0.0 <= self.silence_weight <= 100.0:
             raise bad("silence_weight", "must be between 0 and 100")
         if self.lesion_mask_weight is not None and not 0.0 <= self.lesion_mask_weight <= 100.0:
@@ -545,6 +554,18 @@ class TrainConfig:
             return None
         names = TARGET_SETS[self.target_set]
         return tuple(i for i, col in enumerate(self.category_columns) if names[col] in REFERABLE_LESION_KEYS)
+
+    @property
+    def separation_type_keys(self) -> tuple[str, ...]:
+        """:attr:`separation_types` as lesion-type keys (empty: every category filter)."""
+        return tuple(t.strip() for t in self.separation_types.split(",") if t.strip())
+
+    @property
+    def separated_categories(self) -> tuple[bool, ...]:
+        """Per :attr:`category_columns` entry, whether its filters take part in the separation loss."""
+        names = TARGET_SETS[self.target_set]
+        keys = self.separation_type_keys
+        return tuple(not keys or names[col] in keys for col in self.category_columns)
 
     @property
     def category_columns(self) -> tuple[int, ...]:

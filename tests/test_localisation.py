@@ -64,6 +64,23 @@ def test_the_separation_loss_ranks_each_filters_images_with_its_category_above_t
         separation_loss(maps, positive[:, :2])
 
 
+def test_the_separation_loss_can_be_limited_to_some_filters():
+    from napari_icnn.icnn.localisation import separation_loss
+
+    torch.manual_seed(0)
+    maps = torch.randn(4, 3, 5, 5).requires_grad_()
+    positive = torch.tensor([[1, 1, 1], [0, 0, 1], [1, 0, 1], [0, 1, 1]], dtype=torch.bool)
+    only_first = torch.tensor([True, False, False])
+    loss = separation_loss(maps, positive, only_first)
+    loss.backward()
+    assert maps.grad[:, 0].abs().sum() > 0 and maps.grad[:, 1:].abs().sum() == 0
+    assert torch.isclose(loss, separation_loss(maps[:, :1], positive[:, :1]))
+    nothing = separation_loss(maps, positive, torch.zeros(3, dtype=torch.bool))
+    assert float(nothing.detach()) == 0.0 and nothing.requires_grad
+    with pytest.raises(ValueError, match="include"):
+        separation_loss(maps, positive, only_first[:2])
+
+
 def test_the_loss_moves_each_typed_filters_peak_onto_a_lesion_of_its_type_and_leaves_the_others_alone():
     torch.manual_seed(0)
     n = 8
@@ -187,10 +204,24 @@ def test_training_with_the_centre_target_and_the_separation_loss_reports_both(co
     assert all(h["separation_loss"] > 0 and h["mask_loss"] > 0 for h in history[1:])  # interpretable epochs
     saved = json.loads((tmp_path / "c" / "checkpoints" / "config.json").read_text())
     assert saved["lesion_mask_target"] == "centre" and saved["separation_weight"] == 1.0
+    assert saved["separation_types"] == ""  # every category filter
     with pytest.raises(ConfigError, match="--separation-weight"):
         TrainConfig(separation_weight=-1.0)
     with pytest.raises(ConfigError, match="--lesion-mask-target"):
         TrainConfig(lesion_mask_target="middle")
+
+
+def test_the_separation_loss_limited_to_microaneurysm_filters_trains(cohorts, tmp_path):
+    cfg = TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "m"),
+                      categories="lesion-types", separation_weight=1.0, separation_types="MA",
+                      **{**SMALL, "epochs": 2})
+    assert cfg.resolved(lesion_labels=True).separated_categories == (True, False, False, False)  # MA, HE, EX, SE
+    train(cfg)
+    history = json.loads((tmp_path / "m" / "checkpoints" / "history.json").read_text())
+    assert history[-1]["separation_loss"] > 0
+    assert json.loads((tmp_path / "m" / "checkpoints" / "config.json").read_text())["separation_types"] == "MA"
+    with pytest.raises(ConfigError, match="--separation-types: XX is not a lesion type"):
+        TrainConfig(separation_types="MA, XX")
 
 
 def test_a_model_whose_decision_rests_on_one_filter_is_reported(cohorts, tmp_path):

@@ -271,6 +271,8 @@ def train_iter(
     # each category's lesion type as a mask channel (-1: not a lesion type), for the lesion-mask loss
     mask_types = torch.tensor([MASK_LESION_KEYS.index(names[col]) if names[col] in MASK_LESION_KEYS else -1
                                for col in cfg.category_columns], dtype=torch.long, device=device) if supervise else None
+    # per category, whether its filters take part in the separation loss (--separation-types)
+    separated = torch.tensor(cfg.separated_categories, dtype=torch.bool, device=device)
     decision_from = cfg.decision_categories
     if decision_from is not None:
         keep = ", ".join(cat_names[i] for i in decision_from)
@@ -323,7 +325,8 @@ def train_iter(
                 y = batch["target"].to(device, non_blocking=True).float().view(len(x), -1)
                 masks = batch["masks"].to(device, non_blocking=True) if supervise else None
                 loss, cls, floss = train_step(model, net, x, y, opt, sched, assignment, cfg, lam, filter_weights,
-                                              dist, log_z=running_z, masks=masks, mask_types=mask_types, extra=extra)
+                                              dist, log_z=running_z, masks=masks, mask_types=mask_types, extra=extra,
+                                              separated=separated)
                 if decision_from is not None:
                     restrict_decision(net, assignment, decision_from, unselective=unselective)
                 b = len(x)
@@ -430,7 +433,7 @@ def phase_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], fl
 
 def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: float, filter_weights,
                dist: runtime.DistInfo | None = None, filter_loss=None, log_z=None, masks=None, mask_types=None,
-               extra: dict[str, float] | None = None) -> tuple[torch.Tensor, ...]:
+               extra: dict[str, float] | None = None, separated=None) -> tuple[torch.Tensor, ...]:
     """One optimisation step: classification loss + ``lam`` × the weighted template filter loss (+ the lesion-mask
     loss, :mod:`napari_icnn.icnn.localisation`, weighted by ``cfg.lesion_mask_weight``, when ``masks`` are given).
 
@@ -438,8 +441,9 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
     ``filter_loss`` replaces the template filter loss (the benchmark's materialised reference uses it);
     ``log_z`` (a :class:`~napari_icnn.icnn.loss.RunningLogZ`) makes Z_T the paper's running constant.
     ``masks``: ``(B, T, H, W)`` lesion masks (:data:`~napari_icnn.parts.MASK_LESION_KEYS` order); ``mask_types``:
-    ``(K,)`` each filter category's mask channel, -1 for none. ``extra`` receives the lesion-mask, separation and
-    silence losses that are on.
+    ``(K,)`` each filter category's mask channel, -1 for none. ``separated``: ``(K,)`` bool, the categories whose
+    filters the separation loss applies to (``None``: every one). ``extra`` receives the lesion-mask, separation
+    and silence losses that are on.
     """
     from napari_icnn.icnn.loss import template_filter_loss
 
@@ -478,7 +482,11 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
     if cfg.separation_weight > 0 and cfg.interpretable and lam > 0:
         from napari_icnn.icnn.localisation import separation_loss
 
-        rloss = separation_loss(out.pre_maps.float(), positive)  # the filter loss's positives, computed above
+        include = None
+        if separated is not None:
+            cats = assignment.categories.to(device)
+            include = (cats >= 0) & separated[cats.clamp(min=0)]
+        rloss = separation_loss(out.pre_maps.float(), positive, include)  # the filter loss's positives, from above
         loss = loss + cfg.separation_weight * rloss
         if extra is not None:
             extra["separation_loss"] = float(rloss.detach())

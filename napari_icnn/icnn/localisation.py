@@ -83,16 +83,19 @@ def lesion_mask_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor) -> T
         return -inside[present].mean()
 
 
-def separation_loss(pre_maps: Tensor, positive: Tensor) -> Tensor:
+def separation_loss(pre_maps: Tensor, positive: Tensor, include: Tensor | None = None) -> Tensor:
     """Mean over filters, and over the pairs of a batch's images with and without the filter's category, of
     softplus(peak without - peak with), each peak the filter's highest response before the ReLU: a ranking (AUC)
     surrogate, so that a threshold can tell the two apart; 0 when no filter has both kinds of image.
 
     ``positive``: ``(B, C)`` bool, the image has the filter's category (always set for label-free filters, which
-    therefore never have a pair).
+    therefore never have a pair). ``include``: ``(C,)`` bool, the filters the loss applies to (``None``: all).
     """
-    if positive.shape != pre_maps.shape[:2]:
-        raise ValueError(f"separation loss: maps {tuple(pre_maps.shape)}, positive {tuple(positive.shape)} do not fit")
+    if positive.shape != pre_maps.shape[:2] or (include is not None and include.shape != pre_maps.shape[1:2]):
+        raise ValueError(f"separation loss: maps {tuple(pre_maps.shape)}, positive {tuple(positive.shape)}"
+                         + ("" if include is None else f", include {tuple(include.shape)}") + " do not fit")
+    if include is not None:
+        pre_maps, positive = pre_maps[:, include], positive[:, include]
     with torch.autocast(device_type=pre_maps.device.type, enabled=False):
         peak = pre_maps.float().flatten(2).amax(dim=2)  # (B, C)
         pairs = positive[:, None, :] & ~positive[None, :, :]  # (with, without, C)
