@@ -78,6 +78,33 @@ def test_checkpoints_without_the_negative_average_still_load():
     assert torch.equal(b.ema_negative, torch.zeros(8, 4))
 
 
+def test_a_saved_assignment_keeps_the_matching_its_filters_were_trained_with():
+    """The averages move after the epoch's matching was made; a model written then is labelled with the matching
+    its filters were trained for, not with one recomputed from the final averages."""
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]] * 8)
+    act = torch.full((16, 4), 0.1)
+    act[:, 0] += 4.0 * labels[:, 0]
+    act[:, 1] += 4.0 * labels[:, 0]
+    act[:, 2] += 4.0 * labels[:, 1]
+    act[:, 3] += 4.0 * labels[:, 1]
+    a = FilterAssignment(4, 2, momentum=0.0, balanced=True)
+    a.train()
+    a.update(act, labels)
+    trained = a.categories.tolist()
+    assert trained == [0, 0, 1, 1]
+    a.update(act[:, [2, 3, 0, 1]], labels)  # later steps: filters 0, 1 now fire on type 1 (not re-matched yet)
+    a.update(act[:, [2, 3, 0, 1]], labels)
+    b = FilterAssignment(4, 2, momentum=0.0, balanced=True)
+    b.load_state_dict(a.state_dict())
+    assert b.categories.tolist() == trained
+    b.refresh()  # the next epoch matches again, from the averages
+    assert b.categories.tolist() == [1, 1, 0, 0]
+    # a checkpoint written before the matching was kept: matched from its averages, as then
+    old = FilterAssignment(4, 2, momentum=0.0, balanced=True)
+    old.load_state_dict({k: v for k, v in a.state_dict().items() if k != "matching"})
+    assert old.categories.tolist() == [1, 1, 0, 0]
+
+
 def test_the_decision_weighs_as_much_as_the_lesion_types_together():
     from napari_icnn.engine.train import classification_loss
 

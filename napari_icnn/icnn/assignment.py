@@ -21,6 +21,8 @@ from napari_icnn.errors import ConfigError
 
 __all__ = ["FilterAssignment"]
 
+_UNMATCHED = -2
+
 
 class FilterAssignment(nn.Module):
     """Filter-to-category assignment by a running mean of peak activations.
@@ -57,6 +59,7 @@ class FilterAssignment(nn.Module):
     ema_negative: Tensor
     initialised: Tensor
     negatives_seen: Tensor
+    matching: Tensor
 
     def __init__(self, n_filters: int, n_categories: int, n_free: int = 0, momentum: float = 0.9,
                  balanced: bool = False):
@@ -76,6 +79,10 @@ class FilterAssignment(nn.Module):
         self.register_buffer("ema_negative", torch.zeros(n_filters, n_categories))
         self.register_buffer("initialised", torch.zeros(n_categories, dtype=torch.bool))
         self.register_buffer("negatives_seen", torch.zeros(n_categories, dtype=torch.bool))
+        # the balanced matching in use, saved with the averages: a model's filters are labelled with the categories
+        # they were trained for, not with a matching recomputed from the averages after the last step (near-tied
+        # categories, microaneurysms and haemorrhages, swap there). _UNMATCHED: none yet.
+        self.register_buffer("matching", torch.full((n_filters,), _UNMATCHED, dtype=torch.long))
         # The balanced matching is kept between refresh() calls (the engine refreshes it once per epoch): greedy
         # matching swaps near-tied filters on every small change of the averages, and a filter whose category
         # changes at every step is fitted to T⁻ on one batch and to its part on the next.
@@ -86,8 +93,11 @@ class FilterAssignment(nn.Module):
         # checkpoints written before the negatives' average existed
         state_dict.setdefault(prefix + "ema_negative", torch.zeros_like(self.ema_negative))
         state_dict.setdefault(prefix + "negatives_seen", torch.zeros_like(self.negatives_seen))
+        state_dict.setdefault(prefix + "matching", torch.full_like(self.matching, _UNMATCHED))  # recomputed
         self._cached, self._dealt = None, True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.balanced and bool((self.matching != _UNMATCHED).all()):
+            self._cached, self._dealt = self.matching.clone(), False
 
     def _labels(self, labels: Tensor, batch: int | None = None) -> Tensor:
         if labels.ndim == 1 and self.n_categories == 1:
@@ -150,6 +160,7 @@ class FilterAssignment(nn.Module):
             if self._cached is None:
                 self._dealt = not bool(self.initialised.any())
                 self._cached = self._balanced().to(device)
+                self.matching.copy_(self._cached)
             return self._cached
         learnt = self.ema[self.n_free :].masked_fill(~self.initialised, float("-inf")).argmax(dim=1)
         dealt = torch.arange(n_rest, device=device) % self.n_categories
