@@ -105,6 +105,15 @@ def test_a_saved_assignment_keeps_the_matching_its_filters_were_trained_with():
     assert old.categories.tolist() == [1, 1, 0, 0]
 
 
+def test_filters_moved_by_an_epochs_matching_are_counted_by_pair():
+    from napari_icnn.engine.train import _rematched
+
+    names = ["MA", "HE"]
+    assert _rematched(torch.tensor([-2, -2, -2]), torch.tensor([-1, 0, 1]), names) == []  # the first matching
+    assert _rematched(torch.tensor([-1, 0, 1, 1, 1]), torch.tensor([-1, 1, 0, 0, 1]), names) == [("HE→MA", 2),
+                                                                                                 ("MA→HE", 1)]
+
+
 def test_the_decision_weighs_as_much_as_the_lesion_types_together():
     from napari_icnn.engine.train import classification_loss
 

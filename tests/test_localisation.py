@@ -219,6 +219,7 @@ def test_the_separation_loss_limited_to_microaneurysm_filters_trains(cohorts, tm
     train(cfg)
     history = json.loads((tmp_path / "m" / "checkpoints" / "history.json").read_text())
     assert history[-1]["separation_loss"] > 0
+    assert all(isinstance(h["filters_rematched"], int) and 0 <= h["filters_rematched"] <= 8 for h in history)
     assert json.loads((tmp_path / "m" / "checkpoints" / "config.json").read_text())["separation_types"] == "MA"
     with pytest.raises(ConfigError, match="--separation-types: XX is not a lesion type"):
         TrainConfig(separation_types="MA, XX")

@@ -71,6 +71,17 @@ def _takes_over(score: float, best: dict[str, Any]) -> bool:
     return best["epoch"] == 0 or not best.get("eligible", True) or score >= best["score"] - BEST_TOLERANCE
 
 
+def _rematched(before: torch.Tensor, after: torch.Tensor, cat_names: list[str]) -> list[tuple[str, int]]:
+    """How many filters the epoch's matching moved between two categories (``"MA→HE"``, most first); none before
+    the first matching."""
+    from collections import Counter
+
+    name = {-1: "label-free", **dict(enumerate(cat_names))}
+    pairs = Counter(f"{name[int(b)]}→{name[int(a)]}" for b, a in zip(before.tolist(), after.tolist())
+                    if b >= -1 and b != a)
+    return pairs.most_common()
+
+
 def _build_net(cfg: TrainConfig, n_outputs: int) -> Any:
     from napari_icnn.icnn.networks import ICNN
 
@@ -291,7 +302,12 @@ def train_iter(
                 sampler.set_epoch(epoch)
             gen.manual_seed(cfg.seed * 1000 + epoch)
             net.set_mask_enabled(cfg.mask_on(epoch))
+            before = assignment.matching.clone()
             assignment.refresh()
+            moved = _rematched(before, assignment.categories, cat_names) if cfg.interpretable else []
+            if moved:
+                yield Message(f"epoch {epoch}: {sum(n for _, n in moved)} filter(s) matched to another category "
+                              "than in the epoch before: " + ", ".join(f"{n} {pair}" for pair, n in moved))
             unselective = (unselective_filters(assignment, cfg.decision_min_selectivity, keep_one_of=decision_from)
                            if decision_from else None)
             if unselective is not None and decision_from is not None:  # the first implies the second
@@ -343,6 +359,7 @@ def train_iter(
             metrics["lambda"] = cfg.lambda_at(epoch)
             metrics["lambda_effective"] = lam
             metrics.update(_validate(net, val_dl, device, names, cfg))
+            metrics["filters_rematched"] = sum(n for _, n in moved)
             metrics["epoch"] = epoch
             metrics["seconds"] = time.monotonic() - t0
             history.append(metrics)
