@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     table: dict[str, list[float | None]] = {label: [] for label, _ in ROWS}
     per_type: dict[str, list[str]] = {}
     for model in models:
-        # documents are kept per model file, so a rebuilt model is never shown another's figures
-        digest = hashlib.sha256((Path(model) / "models" / "model.pt").read_bytes()).hexdigest()[:16]
+        # documents are kept per model: its weights and its metadata (the same weights with other filter labels are
+        # another model), so a rebuilt model is never shown another's figures
+        digest = hashlib.sha256(b"".join((Path(model) / f).read_bytes() for f in
+                                         ("models/model.pt", "configs/metadata.json"))).hexdigest()[:16]
         out = args.work / f"model-{digest}"
         out.mkdir(parents=True, exist_ok=True)
         cls_path, types_path = out / "classification.json", out / "lesion-types.json"
