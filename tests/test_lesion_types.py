@@ -294,6 +294,37 @@ def test_lesion_type_figures_score_filters_and_grad_cam_on_the_same_images(lesio
     assert len(doc["firing_thresholds"]) == 10
 
 
+def test_grad_cam_leaves_the_network_as_it_found_it(lesion_bundle, lesion_cohorts):
+    """The baseline must not change the model it is compared with: after a Grad-CAM map the network is still in
+    eval mode (no dropout, batch norm on its running averages), so every later forward pass is the product's."""
+    from napari_icnn.bundle import load_bundle
+    from napari_icnn.engine.explainers import make_explainer
+    from napari_icnn.engine.lesion_types import lesion_type_figures_iter
+    from napari_icnn.progress import drain
+
+    net = load_bundle(lesion_bundle, device="cpu").net
+    net.eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        before = net(x).logits.clone()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    make_explainer("gradcam", net, class_index=0)(x)
+    assert not net.training
+    with torch.no_grad():
+        assert torch.equal(net(x).logits, before)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # running averages unmoved
+    # so the filters' figures are the same with and without the baseline, over several batches
+    figures = [drain(lesion_type_figures_iter(str(lesion_bundle), str(lesion_cohorts / "val"),
+                                              str(lesion_cohorts / "train"), device="cpu", batch=3, gradcam=g))
+               for g in (True, False)]
+    with_cam, without = figures
+    assert with_cam["decision_auc"] == without["decision_auc"]
+    assert with_cam["top_filter"]["own_type_rate"] == without["top_filter"]["own_type_rate"]
+    for t in with_cam["types"]:
+        for key in ("icnn_hit_rate", "silence_mean", "coverage_icnn"):
+            assert with_cam["types"][t][key] == without["types"][t][key], (t, key)
+
+
 def test_grade_only_data_trains_decision_filters_and_says_why(tmp_path, lesion_cohorts):
     """A CSV layout without presence columns: every filter serves the decision, and the run says why."""
     images = sorted((lesion_cohorts / "train" / "images").glob("*.png"))[:12]

@@ -57,6 +57,10 @@ def _gradcam(net: nn.Module, class_index: int) -> Callable[[torch.Tensor], MapBa
     def run(x: torch.Tensor) -> MapBatch:
         with torch.no_grad():
             logits = net(x).logits
+        # MONAI's CAM puts the module it drives in eval mode and back into that module's own mode afterwards; a
+        # fresh wrapper is in training mode, which would leave the network training (dropout on, batch norm on
+        # batch statistics and moving its running averages) for every forward pass after the first map
+        wrapped.train(net.training)
         with torch.enable_grad():
             m = cam(x, class_idx=class_index)  # (B, 1, S, S), upsampled to the input
         return MapBatch(logits, m.detach().clamp_min(0))
