@@ -29,6 +29,7 @@ __all__ = [
     "CATEGORIES",
     "Z_ESTIMATES",
     "LESION_MASK_TARGETS",
+    "FILTER_MATCHINGS",
     "DECISION_FILTERS",
     "ARCHS",
     "TOP_STRIDES",
@@ -71,6 +72,7 @@ CACHE_MODES = ("memory", "disk", "none")
 CATEGORIES = ("auto", "lesion-types", "decision")
 Z_ESTIMATES = ("batch", "running")
 LESION_MASK_TARGETS = ("near", "centre")
+FILTER_MATCHINGS = ("epoch", "fixed")
 DECISION_FILTERS = ("referable-lesions", "all")
 
 DEFAULT_EPOCHS = 16
@@ -213,6 +215,13 @@ class TrainConfig:
         "(docs/results.md, round 12). 0: off",
         "--separation-weight", label="Separation weight", bounds=(0.0, 100.0), step=0.5,
     )
+    filter_matching: str = _opt(
+        "epoch",
+        "when each filter's category is chosen by how selectively it fires: epoch (matched again at the start of "
+        "every epoch) or fixed (matched at the start of the first two interpretable epochs, then kept, so that "
+        "the lesion masks train each filter for one type throughout)",
+        "--filter-matching", label="Filter matching",
+    )
     separation_types: str = _opt(
         "",
         "the lesion types whose filters the separation loss applies to, comma-separated keys "
@@ -339,6 +348,8 @@ class TrainConfig:
             raise bad("lesion_mask_target", f"must be one of {', '.join(LESION_MASK_TARGETS)}")
         if not 0.0 <= self.separation_weight <= 100.0:
             raise bad("separation_weight", "must be between 0 and 100")
+        if self.filter_matching not in FILTER_MATCHINGS:
+            raise bad("filter_matching", f"must be one of {', '.join(FILTER_MATCHINGS)}")
         unknown = [t for t in self.separation_type_keys if t not in MASK_LESION_KEYS]
         if unknown:
             raise bad("separation_types", f"{unknown[0]} is not a lesion type; use {', '.join(MASK_LESION_KEYS)}")
@@ -691,7 +702,7 @@ def choices_of(name: str) -> tuple[str, ...] | None:
         return ("auto", *FORMATS)
     return {"task": TASKS, "categories": CATEGORIES, "decision_filters": DECISION_FILTERS, "arch": ARCHS,
             "device": DEVICES, "loss_mode": LOSS_MODES, "z_estimate": Z_ESTIMATES, "cache": CACHE_MODES,
-            "lesion_mask_target": LESION_MASK_TARGETS}.get(name)
+            "lesion_mask_target": LESION_MASK_TARGETS, "filter_matching": FILTER_MATCHINGS}.get(name)
 
 
 def config_help(name: str) -> str:

@@ -114,6 +114,26 @@ def test_filters_moved_by_an_epochs_matching_are_counted_by_pair():
                                                                                                  ("MA→HE", 1)]
 
 
+def test_fixed_filter_matching_stops_after_the_first_two_interpretable_epochs(lesion_cohorts, tmp_path):
+    from napari_icnn.engine.train import matches_again, train
+
+    every = TrainConfig(data="d", out="o", epochs=8, warmup_epochs=0)
+    fixed = TrainConfig(data="d", out="o", epochs=8, warmup_epochs=0, filter_matching="fixed")
+    assert all(matches_again(every, e) for e in range(1, 9))
+    assert [matches_again(fixed, e) for e in range(1, 9)] == [True, True] + [False] * 6
+    from_scratch = TrainConfig(data="d", out="o", epochs=8, warmup_epochs=3, filter_matching="fixed")
+    assert [e for e in range(1, 9) if matches_again(from_scratch, e)] == [1, 2, 3, 4, 5]
+    cfg = TrainConfig(data=str(lesion_cohorts / "train"), val=str(lesion_cohorts / "val"), out=str(tmp_path / "m"),
+                      size=64, batch=8, n_filters=10, width=8, seed=3, epochs=4, warmup_epochs=1,
+                      categories="lesion-types", filter_matching="fixed")
+    result = train(cfg)
+    assert [h["filters_rematched"] for h in result.history][3:] == [0]  # epoch 4: kept
+    saved = json.loads((tmp_path / "m" / "checkpoints" / "config.json").read_text())
+    assert saved["filter_matching"] == "fixed"
+    with pytest.raises(ConfigError, match="--filter-matching"):
+        TrainConfig(filter_matching="sometimes")
+
+
 def test_the_decision_weighs_as_much_as_the_lesion_types_together():
     from napari_icnn.engine.train import classification_loss
 

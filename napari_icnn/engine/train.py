@@ -71,6 +71,14 @@ def _takes_over(score: float, best: dict[str, Any]) -> bool:
     return best["epoch"] == 0 or not best.get("eligible", True) or score >= best["score"] - BEST_TOLERANCE
 
 
+def matches_again(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether the filters are matched to categories again at the start of 1-based ``epoch``: always with
+    ``--filter-matching epoch``; with ``fixed`` only at the first two interpretable epochs (the first from the
+    statistics the filters start with, the second from one epoch of training), after which they keep their type."""
+    assert cfg.warmup_epochs is not None
+    return cfg.filter_matching == "epoch" or epoch <= cfg.warmup_epochs + 2
+
+
 def _rematched(before: torch.Tensor, after: torch.Tensor, cat_names: list[str]) -> list[tuple[str, int]]:
     """How many filters the epoch's matching moved between two categories (``"MA→HE"``, most first); none before
     the first matching."""
@@ -303,7 +311,8 @@ def train_iter(
             gen.manual_seed(cfg.seed * 1000 + epoch)
             net.set_mask_enabled(cfg.mask_on(epoch))
             before = assignment.matching.clone()
-            assignment.refresh()
+            if matches_again(cfg, epoch):
+                assignment.refresh()
             moved = _rematched(before, assignment.categories, cat_names) if cfg.interpretable else []
             if moved:
                 yield Message(f"epoch {epoch}: {sum(n for _, n in moved)} filter(s) matched to another category "
