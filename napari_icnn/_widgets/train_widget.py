@@ -498,6 +498,7 @@ def _value_editor(s: Setting) -> tuple[QWidget, Callable[[], Any], Callable[[Any
         return check, check.isChecked, lambda v: check.setChecked(bool(v))
     if s.kind is str:
         edit = QLineEdit("" if default is None else str(default))
+        edit.setPlaceholderText(s.placeholder)  # what an empty field means ("every category filter")
         return (edit, *_text_access(edit, optional=s.optional))
     if s.kind is int:
         box: QSpinBox | QDoubleSpinBox = QSpinBox()
