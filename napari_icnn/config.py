@@ -30,6 +30,7 @@ __all__ = [
     "Z_ESTIMATES",
     "LESION_MASK_TARGETS",
     "FILTER_MATCHINGS",
+    "FILTER_RANKINGS",
     "DECISION_FILTERS",
     "ARCHS",
     "TOP_STRIDES",
@@ -73,6 +74,9 @@ CATEGORIES = ("auto", "lesion-types", "decision")
 Z_ESTIMATES = ("batch", "running")
 LESION_MASK_TARGETS = ("near", "centre")
 FILTER_MATCHINGS = ("epoch", "fixed")
+FILTER_RANKINGS = ("selectivity", "lesion-hits", "hits-and-selectivity")
+"""What lesion-type filters are matched to their types by: how selectively they fire on eyes with the type, or how
+often their peak lands in a lesion of the type (training lesion masks), or the product of the two."""
 DECISION_FILTERS = ("referable-lesions", "all")
 
 DEFAULT_EPOCHS = 16
@@ -222,6 +226,15 @@ class TrainConfig:
         "the lesion masks train each filter for one type throughout)",
         "--filter-matching", label="Filter matching",
     )
+    match_filters_by: str = _opt(
+        "selectivity",
+        "what each lesion-type filter is matched to its type by: selectivity (how much more strongly it fires on "
+        "eyes with the type than without it), lesion-hits (how often its peak lies in a lesion of the type, on "
+        "training eyes with one; needs the lesion-mask loss) or hits-and-selectivity (their product). Types that "
+        "come together in the same eyes (haemorrhages, microaneurysms, cotton-wool spots) look alike to the first; "
+        "a filter on small red dots hits microaneurysms but fires as strongly on eyes without them",
+        "--match-filters-by", label="Match filters by",
+    )
     separation_types: str = _opt(
         "",
         "the lesion types whose filters the separation loss applies to, comma-separated keys "
@@ -350,6 +363,8 @@ class TrainConfig:
             raise bad("separation_weight", "must be between 0 and 100")
         if self.filter_matching not in FILTER_MATCHINGS:
             raise bad("filter_matching", f"must be one of {', '.join(FILTER_MATCHINGS)}")
+        if self.match_filters_by not in FILTER_RANKINGS:
+            raise bad("match_filters_by", f"must be one of {', '.join(FILTER_RANKINGS)}")
         unknown = [t for t in self.separation_type_keys if t not in MASK_LESION_KEYS]
         if unknown:
             raise bad("separation_types", f"{unknown[0]} is not a lesion type; use {', '.join(MASK_LESION_KEYS)}")
@@ -702,7 +717,8 @@ def choices_of(name: str) -> tuple[str, ...] | None:
         return ("auto", *FORMATS)
     return {"task": TASKS, "categories": CATEGORIES, "decision_filters": DECISION_FILTERS, "arch": ARCHS,
             "device": DEVICES, "loss_mode": LOSS_MODES, "z_estimate": Z_ESTIMATES, "cache": CACHE_MODES,
-            "lesion_mask_target": LESION_MASK_TARGETS, "filter_matching": FILTER_MATCHINGS}.get(name)
+            "lesion_mask_target": LESION_MASK_TARGETS, "filter_matching": FILTER_MATCHINGS,
+            "match_filters_by": FILTER_RANKINGS}.get(name)
 
 
 def config_help(name: str) -> str:

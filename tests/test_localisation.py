@@ -234,3 +234,114 @@ def test_a_model_whose_decision_rests_on_one_filter_is_reported(cohorts, tmp_pat
                       categories="lesion-types", decision_min_selectivity=0.999, **SMALL), on_event=events.append)
     warned = [e.text for e in events if isinstance(e, Message) and e.level == "warning"]
     assert any(w.startswith("the decision of the written model rests on 1 filter") for w in warned), warned
+
+
+def test_peak_hits_say_which_categorys_lesion_each_filters_peak_lies_in():
+    from napari_icnn.icnn.localisation import peak_hits
+
+    n = 6
+    cells = torch.zeros(2, 3, n, n, dtype=torch.bool)  # mask channels 0, 1, 2
+    cells[0, 0, 1, 1] = True
+    cells[0, 2, 4, 4] = True
+    cells[1, 2, 0, 5] = True
+    maps = torch.zeros(2, 2, n, n)
+    maps[0, 0, 1, 1] = maps[1, 0, 0, 5] = 1.0  # filter 0 peaks on channel 0's lesion, then on channel 2's
+    maps[0, 1, 4, 4] = maps[1, 1, 3, 3] = 1.0  # filter 1 on channel 2's lesion, then on nothing
+    # categories: channel 2, channel 0, and one without masks
+    hit, present = peak_hits(maps, cells, torch.tensor([2, 0, -1]))
+    assert hit.shape == (2, 2, 3) and present.shape == (2, 3)
+    assert present.tolist() == [[True, True, False], [True, False, False]]
+    assert hit[0].tolist() == [[False, True, False], [True, False, False]]
+    assert hit[1].tolist() == [[True, False, False], [False, False, False]]
+    with pytest.raises(ValueError, match="do not fit"):
+        peak_hits(maps[:1], cells, torch.tensor([0]))
+
+
+def test_matching_by_lesion_hits_tells_apart_types_that_come_in_the_same_eyes():
+    """Two types in the same eyes: image-level selectivity cannot tell their filters apart, where they peak can."""
+    from napari_icnn.icnn.assignment import FilterAssignment
+
+    labels = torch.tensor([[1.0, 1.0], [0.0, 0.0]] * 8)  # both types, or neither
+    act = torch.full((16, 4), 0.1) + 4.0 * labels[:, :1] + 0.01 * torch.arange(4.0)
+    in_lesion = torch.zeros(16, 4, 2, dtype=torch.bool)
+    in_lesion[:, :2, 1] = True  # filters 0 and 1 peak on type 1's lesions
+    in_lesion[:, 2:, 0] = True  # filters 2 and 3 on type 0's
+    present = labels > 0.5
+    by_selectivity = FilterAssignment(4, 2, balanced=True)
+    by_hits = FilterAssignment(4, 2, balanced=True, match_by="lesion-hits")
+    for a in (by_selectivity, by_hits):
+        a.train()
+        a.update(act, labels)
+    assert by_hits.categories.tolist() == by_selectivity.categories.tolist()  # no hits seen yet: selectivity
+    by_hits.update_hits(in_lesion, present)
+    by_hits.refresh()
+    assert by_hits.categories.tolist() == [1, 1, 0, 0]
+    assert by_selectivity.categories.tolist() != [1, 1, 0, 0]
+    # the hit rates are part of the state: a resumed run matches as the interrupted one did
+    again = FilterAssignment(4, 2, balanced=True, match_by="lesion-hits")
+    again.load_state_dict(by_hits.state_dict())
+    again.refresh()
+    assert again.categories.tolist() == [1, 1, 0, 0]
+    # an older checkpoint without hit rates still loads
+    old = FilterAssignment(4, 2, balanced=True, match_by="lesion-hits")
+    old.load_state_dict({k: v for k, v in by_hits.state_dict().items() if not k.startswith("hits")})
+    assert not bool(old.hits_seen.any())
+    by_hits.eval()
+    by_hits.update_hits(~in_lesion, present)  # evaluation does not learn
+    by_hits.refresh()
+    assert by_hits.categories.tolist() == [1, 1, 0, 0]
+    with pytest.raises(ValueError, match="lesion hits must be"):
+        by_hits.train()
+        by_hits.update_hits(in_lesion[:, :3], present)
+    with pytest.raises(ConfigError, match="filter matching ranks by"):
+        FilterAssignment(4, 2, match_by="where")
+
+
+def test_training_matched_by_lesion_hits_records_the_hit_rates(cohorts, tmp_path):
+    cfg = TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "h"),
+                      categories="lesion-types", match_filters_by="lesion-hits", **{**SMALL, "epochs": 3})
+    train(cfg)
+    best = torch.load(tmp_path / "h" / "checkpoints" / "best.pt", weights_only=True)
+    assignment = best["assignment"]
+    assert assignment["hits_seen"].all()  # every type's lesions were seen on training eyes
+    assert 0.0 < float(assignment["hits"].max()) <= 1.0
+    assert (assignment["matching"][2:] >= 0).all()  # 8 filters, a quarter label-free
+    saved = json.loads((tmp_path / "h" / "checkpoints" / "config.json").read_text())
+    assert saved["match_filters_by"] == "lesion-hits"
+    with pytest.raises(ConfigError, match="--match-filters-by lesion-hits .* needs"):
+        train(TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "x"),
+                          categories="lesion-types", lesion_mask_weight=0.0, match_filters_by="lesion-hits",
+                          **SMALL))
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="--match-filters-by"):
+        TrainConfig(match_filters_by="where")
+
+
+def test_matching_by_hits_and_selectivity_passes_over_a_filter_that_fires_on_every_eye():
+    """Filter 0 lands on type 0's lesions but fires alike on eyes without them; filter 1 lands there less often
+    and only fires on eyes with type 0. Hits alone give type 0 filter 0; hits and selectivity give it filter 1."""
+    from napari_icnn.icnn.assignment import FilterAssignment
+
+    labels = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]] * 4)
+    act = torch.full((16, 3), 0.1)
+    act[:, 0] = 3.0  # every eye
+    act[:, 1] += 3.0 * labels[:, 0]
+    act[:, 2] += 3.0 * labels[:, 1]
+    in_lesion = torch.zeros(16, 3, 2, dtype=torch.bool)
+    in_lesion[:, 0, 0] = True
+    in_lesion[::2, 1, 0] = True
+    in_lesion[:, 2, 1] = True
+    present = labels > 0.5
+    picks = {}
+    for by in ("lesion-hits", "hits-and-selectivity"):
+        a = FilterAssignment(3, 2, balanced=True, match_by=by)  # shares 2 and 1: type 0 gets two filters
+        b = FilterAssignment(2, 2, balanced=True, match_by=by)  # one filter each, filters 0 and 1 only
+        for x, n in ((a, 3), (b, 2)):
+            x.train()
+            x.update(act[:, :n], labels)
+            x.update_hits(in_lesion[:, :n], present)
+            x.refresh()
+        picks[by] = b.categories.tolist()
+        assert a.categories.tolist()[2] == 1
+    assert picks["lesion-hits"] == [0, 1]
+    assert picks["hits-and-selectivity"] == [1, 0]

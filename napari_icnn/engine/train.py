@@ -151,6 +151,10 @@ def _load_data(cfg: TrainConfig, world_size: int,
             raise ConfigError(f"{flag_of('lesion_mask_weight')}: no training photograph of {flag_of('data')} "
                               f"{cfg.data} has a lesion mask ({', '.join(MASK_LESION_KEYS)}); give masks (README, "
                               f"training data layouts) or leave it at 0", field="lesion_mask_weight")
+    if cfg.match_filters_by != "selectivity" and (cfg.lesion_mask_weight == 0 or cfg.ordinary):
+        raise ConfigError(f"{flag_of('match_filters_by')} {cfg.match_filters_by} matches lesion-type filters by where "
+                          f"they peak in the training lesion masks: it needs {flag_of('categories')} lesion-types, "
+                          f"lesion masks and {flag_of('lesion_mask_weight')} above 0", field="match_filters_by")
     return cfg, train, val, has_masks, skipped
 
 
@@ -253,14 +257,18 @@ def train_iter(
                       + (f" (its {', '.join(shared)} output included)" if shared else ""))
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
+    # each category's lesion type as a mask channel (-1: not a lesion type), for the lesion-mask loss and
+    # the matching by lesion hits
+    mask_types = torch.tensor([MASK_LESION_KEYS.index(names[col]) if names[col] in MASK_LESION_KEYS else -1
+                               for col in cfg.category_columns], dtype=torch.long, device=device) if supervise else None
     assignment = FilterAssignment(cfg.n_filters, len(cat_names), n_free=n_free_filters(cfg),
-                                  balanced=cfg.categories == "lesion-types").to(device)
+                                  balanced=cfg.categories == "lesion-types", match_by=cfg.match_filters_by).to(device)
     if cfg.interpretable and any(c in cat_names for c in init_categories):
         # An interpretable model fine-tuned (on local data, say): its filters' categories come from what they
         # already respond to on the training images, not from a deal that its first batch reshuffles, and the
         # filters that fire alike with and without their type stay out of the decision from the first step.
         yield Message("filter categories start from the initial model's responses on the training images")
-        _warm_assignment(net, train_dl, device, assignment, cfg, dist)
+        _warm_assignment(net, train_dl, device, assignment, cfg, dist, mask_types)
     filter_weights = filter_weights_for(cfg, device)
     running_z = None
     if cfg.z_estimate == "running" and cfg.interpretable:
@@ -287,9 +295,6 @@ def train_iter(
         torch.set_rng_state(saved["rng_torch"])
         yield Message(f"resumed after epoch {saved['epoch']} of {cfg.epochs}")
         del saved
-    # each category's lesion type as a mask channel (-1: not a lesion type), for the lesion-mask loss
-    mask_types = torch.tensor([MASK_LESION_KEYS.index(names[col]) if names[col] in MASK_LESION_KEYS else -1
-                               for col in cfg.category_columns], dtype=torch.long, device=device) if supervise else None
     # per category, whether its filters take part in the separation loss (--separation-types)
     separated = torch.tensor(cfg.separated_categories, dtype=torch.bool, device=device)
     decision_from = cfg.decision_categories
@@ -484,7 +489,7 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
         maps = out.maps.float()
         max_act = maps.detach().flatten(2).amax(2)
         y_cat = y[:, list(cfg.category_columns)]
-        assignment.update(*_gathered(max_act, y_cat, dist or runtime.DistInfo()))
+        assignment.update(*_gathered(max_act, y_cat, dist=dist or runtime.DistInfo()))
         if lam > 0:
             positive = assignment.positive_mask(y_cat)
             # the mask's argmax is the loss's T̂ (same values; saves a second pass over the maps)
@@ -495,13 +500,20 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
                                                                **kw)
             floss = (per_filter * filter_weights).mean()
     loss = cls + lam * floss
-    if masks is not None and mask_types is not None and cfg.interpretable and lam > 0:
-        from napari_icnn.icnn.localisation import lesion_cells, lesion_mask_loss
+    cells = None
+    if masks is not None and mask_types is not None and cfg.interpretable:
+        from napari_icnn.icnn.localisation import lesion_cells, peak_hits
+
+        cells = lesion_cells(masks, net.n, net.stride, net.offset, cfg.lesion_mask_target)
+        if cfg.match_filters_by != "selectivity":
+            assignment.update_hits(*_gathered(*peak_hits(out.pre_maps.detach(), cells, mask_types),
+                                              dist=dist or runtime.DistInfo()))
+    if cells is not None and mask_types is not None and lam > 0:
+        from napari_icnn.icnn.localisation import lesion_mask_loss
 
         cats = assignment.categories.to(device)
         types = torch.where(cats >= 0, mask_types[cats.clamp(min=0)], torch.full_like(cats, -1))
-        mloss = lesion_mask_loss(out.pre_maps.float(), lesion_cells(masks, net.n, net.stride, net.offset,
-                                                                     cfg.lesion_mask_target), types)
+        mloss = lesion_mask_loss(out.pre_maps.float(), cells, types)
         loss = loss + (cfg.lesion_mask_weight or 0.0) * mloss
         if extra is not None:
             extra["mask_loss"] = float(mloss.detach())
@@ -629,32 +641,42 @@ def _calibrate_lambda(net, loader, device, assignment, cfg: TrainConfig, dist: r
 
 
 @torch.no_grad()
-def _warm_assignment(net, loader, device, assignment, cfg: TrainConfig, dist: runtime.DistInfo) -> None:
+def _warm_assignment(net, loader, device, assignment, cfg: TrainConfig, dist: runtime.DistInfo,
+                     mask_types: torch.Tensor | None = None) -> None:
     """Fold one pass of ``net`` (eval mode, weights and normalisation statistics untouched) over ``loader`` into
-    the filter assignment's running means, so its first matching reflects what the filters already respond to."""
+    the filter assignment's running means (and, ranked by lesion hits, its hit rates: ``mask_types`` as in
+    :func:`train_step`), so its first matching reflects what the filters already respond to."""
+    from napari_icnn.icnn.localisation import lesion_cells, peak_hits
+
     was_training = net.training
     net.eval()
     assignment.train()
     for batch in loader:
         x = batch["image"].to(device)
         y = batch["target"].to(device).float().view(len(x), -1)[:, list(cfg.category_columns)]
-        max_act = net(x).maps.float().flatten(2).amax(2)
-        assignment.update(*_gathered(max_act, y, dist))
+        out = net(x)
+        max_act = out.maps.float().flatten(2).amax(2)
+        assignment.update(*_gathered(max_act, y, dist=dist))
+        if cfg.match_filters_by != "selectivity" and mask_types is not None and "masks" in batch:
+            cells = lesion_cells(batch["masks"].to(device), net.n, net.stride, net.offset, cfg.lesion_mask_target)
+            assignment.update_hits(*_gathered(*peak_hits(out.pre_maps, cells, mask_types), dist=dist))
     assignment.refresh()
     net.train(was_training)
 
 
-def _gathered(max_act: torch.Tensor, y: torch.Tensor, dist: runtime.DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
-    """All processes update the filter assignment from the same (global) batch statistics."""
+def _gathered(*local: torch.Tensor, dist: runtime.DistInfo) -> tuple[torch.Tensor, ...]:
+    """All processes update the filter assignment from the same (global) batch statistics: each of ``local``
+    (batch first) gathered from every process."""
     if not dist.enabled:
-        return max_act, y
+        return local
     import torch.distributed as tdist
 
-    a = [torch.zeros_like(max_act) for _ in range(dist.world_size)]
-    b = [torch.zeros_like(y) for _ in range(dist.world_size)]
-    tdist.all_gather(a, max_act.contiguous())
-    tdist.all_gather(b, y.contiguous())
-    return torch.cat(a), torch.cat(b)
+    out = []
+    for t in local:
+        parts = [torch.zeros_like(t) for _ in range(dist.world_size)]
+        tdist.all_gather(parts, t.contiguous())
+        out.append(torch.cat(parts))
+    return tuple(out)
 
 
 @torch.no_grad()

@@ -10,6 +10,14 @@ With ``balanced`` (several categories, e.g. lesion types) every category gets an
 filters, given to the filters most selective for it: (mean on positives − mean on negatives) /
 (their sum), matched greedily. The paper's argmax leaves a category that co-occurs with a stronger
 one (microaneurysms beside haemorrhages) without any filter.
+
+With ``match_by="lesion-hits"`` (lesion masks at training time) the balanced matching ranks by where a filter
+peaks instead: a running mean, per category, of how often its peak lies in a lesion of that category on the
+images that have one (:meth:`FilterAssignment.update_hits`). Image-level selectivity cannot tell apart types
+that come together in the same eyes (haemorrhages, microaneurysms, cotton-wool spots); where the peak lands can.
+``match_by="hits-and-selectivity"`` ranks by the product of the hit rate and the (non-negative) selectivity: a
+filter that lands on a type's lesions but fires as strongly on eyes without them (small red dots are everywhere)
+ranks low for it.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from napari_icnn.config import FILTER_RANKINGS
 from napari_icnn.errors import ConfigError
 
 __all__ = ["FilterAssignment"]
@@ -37,6 +46,11 @@ class FilterAssignment(nn.Module):
         Filters ``[0, n_free)`` are free (label-free; every image is positive).
     momentum
         Weight of the old average in each update.
+    balanced
+        Equal shares of the filters per category (several categories only).
+    match_by
+        :data:`~napari_icnn.config.FILTER_RANKINGS`: what the balanced matching ranks by. The rankings by hits
+        fall back to the selectivity until every category has had an image with its lesion (:meth:`update_hits`).
 
     Attributes
     ----------
@@ -44,6 +58,9 @@ class FilterAssignment(nn.Module):
         ``(C, K)`` running mean of each filter's per-image max activation on each category's positives.
     initialised : Tensor
         ``(K,)`` bool, whether a category has had positive images yet.
+    hits : Tensor
+        ``(C, K)`` running mean of whether each filter's peak lies in a lesion of each category, over the images
+        with one (``match_by="lesion-hits"``).
 
     Notes
     -----
@@ -60,9 +77,11 @@ class FilterAssignment(nn.Module):
     initialised: Tensor
     negatives_seen: Tensor
     matching: Tensor
+    hits: Tensor
+    hits_seen: Tensor
 
     def __init__(self, n_filters: int, n_categories: int, n_free: int = 0, momentum: float = 0.9,
-                 balanced: bool = False):
+                 balanced: bool = False, match_by: str = "selectivity"):
         super().__init__()
         if n_filters < 1 or n_categories < 1:
             raise ConfigError(
@@ -72,6 +91,9 @@ class FilterAssignment(nn.Module):
             raise ConfigError(f"free filters must be between 0 and {n_filters} (got {n_free})")
         if not 0.0 <= momentum < 1.0:
             raise ConfigError(f"filter assignment momentum must be in [0, 1) (got {momentum!r})")
+        if match_by not in FILTER_RANKINGS:
+            raise ConfigError(f"filter matching ranks by one of {', '.join(FILTER_RANKINGS)} (got {match_by!r})")
+        self.match_by = match_by
         self.n_filters, self.n_categories, self.n_free = n_filters, n_categories, n_free
         self.momentum = float(momentum)
         self.balanced = bool(balanced) and n_categories > 1
@@ -83,6 +105,8 @@ class FilterAssignment(nn.Module):
         # they were trained for, not with a matching recomputed from the averages after the last step (near-tied
         # categories, microaneurysms and haemorrhages, swap there). _UNMATCHED: none yet.
         self.register_buffer("matching", torch.full((n_filters,), _UNMATCHED, dtype=torch.long))
+        self.register_buffer("hits", torch.zeros(n_filters, n_categories))
+        self.register_buffer("hits_seen", torch.zeros(n_categories, dtype=torch.bool))
         # The balanced matching is kept between refresh() calls (the engine refreshes it once per epoch): greedy
         # matching swaps near-tied filters on every small change of the averages, and a filter whose category
         # changes at every step is fitted to T⁻ on one batch and to its part on the next.
@@ -94,6 +118,8 @@ class FilterAssignment(nn.Module):
         state_dict.setdefault(prefix + "ema_negative", torch.zeros_like(self.ema_negative))
         state_dict.setdefault(prefix + "negatives_seen", torch.zeros_like(self.negatives_seen))
         state_dict.setdefault(prefix + "matching", torch.full_like(self.matching, _UNMATCHED))  # recomputed
+        state_dict.setdefault(prefix + "hits", torch.zeros_like(self.hits))
+        state_dict.setdefault(prefix + "hits_seen", torch.zeros_like(self.hits_seen))
         self._cached, self._dealt = None, True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if self.balanced and bool((self.matching != _UNMATCHED).all()):
@@ -151,6 +177,32 @@ class FilterAssignment(nn.Module):
         if self._dealt:  # the first statistics replace the round-robin deal at once
             self._cached = None
 
+    @torch.no_grad()
+    def update_hits(self, in_lesion: Tensor, present: Tensor) -> None:
+        """Fold one batch into the running hit rates (no-op unless in training mode).
+
+        Parameters
+        ----------
+        in_lesion
+            ``(B, C, K)`` bool: filter c's peak on image b lies in a lesion of category k.
+        present
+            ``(B, K)`` bool: image b has a lesion of category k (its mask is not empty).
+        """
+        if not self.training:
+            return
+        if in_lesion.shape[1:] != (self.n_filters, self.n_categories) or present.shape != (
+                in_lesion.shape[0], self.n_categories):
+            raise ValueError(f"lesion hits must be (B, {self.n_filters}, {self.n_categories}) with presence "
+                             f"(B, {self.n_categories}), got {tuple(in_lesion.shape)} and {tuple(present.shape)}")
+        pos = present.to(device=self.hits.device, dtype=self.hits.dtype)  # (B, K)
+        hit = in_lesion.to(device=self.hits.device, dtype=self.hits.dtype)
+        count = pos.sum(dim=0)
+        seen = count > 0
+        rate = (hit * pos[:, None, :]).sum(dim=0) / count.clamp(min=1)  # (C, K)
+        new = torch.where(self.hits_seen, self.momentum * self.hits + (1.0 - self.momentum) * rate, rate)
+        self.hits.copy_(torch.where(seen, new, self.hits))
+        self.hits_seen.logical_or_(seen)
+
     @property
     def categories(self) -> Tensor:
         """``(C,)`` long: each filter's category, -1 for free filters."""
@@ -182,7 +234,8 @@ class FilterAssignment(nn.Module):
 
     def _balanced(self) -> Tensor:
         """Equal shares (the first ``n_rest % K`` categories one more), each filter to the category it is most
-        selective for while that category has room: greedy on the selectivity, on the CPU (C·K is small)."""
+        selective for (or, ranked by lesion hits, whose lesions its peak lands in most often) while that category
+        has room: greedy, on the CPU (C·K is small)."""
         k, n_free = self.n_categories, self.n_free
         n_rest = self.n_filters - n_free
         room = [n_rest // k + (1 if c < n_rest % k else 0) for c in range(k)]
@@ -190,7 +243,10 @@ class FilterAssignment(nn.Module):
         if not bool(self.initialised.any()):
             out[n_free:] = torch.arange(n_rest) % k
             return out
-        sel = self.selectivity()[n_free:].detach().cpu().double()
+        sel = self.selectivity()
+        if self.match_by != "selectivity" and bool(self.hits_seen.all()):
+            sel = self.hits if self.match_by == "lesion-hits" else self.hits * sel.clamp(min=0.0)
+        sel = sel[n_free:].detach().cpu().double()
         order = torch.argsort(sel.flatten(), descending=True, stable=True)
         taken = torch.zeros(n_rest, dtype=torch.bool)
         for flat in order.tolist():
@@ -210,5 +266,5 @@ class FilterAssignment(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"n_filters={self.n_filters}, n_categories={self.n_categories}, n_free={self.n_free}, "
-            f"momentum={self.momentum:g}, balanced={self.balanced}"
+            f"momentum={self.momentum:g}, balanced={self.balanced}, match_by={self.match_by}"
         )

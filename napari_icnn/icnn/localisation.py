@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["lesion_cells", "lesion_mask_loss", "separation_loss", "silence_loss"]
+__all__ = ["lesion_cells", "lesion_mask_loss", "peak_hits", "separation_loss", "silence_loss"]
 
 
 def lesion_cells(masks: Tensor, n: int, stride: int, offset: float, target: str = "near") -> Tensor:
@@ -50,6 +50,25 @@ def lesion_cells(masks: Tensor, n: int, stride: int, offset: float, target: str 
     exact = masks[:, :, rows][:, :, :, cols] > 0
     hit = exact.flatten(2).any(dim=2)[:, :, None, None]
     return torch.where(hit, exact, near)
+
+
+def peak_hits(pre_maps: Tensor, cells: Tensor, category_types: Tensor) -> tuple[Tensor, Tensor]:
+    """Where each filter peaks, against each category's lesion cells.
+
+    Returns ``(B, C, K)`` bool, filter c's highest cell on image b is a lesion cell of category k, and ``(B, K)``
+    bool, image b has lesion cells of category k. ``cells``: ``(B, T, n, n)``, :func:`lesion_cells`;
+    ``category_types``: ``(K,)`` long, each category's mask channel, -1 for a category without masks (never hit,
+    never present).
+    """
+    b, c = pre_maps.shape[:2]
+    if cells.shape[0] != b or cells.shape[-2:] != pre_maps.shape[-2:] or category_types.ndim != 1:
+        raise ValueError(f"peak hits: maps {tuple(pre_maps.shape)}, cells {tuple(cells.shape)}, "
+                         f"category types {tuple(category_types.shape)} do not fit")
+    k = len(category_types)
+    per_cat = cells.flatten(2)[:, category_types.clamp(min=0)] & (category_types >= 0)[None, :, None]  # (B, K, N)
+    peak = pre_maps.flatten(2).argmax(dim=2)  # (B, C)
+    hit = torch.gather(per_cat, 2, peak[:, None, :].expand(b, k, c))  # (B, K, C)
+    return hit.transpose(1, 2), per_cat.any(dim=2)
 
 
 def lesion_mask_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor) -> Tensor:
