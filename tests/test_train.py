@@ -172,13 +172,16 @@ def test_torchrun_with_two_processes_trains(cohorts, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "napari_icnn",
          "train", "--data", str(cohorts / "train"), "--val", str(cohorts / "val"), "--out", str(out),
-         "--epochs", "2", "--warmup-epochs", "1", "--size", "64", "--batch", "8", "--filters", "8"],
+         "--epochs", "2", "--warmup-epochs", "1", "--size", "64", "--batch", "8", "--filters", "8",
+         "--match-filters-by", "lesion-hits"],  # the hit rates are gathered from both processes too
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x2 processes" in proc.stdout + proc.stderr
     hist = json.loads((out / "checkpoints" / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2]
+    assignment = torch.load(out / "checkpoints" / "best.pt", weights_only=True)["assignment"]
+    assert assignment["hits_seen"].all()
     m = load_bundle(out, device="cpu")
     assert m.net.interpretable
     assert Path(out / "models" / "model.pt").is_file()
