@@ -232,7 +232,8 @@ class TrainConfig:
         "eyes with the type than without it), lesion-hits (how often its peak lies in a lesion of the type, on "
         "training eyes with one; needs the lesion-mask loss) or hits-and-selectivity (their product). Types that "
         "come together in the same eyes (haemorrhages, microaneurysms, cotton-wool spots) look alike to the first; "
-        "a filter on small red dots hits microaneurysms but fires as strongly on eyes without them",
+        "the second gives a type a filter that lands on its lesions even where it fires as strongly on eyes "
+        "without them",
         "--match-filters-by", label="Match filters by",
     )
     separation_types: str = _opt(

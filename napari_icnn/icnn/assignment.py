@@ -16,8 +16,7 @@ peaks instead: a running mean, per category, of how often its peak lies in a les
 images that have one (:meth:`FilterAssignment.update_hits`). Image-level selectivity cannot tell apart types
 that come together in the same eyes (haemorrhages, microaneurysms, cotton-wool spots); where the peak lands can.
 ``match_by="hits-and-selectivity"`` ranks by the product of the hit rate and the (non-negative) selectivity: a
-filter that lands on a type's lesions but fires as strongly on eyes without them (small red dots are everywhere)
-ranks low for it.
+filter that lands on a type's lesions but fires as strongly on eyes without them ranks low for it.
 """
 
 from __future__ import annotations
