@@ -111,22 +111,27 @@ def test_fine_tuning_an_icnn_starts_its_filter_categories_from_what_they_respond
     ordinary = train(_cfg(cohorts, tmp_path / "ordinary", epochs=1, warmup_epochs=1, ordinary=True,
                           categories="decision")).bundle
     said = "filter categories start from the initial model's responses on the training images"
-    seen: list[tuple[bool, bool]] = []
+    seen: list[tuple[bool, bool, bool]] = []
     warm = engine._warm_assignment
 
-    def spy(net, loader, device, assignment, cfg, dist):
-        warm(net, loader, device, assignment, cfg, dist)
-        # every type seen on eyes with and without it: the first matching is the statistics', not a deal
-        seen.append((bool(assignment.initialised.all()), bool(assignment.negatives_seen.all())))
+    def spy(net, loader, device, assignment, cfg, *rest):
+        warm(net, loader, device, assignment, cfg, *rest)
+        # every type seen on eyes with and without it: the first matching is the statistics', not a deal; matched
+        # by lesion hits, every type's lesions seen too
+        seen.append((bool(assignment.initialised.all()), bool(assignment.negatives_seen.all()),
+                     bool(assignment.hits_seen.all())))
 
     monkeypatch.setattr(engine, "_warm_assignment", spy)
     events: list = []
     train(_cfg(cohorts, tmp_path / "tuned", epochs=1, warmup_epochs=0, init=str(base), lr=1e-9),
           on_event=events.append)
-    assert any(getattr(e, "text", "") == said for e in events) and seen == [(True, True)]
+    assert any(getattr(e, "text", "") == said for e in events) and seen == [(True, True, False)]
+    train(_cfg(cohorts, tmp_path / "tuned-hits", epochs=1, warmup_epochs=0, init=str(base), lr=1e-9,
+               match_filters_by="lesion-hits"))
+    assert seen[1] == (True, True, True)
     events.clear()
     train(_cfg(cohorts, tmp_path / "icnn", epochs=1, warmup_epochs=0, init=str(ordinary)), on_event=events.append)
-    assert not any(getattr(e, "text", "") == said for e in events) and len(seen) == 1
+    assert not any(getattr(e, "text", "") == said for e in events) and len(seen) == 2
 
 
 def test_cli_rejects_bad_options_with_a_message(cohorts, tmp_path):
