@@ -306,6 +306,13 @@ def test_lesion_type_figures_score_filters_and_grad_cam_on_the_same_images(lesio
         # a figure is missing only where no image can score it
         assert (v["icnn_hit_rate"] is None) == (with_type == 0) == (v["gradcam_hit_rate"] is None), (t, v)
         assert (v["silence_mean"] is None) == (with_type == len(rows)), (t, v)
+        # the threshold-free separation beside silence: one ROC area per filter, none where a class is missing
+        assert len(v["peak_auc_per_filter"]) == 2
+        if 0 < with_type < len(rows):
+            assert all(0.0 <= a <= 1.0 for a in v["peak_auc_per_filter"])
+            assert v["peak_auc_median"] == pytest.approx(float(np.median(v["peak_auc_per_filter"])))
+        else:
+            assert v["peak_auc_median"] is None
         if with_type:
             # the strongest filter hits where both filters do and only where one of them does
             a, b = v["icnn_hit_rate_per_filter"]

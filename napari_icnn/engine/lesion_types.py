@@ -19,6 +19,9 @@ validation images, and with Grad-CAM of the same model on the same images as the
   each image, so both cover the same area.
 - **silence**: per filter, the share of the images *without* its type on which its peak stays below its
   firing threshold; reported per filter, as the mean, the worst filter and the share of filters at ≥ 0.8.
+- **peak AUC** (per filter, and the type's median): how well the filter's peak tells the images with its type
+  from those without, over every threshold (the ROC area). Silence reads one point of that curve, the firing
+  threshold's; two filters with the same peak AUC can differ in silence by where that threshold falls.
 - **firing threshold** (per filter, on the validation images): the peak activation that best separates
   the images with its type from those without (Youden's J of "peak ≥ t"), so "fires" means "says its
   lesion is here". Filters without a lesion type use :data:`~napari_icnn.roles.MIN_STRENGTH` of their
@@ -258,11 +261,14 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
                 cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
                 cam_ref_any += bool(any_lesion[cy, cx])
     nan = float("nan")
-    for t in parts:
+    from napari_icnn.engine.metrics import roc_auc
+
+    for k, t in enumerate(parts):
         st = stats[t]
         fs = [f for f in range(c) if types[f] == t]
         hit = st["hits"][fs] / st["with"] if st["with"] else np.full(len(fs), nan)
         sil = st["silent"][fs] / st["without"] if st["without"] else np.full(len(fs), nan)
+        sep = np.array([roc_auc(scores[:, f], present[:, k]) for f in fs])
         per_type[t] = {
             "filters": fs,
             "n_filters": len(fs),
@@ -280,8 +286,9 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
             "silence_mean": float(np.mean(sil)) if fs and st["without"] else nan,
             "silence_worst": float(np.min(sil)) if fs and st["without"] else nan,
             "silent_filters_share": float(np.mean(sil >= SILENCE_BAR)) if fs and st["without"] else nan,
+            "peak_auc_per_filter": [float(v) for v in sep],
+            "peak_auc_median": float(np.median(sep)) if fs and st["with"] and st["without"] else nan,
         }
-    from napari_icnn.engine.metrics import roc_auc
 
     dec_auc = dec_acc = nan
     if (referable >= 0).all() and len(np.unique(referable)) == 2:

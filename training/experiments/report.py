@@ -334,10 +334,12 @@ def lesion_types_markdown(doc: dict[str, Any]) -> list[str]:
              "the images that have one (mean over the type's filters); Grad-CAM: the peak of Grad-CAM of the same "
              "model for the type's own logit. Coverage: lesion instances with ≥ half their pixels inside the union "
              "of the type's filter regions, Grad-CAM thresholded to the same area. Silence: share of the type's "
-             "filters below their firing threshold on ≥ 80 % of the images without the type.", "",
+             "filters below their firing threshold on ≥ 80 % of the images without the type. Peak AUC: the median over "
+             "the type's filters of how well a filter's peak tells images with the type from images without, over "
+             "every threshold.", "",
              "| backbone / task | seed | type | filters | hit rate ICNN | hit rate Grad-CAM | coverage ICNN | "
-             "coverage Grad-CAM | region / FOV | silence mean (worst) | silent filters |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "coverage Grad-CAM | region / FOV | silence mean (worst) | silent filters | peak AUC |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (arch, task), seeds in sorted(seeds_all.items()):
         for s, x in sorted(seeds.items()):
             for t in LESIONS:
@@ -348,7 +350,7 @@ def lesion_types_markdown(doc: dict[str, Any]) -> list[str]:
                              f"{_v(g('gradcam_hit_rate'), 2)} | {_v(g('coverage_icnn'), 2)} | "
                              f"{_v(g('coverage_gradcam'), 2)} | {_v(g('region_fraction_of_fov'), 4)} | "
                              f"{_v(g('silence_mean'), 2)} ({_v(g('silence_worst'), 2)}) | "
-                             f"{_v(g('silent_filters_share'), 2)} |")
+                             f"{_v(g('silent_filters_share'), 2)} | {_v(g('peak_auc_median'), 2)} |")
     lines += ["", "Top filter of the referable test scans (the filter contributing most to the referable logit, "
               "against the reference eye): its peak in a lesion of its own type, of any type, and how often it is "
               "an anatomy or label-free filter; Grad-CAM of the referable logit: its peak on any lesion.", "",
