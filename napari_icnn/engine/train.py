@@ -501,11 +501,12 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
             floss = (per_filter * filter_weights).mean()
     loss = cls + lam * floss
     cells = None
-    if masks is not None and mask_types is not None and cfg.interpretable:
+    by_hits = cfg.match_filters_by != "selectivity"
+    if masks is not None and mask_types is not None and cfg.interpretable and (lam > 0 or by_hits):
         from napari_icnn.icnn.localisation import lesion_cells, peak_hits
 
         cells = lesion_cells(masks, net.n, net.stride, net.offset, cfg.lesion_mask_target)
-        if cfg.match_filters_by != "selectivity":
+        if by_hits:
             assignment.update_hits(*_gathered(*peak_hits(out.pre_maps.detach(), cells, mask_types),
                                               dist=dist or runtime.DistInfo()))
     if cells is not None and mask_types is not None and lam > 0:

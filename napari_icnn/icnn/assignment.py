@@ -59,7 +59,7 @@ class FilterAssignment(nn.Module):
         ``(K,)`` bool, whether a category has had positive images yet.
     hits : Tensor
         ``(C, K)`` running mean of whether each filter's peak lies in a lesion of each category, over the images
-        with one (``match_by="lesion-hits"``).
+        with one (the rankings by hits; :meth:`update_hits`).
 
     Notes
     -----
@@ -158,21 +158,11 @@ class FilterAssignment(nn.Module):
             )
         pos = self._labels(labels, max_act.shape[0]).to(self.ema.dtype)  # (B, K)
         act = max_act.detach().to(self.ema.dtype)
-        # no host-device synchronisation here: categories absent from the batch are left as they are
         count = pos.sum(dim=0)  # (K,)
-        seen = count > 0
-        mean = (act.T @ pos) / count.clamp(min=1)  # (C, K)
-        blended = self.momentum * self.ema + (1.0 - self.momentum) * mean
-        new = torch.where(self.initialised, blended, mean)
-        self.ema.copy_(torch.where(seen, new, self.ema))
+        self._fold(self.ema, self.initialised, (act.T @ pos) / count.clamp(min=1), count > 0)  # (C, K)
         neg = 1.0 - pos
         n_neg = neg.sum(dim=0)
-        mean_neg = (act.T @ neg) / n_neg.clamp(min=1)
-        new_neg = torch.where(self.negatives_seen, self.momentum * self.ema_negative + (1.0 - self.momentum) * mean_neg,
-                              mean_neg)
-        self.ema_negative.copy_(torch.where(n_neg > 0, new_neg, self.ema_negative))
-        self.negatives_seen.logical_or_(n_neg > 0)
-        self.initialised.logical_or_(seen)
+        self._fold(self.ema_negative, self.negatives_seen, (act.T @ neg) / n_neg.clamp(min=1), n_neg > 0)
         if self._dealt:  # the first statistics replace the round-robin deal at once
             self._cached = None
 
@@ -196,11 +186,15 @@ class FilterAssignment(nn.Module):
         pos = present.to(device=self.hits.device, dtype=self.hits.dtype)  # (B, K)
         hit = in_lesion.to(device=self.hits.device, dtype=self.hits.dtype)
         count = pos.sum(dim=0)
-        seen = count > 0
-        rate = (hit * pos[:, None, :]).sum(dim=0) / count.clamp(min=1)  # (C, K)
-        new = torch.where(self.hits_seen, self.momentum * self.hits + (1.0 - self.momentum) * rate, rate)
-        self.hits.copy_(torch.where(seen, new, self.hits))
-        self.hits_seen.logical_or_(seen)
+        self._fold(self.hits, self.hits_seen, (hit * pos[:, None, :]).sum(dim=0) / count.clamp(min=1), count > 0)
+
+    def _fold(self, average: Tensor, started: Tensor, mean: Tensor, seen: Tensor) -> None:
+        """Blend a batch's ``(C, K)`` ``mean`` into a running ``average`` in place: categories ``seen`` in the batch
+        only, the first observation taken as it is (``started`` marks the categories that had one)."""
+        new = torch.where(started, self.momentum * average + (1.0 - self.momentum) * mean, mean)
+        # no host-device synchronisation here: categories absent from the batch are left as they are
+        average.copy_(torch.where(seen, new, average))
+        started.logical_or_(seen)
 
     @property
     def categories(self) -> Tensor:
