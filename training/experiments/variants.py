@@ -59,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     data = args.study / "data" / f"seed{args.seed}"
     bundle = args.out / "runs" / f"seed{args.seed}" / args.name
     if not (bundle / "models" / "model.pt").is_file():
-        cfg = TrainConfig(data=str(data / "train"), val=str(data / "val"), out=str(bundle), size=p.size, arch=arch,
-                          seed=args.seed, epochs=p.finetune_epochs, warmup_epochs=0, lr=p.finetune_lr,
+        # an override may change anything, the input size included (the ordinary CNN's weights fit any size)
+        settings = {"size": p.size, "arch": arch, "seed": args.seed, "epochs": p.finetune_epochs,
+                    "warmup_epochs": 0, "lr": p.finetune_lr, "categories": "lesion-types",
+                    **p.train, **p.icnn, **{k: _value(v) for k, v in overrides.items()}}
+        cfg = TrainConfig(data=str(data / "train"), val=str(data / "val"), out=str(bundle),
                           init=str(args.study / "runs" / f"seed{args.seed}" / f"{arch}-referable-ordinary"),
-                          categories="lesion-types", resume=(bundle / "checkpoints" / "last.pt").is_file(),
-                          **{**p.train, **p.icnn, **{k: _value(v) for k, v in overrides.items()}})
+                          resume=(bundle / "checkpoints" / "last.pt").is_file(), **settings)
         drain(train_iter(cfg), TextProgress())
     select, score = _halves(data / "val", args.out)
     doc = drain(lesion_type_figures_iter(str(bundle), str(score), str(select)), TextProgress())
