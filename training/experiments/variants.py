@@ -4,7 +4,9 @@
 overrides]`` fine-tunes the study's ordinary CNN of seed S (``DIR/runs/seed<S>/<arch>-referable-ordinary``, the
 preset's backbone) as a lesion-type ICNN with the preset's schedule and the given overrides (``free_fraction=0``, ``z_estimate=running``), then
 scores its lesion-type evidence (engine.lesion_types) on the seed's **validation** cohort, firing thresholds
-fixed on a held-out half of that cohort. The test cohorts are never read. Results: ``OUT/<NAME>.json``.
+fixed on a held-out half of that cohort. The test cohorts are never read. Results: ``OUT/<NAME>-seed<S>.json``.
+Any setting may be overridden, the input size (``size=384``) and the training seed (``seed=1011``: the same
+recipe trained again on the same cohort, for ``training.experiments.arms``) included.
 """
 
 from __future__ import annotations
