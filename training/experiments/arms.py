@@ -41,6 +41,9 @@ def _number(value: Any) -> float:
 
 def validation_figures(doc: dict[str, Any]) -> dict[str, float]:
     """The figures of one scored training (a lesion-type figures document), keyed as :data:`FIGURES`."""
+    absent = [k for k in ("types", "top_filter", "decision_auc") if k not in doc]
+    if absent:
+        raise ValueError(f"no {', '.join(absent)} entry")
     types = doc["types"]
     missing = [t for t in LESION_TYPES if t not in types]
     if missing:
