@@ -17,22 +17,25 @@ from typing import Any
 
 import numpy as np
 
+from napari_icnn.engine.lesion_types import SILENCE_BAR
+from training.experiments.report import summary_over_seeds
+
 __all__ = ["FIGURES", "validation_figures", "compare_arms", "main"]
 
 LESION_TYPES = ("MA", "HE", "EX", "SE")
 
-FIGURES: dict[str, tuple[str, bool]] = {
-    "top_own": ("top filter of a referable scan in a lesion of its own type", True),
-    "hit_mean": ("filters' hit rate, mean of the four types", True),
-    **{f"hit_{t}": (f"{t} filters' hit rate", True) for t in LESION_TYPES},
-    **{f"gradcam_{t}": (f"Grad-CAM of the {t} logit, hit rate", True) for t in LESION_TYPES},
-    "silent_share": ("share of filters silent on >= 80 % of eyes without their type", True),
-    "silence_mean": ("mean silence of all filters on eyes without their type", True),
-    "silent_share_MA": ("share of MA filters silent", True),
-    "peak_auc_MA": ("MA filters' median peak AUC", True),
-    "auc": ("decision AUC", True),
+FIGURES: dict[str, str] = {
+    "top_own": "top filter of a referable scan in a lesion of its own type",
+    "hit_mean": "filters' hit rate, mean of the four types",
+    **{f"hit_{t}": f"{t} filters' hit rate" for t in LESION_TYPES},
+    **{f"gradcam_{t}": f"Grad-CAM of the {t} logit, hit rate" for t in LESION_TYPES},
+    "silent_share": f"share of filters silent on >= {SILENCE_BAR:.0%} of eyes without their type",
+    "silence_mean": "mean silence of all filters on eyes without their type",
+    "silent_share_MA": "share of MA filters silent",
+    "peak_auc_MA": "MA filters' median peak AUC",
+    "auc": "decision AUC",
 }
-"""Figure key -> (words, higher is better)."""
+"""Figure key -> words; every figure is better when higher."""
 
 
 def _number(value: Any) -> float:
@@ -54,7 +57,7 @@ def validation_figures(doc: dict[str, Any]) -> dict[str, float]:
         out[f"gradcam_{t}"] = _number(types[t]["gradcam_hit_rate"])
     out["hit_mean"] = float(np.mean([out[f"hit_{t}"] for t in LESION_TYPES]))
     silence = [s for t in LESION_TYPES for s in types[t]["silence_per_filter"]]
-    out["silent_share"] = float(np.mean(np.asarray(silence) >= 0.8)) if silence else float("nan")
+    out["silent_share"] = float(np.mean(np.asarray(silence) >= SILENCE_BAR)) if silence else float("nan")
     out["silence_mean"] = float(np.mean(silence)) if silence else float("nan")
     out["silent_share_MA"] = _number(types["MA"]["silent_filters_share"])
     out["peak_auc_MA"] = _number(types["MA"].get("peak_auc_median"))
@@ -62,19 +65,17 @@ def validation_figures(doc: dict[str, Any]) -> dict[str, float]:
 
 
 def compare_arms(base: list[dict[str, Any]], new: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per figure and arm: the value of each training, their mean and the worst (lowest where higher is better)."""
+    """Per figure and arm: the value of each training, their mean and the worst (the lowest)."""
     if not base or not new:
         raise ValueError("each recipe needs at least one scored training")
     arms = {"base": [validation_figures(d) for d in base], "new": [validation_figures(d) for d in new]}
     out: dict[str, dict[str, Any]] = {}
-    for key, (_, higher) in FIGURES.items():
+    for key in FIGURES:
         row: dict[str, Any] = {}
         for arm, figs in arms.items():
             values = [f[key] for f in figs]
-            known = [v for v in values if np.isfinite(v)]
-            row[arm] = {"values": values,
-                        "mean": float(np.mean(known)) if known else float("nan"),
-                        "worst": float((min if higher else max)(known)) if known else float("nan")}
+            summary = summary_over_seeds(dict(enumerate(values)))
+            row[arm] = {"values": values, "mean": summary["mean"], "worst": summary["worst"]}
         out[key] = row
     return out
 
@@ -89,7 +90,7 @@ def _cell(arm: dict[str, Any]) -> str:
 def table_markdown(comparison: dict[str, dict[str, Any]], names: tuple[str, str] = ("base", "new")) -> str:
     """The comparison as a Markdown table, one row per figure."""
     lines = [f"| figure | {names[0]} | {names[1]} |", "|---|---|---|"]
-    for key, (words, _) in FIGURES.items():
+    for key, words in FIGURES.items():
         lines.append(f"| {words} | {_cell(comparison[key]['base'])} | {_cell(comparison[key]['new'])} |")
     return "\n".join(lines)
 
