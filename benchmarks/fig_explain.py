@@ -43,11 +43,11 @@ def bundle_for(ctx: Context) -> tuple[Path, str]:
     shipped = shipped_bundle_path()
     if (shipped / METADATA).is_file() and (shipped / WEIGHTS).is_file():
         return shipped, "shipped demo bundle"
-    from napari_icnn.config import TrainConfig
+    from napari_icnn.config import DEFAULT_SIZE, TrainConfig
 
     cfg = TrainConfig()
-    path = make_bundle(ctx.workdir / "bundle", size=cfg.size, width=cfg.width, n_filters=cfg.n_filters)
-    return path, f"untrained {cfg.arch} bundle, {cfg.size} px, width {cfg.width}, {cfg.n_filters} filters"
+    path = make_bundle(ctx.workdir / "bundle", size=DEFAULT_SIZE, width=cfg.width, n_filters=cfg.n_filters)
+    return path, f"untrained {cfg.arch} bundle, {DEFAULT_SIZE} px, width {cfg.width}, {cfg.n_filters} filters"
 
 
 def photograph() -> tuple[Any, str]:

@@ -37,6 +37,7 @@ __all__ = [
     "load_bundle",
     "save_bundle",
     "read_metadata",
+    "lesion_types_size",
     "rename_filters",
     "shipped_bundle_path",
     "default_bundle_path",
@@ -186,6 +187,17 @@ def read_metadata(bundle: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(icnn, dict) or "network" not in icnn or "filters" not in icnn:
         raise BundleError(f"{meta_path}: not a napari-icnn bundle (no 'icnn' section with network and filters)")
     return meta
+
+
+def lesion_types_size(bundle: str | os.PathLike[str]) -> int | None:
+    """The input size of a bundle that has lesion-type filters (retraining it keeps that size), else None."""
+    from napari_icnn.parts import MASK_LESION_KEYS
+
+    icnn = read_metadata(bundle)["icnn"]
+    if not any(isinstance(f, dict) and f.get("category") in MASK_LESION_KEYS for f in icnn["filters"]):
+        return None
+    size = icnn.get("preprocessing", {}).get("size", icnn["network"].get("image_size"))
+    return int(size) if isinstance(size, int | float) else None
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:

@@ -38,6 +38,8 @@ __all__ = [
     "LOSS_MODES",
     "CACHE_MODES",
     "DEFAULT_EPOCHS",
+    "DEFAULT_SIZE",
+    "LESION_TYPES_SIZE",
     "DEFAULT_BATCH",
     "DEFAULT_VAL_FRACTION",
     "MIN_BATCH",
@@ -80,6 +82,12 @@ often their peak lands in a lesion of the type (training lesion masks), or the p
 DECISION_FILTERS = ("referable-lesions", "all")
 
 DEFAULT_EPOCHS = 16
+DEFAULT_SIZE = 256
+"""The input side when nothing asks for more: the decision alone, or the filters of an ordinary CNN."""
+LESION_TYPES_SIZE = 384
+"""The input side for lesion-type filters: a microaneurysm, 0.035-0.075 disc diameters, is one or two pixels at
+256 px; read at 384 px (the study cohorts' own width) every type's filters pointed into their lesions more often, on
+two trainings per seed (round 19 of docs/results.md), at about 3x the training time."""
 # The lesion-mask loss's weight when training data carry masks: the one value tried on validation (round 8 of
 # docs/results.md), then confirmed on the test seeds.
 DEFAULT_LESION_MASK_WEIGHT = 1.0
@@ -174,9 +182,11 @@ class TrainConfig:
         "coarser", "--top-stride",
         label="Top-layer stride", bounds=(3, 16),
     )
-    size: int = _opt(
-        256, "model input side in pixels (the FOV is cropped and resized to it)", "--size",
-        label="Input size", bounds=(64, 4096), step=16,
+    size: int | None = _auto(
+        "model input side in pixels (the FOV is cropped and resized to it); auto: the --init bundle's when it "
+        f"already has lesion-type filters (retraining it), else {LESION_TYPES_SIZE} for lesion-type filters (fine "
+        f"enough for microaneurysms; chosen on validation, docs/results.md) and {DEFAULT_SIZE} otherwise",
+        "--size", label="Input size", bounds=(48, 4096), step=16,
     )
     epochs: int | None = _auto(
         f"total epochs, warm-up included; auto: {DEFAULT_EPOCHS}, or twice --warmup-epochs when that is more",
@@ -375,7 +385,7 @@ class TrainConfig:
             raise bad("lesion_mask_weight", "must be between 0 and 100")
         if self.top_stride is not None and self.top_stride not in TOP_STRIDES.get(self.arch, (self.top_stride,)):
             raise bad("top_stride", "must be 8 or 4 with --arch vgg, 16 or 8 with --arch resnet")
-        if self.size < 64 or self.size % 16:
+        if self.size is not None and (self.size < 64 or self.size % 16):
             raise bad("size", "must be a multiple of 16 and at least 64")
         if self.epochs is not None and self.epochs < 1:
             raise bad("epochs", "must be at least 1")
@@ -432,6 +442,7 @@ class TrainConfig:
         cores: int | None = None,
         lesion_labels: bool | None = None,
         lesion_masks: bool | None = None,
+        init_size: int | None = None,
     ) -> TrainConfig:
         """A copy with the "auto" (``None``) settings fixed; explicit values are kept and checked.
 
@@ -439,8 +450,9 @@ class TrainConfig:
         ``n_data`` (images in ``data``) is given, with ``n_val`` the images in ``val`` when there is one;
         the loader workers when ``device_type`` (``"cpu"`` or ``"cuda"``) is; the categories when
         ``lesion_labels`` (every image has MA/HE/EX/SE presence labels) is, and with them the lesion-mask weight when
-        ``lesion_masks`` (some training image has a lesion mask) is. Raises :class:`ConfigError`
-        naming the flags involved when explicit values cannot work with the data.
+        ``lesion_masks`` (some training image has a lesion mask) is; the input size with the categories, or from
+        ``init_size`` (the ``--init`` bundle's input size, given when it has lesion-type filters). Raises
+        :class:`ConfigError` naming the flags involved when explicit values cannot work with the data.
         """
         values: dict[str, Any] = {}
         why: dict[str, str] = {}
@@ -485,6 +497,14 @@ class TrainConfig:
             values["top_stride"] = finer if fine else coarse
             why["top_stride"] = (f"lesion-type filters: {finer}-px cells, the finer map (chosen on validation for VGG, "
                                  "docs/results.md)" if fine else f"{coarse}-px cells")
+        if self.size is None and init_size is not None:
+            values["size"] = init_size
+            why["size"] = "the --init bundle's input size (retraining its lesion-type filters)"
+        elif self.size is None and categories != "auto":
+            fine = categories == "lesion-types" and not self.ordinary
+            values["size"] = LESION_TYPES_SIZE if fine else DEFAULT_SIZE
+            why["size"] = (f"lesion-type filters: {LESION_TYPES_SIZE} px, fine enough for microaneurysms (chosen on "
+                           "validation, docs/results.md)" if fine else "the default")
         if self.lesion_mask_weight is None and categories != "auto" and lesion_masks is not None:
             lesion_types = categories == "lesion-types" and not self.ordinary
             values["lesion_mask_weight"] = DEFAULT_LESION_MASK_WEIGHT if lesion_types and lesion_masks else 0.0

@@ -41,6 +41,9 @@ class Recipe:
     finetune_lr: float = 5e-4
     train: Mapping[str, Any] = field(default_factory=dict)
     """Further :class:`~napari_icnn.config.TrainConfig` settings of both stages."""
+    types_size: int | None = None
+    """The lesion-type ICNN's input side (None: ``size``); it is fine-tuned from the ordinary CNN trained at ``size``
+    (a convolutional network's weights fit any input side)."""
     look: str = "clean"
     """Look of the generated photographs (``clean`` or ``realistic``, see
     :func:`~napari_icnn.data.synth.generate_cohort`): ``icnn demo --full`` and ``make demo-bundle`` train on
@@ -55,7 +58,7 @@ RECIPES: dict[str, Recipe] = {
     "quick": Recipe("quick", n_train=96, n_val=32, n_test=16, image_size=256, size=128, epochs=2, warmup=1,
                     finetune_epochs=1),
     "cpu": Recipe("cpu", n_train=1000, n_val=200, n_test=300, image_size=384, size=256, epochs=16, warmup=8,
-                  finetune_epochs=8),
+                  finetune_epochs=8, types_size=384),
     "gpu": Recipe("gpu", n_train=3000, n_val=400, n_test=600, image_size=768, size=512, epochs=24, warmup=12,
                   finetune_epochs=12, train={"batch": 32, "workers": 8}),
     "tiny": Recipe("tiny", n_train=32, n_val=16, n_test=16, image_size=128, size=64, epochs=2, warmup=1,

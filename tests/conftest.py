@@ -27,8 +27,10 @@ def _torch_threads():
     torch.set_num_threads(n)
 
 
-def make_bundle(out, *, size: int = 64, n_filters: int = 8, arch: str = "vgg", seed: int = 0, task: str = "referable"):
-    """A small real bundle (untrained weights, fixed seed) for tests that need a model but not a good one."""
+def make_bundle(out, *, size: int = 64, n_filters: int = 8, arch: str = "vgg", seed: int = 0, task: str = "referable",
+                lesion_types: bool = False):
+    """A small real bundle (untrained weights, fixed seed) for tests that need a model but not a good one;
+    ``lesion_types``: the referable decision with the lesion types beside it, one type per filter in turn."""
     import torch
 
     from napari_icnn.bundle import FilterInfo, save_bundle
@@ -36,10 +38,11 @@ def make_bundle(out, *, size: int = 64, n_filters: int = 8, arch: str = "vgg", s
     from napari_icnn.icnn.networks import ICNN
 
     torch.manual_seed(seed)
-    names = class_names_for(task)
+    names = class_names_for("referable+lesion-types" if lesion_types else task)
     net = ICNN(arch=arch, n_outputs=len(names), n_filters=n_filters, image_size=size, width=8)
     parts = ["optic_disc", "fovea", "EX", "HE", None, "vessels", "MA", None]
-    filters = [FilterInfo(id=i, category="free" if i < 2 else names[0], part=parts[i % len(parts)], act_scale=1.0)
+    filters = [FilterInfo(id=i, category="free" if i < 2 else names[1 + i % 4] if lesion_types else names[0],
+                          part=parts[i % len(parts)], act_scale=1.0)
                for i in range(n_filters)]
     return save_bundle(out, net.state_dict(), network=net.config, task=task, class_names=names, filters=filters,
                        name="test_model")

@@ -237,6 +237,35 @@ def test_the_top_stride_follows_the_filter_categories():
     assert TrainConfig(data="d", out="o", top_stride=8).resolved(lesion_labels=True).top_stride == 8
 
 
+def test_the_input_size_follows_the_filter_categories_and_a_retrained_bundle():
+    from napari_icnn.config import DEFAULT_SIZE, LESION_TYPES_SIZE
+
+    assert TrainConfig(data="d", out="o").size is None  # auto until the categories are known
+    types = TrainConfig(data="d", out="o").resolved(lesion_labels=True)
+    assert types.size == LESION_TYPES_SIZE > DEFAULT_SIZE and "microaneurysms" in types.derived["size"]
+    assert TrainConfig(data="d", out="o").resolved(lesion_labels=False).size == DEFAULT_SIZE
+    assert TrainConfig(data="d", out="o", ordinary=True).resolved(lesion_labels=True).size == DEFAULT_SIZE
+    assert TrainConfig(data="d", out="o", categories="decision").resolved().size == DEFAULT_SIZE
+    given = TrainConfig(data="d", out="o", size=128).resolved(lesion_labels=True, init_size=256)
+    assert given.size == 128 and "size" not in given.derived  # what the user gave is kept
+    kept = TrainConfig(data="d", out="o").resolved(lesion_labels=True, init_size=256)
+    assert kept.size == 256 and "--init" in kept.derived["size"]
+    with pytest.raises(ConfigError, match="--size"):
+        TrainConfig(size=100)
+
+
+def test_only_a_bundle_with_lesion_type_filters_passes_its_size_on(tmp_path, tiny_bundle):
+    from conftest import make_bundle
+
+    from napari_icnn.bundle import lesion_types_size
+    from napari_icnn.errors import BundleError
+
+    assert lesion_types_size(tiny_bundle) is None  # its filters serve the decision: a new recipe may differ
+    assert lesion_types_size(make_bundle(tmp_path / "types", size=96, lesion_types=True)) == 96
+    with pytest.raises(BundleError, match="no such model bundle"):
+        lesion_types_size(tmp_path / "missing")
+
+
 def test_the_lesion_mask_weight_follows_the_categories_and_the_masks():
     from napari_icnn.config import DEFAULT_LESION_MASK_WEIGHT, TrainConfig
 

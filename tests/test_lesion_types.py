@@ -313,6 +313,9 @@ def test_lesion_type_figures_score_filters_and_grad_cam_on_the_same_images(lesio
             assert v["peak_auc_median"] == pytest.approx(float(np.median(v["peak_auc_per_filter"])))
         else:
             assert v["peak_auc_median"] is None
+        # the network's own presence output of the type, scored the same way: what the filters are measured against
+        assert (v["output_auc"] is None) == (not 0 < with_type < len(rows)), (t, v)
+        assert v["output_auc"] is None or 0.0 <= v["output_auc"] <= 1.0
         if with_type:
             # the strongest filter hits where both filters do and only where one of them does
             a, b = v["icnn_hit_rate_per_filter"]

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from conftest import make_bundle
 
 from napari_icnn.cli import main
 from napari_icnn.config import TrainConfig, flag_of, settings
@@ -193,6 +194,16 @@ def test_check_training_resolves_auto_settings_for_the_data(cohorts, tmp_path):
     graded = check_training({**values, "data": str(cohorts / "graded")})
     assert graded.hints["categories"].startswith("auto: decision (some images lack")
     assert graded.hints["lesion_mask_weight"] == "auto: 0 (no lesion-type filters)"
+
+    # the input size: finer for lesion-type filters, and a retrained lesion-type bundle keeps its own
+    auto = {**values, "size": None}
+    assert check_training(auto).hints["size"].startswith("auto: 384 (lesion-type filters")
+    assert check_training({**auto, "data": str(cohorts / "graded")}).hints["size"] == "auto: 256 (the default)"
+    retrain = check_training({**auto, "init": str(make_bundle(tmp_path / "types", size=96, lesion_types=True))})
+    assert retrain.ok and retrain.hints["size"].startswith("auto: 96 (the --init bundle's")
+    # the engine resolves it the same way: what the form said is what trains
+    cfg = engine._load_data(TrainConfig(**{**auto, "init": retrain.config.init}), 1, "cpu")[0]
+    assert cfg.size == 96 and engine._load_data(TrainConfig(**auto), 1, "cpu")[0].size == 384
 
     seen = []
 

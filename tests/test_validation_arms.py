@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -18,7 +19,7 @@ def _doc(top: float, hits: dict[str, float], silence: dict[str, list[float]], au
         "top_filter": {"own_type_rate": top},
         "types": {t: {"icnn_hit_rate": hits[t], "gradcam_hit_rate": 0.5, "silence_per_filter": silence[t],
                       "silent_filters_share": sum(s >= 0.8 for s in silence[t]) / len(silence[t]),
-                      "peak_auc_median": 0.8 if t == "MA" else None}
+                      "peak_auc_median": 0.8 if t == "MA" else None, "output_auc": 0.9 if t == "MA" else None}
                   for t in ("MA", "HE", "EX", "SE")},
     }
 
@@ -32,6 +33,10 @@ def test_figures_of_one_training_pool_every_filter_for_the_silent_share_and_mean
     assert f["silent_share"] == pytest.approx(6 / 8)  # 0.8 is at the bar; 0.79 and 0.7 are under it
     assert f["silence_mean"] == pytest.approx(sum(sum(v) for v in SILENT.values()) / 8)
     assert f["silent_share_MA"] == pytest.approx(0.5) and f["peak_auc_MA"] == pytest.approx(0.8)
+    assert f["output_auc_MA"] == pytest.approx(0.9)
+    older = _doc(0.8, {"MA": 0.4, "HE": 0.8, "EX": 0.9, "SE": 1.0}, SILENT)
+    del older["types"]["MA"]["output_auc"]  # documents written before the figure existed
+    assert np.isnan(validation_figures(older)["output_auc_MA"])
 
 
 def test_each_arm_keeps_every_training_with_its_mean_and_worst_in_the_right_direction():

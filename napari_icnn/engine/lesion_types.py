@@ -22,6 +22,8 @@ validation images, and with Grad-CAM of the same model on the same images as the
 - **peak AUC** (per filter, and the type's median): how well the filter's peak tells the images with its type
   from those without, over every threshold (the ROC area). Silence reads one point of that curve, the firing
   threshold's; two filters with the same peak AUC can differ in silence by where that threshold falls.
+- **output AUC** (per type): the same ROC area for the network's own presence output of that type (its logit), the
+  whole network's answer to "does this eye have the type" beside each filter's; NaN without such an output.
 - **firing threshold** (per filter, on the validation images): the peak activation that best separates
   the images with its type from those without (Youden's J of "peak ≥ t"), so "fires" means "says its
   lesion is here". Filters without a lesion type use :data:`~napari_icnn.roles.MIN_STRENGTH` of their
@@ -288,6 +290,8 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
             "silent_filters_share": float(np.mean(sil >= SILENCE_BAR)) if fs and st["without"] else nan,
             "peak_auc_per_filter": [float(v) for v in sep],
             "peak_auc_median": float(np.median(sep)) if fs and st["with"] and st["without"] else nan,
+            "output_auc": (roc_auc(test["logits"][:, lesion_outputs[t]], present[:, k].astype(float))
+                           if t in lesion_outputs and st["with"] and st["without"] else nan),
         }
 
     dec_auc = dec_acc = nan

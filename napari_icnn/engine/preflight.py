@@ -100,11 +100,13 @@ def check_training(
                 check._add(error, name)
             else:
                 check.hints[name] = found[name].summary
+    retrained_size = None
     if values.get("init"):
-        from napari_icnn.bundle import require_model  # the words the Explain form and icnn explain use
+        from napari_icnn.bundle import lesion_types_size, require_model  # the words the Explain form uses
 
         try:
             require_model(values["init"])
+            retrained_size = lesion_types_size(values["init"]) if values.get("size") is None else None
         except BundleError as err:
             check._add(err, "init")
     if check.config is None:
@@ -120,6 +122,7 @@ def check_training(
             device_type="cuda" if device.kind == "gpu" else "cpu",
             lesion_labels=all(labelled) if usable else None,
             lesion_masks=found["data"].lesion_masks if usable else None,
+            init_size=retrained_size,
         )
     except ConfigError as err:
         check._add(err, err.field)

@@ -23,7 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from napari_icnn.atomic import atomic_write_text
-from napari_icnn.bundle import WEIGHTS, FilterInfo, atomic_torch_save, load_bundle, save_bundle
+from napari_icnn.bundle import (
+    WEIGHTS,
+    FilterInfo,
+    atomic_torch_save,
+    lesion_types_size,
+    load_bundle,
+    save_bundle,
+)
 from napari_icnn.config import TrainConfig, flag_of
 from napari_icnn.devices import autocast_for, resolve_device
 from napari_icnn.engine import runtime
@@ -131,7 +138,8 @@ def _load_data(cfg: TrainConfig, world_size: int,
             task_targets(r, cfg.task)
     lesion_labels = all(set(MASK_LESION_KEYS) <= set(r.labels) for r in records + (val or []))
     cfg = cfg.resolved(len(records), None if val is None else len(val), world_size=world_size,
-                       device_type=device_type, lesion_labels=lesion_labels, lesion_masks=spec.has_lesion_masks)
+                       device_type=device_type, lesion_labels=lesion_labels, lesion_masks=spec.has_lesion_masks,
+                       init_size=lesion_types_size(cfg.init) if cfg.init and cfg.size is None else None)
     if val is not None:
         train = records
         has_masks = vspec.has_masks
@@ -211,7 +219,7 @@ def train_iter(
     cfg, train_recs, val_recs, has_masks, skipped = _load_data(cfg, dist.world_size, device.type)
     # _load_data resolved every "auto" setting the loop below reads
     assert cfg.epochs is not None and cfg.warmup_epochs is not None
-    assert cfg.batch is not None and cfg.workers is not None
+    assert cfg.batch is not None and cfg.workers is not None and cfg.size is not None
     if dist.is_main:  # only now: a data set that cannot be used leaves --out as it was
         ckdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(ckdir / CONFIG, cfg.to_json())

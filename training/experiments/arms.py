@@ -33,6 +33,7 @@ FIGURES: dict[str, str] = {
     "silence_mean": "mean silence of all filters on eyes without their type",
     "silent_share_MA": "share of MA filters silent",
     "peak_auc_MA": "MA filters' median peak AUC",
+    "output_auc_MA": "the network's MA output, AUC",
     "auc": "decision AUC",
 }
 """Figure key -> words; every figure is better when higher."""
@@ -61,6 +62,7 @@ def validation_figures(doc: dict[str, Any]) -> dict[str, float]:
     out["silence_mean"] = float(np.mean(silence)) if silence else float("nan")
     out["silent_share_MA"] = _number(types["MA"]["silent_filters_share"])
     out["peak_auc_MA"] = _number(types["MA"].get("peak_auc_median"))
+    out["output_auc_MA"] = _number(types["MA"].get("output_auc"))  # documents before it have none: NaN
     return out
 
 

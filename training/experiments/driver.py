@@ -64,8 +64,9 @@ def _train(out: Path, data: Path, p: Preset, arch: str, task: str, seed: int, or
     schedule: dict[str, Any] = dict(epochs=p.epochs, warmup_epochs=p.warmup)
     if init is not None:
         schedule = dict(epochs=p.finetune_epochs, warmup_epochs=0, lr=p.finetune_lr, init=str(init))
+    size = p.types_size if categories == "lesion-types" and p.types_size else p.size
     cfg = TrainConfig(data=str(data / "train"), val=str(data / "val"), out=str(out), task=task, arch=arch,
-                      size=p.size, seed=seed, ordinary=ordinary, device=device, categories=categories,
+                      size=size, seed=seed, ordinary=ordinary, device=device, categories=categories,
                       resume=(out / "checkpoints" / "last.pt").is_file(), **{**schedule, **overrides})
     t0 = time.monotonic()
     yield from train_iter(cfg)
@@ -210,7 +211,9 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
         "protocol": (f"ordinary CNN: {p.epochs} epochs from scratch; ICNN: the same seed's ordinary CNN fine-tuned "
                      f"for {p.finetune_epochs} interpretable epochs (peak lr {p.finetune_lr:g}); its training time "
                      "below excludes the ordinary CNN it starts from"
-                     + (f"; ICNN options {p.icnn}" if p.icnn else "")) if p.finetune_epochs else
+                     + (f"; ICNN options {p.icnn}" if p.icnn else "")
+                     + (f"; the lesion-type ICNN reads {p.types_size} px photographs, the other models {p.size} px"
+                        if p.lesion_types and p.types_size and p.types_size != p.size else "")) if p.finetune_epochs else
                     (f"both models {p.epochs} epochs from scratch, the first {p.warmup} without the filter loss"),
         "scored_subset": {"images": p.baseline_images, "of": p.n_test,
                           "rule": f"numpy default_rng(1000 * seed + {SUBSET_SEED_OFFSET}).choice without replacement, "

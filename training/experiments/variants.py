@@ -5,8 +5,8 @@ overrides]`` fine-tunes the study's ordinary CNN of seed S (``DIR/runs/seed<S>/<
 preset's backbone) as a lesion-type ICNN with the preset's schedule and the given overrides (``free_fraction=0``, ``z_estimate=running``), then
 scores its lesion-type evidence (engine.lesion_types) on the seed's **validation** cohort, firing thresholds
 fixed on a held-out half of that cohort. The test cohorts are never read. Results: ``OUT/<NAME>-seed<S>.json``.
-Any setting may be overridden, the input size (``size=384``) and the training seed (``seed=1011``: the same
-recipe trained again on the same cohort, for ``training.experiments.arms``) included.
+Any setting may be overridden, the input size (``size=256``: the recipe before round 19) and the training seed
+(``seed=1011``: the same recipe trained again on the same cohort, for ``training.experiments.arms``) included.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = args.out / "runs" / f"seed{args.seed}" / args.name
     if not (bundle / "models" / "model.pt").is_file():
         # an override may change anything, the input size included (the ordinary CNN's weights fit any size)
-        settings = {"size": p.size, "arch": arch, "seed": args.seed, "epochs": p.finetune_epochs,
+        settings = {"size": p.types_size or p.size, "arch": arch, "seed": args.seed, "epochs": p.finetune_epochs,
                     "warmup_epochs": 0, "lr": p.finetune_lr, "categories": "lesion-types",
                     **p.train, **p.icnn, **{k: _value(v) for k, v in overrides.items()}}
         cfg = TrainConfig(data=str(data / "train"), val=str(data / "val"), out=str(bundle),
