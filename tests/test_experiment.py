@@ -114,3 +114,17 @@ def test_not_a_command_of_the_installed_package():
     from napari_icnn.cli import SUBCOMMANDS
 
     assert "experiment" not in SUBCOMMANDS  # the study ships with the checkout, not with the wheel
+
+
+def test_the_lesion_type_arm_reads_its_own_input_side_where_the_preset_has_one():
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from training.experiments.driver import input_size
+    from training.experiments.presets import PRESETS
+
+    cpu = PRESETS["cpu"]
+    assert input_size(cpu, "lesion-types") == 384 and input_size(cpu, "decision") == cpu.size == 256
+    # the published studies on the clean look and on ResNet stay at the side they were measured at
+    for name in ("cpu-clean", "cpu-resnet", "tiny"):
+        p = PRESETS[name]
+        assert input_size(p, "lesion-types") == input_size(p, "decision") == p.size, name

@@ -3,7 +3,8 @@ filters' peaks, on validation and on training eyes, with the MA filters' silence
 
 Silence reads one point of a filter's ROC curve (the firing threshold, Youden's J on the ``--select`` images). On
 an equal-variance binormal curve of area A that point leaves Phi(sqrt(2) * Phi^-1(A) / 2) of the eyes without the
-type under the threshold, printed beside the measured silence. One JSON line per model (docs/results.md, round 19):
+type under the threshold, printed beside the measured silence. Also, read after the fact and never trained for: the
+peak less the map's own 95th percentile. One JSON line per model (docs/results.md, round 19):
 
     python docs/scripts/microaneurysm_detectability.py --model BUNDLE --select VAL_EVEN --score VAL_ODD \
         --train TRAIN [--train-images 200] [--name NAME]
@@ -18,8 +19,9 @@ from statistics import NormalDist
 import numpy as np
 
 
-def _peaks_and_logits(model, records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per image: every filter's peak (masked map), every output's logit, lesion-type presence (MASK_LESION_KEYS)."""
+def _peaks_and_logits(model, records) -> tuple[np.ndarray, ...]:
+    """Per image: every filter's peak (masked map), every output's logit, lesion-type presence (MASK_LESION_KEYS),
+    and every filter's peak less its map's 95th percentile."""
     import torch
     from monai.data import DataLoader
 
@@ -28,7 +30,7 @@ def _peaks_and_logits(model, records) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
     ds = make_dataset(records, size=model.size, task=None, augment=False, cache="none", with_masks=True,
                       mask_parts=tuple(MASK_LESION_KEYS))
-    peaks, logits, present = [], [], []
+    peaks, logits, present, contrast = [], [], [], []
     model.net.eval()
     with torch.no_grad():
         for batch in DataLoader(ds, batch_size=16):
@@ -36,7 +38,9 @@ def _peaks_and_logits(model, records) -> tuple[np.ndarray, np.ndarray, np.ndarra
             peaks.append(out.masked.float().flatten(2).amax(2).cpu().numpy())
             logits.append(out.logits.float().cpu().numpy())
             present.append(batch["masks"].numpy().any(axis=(2, 3)))
-    return np.concatenate(peaks), np.concatenate(logits), np.concatenate(present)
+            raw = out.maps.float().flatten(2)  # the peak above the map's own 95th percentile (a post-hoc reading)
+            contrast.append((raw.amax(2) - torch.quantile(raw, 0.95, dim=2)).cpu().numpy())
+    return tuple(np.concatenate(v) for v in (peaks, logits, present, contrast))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "ma_output_auc": {"validation": roc_auc(score[1][:, out_k], y), "training": roc_auc(train[1][:, out_k], y_train)},
         "ma_filters_peak_auc_median": {"validation": median_auc,
                                        "training": float(np.median([roc_auc(train[0][:, f], y_train) for f in ma]))},
+        "ma_filters_peak_minus_p95_auc_median": float(np.median([roc_auc(score[3][:, f], y) for f in ma])),
         "ma_filters_silence": silence,
         "ma_filters_silent_share": float(np.mean(np.asarray(silence) >= SILENCE_BAR)),
         "binormal_silence_at_youden": normal.cdf(2**0.5 * normal.inv_cdf(median_auc) / 2),

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--out", required=True, help="study folder (re-running into it resumes)")
-    p.add_argument("--preset", default="cpu", help="cpu (VGG, referable DR, 3 seeds, 256 px, realistic photographs), "
+    p.add_argument("--preset", default="cpu", help="cpu (VGG, referable DR, 3 seeds, 256 px and the lesion-type ICNN at 384 px, "
+                   "realistic photographs), "
                    "cpu-clean (the same on the clean look), cpu-resnet (the lesion-type study on ResNet, shorter), gpu (both "
                    "backbones and tasks at 512 px) or tiny "
                    "(seconds; for tests)")

@@ -64,13 +64,17 @@ def _train(out: Path, data: Path, p: Preset, arch: str, task: str, seed: int, or
     schedule: dict[str, Any] = dict(epochs=p.epochs, warmup_epochs=p.warmup)
     if init is not None:
         schedule = dict(epochs=p.finetune_epochs, warmup_epochs=0, lr=p.finetune_lr, init=str(init))
-    size = p.types_size if categories == "lesion-types" and p.types_size else p.size
     cfg = TrainConfig(data=str(data / "train"), val=str(data / "val"), out=str(out), task=task, arch=arch,
-                      size=size, seed=seed, ordinary=ordinary, device=device, categories=categories,
+                      size=input_size(p, categories), seed=seed, ordinary=ordinary, device=device, categories=categories,
                       resume=(out / "checkpoints" / "last.pt").is_file(), **{**schedule, **overrides})
     t0 = time.monotonic()
     yield from train_iter(cfg)
     return time.monotonic() - t0
+
+
+def input_size(p: Preset, categories: str) -> int:
+    """The input side a model of the study trains at: the lesion-type ICNN's own where the preset has one."""
+    return p.types_size if categories == "lesion-types" and p.types_size else p.size
 
 
 def _evaluate(bundle: Path, data: Path, out: Path, explainer: str, device: str,
