@@ -196,7 +196,7 @@ def lesion_types_size(bundle: str | os.PathLike[str]) -> int | None:
     icnn = read_metadata(bundle)["icnn"]
     if not any(isinstance(f, dict) and f.get("category") in MASK_LESION_KEYS for f in icnn["filters"]):
         return None
-    size = icnn.get("preprocessing", {}).get("size", icnn["network"].get("image_size"))
+    size = icnn["network"].get("image_size")  # the network's own record, as load_bundle reads it
     return int(size) if isinstance(size, int | float) else None
 
 

@@ -491,22 +491,20 @@ class TrainConfig:
                     field="categories",
                 )
         categories = values.get("categories", self.categories)
+        lesion_types = categories == "lesion-types" and not self.ordinary  # what the settings below follow
         if self.top_stride is None and categories != "auto":
-            fine = categories == "lesion-types" and not self.ordinary
             coarse, finer = TOP_STRIDES[self.arch]  # the arch was checked on construction
-            values["top_stride"] = finer if fine else coarse
+            values["top_stride"] = finer if lesion_types else coarse
             why["top_stride"] = (f"lesion-type filters: {finer}-px cells, the finer map (chosen on validation for VGG, "
-                                 "docs/results.md)" if fine else f"{coarse}-px cells")
+                                 "docs/results.md)" if lesion_types else f"{coarse}-px cells")
         if self.size is None and init_size is not None:
             values["size"] = init_size
             why["size"] = "the --init bundle's input size (retraining its lesion-type filters)"
         elif self.size is None and categories != "auto":
-            fine = categories == "lesion-types" and not self.ordinary
-            values["size"] = LESION_TYPES_SIZE if fine else DEFAULT_SIZE
+            values["size"] = LESION_TYPES_SIZE if lesion_types else DEFAULT_SIZE
             why["size"] = (f"lesion-type filters: {LESION_TYPES_SIZE} px, fine enough for microaneurysms (chosen on "
-                           "validation, docs/results.md)" if fine else "the default")
+                           "validation, docs/results.md)" if lesion_types else "the default")
         if self.lesion_mask_weight is None and categories != "auto" and lesion_masks is not None:
-            lesion_types = categories == "lesion-types" and not self.ordinary
             values["lesion_mask_weight"] = DEFAULT_LESION_MASK_WEIGHT if lesion_types and lesion_masks else 0.0
             why["lesion_mask_weight"] = (
                 "lesion-type filters and lesion masks: each filter's peak is pulled into a lesion of its type "
