@@ -502,8 +502,8 @@ class TrainConfig:
             why["size"] = "the --init bundle's input size (retraining its lesion-type filters)"
         elif self.size is None and categories != "auto":
             values["size"] = LESION_TYPES_SIZE if lesion_types else DEFAULT_SIZE
-            why["size"] = (f"lesion-type filters: {LESION_TYPES_SIZE} px, fine enough for microaneurysms (chosen on "
-                           "validation, docs/results.md)" if lesion_types else "the default")
+            why["size"] = ("lesion-type filters: fine enough for microaneurysms (docs/results.md)" if lesion_types
+                           else "the default")
         if self.lesion_mask_weight is None and categories != "auto" and lesion_masks is not None:
             values["lesion_mask_weight"] = DEFAULT_LESION_MASK_WEIGHT if lesion_types and lesion_masks else 0.0
             why["lesion_mask_weight"] = (
