@@ -54,7 +54,7 @@ class Recipe:
 # photograph referable; these sizes train in minutes on a 2-core CPU.
 RECIPES: dict[str, Recipe] = {
     "demo": Recipe("demo", n_train=1000, n_val=200, n_test=120, image_size=384, size=256, epochs=16, warmup=8,
-                   finetune_epochs=8, look="realistic"),
+                   finetune_epochs=8, types_size=384, look="realistic"),
     "quick": Recipe("quick", n_train=96, n_val=32, n_test=16, image_size=256, size=128, epochs=2, warmup=1,
                     finetune_epochs=1),
     "cpu": Recipe("cpu", n_train=1000, n_val=200, n_test=300, image_size=384, size=256, epochs=16, warmup=8,

@@ -30,6 +30,15 @@ def test_the_shipped_bundle_is_small_and_loads():
     assert not (SHIPPED / "checkpoints").exists()  # training state is not shipped
 
 
+def test_the_shipped_model_is_the_demo_recipe_s_lesion_type_stage():
+    """make demo-bundle and icnn demo --full fine-tune lesion-type filters at the recipe's types_size."""
+    from napari_icnn.bundle import lesion_types_size
+    from napari_icnn.recipes import RECIPES
+
+    assert lesion_types_size(SHIPPED) == RECIPES["demo"].types_size == 384
+    assert {f.category for f in load_bundle(SHIPPED, device="cpu").filters} >= {"MA", "HE", "EX", "SE"}
+
+
 @pytest.mark.slow
 def test_it_classifies_referable_dr_on_unseen_images(metrics):
     assert metrics["auc"] >= 0.85

@@ -1,11 +1,11 @@
-"""Build the model shipped in ``napari_icnn/models/demo`` (``make demo-bundle``, about 25 minutes on a 2-core CPU).
+"""Build the model shipped in ``napari_icnn/models/demo`` (``make demo-bundle``, about an hour on a 2-core CPU).
 
 The ``demo`` recipe of :data:`napari_icnn.recipes.RECIPES` (the one ``icnn demo --full`` trains), on its own cohorts:
 realistic synthetic photographs from seeds 31 (training) and 32 (validation; seed 33 was its test cohort in
-docs/results.md); the tests use other seeds. An ordinary CNN for the referable decision alone, then the
-interpretable fine-tuning that starts from it with TrainConfig's defaults (lesion-type filters on the 4-px map, a
-quarter of them label-free, each pulled into lesions of its type by the cohorts' lesion masks, with round 8's
-"near" target: see SHIPPED_MASK_TARGET). ``python -m training.demo_bundle [--work DIR]``.
+docs/results.md); the tests use other seeds. An ordinary CNN for the referable decision alone at the recipe's
+``size``, then the interpretable fine-tuning that starts from it with TrainConfig's defaults at the recipe's
+``types_size`` (lesion-type filters on the 4-px map, a quarter of them label-free, each pulled into lesions of its
+type by the cohorts' lesion masks, centre target). ``python -m training.demo_bundle [--work DIR] [--reuse-ordinary]``.
 """
 
 from __future__ import annotations
@@ -13,13 +13,40 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+from typing import Any
 
 TRAIN_SEED, VAL_SEED, MODEL_SEED = 31, 32, 0
-SHIPPED_MASK_TARGET = "near"
-"""The lesion-mask target the shipped model was built with (round 8's recipe). The default is now ``centre``
-(round 12); the shipped model has not been rebuilt with it yet (docs/results.md), so this keeps ``make demo-bundle``
-reproducing the model that ships."""
 SHIPPED = Path(__file__).resolve().parents[1] / "napari_icnn" / "models" / "demo"
+
+
+def finished_as(out: Path, settings: dict[str, Any]) -> str | None:
+    """Why the training run in ``out`` cannot stand for a run of ``settings`` (None: it can, it finished them)."""
+    from napari_icnn.bundle import METADATA, WEIGHTS
+    from napari_icnn.engine.run_folder import RunFolder
+
+    run = RunFolder(out)
+    if not ((out / WEIGHTS).is_file() and (out / METADATA).is_file()):
+        return f"{out} holds no finished model"
+    saved = run.saved_config()
+    differ = sorted(k for k, v in settings.items() if saved.get(k) != v)
+    if differ:
+        return f"{out} was trained with other settings ({', '.join(differ)})"
+    if len(run.history()) != settings["epochs"]:
+        return f"{out} did not complete its {settings['epochs']} epoch(s)"
+    return None
+
+
+def cohort_as(root: Path, n: int, size: int, seed: int, look: str) -> str | None:
+    """Why ``root`` is not the finished synthetic cohort of these settings (None: it is)."""
+    import json
+
+    try:
+        meta = json.loads((root / "cohort.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{root} holds no cohort"
+    want = {"n": n, "size": size, "seed": seed, "look": look, "complete": True}
+    differ = sorted(k for k, v in want.items() if meta.get(k) != v)
+    return f"{root} is another cohort ({', '.join(differ)})" if differ else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,18 +59,34 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("build/demo-bundle"), help="working folder (replaced)")
+    ap.add_argument("--reuse-ordinary", action="store_true",
+                    help="keep the cohorts and the ordinary CNN that --work already holds when they were built with "
+                         "this recipe's settings (the interpretable stage alone is trained again)")
     args = ap.parse_args(argv)
     r = RECIPES["demo"]
-    shutil.rmtree(args.work, ignore_errors=True)
     show = TextProgress()
-    for name, n, seed in (("train", r.n_train, TRAIN_SEED), ("val", r.n_val, VAL_SEED)):
-        drain(generate_cohort(args.work / name, n, size=r.image_size, seed=seed, look=r.look), show)
-    common = dict(data=str(args.work / "train"), val=str(args.work / "val"), size=r.size, seed=MODEL_SEED, **r.train)
-    train(TrainConfig(out=str(args.work / "ordinary"), ordinary=True, epochs=r.epochs, warmup_epochs=r.warmup,
-                      categories="decision", **common), on_event=show)
+    common = dict(data=str(args.work / "train"), val=str(args.work / "val"), seed=MODEL_SEED, **r.train)
+    ordinary = dict(out=str(args.work / "ordinary"), ordinary=True, epochs=r.epochs, warmup_epochs=r.warmup,
+                    categories="decision", size=r.size, **common)
+    cohorts = (("train", r.n_train, TRAIN_SEED), ("val", r.n_val, VAL_SEED))
+    why_not = "not asked to reuse it"
+    if args.reuse_ordinary:
+        why_not = next((w for name, n, seed in cohorts
+                        if (w := cohort_as(args.work / name, n, r.image_size, seed, r.look))), None)
+        why_not = why_not or finished_as(args.work / "ordinary", ordinary)
+    if why_not is None:
+        print(f"reusing the ordinary CNN and cohorts in {args.work}")
+    else:
+        if args.reuse_ordinary:
+            print(f"training the ordinary CNN again: {why_not}")
+        shutil.rmtree(args.work, ignore_errors=True)
+        for name, n, seed in cohorts:
+            drain(generate_cohort(args.work / name, n, size=r.image_size, seed=seed, look=r.look), show)
+        train(TrainConfig(**ordinary), on_event=show)
+    shutil.rmtree(args.work / "icnn", ignore_errors=True)
     train(TrainConfig(out=str(args.work / "icnn"), init=str(args.work / "ordinary"), epochs=r.finetune_epochs,
-                      warmup_epochs=0, lr=r.finetune_lr, categories="lesion-types",
-                      lesion_mask_target=SHIPPED_MASK_TARGET, **common), on_event=show)
+                      warmup_epochs=0, lr=r.finetune_lr, categories="lesion-types", size=r.types_size or r.size,
+                      **common), on_event=show)
     shutil.rmtree(SHIPPED, ignore_errors=True)
     shutil.copytree(args.work / "icnn", SHIPPED, ignore=shutil.ignore_patterns("checkpoints"))
     print(f"shipped model replaced: {SHIPPED}")

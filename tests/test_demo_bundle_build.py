@@ -1,0 +1,49 @@
+"""make demo-bundle's reuse of a finished ordinary CNN: only a run of the same settings, completed, stands for it."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from napari_icnn.config import TrainConfig
+from napari_icnn.data.synth import write_cohort
+from napari_icnn.engine.train import train
+from training.demo_bundle import cohort_as, finished_as
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A work folder as the build leaves it: cohorts, and an ordinary CNN trained on them (one real epoch)."""
+    work = tmp_path_factory.mktemp("work")
+    write_cohort(work / "train", 16, size=96, seed=7, look="clean")
+    write_cohort(work / "val", 8, size=96, seed=8, look="clean")
+    settings = dict(out=str(work / "ordinary"), data=str(work / "train"), val=str(work / "val"), ordinary=True,
+                    epochs=1, warmup_epochs=1, categories="decision", size=64, seed=0, batch=8, n_filters=8,
+                    width=8)
+    train(TrainConfig(**settings))
+    return work, settings
+
+
+def test_a_finished_run_of_the_same_settings_is_reused(built):
+    work, settings = built
+    assert finished_as(work / "ordinary", settings) is None
+    assert cohort_as(work / "train", 16, 96, 7, "clean") is None
+
+
+def test_other_settings_or_an_unfinished_run_are_trained_again(built, tmp_path):
+    work, settings = built
+    assert "size" in finished_as(work / "ordinary", {**settings, "size": 96})
+    assert "seed" in finished_as(work / "ordinary", {**settings, "seed": 1})
+    assert "no finished model" in finished_as(tmp_path, settings)
+    stopped = tmp_path / "stopped"  # a run stopped early still writes its best model so far
+    shutil.copytree(work / "ordinary", stopped)
+    (stopped / "checkpoints" / "history.json").write_text("[]")
+    assert finished_as(stopped, settings) == f"{stopped} did not complete its 1 epoch(s)"
+
+
+def test_another_cohort_is_named_with_what_differs(built, tmp_path):
+    work, _ = built
+    assert cohort_as(work / "train", 16, 96, 31, "clean") == f"{work / 'train'} is another cohort (seed)"
+    assert "n, size" in cohort_as(work / "val", 200, 384, 8, "clean")
+    assert cohort_as(tmp_path, 16, 96, 7, "clean") == f"{tmp_path} holds no cohort"
