@@ -57,7 +57,7 @@ test-fast: system-deps venv
 demo: system-deps venv
 	$(VENV)/bin/icnn demo --out demo-output
 
-# Rebuilds the model shipped in napari_icnn/models/demo (about 25 minutes on a 2-core CPU): the "demo" recipe of
+# Rebuilds the model shipped in napari_icnn/models/demo (about 50 minutes on a 2-core CPU): the "demo" recipe of
 # napari_icnn/recipes.py, as icnn demo --full trains it, on the shipped model's own cohorts (training/demo_bundle.py).
 demo-bundle: venv
 	$(PY) -m training.demo_bundle --work build/demo-bundle

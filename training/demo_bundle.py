@@ -1,11 +1,12 @@
-"""Build the model shipped in ``napari_icnn/models/demo`` (``make demo-bundle``, about an hour on a 2-core CPU).
+"""Build the model shipped in ``napari_icnn/models/demo`` (``make demo-bundle``, about 50 minutes on a 2-core CPU).
 
 The ``demo`` recipe of :data:`napari_icnn.recipes.RECIPES` (the one ``icnn demo --full`` trains), on its own cohorts:
 realistic synthetic photographs from seeds 31 (training) and 32 (validation; seed 33 was its test cohort in
 docs/results.md); the tests use other seeds. An ordinary CNN for the referable decision alone at the recipe's
 ``size``, then the interpretable fine-tuning that starts from it with TrainConfig's defaults at the recipe's
 ``types_size`` (lesion-type filters on the 4-px map, a quarter of them label-free, each pulled into lesions of its
-type by the cohorts' lesion masks, centre target). ``python -m training.demo_bundle [--work DIR] [--reuse-ordinary]``.
+type by the cohorts' lesion masks, centre target): 18 and 31 minutes here.
+``python -m training.demo_bundle [--work DIR] [--reuse-ordinary]``.
 """
 
 from __future__ import annotations
