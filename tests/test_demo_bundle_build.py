@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
 from napari_icnn.config import TrainConfig
 from napari_icnn.data.synth import write_cohort
 from napari_icnn.engine.train import train
-from training.demo_bundle import cohort_as, finished_as
+from training.demo_bundle import cohort_as, finished_as, main
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,26 @@ def test_a_finished_run_of_the_same_settings_is_reused(built):
     work, settings = built
     assert finished_as(work / "ordinary", settings) is None
     assert cohort_as(work / "train", 16, 96, 7, "clean") is None
+
+
+def test_the_same_folders_spelled_another_way_are_the_same_settings(built, monkeypatch):
+    work, settings = built
+    monkeypatch.chdir(work.parent)
+    relative = {k: str(Path(v).relative_to(work.parent)) if k in ("out", "data", "val") else v
+                for k, v in settings.items()}
+    assert relative["data"] == f"{work.name}/train"
+    assert finished_as(Path(relative["out"]), relative) is None
+
+
+def test_a_refused_reuse_stops_and_deletes_nothing(built, tmp_path, capsys):
+    """The demo recipe's cohorts are not these small ones: the build says why and leaves the folder as it was."""
+    work, _ = built
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    assert main(["--work", str(work), "--reuse-ordinary"]) == 2
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before
+    err = capsys.readouterr().err
+    assert f"cannot reuse the ordinary CNN: {work / 'train'} is another cohort" in err
+    assert "without --reuse-ordinary" in err
 
 
 def test_other_settings_or_an_unfinished_run_are_trained_again(built, tmp_path):

@@ -282,7 +282,7 @@ def test_disc_filter_of_the_demo_model_covers_the_disc_in_viewer_coordinates(qtb
     truth = fundus.masks["optic_disc"][rows, cols]
     centre = np.argwhere(truth).mean(axis=0)
     radius = np.sqrt(truth.sum() / np.pi)
-    ious = {}  # per layer: share of the region on the disc, share of the disc covered, centre offset
+    placed = {}  # per layer: share of the region on the disc, share of the disc covered, centre offset
     for layer in disc_layers:
         data = np.asarray(layer.data)
         hit = np.zeros(rows.shape, bool)
@@ -293,11 +293,10 @@ def test_disc_filter_of_the_demo_model_covers_the_disc_in_viewer_coordinates(qtb
         off = np.linalg.norm(np.argwhere(hit).mean(axis=0) - centre)
         # every disc region lies on the disc through the scan's scale and offset ...
         assert off <= 2 * radius, (layer.name, off, radius)
-        ious[layer.name] = ((hit & truth).sum() / hit.sum(), (hit & truth).sum() / truth.sum(), off)
-    # ... and the best of them lies within it, centred, over a good part of it, at the widget's default region
+        placed[layer.name] = ((hit & truth).sum() / hit.sum(), (hit & truth).sum() / truth.sum(), off)
+    # ... and one of them lies within it, centred, over a good part of it, at the widget's default region
     # threshold (a model reading 384-px photographs draws a tighter region than the disc: its core)
-    inside, covered, off = max(ious.values())
-    assert inside >= 0.9 and covered >= 0.15 and off <= radius, ious
+    assert any(inside >= 0.9 and covered >= 0.15 and off <= radius for inside, covered, off in placed.values()), placed
 
 
 @pytest.mark.skipif(

@@ -13,7 +13,7 @@ photographs of a clinic whose handheld camera that model rarely saw:
    by side (``before_after.png``).
 
 ``--full`` instead trains an interpretable CNN from scratch (an ordinary CNN, then the interpretable
-fine-tuning that starts from it: the recipe of the shipped model, about 20 minutes on a 2-core CPU),
+fine-tuning that starts from it: the recipe of the shipped model, about 55 minutes on a 2-core CPU),
 evaluates it on an unseen cohort, explains and batch-processes with it. ``--quick`` makes either a smoke run.
 Everything lands in ``--out``, whose ``README.txt`` says what each output is.
 """
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="demo-output", help="output folder (created; must be new or a previous demo)")
     p.add_argument("--full", action="store_true",
-                   help="train an interpretable CNN from scratch instead of fine-tuning the shipped one (about 20 "
+                   help="train an interpretable CNN from scratch instead of fine-tuning the shipped one (about 55 "
                         "minutes on a 2-core CPU)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run of the same steps (about a minute) to check the installation")
