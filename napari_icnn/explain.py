@@ -25,10 +25,12 @@ from napari_icnn.parts import MASK_LESION_KEYS
 from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, TEXT_REACH, peak_on_mask, role_of
 
 __all__ = ["FORMAT_VERSION", "FilterEvidence", "Explanation", "explain", "explain_batch", "explain_file",
-           "write_explanation", "lesion_type_summary"]
+           "write_explanation", "lesion_type_summary", "silent_summary"]
 
-FORMAT_VERSION = 3
-"""Version of the explanation's JSON form (``explanation.json``, the batch job's JSON). 3: ``gate`` added (image
+FORMAT_VERSION = 4
+"""Version of the explanation's JSON form (``explanation.json``, the batch job's JSON). 4: ``silent`` added, the
+filters with no response anywhere on the scan (no peak: ``evidence``, ``context`` and ``possible_artefacts`` list
+only filters that respond, and a silent filter is never a possible artefact). 3: ``gate`` added (image
 quality and the model's experience, :class:`napari_icnn.gate.Gate`). 2: filters grouped into ``evidence``,
 ``context`` and ``possible_artefacts`` (each entry with its ``role`` and ``flags``), ``contribution_basis``
 added; 1 had one ``filters`` list."""
@@ -68,6 +70,12 @@ class FilterEvidence:
     fires: bool | None = None
     """For a lesion-type filter: whether its peak reaches its firing threshold (fixed on validation), i.e. it says
     its lesion type is present; ``None`` for other filters."""
+
+    @property
+    def silent(self) -> bool:
+        """No response anywhere on the scan (its masked map is zero): it has no peak, and ``peak_x``/``peak_y``
+        are its map's first cell, not a place."""
+        return not self.activation > 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,14 +125,15 @@ class Explanation:
         return self.probabilities[self.class_index]
 
     def top(self, k: int | None = None, min_contribution: float | None = None) -> list[FilterEvidence]:
-        """The ``k`` filters with the largest contributions, whatever their role (optionally only those
-        above a floor). What a reader is shown as evidence is :meth:`evidence`."""
+        """The ``k`` filters with the largest contributions, whatever their role, silent ones included
+        (optionally only those above a floor). What a reader is shown as evidence is :meth:`evidence`."""
         out = [f for f in self.filters if min_contribution is None or f.contribution > min_contribution]
         return out[:k] if k else out
 
     def evidence(self, k: int | None = None) -> list[FilterEvidence]:
         """The ``k`` evidence filters (lesion-type or decision-class filters that learned no anatomy and
-        peak inside the field of view) with the largest contributions."""
+        peak inside the field of view) with the largest contributions; those that respond somewhere (the
+        silent ones are :meth:`silent`)."""
         return self._role(EVIDENCE, k)
 
     def context(self, k: int | None = None) -> list[FilterEvidence]:
@@ -135,8 +144,14 @@ class Explanation:
         """Active filters peaking outside the field of view, on its rim or on burned-in text, by contribution."""
         return self._role(ARTEFACT, k)
 
+    def silent(self, role: str | None = None) -> list[FilterEvidence]:
+        """The filters with no response anywhere on the scan (optionally of one ``role``), by contribution: no
+        place to show, yet their contributions count (a lesion-type filter's silence supports a healthy
+        decision)."""
+        return [f for f in self.filters if f.silent and (role is None or f.role == role)]
+
     def _role(self, role: str, k: int | None) -> list[FilterEvidence]:
-        out = [f for f in self.filters if f.role == role]
+        out = [f for f in self.filters if f.role == role and not f.silent]
         return out[:k] if k else out
 
     def filter(self, fid: int) -> FilterEvidence:
@@ -180,6 +195,8 @@ class Explanation:
             "evidence": [f.to_json() for f in self.evidence(top_k)],
             "context": [f.to_json() for f in self.context(top_k)],
             "possible_artefacts": [f.to_json() for f in self.possible_artefacts(top_k)],
+            "silent": [{k: v for k, v in f.to_json().items() if k not in ("peak_x", "peak_y")}
+                       for f in self.silent()],
             "note": "Research use only. Not for clinical use.",
         }
 
@@ -194,6 +211,25 @@ def lesion_type_summary(expl: Explanation) -> str:
     if not shown:
         return "not predicted: this model was trained without lesion presence labels"
     return " · ".join(shown)
+
+
+def silent_summary(expl: Explanation) -> str:
+    """The silent evidence filters in words, by the type they were trained for, with their summed contribution
+    (``"12 evidence filters silent (no response anywhere on this scan): haemorrhages 11, cotton-wool spots (soft
+    exudates) 1; together +0.747 for no referable DR"``); empty when no evidence filter is silent."""
+    from napari_icnn.parts import display_name
+
+    silent = expl.silent(EVIDENCE)
+    if not silent:
+        return ""
+    counts: dict[str, int] = {}
+    for f in silent:
+        what = display_name(f.category or f.part) or "unnamed"
+        counts[what] = counts.get(what, 0) + 1
+    kinds = ", ".join(f"{what} {n}" for what, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    total = sum(f.contribution for f in silent)
+    return (f"{len(silent)} evidence filter{'s' if len(silent) > 1 else ''} silent (no response anywhere on "
+            f"this scan): {kinds}; together {total:+.3f} for {expl.predicted_class}")
 
 
 def _as_fundus(image: FundusImage | np.ndarray, source: str = "<array>") -> FundusImage:
@@ -437,7 +473,7 @@ def write_explanation(expl: Explanation, image: FundusImage, out_dir: str | os.P
     if doc.get("gate") is not None:
         doc["gate"]["kept"] = bool(doc["gate"]["declined"]) and not withheld
     if withheld:
-        for key in ("prediction", "contribution_basis", "evidence", "context", "possible_artefacts"):
+        for key in ("prediction", "contribution_basis", "evidence", "context", "possible_artefacts", "silent"):
             doc.pop(key, None)
         doc["overlays"] = []
         return [atomic_write_text(out / "explanation.json", json.dumps(doc, indent=2))]

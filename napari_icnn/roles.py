@@ -10,6 +10,10 @@
   where the frame cuts the field or the retina fills it, a rim marker) or on burned-in text,
   whatever its category. Kept and listed apart, never evidence.
 
+A **silent** filter (no response anywhere on the scan: its masked map is zero) has no peak, so no place to
+judge: it keeps the role of its category, flagged :data:`SILENT_FLAG`. Its contribution is real (a lesion-type
+filter's silence is what a healthy decision rests on), but there is nothing to draw.
+
 Roles only group and flag: the maps, contributions and logits are never altered.
 """
 
@@ -23,8 +27,8 @@ import numpy as np
 
 from napari_icnn.parts import ANATOMY_KEYS, FREE_CATEGORY
 
-__all__ = ["EVIDENCE", "CONTEXT", "ARTEFACT", "ROLES", "RIM", "MIN_STRENGTH", "TEXT_REACH", "Role", "role_of",
-           "fov_radius_of", "peak_on_mask"]
+__all__ = ["EVIDENCE", "CONTEXT", "ARTEFACT", "ROLES", "RIM", "MIN_STRENGTH", "TEXT_REACH", "SILENT_FLAG", "Role",
+           "role_of", "fov_radius_of", "peak_on_mask"]
 
 EVIDENCE = "evidence"
 CONTEXT = "context"
@@ -42,6 +46,8 @@ radius away (a coarse map's cell is larger than any character)."""
 MIN_STRENGTH = 0.1
 """A filter below this fraction of its typical strong response is silent: where its (arbitrary) peak
 lies says nothing."""
+SILENT_FLAG = "silent: no response anywhere on this scan"
+"""The flag of a filter whose masked map is zero everywhere: it has no peak."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,8 @@ def role_of(category: str | None, part: str | None, strength: float, fov_radius:
     """The role of a filter with this ``category`` and matched ``part`` whose peak has ``strength``
     (activation / typical strong response), lies at rim coordinate ``fov_radius`` (:func:`fov_radius_of`:
     0 deep in the field, 1 on its boundary), within the photograph's pixels (``inside_scan``) and, with
-    ``on_text``, on burned-in text (:func:`peak_on_mask`)."""
+    ``on_text``, on burned-in text (:func:`peak_on_mask`). A ``strength`` of 0 or less is a silent filter:
+    it has no peak, so the place is not read."""
     flags: list[str] = []
     anatomy = part in ANATOMY_KEYS
     if category == FREE_CATEGORY:
@@ -66,14 +73,17 @@ def role_of(category: str | None, part: str | None, strength: float, fov_radius:
         flags.append("no category (not an interpretable filter)")
     elif anatomy:
         flags.append("category filter that learned anatomy")
+    if not strength > 0:
+        # the argmax of an all-zero map is its first cell, a corner: no place to judge, so no artefact either
+        flags.append(SILENT_FLAG)
+        return Role(CONTEXT if category in (None, FREE_CATEGORY) or anatomy else EVIDENCE, tuple(flags))
     active = strength >= MIN_STRENGTH
     # A peak beyond the photograph's pixels (the padding of a field of view the frame cuts) is never evidence
     # or context, however weak: no reader can look there, and a DICOM SR cannot point there.
     if not inside_scan:
         flags.append("peak outside the photograph")
         return Role(ARTEFACT, tuple(flags))
-    # Nor is a peak on the black surround, however weak: a clinician reading "evidence" must find retina there
-    # (a silent filter's arbitrary peak lands in a corner of the surround).
+    # Nor is a peak on the black surround, however weak: a clinician reading "evidence" must find retina there.
     if not fov_radius <= 1.0:
         flags.append("peak outside the field of view")
         return Role(ARTEFACT, tuple(flags))

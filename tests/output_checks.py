@@ -44,7 +44,7 @@ def summary_rows(out: Path) -> list[dict[str, str]]:
     assert lines[0] == _COLUMNS, lines[0]
     for fields in lines[1:]:
         assert len(fields) == len(_COLUMNS), f"torn or malformed summary row: {fields}"
-        assert fields[3] in ("ok", "error", "declined") and fields[-1] == "3", fields
+        assert fields[3] in ("ok", "error", "declined") and fields[-1] == "4", fields
         assert fields[7] in ("", "gradable", "unfamiliar", "ungradeable"), fields
     rows = [dict(zip(_COLUMNS, f)) for f in lines[1:]]
     keys = Counter((r["input_path"], r["frame"]) for r in rows)

@@ -17,6 +17,7 @@ from test_batch_data import PATIENT_ID, PATIENT_NAME, ct, fundus, jpeg, op, png,
 
 from napari_icnn.batch import COLUMNS, BatchConfig, infer
 from napari_icnn.cli import main
+from napari_icnn.explain import silent_summary
 
 COLUMN_LINE = ("input_path,frame,sop_instance_uid,status,reason,probability,outputs,"
                "quality,quality_reason,experience_score,sharpness,brightness,coverage,format_version")
@@ -93,7 +94,7 @@ def test_every_input_gets_rows_and_outputs_that_read_back(archive, tmp_path, tin
         assert prob == pytest.approx(expected.probability, abs=2e-6)
         doc = json.loads((out / outputs[-1]).read_text())
         assert doc["prediction"]["probability"] == pytest.approx(prob, abs=2e-6)
-        assert doc["format_version"] == 3 and r["format_version"] == "3"
+        assert doc["format_version"] == 4 and r["format_version"] == "4"
         assert r["quality"] == doc["gate"]["status"] == "gradable" and r["quality_reason"] == ""
         assert r["experience_score"] == "" and doc["gate"]["experience_score"] is None  # the tiny bundle has none
         for m in ("sharpness", "brightness", "coverage"):
@@ -267,7 +268,7 @@ def test_a_folder_of_results_of_format_1_is_refused_with_one_line(tmp_path, tiny
     (out / "summary.csv").write_text(old)
     assert main(["infer", str(src), "--out", str(out), "--model", str(tiny_bundle), "--workers", "0"]) == 2
     err = _one_line_error(capsys)
-    assert "format version 1" in err and "version 3" in err and "--out" in err
+    assert "format version 1" in err and "version 4" in err and "--out" in err
     assert (out / "summary.csv").read_text() == old and not list(out.glob("images/*"))
 
 
@@ -281,7 +282,23 @@ def test_a_folder_of_results_of_format_2_is_refused_with_one_line(tmp_path, tiny
     (out / "summary.csv").write_text(old)
     assert main(["infer", str(src), "--out", str(out), "--model", str(tiny_bundle), "--workers", "0"]) == 2
     err = _one_line_error(capsys)
-    assert "format version 2" in err and "version 3" in err and "--out" in err
+    assert "format version 2" in err and "version 4" in err and "--out" in err
+    assert (out / "summary.csv").read_text() == old and not list(out.glob("images/*"))
+
+
+def test_a_folder_of_results_of_format_3_is_refused_with_one_line(tmp_path, tiny_bundle, capsys):
+    """Version 3 has this version's columns; its JSON listed silent filters among the roles, so a folder of it
+    is not mixed with version 4's results either."""
+    src = tmp_path / "in"
+    src.mkdir()
+    png(src / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    old = ",".join(COLUMNS) + f"\n{src / 'a.png'},,,ok,,0.500000,images/0123.png,gradable,,0.5,0.1,0.5,0.9,3\n"
+    (out / "summary.csv").write_text(old)
+    assert main(["infer", str(src), "--out", str(out), "--model", str(tiny_bundle), "--workers", "0"]) == 2
+    err = _one_line_error(capsys)
+    assert "format version 3" in err and "version 4" in err and "--out" in err
     assert (out / "summary.csv").read_text() == old and not list(out.glob("images/*"))
 
 
@@ -323,7 +340,7 @@ def test_a_real_run_reports_evidence_context_and_artefacts_apart(tmp_path, monke
     summary = infer(BatchConfig(inputs=(str(src),), out=str(out), workers=0, top_k=3))  # the shipped model
     assert summary.counts.ok == 1
     (row,) = read_summary(out)
-    assert row["format_version"] == "3" and row["quality"] in ("gradable", "unfamiliar")
+    assert row["format_version"] == "4" and row["quality"] in ("gradable", "unfamiliar")
     assert float(row["experience_score"]) > 0  # the shipped model stores its experience
     seg_path, sr_path, png_path, json_path = (out / o for o in row["outputs"].split(";"))
     image = load_image(src / "retina.dcm")[0]
@@ -332,12 +349,17 @@ def test_a_real_run_reports_evidence_context_and_artefacts_apart(tmp_path, monke
     assert {"evidence", "context"} <= {f.role for f in reported}
 
     doc = json.loads(json_path.read_text())
-    assert doc["format_version"] == 3 and doc["contribution_basis"] == expected.contribution_basis
+    assert doc["format_version"] == 4 and doc["contribution_basis"] == expected.contribution_basis
     assert doc["gate"]["status"] == row["quality"] and doc["gate"]["kept"] is False
     assert doc["contribution_basis"].startswith("against a reference eye")
     for group, role in (("evidence", "evidence"), ("context", "context"), ("possible_artefacts", "possible artefact")):
         assert [f["id"] for f in doc[group]] == [f.id for f in getattr(expected, group)(3)]
         assert all(f["role"] == role for f in doc[group])
+    # the filters silent on this healthy eye (no response anywhere): listed apart without a peak, in no group,
+    # and with no segment, point or panel of their own
+    assert [f["id"] for f in doc["silent"]] == [f.id for f in expected.silent()] and doc["silent"]
+    assert all("peak_x" not in f and f["activation"] == 0 for f in doc["silent"])
+    assert not {f["id"] for f in doc["silent"]} & {f.id for f in reported}
     anatomy = {f.id for f in expected.filters if f.category == "free" or f.part in ("optic_disc", "fovea", "vessels")}
     assert anatomy and all(expected.filter(i).role in ("context", "possible artefact") for i in anatomy)
     # the label-free filters carry no weight in the lesion-type model's decision, and are shown as context
@@ -357,6 +379,10 @@ def test_a_real_run_reports_evidence_context_and_artefacts_apart(tmp_path, monke
 
     sr = pydicom.dcmread(sr_path)
     assert _sr_filter_roles(sr) == [(f.name, CODES[ROLE_CODES[f.role]][2]) for f in reported]  # evidence first
+    # the silent evidence filters, in words, in the image-level group (they have no peak, so no group of their own)
+    silent_texts = [str(i.TextValue) for i in _sr_items(sr) if i.get("ValueType") == "TEXT"
+                    and i.ConceptNameCodeSequence[0].CodeMeaning == CODES["silent_filters"][2]]
+    assert silent_texts == [silent_summary(expected)] and "for no referable DR" in silent_texts[0]
     for path in (seg_path, sr_path):
         errors, _, report = run_dciodvfy(path)
         assert errors == [], report
@@ -416,3 +442,10 @@ def test_other_settings_or_a_concurrent_run_are_refused(tmp_path, tiny_bundle, c
         assert main(args) == 2
         assert "another icnn infer run" in _one_line_error(capsys)
     assert main(args) == 0  # lock released: resumes (nothing left to do)
+
+
+def _sr_items(ds):
+    """Every content item of an SR's tree, depth first."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _sr_items(item)

@@ -48,7 +48,7 @@ def assert_same_outputs(a: Path, b: Path) -> None:
         if rel.endswith(".json"):
             ja, jb = json.loads((a / rel).read_text()), json.loads((b / rel).read_text())
             assert ja["prediction"]["probability"] == pytest.approx(jb["prediction"]["probability"], abs=1e-5)
-            assert ja["format_version"] == jb["format_version"] == 3 and ja["gate"] == jb["gate"]
+            assert ja["format_version"] == jb["format_version"] == 4 and ja["gate"] == jb["gate"]
             for group in ("evidence", "context", "possible_artefacts"):
                 assert [(f["id"], f["role"]) for f in ja[group]] == [(f["id"], f["role"]) for f in jb[group]]
         elif rel.endswith(".dcm"):

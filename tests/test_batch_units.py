@@ -111,35 +111,42 @@ V1_HEADER = "input_path,frame,sop_instance_uid,status,reason,probability,outputs
 V2_HEADER = "input_path,frame,sop_instance_uid,status,reason,probability,outputs,format_version\n"
 
 
+V3_HEADER = ",".join(COLUMNS) + "\n"
+"""Version 3 had this version's columns; its JSON listed silent filters among the roles."""
+
+
 def test_every_row_carries_the_format_version(tmp_path):
     from napari_icnn.explain import FORMAT_VERSION
 
     path = tmp_path / "summary.csv"
     with SummaryFile(path) as s:
         s.append([Row("/a.png", None, "", "ok", "", 0.5, ("images/1.png",))])
-    assert COLUMNS[-1] == "format_version" and FORMAT_VERSION == 3
+    assert COLUMNS[-1] == "format_version" and FORMAT_VERSION == 4
     assert COLUMNS[7:-1] == ("quality", "quality_reason", "experience_score", "sharpness", "brightness", "coverage")
-    assert path.read_text().splitlines()[1].endswith(",images/1.png,,,,,,,3")
-    with pytest.raises(ValueError, match="format version 3"):
+    assert path.read_text().splitlines()[1].endswith(",images/1.png,,,,,,,4")
+    with pytest.raises(ValueError, match="format version 4"):
         Row.from_fields(["/a.png", "", "", "ok", "", "0.5", "images/1.png"])  # a version 1 line
-    with pytest.raises(ValueError, match="format version 3"):
+    with pytest.raises(ValueError, match="format version 4"):
         Row.from_fields(["/a.png", "", "", "ok", "", "0.5", "images/1.png", "2"])  # a version 2 line
-    with pytest.raises(ValueError, match="format version 3"):
-        Row.from_fields(["/a.png", "", "", "ok", "", "0.5", "images/1.png", "", "", "", "", "", "", "4"])
+    with pytest.raises(ValueError, match="format version 4"):  # a version 3 line: the same columns
+        Row.from_fields(["/a.png", "", "", "ok", "", "0.5", "images/1.png", "", "", "", "", "", "", "3"])
+    with pytest.raises(ValueError, match="format version 4"):
+        Row.from_fields(["/a.png", "", "", "ok", "", "0.5", "images/1.png", "", "", "", "", "", "", "5"])
 
 
-@pytest.mark.parametrize("version, header", [("1", V1_HEADER), ("2", V2_HEADER)])
+@pytest.mark.parametrize("version, header", [("1", V1_HEADER), ("2", V2_HEADER), ("3", V3_HEADER)])
 def test_a_summary_of_another_format_is_refused_and_left_alone(tmp_path, version, header):
     path = tmp_path / "summary.csv"
-    old = header + "/a.png,,,ok,,0.500000,images/1.png" + (",2" if version == "2" else "") + "\n"
+    tail = {"1": "", "2": ",2", "3": ",,,,,,,3"}[version]
+    old = header + "/a.png,,,ok,,0.500000,images/1.png" + tail + "\n"
     path.write_text(old)
-    with pytest.raises(ConfigError, match=rf"format version {version}, and this icnn writes version 3") as info:
+    with pytest.raises(ConfigError, match=rf"format version {version}, and this icnn writes version 4") as info:
         SummaryFile(path)
     assert len(str(info.value).splitlines()) == 1 and "--out" in str(info.value)
     assert path.read_text() == old
-    newer = ",".join(COLUMNS) + "\n/a.png,,,ok,,0.500000,images/1.png,,,,,,,4\n"
+    newer = ",".join(COLUMNS) + "\n/a.png,,,ok,,0.500000,images/1.png,,,,,,,5\n"
     path.write_text(newer)
-    with pytest.raises(ConfigError, match="format version 4"):
+    with pytest.raises(ConfigError, match="format version 5"):
         SummaryFile(path)
     assert path.read_text() == newer
 
@@ -151,7 +158,7 @@ def test_an_older_summary_without_rows_starts_again_in_this_format(tmp_path, hea
     with SummaryFile(path) as s:
         assert s.done == {}
         s.append([Row("/a.png", None, "", "ok", "", 0.5)])
-    assert path.read_text().splitlines() == [",".join(COLUMNS), "/a.png,,,ok,,0.500000,,,,,,,,3"]
+    assert path.read_text().splitlines() == [",".join(COLUMNS), "/a.png,,,ok,,0.500000,,,,,,,,4"]
 
 
 def test_row_refuses_unknown_status_quality_and_bad_numbers():

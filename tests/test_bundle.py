@@ -252,7 +252,7 @@ def test_monai_bundle_run_explains_an_image(tmp_path, bundle):
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads((out / "explanation.json").read_text())
     assert doc["prediction"]["class"] in ("referable DR", "no referable DR")
-    assert doc["format_version"] == 3 and doc["gate"]["status"] in ("gradable", "unfamiliar", "ungradeable")
+    assert doc["format_version"] == 4 and doc["gate"]["status"] in ("gradable", "unfamiliar", "ungradeable")
     reported = doc["evidence"] + doc["context"] + doc["possible_artefacts"]
     assert {"id", "name", "part", "peak_x", "peak_y", "activation", "contribution", "role", "flags"} <= set(reported[0])
     assert np.isfinite(doc["prediction"]["probability"])

@@ -26,7 +26,7 @@ def _sha256(path) -> str:
 
 def _check_explanation(folder, source: str | None = None) -> dict:
     doc = json.loads((folder / "explanation.json").read_text())
-    assert doc["format_version"] == 3 and doc["contribution_basis"] and doc["gate"]["status"] != "ungradeable"
+    assert doc["format_version"] == 4 and doc["contribution_basis"] and doc["gate"]["status"] != "ungradeable"
     reported = doc["evidence"] + doc["context"] + doc["possible_artefacts"]
     assert reported and {"id", "name", "peak_x", "peak_y", "role", "flags"} <= set(reported[0])
     assert all(f["role"] == "evidence" for f in doc["evidence"])

@@ -281,6 +281,7 @@ def test_without_a_gate_the_report_is_as_before(tmp_path):
     (group,) = _report(sr).get_image_measurement_groups()
     assert [q.name.value for q in group.get_qualitative_evaluations()] == ["RDR"]
     assert _image_text(sr, "Image quality reason") == []
+    assert _image_text(sr, "Evidence filters silent on this image") == []  # none given, none written
 
 
 @pytest.mark.parametrize("gate, message", [

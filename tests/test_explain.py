@@ -101,7 +101,7 @@ def test_json_has_the_documented_keys(model, scan):
     e = explain(scan, model)
     doc = e.to_json(top_k=3)
     assert set(doc["prediction"]) >= {"class", "probability", "threshold"}
-    assert doc["format_version"] == 3 and doc["contribution_basis"] == e.contribution_basis
+    assert doc["format_version"] == 4 and doc["contribution_basis"] == e.contribution_basis
     assert doc["gate"]["status"] == e.gate.status and set(doc["gate"]["quality"]["measures"]) >= {"sharpness"}
     assert "filters" not in doc
     for group, role in (("evidence", "evidence"), ("context", "context"), ("possible_artefacts", "possible artefact")):

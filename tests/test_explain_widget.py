@@ -350,6 +350,15 @@ def test_anatomy_of_a_real_photograph_is_context_and_no_lesion_filter_fires(qtbo
     assert headings[:2] == ["Evidence", "Context (anatomy)"]
     assert widget.legend.basis.text() == f"Contributions: {expected.contribution_basis}"
     assert "reference eye" in widget.legend.basis.text()
+    # lesion-type filters that respond nowhere on this healthy eye: no layer (nothing to draw), no legend row,
+    # never a possible artefact; the legend says how many and what their silence adds to the decision
+    silent = expected.silent(EVIDENCE)
+    assert silent, "the shipped model's haemorrhage filters are silent on this healthy eye"
+    shown_ids = {evidence_info(la.metadata).filter_id for la in viewer.layers if evidence_info(la.metadata)}
+    assert not shown_ids & {f.id for f in silent} and not set(widget.legend.rows) & {f.id for f in silent}
+    assert widget.legend.silent.isVisibleTo(widget) and widget.legend.silent.text().startswith(
+        f"Silent: {len(silent)} evidence filters silent")
+    assert f"{sum(f.contribution for f in silent):+.3f} for no referable DR" in widget.legend.silent.text()
 
 
 # --------------------------------------------------------------------------- renaming

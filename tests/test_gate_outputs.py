@@ -79,7 +79,7 @@ def test_explain_declines_an_out_of_focus_photograph_with_the_reason(pngs, tmp_p
     assert gate["status"] == "ungradeable" and gate["declined"] is True and gate["kept"] is False
     assert gate["message"].startswith("ungradeable: ") and gate["message"] == gate["quality"]["verdict"]
     assert gate["quality"]["gradable"] is False and gate["quality"]["measures"]["sharpness"] >= 0
-    assert doc["format_version"] == 3 and doc["source"] == str(blurred)
+    assert doc["format_version"] == 4 and doc["source"] == str(blurred)
     assert "prediction" not in doc and not any(g in doc for g in GROUPS) and doc["overlays"] == []
     assert sorted(p.name for p in out.iterdir()) == ["explanation.json"]  # no overlays
     assert f"{blurred}: declined: {gate['message']}" in stdout.splitlines()
@@ -204,7 +204,7 @@ def test_infer_declines_the_ungradeable_photograph_and_reports_the_gate(folder, 
     assert declined["status"] == "declined" and declined["quality"] == "ungradeable"
     assert declined["reason"] == declined["quality_reason"] and declined["reason"].startswith("ungradeable: ")
     assert declined["probability"] == "" and declined["outputs"] == ""
-    assert declined["format_version"] == "3"
+    assert declined["format_version"] == "4"
     for m in ("experience_score", "sharpness", "brightness", "coverage"):
         assert float(declined[m]) >= 0, m
     assert float(declined["sharpness"]) < float(ok["sharpness"])

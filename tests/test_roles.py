@@ -7,7 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, MIN_STRENGTH, RIM, fov_radius_of, role_of
+from napari_icnn.roles import (
+    ARTEFACT,
+    CONTEXT,
+    EVIDENCE,
+    MIN_STRENGTH,
+    RIM,
+    SILENT_FLAG,
+    fov_radius_of,
+    role_of,
+)
 
 
 @pytest.mark.parametrize(
@@ -28,7 +37,13 @@ from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE, MIN_STRENGTH, RIM, fo
         ("free", None, MIN_STRENGTH / 2, 0.95, True, CONTEXT, "label-free filter (anatomy context)"),
         # ... but beyond the field, on the black surround, no filter is evidence or context, however weak
         ("referable DR", None, MIN_STRENGTH / 2, 1.3, True, ARTEFACT, "peak outside the field of view"),
-        ("free", None, 0.0, 1.3, True, ARTEFACT, "peak outside the field of view"),
+        ("free", None, 1e-6, 1.3, True, ARTEFACT, "peak outside the field of view"),
+        # a filter with no response anywhere has no peak: its map's first cell (a corner, often beyond the field
+        # or the photograph) is no place, so it keeps its category's role, flagged silent
+        ("HE", "HE", 0.0, 1.3, True, EVIDENCE, SILENT_FLAG),
+        ("referable DR", None, 0.0, 0.2, False, EVIDENCE, SILENT_FLAG),
+        ("free", None, 0.0, 1.3, True, CONTEXT, SILENT_FLAG),
+        ("SE", "optic_disc", 0.0, 1.4, False, CONTEXT, SILENT_FLAG),
     ],
 )
 def test_the_role_rule(category, part, strength, radius, inside, role, flag):
@@ -65,7 +80,8 @@ def test_the_shipped_model_never_lists_anatomy_or_rim_peaks_as_evidence(retina_e
     expl, model = retina_explanation
     assert model.reference is not None and "reference eye" in expl.contribution_basis
     groups = expl.evidence(), expl.context(), expl.possible_artefacts()
-    assert sum(len(g) for g in groups) == len(expl.filters)  # every filter in exactly one group
+    # every filter in exactly one group, or silent (no response anywhere: nothing to show)
+    assert sum(len(g) for g in groups) + len(expl.silent()) == len(expl.filters)
     for f in expl.evidence():
         assert f.category not in (None, "free") and f.part not in ("optic_disc", "fovea", "vessels")
     anatomy = [f for f in expl.filters if f.category == "free" or f.part in ("optic_disc", "fovea", "vessels")]
@@ -73,7 +89,7 @@ def test_the_shipped_model_never_lists_anatomy_or_rim_peaks_as_evidence(retina_e
     for f in expl.possible_artefacts():  # an active filter on the rim or text, or any peak beyond the field
         assert f.strength >= MIN_STRENGTH or "peak outside the field of view" in f.flags or (
             "peak outside the photograph" in f.flags), f
-        assert any(flag.startswith("peak ") for flag in f.flags)
+        assert any(flag.startswith("peak ") for flag in f.flags) and f.activation > 0
     for f in expl.evidence() + expl.context():  # nothing in the black surround is read as the eye's
         assert not any("outside" in flag for flag in f.flags), f
     for group in groups:  # each group is ranked by contribution
@@ -106,18 +122,42 @@ def test_explanation_json_groups_the_filters(retina_explanation):
 
     expl, _ = retina_explanation
     doc = expl.to_json(5)
-    assert doc["format_version"] == FORMAT_VERSION == 3 and doc["gate"]["status"] == "gradable"
+    assert doc["format_version"] == FORMAT_VERSION == 4 and doc["gate"]["status"] == "gradable"
     assert "filters" not in doc and doc["contribution_basis"] == expl.contribution_basis
     assert [e["id"] for e in doc["evidence"]] == [f.id for f in expl.evidence(5)]
     assert [e["id"] for e in doc["context"]] == [f.id for f in expl.context(5)]
     assert all(e["role"] == "possible artefact" and e["flags"] for e in doc["possible_artefacts"])
+    # the silent filters: all of them, by contribution, without a peak (they have none)
+    assert [e["id"] for e in doc["silent"]] == [f.id for f in expl.silent()]
+    assert all("peak_x" not in e and e["activation"] == 0 and SILENT_FLAG in e["flags"] for e in doc["silent"])
+
+
+def test_silent_filters_are_listed_apart_with_their_contribution(retina_explanation):
+    """On the real photograph (no referable DR) whole lesion-type filters stay silent: not one response on the
+    scan. Their silence is part of the healthy decision (positive contributions) and is said in words; they are
+    never possible artefacts, whatever corner their all-zero map's first cell lies in."""
+    from napari_icnn.explain import silent_summary
+
+    expl, _ = retina_explanation
+    silent = expl.silent()
+    assert silent, "the shipped model's lesion-type filters fire nowhere on a healthy eye: some must be silent"
+    for f in silent:
+        assert f.activation == 0 and not f.map.any() and SILENT_FLAG in f.flags
+        assert f.role == (EVIDENCE if f.category not in (None, "free") else CONTEXT)
+        assert f not in expl.evidence() + expl.context() + expl.possible_artefacts()
+    assert all(f.activation > 0 for f in expl.evidence() + expl.context() + expl.possible_artefacts())
+    ev = expl.silent(EVIDENCE)
+    text = silent_summary(expl)
+    assert text.startswith(f"{len(ev)} evidence filter") and "for no referable DR" in text
+    assert f"{sum(f.contribution for f in ev):+.3f}" in text
 
 
 def test_a_peak_beyond_the_photograph_is_never_evidence_however_weak():
     from napari_icnn.roles import ARTEFACT, role_of
 
-    # a 4-px map's corner cell can lie in the padding of a field of view the frame cuts
-    for strength in (0.0, 0.05, 5.0):
+    # a 4-px map's corner cell can lie in the padding of a field of view the frame cuts (a strength of 0 is a
+    # silent filter: it has no peak at all)
+    for strength in (1e-6, 0.05, 5.0):
         for category, part in (("HE", None), ("free", "fovea"), ("SE", "optic_disc")):
             role = role_of(category, part, strength, fov_radius=0.99, inside_scan=False)
             assert role.role == ARTEFACT and "peak outside the photograph" in role.flags, (strength, category)

@@ -157,15 +157,16 @@ def test_layers_are_grouped_by_part_strongest_group_on_top(expl):
     # Interleave the parts by contribution so that grouping has something to do (within one group).
     parts = ["fovea", "EX", "fovea", None, "EX", "optic_disc"]
     contributions = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    live = [f for f in expl.filters if not f.silent]  # a silent filter has nothing to show
     filters = [
         replace(f, part=p, contribution=c, role=EVIDENCE, name=f"filter {f.id} · {display_name(p) or 'unnamed'}")
-        for f, p, c in zip(expl.filters[:6], parts, contributions, strict=True)
+        for f, p, c in zip(live[:6], parts, contributions, strict=True)
     ]
-    rest = [replace(f, role=CONTEXT) for f in expl.filters[6:]]
-    rigged = replace(expl, filters=tuple(filters + rest))
+    rest = [replace(f, role=CONTEXT) for f in live[6:]]
+    rigged = replace(expl, filters=tuple(filters + rest + expl.silent()))
 
     shown = shown_filters(rigged, 6)
-    assert [f.group for f in shown] == [EVIDENCE] * 6 + [CONTEXT] * len(rest)
+    assert [f.group for f in shown] == [EVIDENCE] * 6 + [CONTEXT] * min(len(rest), 6)
     shown = shown[:6]
     assert [f.part for f in shown] == ["fovea", "fovea", "EX", "EX", None, "optic_disc"]
     assert [f.contribution for f in shown] == [0.9, 0.7, 0.8, 0.5, 0.6, 0.4]

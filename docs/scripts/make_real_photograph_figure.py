@@ -21,7 +21,7 @@ import skimage.data  # noqa: E402
 
 from napari_icnn.bundle import load_bundle, shipped_bundle_path  # noqa: E402
 from napari_icnn.image import FundusImage  # noqa: E402
-from napari_icnn.explain import explain  # noqa: E402
+from napari_icnn.explain import explain, silent_summary  # noqa: E402
 from napari_icnn.render import blend, heat_rgba  # noqa: E402
 
 GROUPS = (
@@ -84,6 +84,11 @@ def main() -> None:
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(2.5)
+    silent = silent_summary(e)
+    if silent:  # filters with no response anywhere: no panel to draw, but their silence is part of the decision
+        print(f"silent: {silent}")
+        fig.text(0.99, 0.015, "Silent: " + silent.replace(": ", ":\n", 1), ha="right", va="bottom", fontsize=10,
+                 color="0.25")
     fig.suptitle(f"scikit-image's real photograph (healthy left eye) — demo model: {e.predicted_class}, "
                  f"p = {e.probability:.2f}\ncontributions {e.contribution_basis}", fontsize=11)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.88, bottom=0.02)

@@ -511,6 +511,7 @@ class ExplainWidget(JobWidget):
         self.lesion_types_label.setText("—")
         self.model_label.setText(f"{expl.model_name} {expl.model_version}")
         self.time_label.setText("—")
+        self.legend.set_silent("")
 
     def _on_returned(self, result: ExplainResult) -> None:
         from napari.utils.notifications import show_warning
@@ -533,7 +534,7 @@ class ExplainWidget(JobWidget):
         self._refresh_legend(force=True)
 
     def _show_result(self, result: ExplainResult) -> None:
-        from napari_icnn.explain import lesion_type_summary
+        from napari_icnn.explain import lesion_type_summary, silent_summary
 
         expl = result.explanation
         self.decision_label.setText(expl.predicted_class)
@@ -545,6 +546,7 @@ class ExplainWidget(JobWidget):
         self.time_label.setText(result.time_text())
         self.status.setText(result.summary())
         self.legend.set_basis(expl.contribution_basis)
+        self.legend.set_silent(silent_summary(expl))
 
     # ------------------------------------------------------------------ legend
 

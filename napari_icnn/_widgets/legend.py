@@ -27,6 +27,10 @@ _CONTRIBUTION_TIP = (
     "Contribution: this filter's share of the decision's logit (positive: the filter supports the decision). "
     "What it is measured against is written at the top of the legend."
 )
+_SILENT_TIP = (
+    "Filters trained for a lesion type that respond nowhere on this scan: no layer, since there is nothing to "
+    "draw. Their silence is evidence that their lesion type is absent, and it counts in the decision."
+)
 _NAME_TIP = "Your name for this filter. Press Enter to save it into the model (empty: the part's name)."
 _GROUP_HINTS = {
     group: meaning + ("" if GROUP_VISIBLE[group] else " Hidden on the scan until ticked.")
@@ -107,6 +111,12 @@ class EvidenceLegend(QWidget):
         self.basis.setStyleSheet("color: palette(mid);")
         self.basis.setVisible(False)
         outer.addWidget(self.basis)
+        self.silent = QLabel("")
+        self.silent.setWordWrap(True)
+        self.silent.setStyleSheet("color: palette(mid);")
+        self.silent.setToolTip(_SILENT_TIP)
+        self.silent.setVisible(False)
+        outer.addWidget(self.silent)
         self._grid = QGridLayout()
         outer.addLayout(self._grid)
         outer.addStretch(1)  # rows stay at the top however tall the dock is
@@ -129,6 +139,12 @@ class EvidenceLegend(QWidget):
         self.basis.setText(f"Contributions: {basis}" if basis else "")
         self.basis.setToolTip(_CONTRIBUTION_TIP)
         self.basis.setVisible(bool(basis))
+
+    def set_silent(self, summary: str) -> None:
+        """Say which evidence filters are silent on the scan (:func:`napari_icnn.explain.silent_summary`): they
+        have no layer, since there is nothing to draw, yet their silence counts in the decision."""
+        self.silent.setText(f"Silent: {summary}" if summary else "")
+        self.silent.setVisible(bool(summary))
 
     def set_rows(self, filters: Sequence[ShownFilter], visible: dict[int, bool] | None = None) -> None:
         """Show ``filters`` (in order; consecutive filters of one group share its heading, and

@@ -35,7 +35,8 @@ class FilterView:
     rgb: np.ndarray
     heat: np.ndarray
     """The filter's map on the scan's pixel grid, divided by its typical strong response, in [0, 1]."""
-    peak: tuple[float, float]
+    peak: tuple[float, float] | None
+    """Its peak on the scan; ``None`` where the filter is silent (no response anywhere: no peak)."""
     strength: float
     contribution: float
     role: str
@@ -54,7 +55,8 @@ def filter_views(model: Any, records: dict[str, Any], ids: list[str], fid: int) 
         rgb = load_rgb(rec.image, rec.frame)
         expl = explain_batch([rgb], model, check=False, assess=False)[0]
         f = expl.filter(fid)
-        out.append(FilterView(sid, rgb, expl.map_on_scan(fid), (f.peak_x, f.peak_y), f.strength, f.contribution,
+        out.append(FilterView(sid, rgb, expl.map_on_scan(fid),
+                              None if f.silent else (f.peak_x, f.peak_y), f.strength, f.contribution,
                               f.role, expl.region_on_scan(fid)))
     return out
 

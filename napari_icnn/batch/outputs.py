@@ -183,6 +183,7 @@ def _write_seg(target: Path, spec: OutputSpec, image: FundusImage, expl: Explana
 
 def _write_sr(target: Path, spec: OutputSpec, image: FundusImage, expl: Explanation, top: list) -> None:
     from napari_icnn.dicom.sr import write_sr
+    from napari_icnn.explain import silent_summary
 
     filters = [
         {
@@ -206,6 +207,7 @@ def _write_sr(target: Path, spec: OutputSpec, image: FundusImage, expl: Explanat
         model=spec.model,
         filters=filters,
         gate=gate_entry(expl),
+        silent=silent_summary(expl),
     )
 
 

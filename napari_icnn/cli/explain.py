@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
 def print_filters(e: Explanation, k: int, indent: str = "  ", peaks: bool = True) -> None:
     """The ``k`` evidence filters, then short lists of context and possible artefacts (never mixed with the
-    evidence), and how the contributions were measured."""
+    evidence), the silent evidence filters in a line, and how the contributions were measured."""
+    from napari_icnn.explain import silent_summary
+
     print(f"{indent}contributions {e.contribution_basis}")
     short = min(k, 3)
     groups = (("evidence", e.evidence(k)), ("context (anatomy, not evidence)", e.context(short)),
@@ -84,3 +86,6 @@ def print_filters(e: Explanation, k: int, indent: str = "  ", peaks: bool = True
             peak = f"  peak ({f.peak_x:.0f}, {f.peak_y:.0f})" if peaks else ""
             flags = f"  [{'; '.join(f.flags)}]" if f.flags else ""
             print(f"{indent}  {f.name:<40s} contribution {f.contribution:+.3f}{peak}{flags}")
+    silent = silent_summary(e)
+    if silent:
+        print(f"{indent}{silent}")

@@ -70,6 +70,8 @@ CODES: dict[str, tuple[str, str, str]] = {
     "quality_unfamiliar": ("UNFAMILIAR", PRIVATE_SCHEME, "Gradable, outside the model's experience"),
     "image_quality_reason": ("IMGQUALREASON", PRIVATE_SCHEME, "Image quality reason"),
     "experience_score": ("EXPSCORE", PRIVATE_SCHEME, "Experience score (1 = limit of the model's training data)"),
+    # Lesion-type filters with no response anywhere: no point to report, yet their silence bears on the finding.
+    "silent_filters": ("SILENTFILT", PRIVATE_SCHEME, "Evidence filters silent on this image"),
 }
 ROLE_CODES: dict[str, str] = {EVIDENCE: "role_evidence", CONTEXT: "role_context", ARTEFACT: "role_artefact"}
 """Key in :data:`CODES` of each role's value."""
@@ -89,6 +91,7 @@ def build_sr(
     model: ModelInfo,
     filters: Sequence[Mapping[str, Any]],
     gate: Mapping[str, Any] | None = None,
+    silent: str = "",
     series_number: int = 902,
 ) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 report of one prediction on the frame ``source``.
@@ -119,6 +122,10 @@ def build_sr(
         the image-level group as the evaluation "Image quality", its reason in words (a TEXT item;
         for a kept scan, saying so) and the "Experience score" measurement (UCUM ``1``); nothing of it
         when ``None``.
+    silent
+        The evidence filters with no response anywhere on the frame, in words
+        (:func:`napari_icnn.explain.silent_summary`): a TEXT item "Evidence filters silent on this
+        image" in the image-level group; nothing when empty. Such filters have no peak, so no group.
     series_number
         Number shown by viewers.
 
@@ -150,7 +157,8 @@ def build_sr(
         name=fit_text(model.name), version=fit_text(model.version), parameters=[f"sha256={model.sha256}"]
     )
     laterality = LATERALITY_CODES.get(source.laterality or "")
-    groups: list[Any] = [_image_group(ref, model, algorithm, probability, threshold, predicted_class, quality)]
+    groups: list[Any] = [_image_group(ref, model, algorithm, probability, threshold, predicted_class, quality,
+                                      " ".join(str(silent).split()))]
     groups += [_filter_group(ref, model, algorithm, f, laterality) for f in checked]
 
     observer = hd.sr.ObserverContext(
@@ -288,6 +296,7 @@ def _image_group(
     threshold: float,
     predicted_class: str,
     quality: dict[str, Any] | None = None,
+    silent: str = "",
 ) -> Any:
     import highdicom as hd
 
@@ -325,6 +334,12 @@ def _image_group(
         group[0].ContentSequence.append(hd.sr.TextContentItem(
             name=_code("image_quality_reason"),
             value=quality["reason"],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        ))
+    if silent:
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=_code("silent_filters"),
+            value=silent,
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         ))
     return group
