@@ -216,7 +216,7 @@ def lesion_type_summary(expl: Explanation) -> str:
 def silent_summary(expl: Explanation) -> str:
     """The silent evidence filters in words, by the type they were trained for, with their summed contribution
     (``"12 evidence filters silent (no response anywhere on this scan): haemorrhages 11, cotton-wool spots (soft
-    exudates) 1; together +0.747 for no referable DR"``); empty when no evidence filter is silent."""
+    exudates) 1; together +0.748 for no referable DR"``); empty when no evidence filter is silent."""
     from napari_icnn.parts import display_name
 
     silent = expl.silent(EVIDENCE)

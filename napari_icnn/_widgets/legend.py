@@ -29,7 +29,7 @@ _CONTRIBUTION_TIP = (
 )
 _SILENT_TIP = (
     "Filters trained for a lesion type that respond nowhere on this scan: no layer, since there is nothing to "
-    "draw. Their silence is evidence that their lesion type is absent, and it counts in the decision."
+    "draw. Their silence still counts in the decision: the number is its contribution, measured like every other."
 )
 _NAME_TIP = "Your name for this filter. Press Enter to save it into the model (empty: the part's name)."
 _GROUP_HINTS = {

@@ -32,7 +32,8 @@ __all__ = ["COLUMNS", "GATE_COLUMNS", "QUALITIES", "STATUSES", "STATUS_HELP", "F
 
 FORMAT_VERSION = EXPLANATION_FORMAT
 """Format of a folder's batch results, written on every row: one number for the summary and the JSON
-files its rows list, the explanation's (a change of the summary's columns bumps it too). 3: the gate's
+files its rows list, the explanation's (a change of the summary's columns bumps it too). 4: the silent
+filters listed apart in every JSON (``silent``), never among the roles. 3: the gate's
 columns (image quality, experience score, quality measures) and a ``gate`` in every JSON. 2: this
 column; evidence, context and possible artefacts apart in every result. 1: no such column. See
 "Format versions" in docs/batch.md."""
