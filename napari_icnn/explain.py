@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,10 +223,7 @@ def silent_summary(expl: Explanation) -> str:
     silent = expl.silent(EVIDENCE)
     if not silent:
         return ""
-    counts: dict[str, int] = {}
-    for f in silent:
-        what = display_name(f.category or f.part) or "unnamed"
-        counts[what] = counts.get(what, 0) + 1
+    counts = Counter(display_name(f.category or f.part) or "unnamed" for f in silent)
     kinds = ", ".join(f"{what} {n}" for what, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     total = sum(f.contribution for f in silent)
     return (f"{len(silent)} evidence filter{'s' if len(silent) > 1 else ''} silent (no response anywhere on "

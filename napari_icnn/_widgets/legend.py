@@ -45,6 +45,16 @@ _PART_STYLE = "font-weight: bold; font-size: 12px; padding-top: 2px; padding-lef
 _NOTE_STYLE = "color: palette(mid); font-size: 11px; font-style: italic;"
 
 
+def _note_line(tip: str) -> QLabel:
+    """A dimmed, wrapped line above the rows, hidden until it has something to say."""
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setStyleSheet("color: palette(mid);")
+    label.setToolTip(tip)
+    label.setVisible(False)
+    return label
+
+
 class LegendRow:
     """The widgets of one filter's row."""
 
@@ -106,16 +116,9 @@ class EvidenceLegend(QWidget):
         super().__init__(parent)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        self.basis = QLabel("")
-        self.basis.setWordWrap(True)
-        self.basis.setStyleSheet("color: palette(mid);")
-        self.basis.setVisible(False)
+        self.basis = _note_line(_CONTRIBUTION_TIP)
+        self.silent = _note_line(_SILENT_TIP)
         outer.addWidget(self.basis)
-        self.silent = QLabel("")
-        self.silent.setWordWrap(True)
-        self.silent.setStyleSheet("color: palette(mid);")
-        self.silent.setToolTip(_SILENT_TIP)
-        self.silent.setVisible(False)
         outer.addWidget(self.silent)
         self._grid = QGridLayout()
         outer.addLayout(self._grid)
@@ -137,7 +140,6 @@ class EvidenceLegend(QWidget):
     def set_basis(self, basis: str) -> None:
         """Say what the contributions are measured against (an explanation's ``contribution_basis``)."""
         self.basis.setText(f"Contributions: {basis}" if basis else "")
-        self.basis.setToolTip(_CONTRIBUTION_TIP)
         self.basis.setVisible(bool(basis))
 
     def set_silent(self, summary: str) -> None:
