@@ -286,6 +286,8 @@ class EvidenceView:
     def scan(self, key: str | None = None) -> Any:
         """The image layer whose key is ``key`` (default: the shown scan), or ``None``."""
         key = self.shown_scan if key is None else key
+        if key is None:
+            return None
         return next((la for la in self.viewer.layers if scan_key(la) == key), None)
 
     def evidence(self, role: str | None = None, filter_id: int | None = None) -> list[Any]:
@@ -312,6 +314,18 @@ class EvidenceView:
         if self.side_by_side:
             self.arrange_side_by_side()
         return True
+
+    def select(self, key: str | None) -> None:
+        """Make ``key``'s evidence the shown one (what the legend lists, renames and side by side act on), as
+        when the user chooses another scan; ``None`` or a scan without evidence shows none."""
+        regions = [] if key is None else [
+            la for la in layers_of_scan(list(self.viewer.layers), key) if _evidence(la).role == REGION
+        ]
+        model = next((info.model_path for la in regions if (info := _evidence(la)).model_path), None)
+        self.shown_scan = key if regions else None
+        self.shown_model = Path(model) if model else None
+        if self.side_by_side:
+            self.arrange_side_by_side()
 
     def _replace(self, scan: Any, layers: list[LayerData]) -> None:
         """Show ``layers`` as the evidence of ``scan`` in place of earlier runs', on top of the list.

@@ -19,7 +19,7 @@ from napari_icnn.bundle import METADATA, WEIGHTS, load_bundle, shipped_bundle_pa
 from napari_icnn.data.synth import generate_fundus
 from napari_icnn.explain import REGION_THRESHOLD, explain
 from napari_icnn.image import FundusImage
-from napari_icnn.layer_data import EVIDENCE_KEY, HEAT, REGION, UNDERLAY, evidence_info, layer_name
+from napari_icnn.layer_data import EVIDENCE_KEY, HEAT, REGION, UNDERLAY, evidence_info, layer_name, scan_key
 from napari_icnn.parts import ANATOMY_KEYS, FREE_CATEGORY
 from napari_icnn.render import PART_COLOURS
 from napari_icnn.roles import ARTEFACT, CONTEXT, EVIDENCE
@@ -359,6 +359,74 @@ def test_anatomy_of_a_real_photograph_is_context_and_no_lesion_filter_fires(qtbo
     assert widget.legend.silent.isVisibleTo(widget) and widget.legend.silent.text().startswith(
         f"Silent: {len(silent)} evidence filters silent")
     assert f"{sum(f.contribution for f in silent):+.3f} for no referable DR" in widget.legend.silent.text()
+
+
+@pytest.mark.skipif(
+    not (SHIPPED / WEIGHTS).exists(),
+    reason="the shipped demo bundle (napari_icnn/models/demo) is not built yet",
+)
+def test_the_result_panel_and_legend_follow_the_chosen_scan(qtbot, widget):
+    """Two scans explained, then chosen in turn: the panel, the legend and its lines speak of the chosen one;
+    a scan not yet explained, or the shown scan closed, leaves nothing of another scan behind."""
+    import skimage.data
+
+    from napari_icnn.explain import silent_summary
+
+    viewer = widget.viewer
+    widget.model_edit.setText(str(SHIPPED))
+    widget.top_k_spin.setValue(3)
+    bundle = load_bundle(SHIPPED)
+    retina = np.ascontiguousarray(skimage.data.retina())
+    sick = generate_fundus(np.random.SeedSequence([5, 1]), 384, grade=3, look="realistic").image
+    expected = {}
+    for name, pixels in (("retina", retina), ("grade 3", sick)):
+        viewer.add_image(pixels, rgb=True, name=name)
+        assert widget.scan_layer.name == name  # the scan just opened is chosen
+        _run(qtbot, widget)
+        expected[name] = explain(FundusImage(pixels=pixels, source=name), bundle)
+    assert expected["retina"].predicted_class != expected["grade 3"].predicted_class
+
+    def panel_speaks_of(name):
+        e = expected[name]
+        assert widget.results_box.title() == f"Result: {name}"
+        assert widget.decision_label.text() == e.predicted_class
+        assert widget.probability_label.text().startswith(f"{e.probability:.3f}")
+        assert list(widget.legend.rows) == [f.id for f in _shown(e, 3)]
+        assert widget.legend.basis.text() == f"Contributions: {e.contribution_basis}"
+        silent = silent_summary(e)
+        assert widget.legend.silent.text() == (f"Silent: {silent}" if silent else "")
+        assert widget.legend.silent.isVisibleTo(widget) is bool(silent)
+        assert widget.view.shown_scan == scan_key(viewer.layers[name])
+
+    panel_speaks_of("grade 3")
+    for name in ("retina", "grade 3", "retina"):
+        widget.scan_combo.setCurrentIndex(widget.scan_combo.findText(name))
+        panel_speaks_of(name)
+    assert silent_summary(expected["retina"])  # the healthy photograph's silent line was shown, then replaced
+
+    # a renamed filter goes into the model the chosen scan's evidence came from, and names that scan's layer
+    fid = next(iter(widget.legend.rows))
+    widget.rename_filter(fid, "my lesion")
+    (region,) = [la for la in _evidence(viewer, REGION) if evidence_info(la.metadata).filter_id == fid
+                 and evidence_info(la.metadata).scan == scan_key(viewer.layers["retina"])]
+    assert region.name.endswith("my lesion")
+
+    # a scan not explained yet: an empty panel and legend, nothing of the other scans
+    viewer.add_image(retina[::2, ::2], rgb=True, name="new")
+    assert widget.scan_layer.name == "new"
+    assert widget.results_box.title() == "Result" and widget.decision_label.text() == "—"
+    assert not widget.legend.rows and not widget.legend.silent.isVisibleTo(widget)
+    assert not widget.legend.basis.isVisibleTo(widget) and widget.view.shown_scan is None
+
+    # the explained scan closed: its outcome is forgotten, the panel follows the scan chosen instead
+    widget.scan_combo.setCurrentIndex(widget.scan_combo.findText("grade 3"))
+    panel_speaks_of("grade 3")
+    viewer.layers.remove("grade 3")
+    assert widget.scan_layer.name != "grade 3" and widget.scan_combo.findText("grade 3") < 0
+    widget.scan_combo.setCurrentIndex(widget.scan_combo.findText("retina"))
+    panel_speaks_of("retina")  # the other explained scan keeps its outcome
+    widget.scan_combo.setCurrentIndex(widget.scan_combo.findText("new"))
+    assert widget.decision_label.text() == "—" and not widget.legend.rows
 
 
 # --------------------------------------------------------------------------- renaming

@@ -180,8 +180,11 @@ def test_the_banner_is_cleared_when_another_scan_or_model_is_chosen(qtbot, widge
     viewer.add_image(good, rgb=True, name="good")  # opened: chosen
     assert widget.scan_layer.name == "good"
     assert not _shown(banner) and banner.status is None and not banner.offers_anyway
+    assert widget.decision_label.text() == "—"  # the panel speaks of the chosen scan, not yet explained
     widget.scan_combo.setCurrentIndex(widget.scan_combo.findText("blurred"))
-    assert not _shown(banner)  # choosing it back does not bring back an old verdict
+    # choosing it back brings back its verdict from the same model: the banner and the withheld panel
+    assert banner.status == "ungradeable" and banner.offers_anyway
+    assert widget.decision_label.text().startswith("Withheld")
 
     widget.scan_combo.setCurrentIndex(widget.scan_combo.findText("good"))
     _run(qtbot, widget)

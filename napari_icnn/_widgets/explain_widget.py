@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -189,6 +190,18 @@ class GateBanner(QFrame):
         self.setVisible(False)
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """What the result panel shows for one explained scan: its result, or the verdict the gate withheld."""
+
+    request: ExplainRequest
+    explanation: Explanation
+    result: ExplainResult | None
+    """Without its layers (they hold the maps); ``None`` where the gate withheld the verdict."""
+    summary: str = ""
+    """What was shown, by group (:meth:`ExplainResult.summary`)."""
+
+
 class ExplainWidget(JobWidget):
     """Explain a fundus scan with an interpretable CNN: one named Labels layer per filter.
 
@@ -209,6 +222,8 @@ class ExplainWidget(JobWidget):
         """The last run's request (a declined scan's error does not name its scan)."""
         self._gate_for: tuple[str, Path] | None = None
         """The scan key and model of the gate the banner shows: another choice clears it."""
+        self._outcomes: dict[str, _Outcome] = {}
+        """The last outcome of each open scan explained, by scan key: the panel follows the chosen scan."""
         self._settings = load_settings()
         self._build()
         self._load_settings_into_fields()
@@ -271,7 +286,7 @@ class ExplainWidget(JobWidget):
         self.gate_banner = GateBanner()
         root.addWidget(self.gate_banner)
 
-        results = QGroupBox("Result")
+        self.results_box = results = QGroupBox("Result")
         rform = QFormLayout(results)
         self.decision_label = QLabel("—")
         self.decision_label.setStyleSheet("font-weight: bold;")
@@ -326,7 +341,7 @@ class ExplainWidget(JobWidget):
         for emitter in emitters:
             emitter.connect(on_layers_changed)
         self.destroyed.connect(lambda *_: [emitter.disconnect(on_layers_changed) for emitter in emitters])
-        self.scan_combo.currentIndexChanged.connect(lambda _: self.validate())
+        self.scan_combo.currentIndexChanged.connect(lambda _: self._on_scan_chosen())
         self.model_edit.textChanged.connect(lambda _: self._on_setting_changed())
         self.top_k_spin.valueChanged.connect(lambda _: self._on_setting_changed())
         self.threshold_spin.valueChanged.connect(lambda _: self._on_setting_changed())
@@ -356,7 +371,8 @@ class ExplainWidget(JobWidget):
 
     def _refresh_scans(self, prefer: Any = None) -> None:
         """Re-list the image layers, keeping the choice (or choosing ``prefer``, a layer just opened)."""
-        current = scan_key(prefer) if prefer is not None else self.scan_combo.currentData()
+        chosen = self.scan_combo.currentData()
+        current = scan_key(prefer) if prefer is not None else chosen
         candidates = self._scan_candidates()
         self.scan_combo.blockSignals(True)
         self.scan_combo.clear()
@@ -374,6 +390,12 @@ class ExplainWidget(JobWidget):
             rgb = [i for i, layer in enumerate(candidates) if getattr(layer, "rgb", False)]
             self.scan_combo.setCurrentIndex(rgb[-1] if rgb else len(candidates) - 1)
         self.scan_combo.blockSignals(False)
+        open_keys = set(keys)
+        closed = [key for key in self._outcomes if key not in open_keys]
+        for key in closed:
+            del self._outcomes[key]
+        if closed or self.scan_combo.currentData() != chosen:
+            self._show_outcome()
         self.validate()
 
     def _rename_scan_item(self, key: str) -> None:
@@ -406,6 +428,10 @@ class ExplainWidget(JobWidget):
     def _on_setting_changed(self) -> None:
         self.validate()
         self._remember()
+
+    def _on_scan_chosen(self) -> None:
+        self._show_outcome()
+        self.validate()
 
     def _remember(self) -> None:
         from napari_icnn.bundle import default_bundle_path
@@ -490,6 +516,12 @@ class ExplainWidget(JobWidget):
         request = self._request
         if gate is None or request is None:
             return False
+        self._outcomes[request.scan] = _Outcome(request, expl, None)
+        if request.scan != self.scan_combo.currentData():  # another scan was chosen while it ran
+            self.status.setText(f"The gate declined '{request.scan_name}': choose it to see why.")
+            return True
+        self.view.select(None)
+        self._refresh_legend(force=True)
         self._show_gate(request, gate, kept=False)
         self._show_withheld(expl, gate)
         self.status.setText(f"No probability and no filter layers for '{request.scan_name}' (see the banner below).")
@@ -511,6 +543,7 @@ class ExplainWidget(JobWidget):
         self.lesion_types_label.setText("—")
         self.model_label.setText(f"{expl.model_name} {expl.model_version}")
         self.time_label.setText("—")
+        self.legend.set_basis("")
         self.legend.set_silent("")
 
     def _on_returned(self, result: ExplainResult) -> None:
@@ -523,17 +556,56 @@ class ExplainWidget(JobWidget):
                 f"'{result.request.scan_name}' was closed while it was being explained; nothing was added."
             )
             return
-        self._show_result(result)
-        gate = result.explanation.gate
+        request = result.request
+        self._outcomes[request.scan] = _Outcome(
+            request, result.explanation, replace(result, layers=[]), result.summary()
+        )
+        self._refresh_scans()
+        if request.scan != self.scan_combo.currentData():  # another scan was chosen while it ran
+            self.view.select(self.scan_combo.currentData())
+            self.status.setText(f"{result.summary()} Choose '{request.scan_name}' to see its result.")
+            return
+        self._show_outcome()
+
+    def _show_outcome(self) -> None:
+        """Fill the result panel, the gate banner and the legend with the chosen scan's last outcome, or empty
+        them when it has none: the panel always speaks of the scan chosen above it."""
+        key = self.scan_combo.currentData()
+        outcome = self._outcomes.get(key) if key is not None else None
+        if outcome is None or outcome.result is None:
+            self.view.select(None)
+            self._refresh_legend(force=True)
+        if outcome is None:
+            self._clear_result()
+            return
+        request, expl = outcome.request, outcome.explanation
+        self.results_box.setTitle(f"Result: {request.scan_name}")
+        gate = expl.gate
+        if outcome.result is None:
+            if gate is not None:
+                self._show_gate(request, gate, kept=False)
+                self._show_withheld(expl, gate)
+            return
+        self.view.select(key)
+        self._show_result(outcome.result, outcome.summary)
         if gate is None:
             self._gate_for = None
             self.gate_banner.clear()
         else:  # a declined gate here: the scan was explained anyway, its prediction kept on request
-            self._show_gate(result.request, gate, kept=gate.declined)
-        self._refresh_scans()
+            self._show_gate(request, gate, kept=gate.declined)
         self._refresh_legend(force=True)
 
-    def _show_result(self, result: ExplainResult) -> None:
+    def _clear_result(self) -> None:
+        self.results_box.setTitle("Result")
+        for label in (self.decision_label, self.probability_label, self.lesion_types_label, self.model_label,
+                      self.time_label):
+            label.setText("—")
+        self.model_label.setToolTip("")
+        self.status.setText("")
+        self.legend.set_basis("")
+        self.legend.set_silent("")
+
+    def _show_result(self, result: ExplainResult, summary: str) -> None:
         from napari_icnn.explain import lesion_type_summary, silent_summary
 
         expl = result.explanation
@@ -544,15 +616,13 @@ class ExplainWidget(JobWidget):
         self.model_label.setText(f"{expl.model_name} {expl.model_version}")
         self.model_label.setToolTip(f"{result.request.model_path}\nSHA-256 {expl.model_sha256}")
         self.time_label.setText(result.time_text())
-        self.status.setText(result.summary())
+        self.status.setText(summary)
         self.legend.set_basis(expl.contribution_basis)
         self.legend.set_silent(silent_summary(expl))
 
     # ------------------------------------------------------------------ legend
 
     def _refresh_legend(self, force: bool = False) -> None:
-        if self.view.shown_scan is None:
-            return
         rows, visible = self.view.legend_rows()
         if force or [r.filter_id for r in rows] != list(self.legend.rows):
             self.legend.set_rows(rows, visible)
