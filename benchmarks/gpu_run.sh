@@ -13,29 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT="${OUT:-$PWD/out/gpu}"
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-
-if ! ls .whl/*.whl >/dev/null 2>&1; then
-    echo "gpu_run.sh: no wheels in .whl/ (benchmarks/README.md says which to download)" >&2
-    exit 2
-fi
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH="/tmp/site:$PWD"
-
-{
-    nvidia-smi
-    python3 - <<'EOF'
-import platform
-
-import monai
-import numpy
-import torch
-
-print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-      f"cuDNN {torch.backends.cudnn.version()}, bf16 {torch.cuda.is_bf16_supported()}")
-print(f"monai {monai.__version__}, numpy {numpy.__version__}, GPU {torch.cuda.get_device_name(0)}")
-EOF
-} 2>&1 | tee "$OUT/gpu_env.txt"
+source benchmarks/gpu_env.sh
 
 # Groups in order of importance, so a run cut short loses the least. SIGINT first (the harness stops
 # cleanly and the JSON keeps the finished groups), SIGKILL 20 s later.

@@ -128,3 +128,21 @@ def test_the_lesion_type_arm_reads_its_own_input_side_where_the_preset_has_one()
     for name in ("cpu-clean", "cpu-resnet", "tiny"):
         p = PRESETS[name]
         assert input_size(p, "lesion-types") == input_size(p, "decision") == p.size, name
+
+
+def test_the_finer_rendering_study_differs_from_the_cpu_study_only_in_its_photographs():
+    """gpu-lesions asks one question: the same study on photographs rendered finer. Anything else it changed
+    (cohort sizes, schedule, input sides, seeds' eyes) would make its figures incomparable with the cpu study's."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from dataclasses import asdict
+
+    from training.experiments.driver import input_size
+    from training.experiments.presets import PRESETS
+
+    cpu, fine = asdict(PRESETS["cpu"]), asdict(PRESETS["gpu-lesions"])
+    changed = {k for k in cpu if cpu[k] != fine[k]}
+    assert changed == {"name", "image_size", "single_category"}
+    assert fine["image_size"] == 2 * cpu["image_size"] and fine["lesion_types"] and not fine["single_category"]
+    for kind in ("lesion-types", "decision"):
+        assert input_size(PRESETS["gpu-lesions"], kind) == input_size(PRESETS["cpu"], kind)

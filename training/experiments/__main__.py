@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="study folder (re-running into it resumes)")
     p.add_argument("--preset", default="cpu", help="cpu (VGG, referable DR, 3 seeds, 256 px and the lesion-type ICNN at 384 px, "
                    "realistic photographs), "
-                   "cpu-clean (the same on the clean look), cpu-resnet (the lesion-type study on ResNet, shorter), gpu (both "
+                   "cpu-clean (the same on the clean look), cpu-resnet (the lesion-type study on ResNet, shorter), "
+                   "gpu-lesions (cpu's lesion-type study on photographs rendered at 768 px), gpu (both "
                    "backbones and tasks at 512 px) or tiny "
                    "(seconds; for tests)")
     p.add_argument("--seed", type=int, action="append", help="run only this seed (repeat for several)")
