@@ -96,6 +96,30 @@ def test_tiny_experiment_writes_tables_figures_and_resumes(tmp_path):
     assert "epoch 1/" not in again.stdout + again.stderr
 
 
+@pytest.mark.slow
+def test_a_base_only_study_is_what_a_validation_variant_starts_from(tmp_path):
+    """--base-only: the cohorts and the ordinary CNN, nothing evaluated; a variant then fine-tunes that CNN and is
+    scored on the validation cohort alone."""
+    study, variants = tmp_path / "study", tmp_path / "variants"
+    base = [sys.executable, "-m", "training.experiments", "--out", str(study), "--preset", "tiny", "--base-only"]
+    proc = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (study / "runs" / "seed0" / "vgg-referable-ordinary" / "models" / "model.pt").is_file()
+    assert [p.name for p in (study / "runs" / "seed0").iterdir()] == ["vgg-referable-ordinary"]
+    assert not (study / "metrics").exists() and not (study / "results.json").exists()
+    assert (study / "data" / "seed0" / "test" / "labels.csv").is_file()  # generated, never read
+
+    cmd = [sys.executable, "-m", "training.experiments.variants", "--study", str(study), "--preset", "tiny",
+           "--seed", "0", "--out", str(variants), "--name", "probe", "free_fraction=0"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((variants / "probe-seed0.json").read_text())
+    assert doc["variant"]["overrides"] == {"free_fraction": "0"}
+    assert set(doc["types"]) == {"MA", "HE", "EX", "SE"} and "top_filter" in doc
+    scored = set(_cohort_ids(variants / "seed0-val-score"))
+    assert scored and scored <= set(_cohort_ids(study / "data" / "seed0" / "val"))
+
+
 def test_unknown_preset_is_a_usage_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "training.experiments", "--out", str(tmp_path / "x"),
                            "--preset", "huge"], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "backbones and tasks at 512 px) or tiny "
                    "(seconds; for tests)")
     p.add_argument("--seed", type=int, action="append", help="run only this seed (repeat for several)")
+    p.add_argument("--base-only", action="store_true",
+                   help="only the cohorts and the ordinary CNNs (what validation variants start from): no model "
+                        "evaluated, no test image read")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--free-fraction", type=float, default=None,
                    help="fraction of the ICNN's filters trained label-free (default: the training default)")
@@ -45,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("free_fraction", args.free_fraction),
                                    ("lesion_mask_weight", args.lesion_mask_weight)) if v is not None}
     doc = run_experiment(args.out, preset=args.preset, seeds=tuple(args.seed or ()), device=args.device,
-                         icnn_overrides=overrides)
+                         icnn_overrides=overrides, base_only=args.base_only)
+    if args.base_only:
+        print(f"\ncohorts and ordinary CNNs in {args.out} ({doc['total_seconds'] / 60:.1f} min)")
+        return 0
     print(f"\nresults: {Path(args.out) / 'results.md'} ({doc['total_seconds'] / 60:.1f} min)")
     return 0
 

@@ -144,8 +144,11 @@ def link_subset(cohort: Path, rows: list[dict[str, str]], sub: Path) -> Path:
 
 
 def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, ...] | None = None,
-                    device: str = "auto", icnn_overrides: dict[str, Any] | None = None) -> Generator[Any, None, dict]:
-    """Run (or resume) the study; yields progress events, returns the results document."""
+                    device: str = "auto", icnn_overrides: dict[str, Any] | None = None,
+                    base_only: bool = False) -> Generator[Any, None, dict]:
+    """Run (or resume) the study; yields progress events, returns the results document. ``base_only``: only the
+    cohorts and the ordinary CNNs, what validation variants (``training.experiments.variants``) start from; no model
+    is evaluated, no test image read, no report written."""
     from napari_icnn.errors import ConfigError
 
     if preset not in PRESETS:
@@ -171,11 +174,13 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
         yield from _cohort(data / "train", p.n_train, p.image_size, 1000 * s + 1, p.look)
         yield from _cohort(data / "val", p.n_val, p.image_size, 1000 * s + 2, p.look)
         yield from _cohort(data / "test", p.n_test, p.image_size, 1000 * s + 3, p.look)
-        scored = scored_subset(data / "test", p.baseline_images, 1000 * s + SUBSET_SEED_OFFSET)
+        scored = None if base_only else scored_subset(data / "test", p.baseline_images, 1000 * s + SUBSET_SEED_OFFSET)
         for arch in p.archs:
             for task in p.tasks:
                 models = (["ordinary"] + (["icnn"] if p.single_category or task != "referable" else [])
                           + (["icnn-types"] if p.lesion_types and task == "referable" else []))
+                if base_only:
+                    models = ["ordinary"]
                 for model in models:
                     name = f"{arch}-{task}-{model}"
                     bundle = root / "runs" / f"seed{s}" / name
@@ -187,6 +192,8 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
                     categories = {"icnn-types": "lesion-types"}.get(model, "decision" if task == "referable" else "auto")
                     times[f"seed{s}/{name}"] = yield from _train(bundle, data, p, arch, task, s, model == "ordinary",
                                                                  device, init, categories)
+                    if scored is None:
+                        continue
                     # classification (and calibration) on the whole test cohort; every explainer, the ICNN's
                     # filters included, on the scored subset; filters chosen on the validation cohort
                     runs = [("icnn", data / "test", "classification")]
@@ -203,6 +210,9 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
                         records.append({"seed": s, "arch": arch, "task": task, "model": model, "explainer": ex,
                                         "role": role, "images": images.name,
                                         "metrics_file": str(mpath.relative_to(root)), "metrics": doc})
+    if base_only:
+        return {"preset": p.name, "seeds": list(seeds), "base_only": True, "train_seconds": times,
+                "total_seconds": time.monotonic() - t_start}
     from training.experiments.report import write_report
 
     doc = {
