@@ -52,9 +52,11 @@ PRESETS: dict[str, Preset] = {
                       finetune_epochs=4, single_category=False, explainers=("gradcam",), types_size=None,
                       icnn={"lesion_mask_weight": 0.0}),
     # The "cpu" study's lesion-type arm on photographs rendered at 768 px instead of 384 and read at the same input
-    # sides (256 px, the lesion-type ICNN 384 px): the same seeds, microaneurysms 3-7 px across instead of 2-3
-    # (docs/results.md, "How visible microaneurysms are"). A new study, not a recipe change: its test photographs
-    # are other renderings (most eyes the same; a lesion may fit differently at the finer rendering). About 5 h on the 2-core CPU; benchmarks/gpu_study.sh runs it on one GPU.
+    # sides (256 px, the lesion-type ICNN 384 px): the same seeds, microaneurysms 3.2-6.7 px across instead of
+    # 1.6-3.4 (docs/results.md, "How visible microaneurysms are", round 21). A new study, not a recipe change: its
+    # test photographs are other renderings (most eyes the same; a lesion may fit differently when finer). About
+    # 3 h on the 2-core CPU (round 21 timed its base and lesion-type arm for two seeds); benchmarks/gpu_study.sh
+    # runs it on one GPU.
     "gpu-lesions": _of("cpu", name="gpu-lesions", image_size=768, look="realistic", single_category=False),
     # A GPU: both backbones, both tasks, 512 px (a few sittings on a shared GPU).
     "gpu": _of("gpu", archs=("vgg", "resnet"), tasks=("referable", "lesions"), look="realistic"),
