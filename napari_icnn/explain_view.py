@@ -325,7 +325,14 @@ class EvidenceView:
         self.shown_scan = key if regions else None
         self.shown_model = Path(model) if model else None
         if self.side_by_side:
+            self._remove_underlays(keep=self.shown_scan)
             self.arrange_side_by_side()
+
+    def _remove_underlays(self, keep: str | None = None) -> None:
+        """Remove the scan copies side by side put under evidence, but ``keep``'s."""
+        for layer in [la for la in self.viewer.layers if (info := evidence_info(la.metadata)) is not None
+                      and info.role == UNDERLAY and info.scan != keep]:
+            self.viewer.layers.remove(layer)
 
     def _replace(self, scan: Any, layers: list[LayerData]) -> None:
         """Show ``layers`` as the evidence of ``scan`` in place of earlier runs', on top of the list.
@@ -452,9 +459,11 @@ class EvidenceView:
         previous, self.shown_model = self.shown_model, target
         new_name = filter_display_name(filter_id, name, info.part, info.category)
         shown_name = layer_name(new_name, info.group)
-        for layer in self.evidence(filter_id=filter_id):
+        for layer in self.evidence():  # every filter's evidence now comes from the copy (same weights)
             linfo = _evidence(layer)
             layer.metadata[EVIDENCE_KEY] = replace(linfo, model_path=str(target))
+            if linfo.filter_id != filter_id:
+                continue
             if linfo.role == REGION:
                 layer.name = shown_name
                 features = layer.features.copy()
@@ -477,8 +486,7 @@ class EvidenceView:
         if on:
             self.arrange_side_by_side()
             return
-        for layer in self.evidence(UNDERLAY):
-            self.viewer.layers.remove(layer)
+        self._remove_underlays()
         self.grid.enabled = False
         if self._grid_stride is not None:
             self.grid.stride = self._grid_stride

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import make_bundle
 
-from napari_icnn._widgets.explain_widget import ExplainWidget
+from napari_icnn._widgets.explain_widget import GATE_KEY, ExplainWidget
 from napari_icnn.bundle import METADATA, WEIGHTS, load_bundle, shipped_bundle_path
 from napari_icnn.data.synth import generate_fundus
 from napari_icnn.explain import REGION_THRESHOLD, explain
@@ -422,11 +422,29 @@ def test_the_result_panel_and_legend_follow_the_chosen_scan(qtbot, widget):
     widget.scan_combo.setCurrentIndex(widget.scan_combo.findText("grade 3"))
     panel_speaks_of("grade 3")
     viewer.layers.remove("grade 3")
-    assert widget.scan_layer.name != "grade 3" and widget.scan_combo.findText("grade 3") < 0
+    assert widget.scan_layer.name == "new" and widget.scan_combo.findText("grade 3") < 0
+    assert widget.decision_label.text() == "—" and not widget.legend.rows and widget.view.shown_scan is None
     widget.scan_combo.setCurrentIndex(widget.scan_combo.findText("retina"))
     panel_speaks_of("retina")  # the other explained scan keeps its outcome
     widget.scan_combo.setCurrentIndex(widget.scan_combo.findText("new"))
     assert widget.decision_label.text() == "—" and not widget.legend.rows
+
+    # a result that returns while another scan is chosen is kept for its scan, shown when that scan is chosen
+    widget.scan_combo.setCurrentIndex(widget.scan_combo.findText("retina"))
+    widget.side_check.setChecked(True)
+    assert widget.run() is not None
+    widget.scan_combo.setCurrentIndex(widget.scan_combo.findText("new"))  # before the result arrives
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.decision_label.text() == "—" and not widget.legend.rows and widget.view.shown_scan is None
+    assert "Choose 'retina' to see its result" in widget.status.text()
+    assert viewer.layers["retina"].metadata[GATE_KEY]["status"] == "gradable"  # stored for scripts all the same
+    assert not _evidence(viewer, UNDERLAY)  # side by side has nothing to show for the chosen scan
+    widget.scan_combo.setCurrentIndex(widget.scan_combo.findText("retina"))
+    panel_speaks_of("retina")
+    assert [evidence_info(la.metadata).scan for la in _evidence(viewer, UNDERLAY)] == [
+        scan_key(viewer.layers["retina"])
+    ]
+    widget.side_check.setChecked(False)
 
 
 # --------------------------------------------------------------------------- renaming

@@ -516,24 +516,26 @@ class ExplainWidget(JobWidget):
         request = self._request
         if gate is None or request is None:
             return False
+        if self.view.scan(request.scan) is None:  # closed while it ran: nothing to show or keep
+            self.status.setText("")
+            return True
         self._outcomes[request.scan] = _Outcome(request, expl, None)
+        self._store_gate(request, gate)
+        self._show_outcome()
         if request.scan != self.scan_combo.currentData():  # another scan was chosen while it ran
             self.status.setText(f"The gate declined '{request.scan_name}': choose it to see why.")
-            return True
-        self.view.select(None)
-        self._refresh_legend(force=True)
-        self._show_gate(request, gate, kept=False)
-        self._show_withheld(expl, gate)
-        self.status.setText(f"No probability and no filter layers for '{request.scan_name}' (see the banner below).")
         return True
 
+    def _store_gate(self, request: ExplainRequest, gate: Gate | None) -> None:
+        """Keep the gate's outcome on the scan's image layer, for scripts, whichever scan is chosen."""
+        layer = self.view.scan(request.scan)
+        if layer is not None and gate is not None:
+            layer.metadata[GATE_KEY] = gate.to_json()
+
     def _show_gate(self, request: ExplainRequest, gate: Gate, kept: bool) -> None:
-        """Show ``gate`` in the banner and store it on the scan's layer (for scripts)."""
+        """Show ``gate`` in the banner."""
         self._gate_for = (request.scan, request.model_path)
         self.gate_banner.show_gate(gate, kept=kept)
-        layer = self.view.scan(request.scan)
-        if layer is not None:
-            layer.metadata[GATE_KEY] = gate.to_json()
         self._follow_choice()  # another scan or model may have been chosen while it ran
 
     def _show_withheld(self, expl: Explanation, gate: Gate) -> None:
@@ -560,12 +562,11 @@ class ExplainWidget(JobWidget):
         self._outcomes[request.scan] = _Outcome(
             request, result.explanation, replace(result, layers=[]), result.summary()
         )
+        self._store_gate(request, result.explanation.gate)
         self._refresh_scans()
-        if request.scan != self.scan_combo.currentData():  # another scan was chosen while it ran
-            self.view.select(self.scan_combo.currentData())
-            self.status.setText(f"{result.summary()} Choose '{request.scan_name}' to see its result.")
-            return
         self._show_outcome()
+        if request.scan != self.scan_combo.currentData():  # another scan was chosen while it ran
+            self.status.setText(f"{result.summary()} Choose '{request.scan_name}' to see its result.")
 
     def _show_outcome(self) -> None:
         """Fill the result panel, the gate banner and the legend with the chosen scan's last outcome, or empty
@@ -581,10 +582,14 @@ class ExplainWidget(JobWidget):
         request, expl = outcome.request, outcome.explanation
         self.results_box.setTitle(f"Result: {request.scan_name}")
         gate = expl.gate
+        if outcome.result is None and gate is not None:
+            self._show_gate(request, gate, kept=False)
+            self._show_withheld(expl, gate)
+            self.model_label.setToolTip("")
+            self.status.setText(f"No probability and no filter layers for '{request.scan_name}' (see the banner "
+                                "below).")
+            return
         if outcome.result is None:
-            if gate is not None:
-                self._show_gate(request, gate, kept=False)
-                self._show_withheld(expl, gate)
             return
         self.view.select(key)
         self._show_result(outcome.result, outcome.summary)
