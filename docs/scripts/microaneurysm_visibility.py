@@ -57,21 +57,17 @@ def _score(args: tuple[int, int, int, int]) -> tuple[int, float, float, int]:
     return int(f.labels["n_MA"] > 0), naive, oracle, int(f.labels["n_MA"])
 
 
-def _auc(y: np.ndarray, s: np.ndarray) -> float:
-    pos, neg = s[y == 1], s[y == 0]
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
-
-
 def _silence(y: np.ndarray, s: np.ndarray) -> float:
-    """Youden's threshold on the even eyes; the share of the odd eyes without microaneurysms under it (and the
-    other way round, averaged)."""
+    """The study's firing threshold (:func:`~napari_icnn.engine.lesion_types.firing_thresholds`, Youden's J) fixed
+    on the even eyes, the share of the odd eyes without microaneurysms under it, and the other way round, averaged."""
+    from napari_icnn.engine.lesion_types import firing_thresholds
+    from napari_icnn.parts import MASK_LESION_KEYS
+
+    present = np.zeros((len(y), len(MASK_LESION_KEYS)), dtype=bool)
+    present[:, MASK_LESION_KEYS.index("MA")] = y == 1
     out = []
     for fit, use in ((slice(0, None, 2), slice(1, None, 2)), (slice(1, None, 2), slice(0, None, 2))):
-        yf, sf = y[fit], s[fit]
-        cands = np.unique(sf)
-        j = [(sf[yf == 1] >= t).mean() - (sf[yf == 0] >= t).mean() for t in cands]
-        t = cands[int(np.argmax(j))]
+        (t,) = firing_thresholds(s[fit, None], present[fit], ["MA"], act_scale=np.zeros(1))
         out.append(float((s[use][y[use] == 0] < t).mean()))
     return float(np.mean(out))
 
@@ -83,13 +79,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7171)
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
+    from napari_icnn.engine.metrics import roc_auc
+
     with ProcessPoolExecutor(a.workers) as pool:
         for width, size in CONFIGS:
             rows = np.array(list(pool.map(_score, [(a.seed, k, width, size) for k in range(a.n)], chunksize=8)))
             y = rows[:, 0].astype(int)
             doc = {"frame_width": width, "input_size": size, "eyes": int(len(y)), "with_MA": int(y.sum())}
             for j, name in ((1, "naive"), (2, "oracle")):
-                doc[f"{name}_auc"] = round(_auc(y, rows[:, j]), 3)
+                doc[f"{name}_auc"] = round(roc_auc(rows[:, j], y), 3)
                 doc[f"{name}_silence"] = round(_silence(y, rows[:, j]), 3)
             print(json.dumps(doc), flush=True)
 
