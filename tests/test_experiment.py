@@ -134,6 +134,32 @@ def test_a_bad_free_fraction_is_refused_before_any_work(tmp_path):
     assert not (out / "data").exists()
 
 
+def test_the_filter_matching_of_a_study_can_be_set_from_the_command_line(monkeypatch, tmp_path):
+    """The first 768-px test study ran before its preset adopted lesion-hit matching; --match-filters-by selectivity
+    is how it is reproduced, so the option must reach the ICNN's overrides (and a wrong value never any work)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import training.experiments as experiments
+    from training.experiments.__main__ import main
+
+    seen: dict = {}
+
+    def fake_run(out, **kw):  # records what the study would be run with; the study itself is tested above
+        seen.update(kw)
+        return {"total_seconds": 0.0}
+
+    monkeypatch.setattr(experiments, "run_experiment", fake_run)
+    assert main(["--out", str(tmp_path / "s"), "--preset", "gpu-lesions", "--match-filters-by", "selectivity"]) == 0
+    assert seen["icnn_overrides"] == {"match_filters_by": "selectivity"} and seen["preset"] == "gpu-lesions"
+    seen.clear()
+    assert main(["--out", str(tmp_path / "s"), "--preset", "gpu-lesions"]) == 0
+    assert seen["icnn_overrides"] == {}
+    seen.clear()
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "s"), "--match-filters-by", "where"])
+    assert e.value.code == 2 and seen == {}
+
+
 def test_not_a_command_of_the_installed_package():
     from napari_icnn.cli import SUBCOMMANDS
 
@@ -155,8 +181,9 @@ def test_the_lesion_type_arm_reads_its_own_input_side_where_the_preset_has_one()
 
 
 def test_the_finer_rendering_study_differs_from_the_cpu_study_only_in_its_photographs():
-    """gpu-lesions asks one question: the same study on photographs rendered finer. Anything else it changed
-    (cohort sizes, schedule, input sides, seeds' eyes) would make its figures incomparable with the cpu study's."""
+    """gpu-lesions asks the cpu study's question on photographs rendered finer, with the filter matching its
+    validation round adopted. Anything else it changed (cohort sizes, schedule, input sides, seeds' eyes) would make
+    its figures incomparable with the cpu study's."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from dataclasses import asdict
@@ -166,7 +193,8 @@ def test_the_finer_rendering_study_differs_from_the_cpu_study_only_in_its_photog
 
     cpu, fine = asdict(PRESETS["cpu"]), asdict(PRESETS["gpu-lesions"])
     changed = {k for k in cpu if cpu[k] != fine[k]}
-    assert changed == {"name", "image_size", "single_category"}
+    assert changed == {"name", "image_size", "single_category", "icnn"}
+    assert fine["icnn"] == {**cpu["icnn"], "match_filters_by": "lesion-hits"}
     assert fine["image_size"] == 2 * cpu["image_size"] and fine["lesion_types"] and not fine["single_category"]
     for kind in ("lesion-types", "decision"):
         assert input_size(PRESETS["gpu-lesions"], kind) == input_size(PRESETS["cpu"], kind)

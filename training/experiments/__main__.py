@@ -18,7 +18,7 @@ PROG = "python -m training.experiments"
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m training.experiments``."""
-    from napari_icnn.config import DEVICES
+    from napari_icnn.config import DEVICES, FILTER_RANKINGS
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--out", required=True, help="study folder (re-running into it resumes)")
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lesion-mask-weight", type=float, default=None,
                    help="the lesion-type ICNN's lesion-mask loss weight (default: the training default, 1 with the "
                    "cohorts' masks; 0: the paper's image-level supervision)")
+    p.add_argument("--match-filters-by", choices=FILTER_RANKINGS, default=None,
+                   help="how the lesion-type ICNN's filters are matched to their types (default: the preset's, "
+                   "else the training default)")
     return p
 
 
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from training.experiments import run_experiment
 
     overrides = {k: v for k, v in (("free_fraction", args.free_fraction),
-                                   ("lesion_mask_weight", args.lesion_mask_weight)) if v is not None}
+                                   ("lesion_mask_weight", args.lesion_mask_weight),
+                                   ("match_filters_by", args.match_filters_by)) if v is not None}
     doc = run_experiment(args.out, preset=args.preset, seeds=tuple(args.seed or ()), device=args.device,
                          icnn_overrides=overrides, base_only=args.base_only)
     if args.base_only:
