@@ -41,6 +41,8 @@ class Recipe:
     finetune_lr: float = 5e-4
     train: Mapping[str, Any] = field(default_factory=dict)
     """Further :class:`~napari_icnn.config.TrainConfig` settings of both stages."""
+    icnn: Mapping[str, Any] = field(default_factory=dict)
+    """Further :class:`~napari_icnn.config.TrainConfig` settings of the interpretable stage only (over ``train``)."""
     types_size: int | None = None
     """The lesion-type ICNN's input side (None: ``size``); it is fine-tuned from the ordinary CNN trained at ``size``
     (a convolutional network's weights fit any input side)."""

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.work / "icnn", ignore_errors=True)
     result = train(TrainConfig(out=str(args.work / "icnn"), init=str(args.work / "ordinary"),
                                epochs=r.finetune_epochs, warmup_epochs=0, lr=r.finetune_lr, categories="lesion-types",
-                               size=r.types_size or r.size, **common), on_event=show)
+                               **{**common, "size": r.types_size or r.size, **r.icnn}), on_event=show)
     if result.stopped:
         print(f"stopped: the interpretable stage is incomplete ({args.work / 'icnn'}); the shipped model is unchanged",
               file=sys.stderr)

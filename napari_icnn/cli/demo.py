@@ -494,7 +494,7 @@ def _run_full(args: argparse.Namespace) -> int:
     print("   ... then the interpretable fine-tuning that starts from it")
     result = train(TrainConfig(out=str(out / "model"), init=str(out / "ordinary"), epochs=recipe.finetune_epochs,
                                warmup_epochs=0, lr=recipe.finetune_lr,
-                               **{**common, "size": recipe.types_size or recipe.size}), on_event=show)
+                               **{**common, "size": recipe.types_size or recipe.size, **recipe.icnn}), on_event=show)
     if result.stopped:
         raise Cancelled(f"the interpretable fine-tuning was interrupted after {result.epochs_done} of "
                         f"{recipe.finetune_epochs} epochs; the outputs so far are in {out} ({CONTENTS} lists them)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from napari_icnn.recipes import RECIPES, Recipe
@@ -18,7 +18,6 @@ class Preset(Recipe):
     archs: tuple[str, ...] = ("vgg",)
     tasks: tuple[str, ...] = ("referable",)
     seeds: tuple[int, ...] = (0, 1, 2)
-    icnn: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for the ICNN only
     explainers: tuple[str, ...] = ("gradcam", "occlusion")
     baseline_images: int = 120  # test images the (slow) baselines are scored on
     # The ICNN arm fine-tunes the trained ordinary CNN (the recipe's finetune_epochs; 0: train it from scratch
