@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The lesion-type study on photographs rendered at 768 px (preset gpu-lesions of training/experiments/presets.py;
-# lesion-type filters matched by where they peak), seeds 10, 11 and 12, in one call on a machine with an NVIDIA GPU: about 3 h of the 2-core CPU. Never run on a GPU
-# yet, so its time there is not known; run it with the longest limit the machine allows. The study resumes in the
+# lesion-type filters matched by where they peak), seeds 10, 11 and 12, in one call on a machine with an NVIDIA
+# GPU: about 3-4 h of the 2-core CPU. Never run on a GPU yet, so its time there is not known; run it with the
+# longest limit the machine allows. The study resumes in the
 # same folder, so a second call on the same (still warm) machine goes on where the first stopped.
 #
 # Needs what gpu_run.sh needs (its wheels in .whl/). The study folder (cohorts, models, ~2 GB) stays on the
