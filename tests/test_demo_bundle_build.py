@@ -68,3 +68,33 @@ def test_another_cohort_is_named_with_what_differs(built, tmp_path):
     assert cohort_as(work / "train", 16, 96, 31, "clean") == f"{work / 'train'} is another cohort (seed)"
     assert "n, size" in cohort_as(work / "val", 200, 384, 8, "clean")
     assert cohort_as(tmp_path, 16, 96, 7, "clean") == f"{tmp_path} holds no cohort"
+
+
+def test_the_recipes_interpretable_settings_reach_the_interpretable_stage_alone(tmp_path, monkeypatch):
+    """A recipe's ``icnn`` settings (the lesion-type filter matching, say) are for the fine-tuning: the ordinary CNN
+    would refuse them, and the shipped model must be built with them."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import training.demo_bundle as build
+    from napari_icnn import recipes
+
+    small = replace(recipes.RECIPES["demo"], n_train=16, n_val=8, image_size=96, size=64, types_size=64, epochs=1,
+                    warmup=1, finetune_epochs=1, look="clean", train={"batch": 8, "n_filters": 8, "width": 8},
+                    icnn={"match_filters_by": "lesion-hits"})
+    monkeypatch.setitem(recipes.RECIPES, "demo", small)
+    monkeypatch.setattr(build, "SHIPPED", tmp_path / "shipped")
+    seen: list[TrainConfig] = []
+
+    def record(cfg, on_event=None):  # what each stage was asked to train; the training itself is tested elsewhere
+        seen.append(cfg)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        return SimpleNamespace(stopped=False)
+
+    monkeypatch.setattr("napari_icnn.engine.train.train", record)
+    assert main(["--work", str(tmp_path / "work")]) == 0
+    ordinary, icnn = seen
+    assert ordinary.ordinary and ordinary.match_filters_by == "selectivity" and ordinary.n_filters == 8
+    assert not icnn.ordinary and icnn.categories == "lesion-types" and icnn.match_filters_by == "lesion-hits"
+    assert icnn.n_filters == 8 and icnn.init == str(tmp_path / "work" / "ordinary")
+    assert (tmp_path / "shipped").is_dir()
