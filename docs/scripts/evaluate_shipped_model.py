@@ -6,7 +6,10 @@ evidence against Grad-CAM of the same model on a seeded subset (engine.lesion_ty
 cohort). Writes one JSON per model and prints a table of the figures docs/results.md quotes.
 
     python docs/scripts/evaluate_shipped_model.py --work DIR --seed 33 --val-seed 32 \
-        --model napari_icnn/models/demo [--model OTHER ...] [--n 300] [--scored 120]
+        --model napari_icnn/models/demo [--model OTHER ...] [--n 300] [--scored 120] [--image-size 384]
+
+Every model is scored on the same photographs. ``--image-size`` is the side they are rendered at (384, the
+published figures; 768 for cohorts rendered finer); each side has its own cohorts and documents in ``--work``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scored", type=int, default=120, help="images the lesion-type figures and Grad-CAM are "
                     "scored on (a seeded subset)")
     ap.add_argument("--model", action="append", help="bundle (repeat; default: the shipped model)")
+    ap.add_argument("--image-size", type=int, default=384, choices=(384, 768),
+                    help="side the photographs are rendered at (default 384); every model reads them at its own input")
     args = ap.parse_args(argv)
     models = args.model or [str(shipped_bundle_path())]
     for model in models:  # before any cohort is generated
@@ -56,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     show = TextProgress()
     cohorts = {}
     for name, seed, n in (("test", args.seed, args.n), ("val", args.val_seed, args.n_val)):
-        path = args.work / f"{name}-seed{seed}"
+        path = args.work / f"{name}-seed{seed}-{args.image_size}px"
         if not is_cohort(path):
-            drain(generate_cohort(path, n, size=384, seed=seed, look="realistic", overwrite=True), show)
+            drain(generate_cohort(path, n, size=args.image_size, seed=seed, look="realistic", overwrite=True), show)
         cohorts[name] = path
     scored = scored_subset(cohorts["test"], args.scored, 1000 * args.seed + 4)
     table: dict[str, list[float | None]] = {label: [] for label, _ in ROWS}
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         # another model), so a rebuilt model is never shown another's figures
         digest = hashlib.sha256(b"".join((Path(model) / f).read_bytes() for f in
                                          ("models/model.pt", "configs/metadata.json"))).hexdigest()[:16]
-        out = args.work / f"model-{digest}"
+        out = args.work / f"model-{digest}-{args.image_size}px"
         out.mkdir(parents=True, exist_ok=True)
         cls_path, types_path = out / "classification.json", out / "lesion-types.json"
         cls = (json.loads(cls_path.read_text()) if cls_path.is_file() else
