@@ -134,6 +134,15 @@ def test_a_bad_free_fraction_is_refused_before_any_work(tmp_path):
     assert not (out / "data").exists()
 
 
+def test_matching_by_lesion_hits_without_the_mask_loss_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "x"
+    proc = subprocess.run([sys.executable, "-m", "training.experiments", "--out", str(out), "--preset", "gpu-lesions",
+                           "--lesion-mask-weight", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--match-filters-by lesion-hits" in proc.stderr and "--lesion-mask-weight above 0" in proc.stderr
+    assert not (out / "data").exists()
+
+
 def test_the_filter_matching_of_a_study_can_be_set_from_the_command_line(monkeypatch, tmp_path):
     """The first 768-px test study ran before its preset adopted lesion-hit matching; --match-filters-by selectivity
     is how it is reproduced, so the option must reach the ICNN's overrides (and a wrong value never any work)."""

@@ -162,6 +162,12 @@ def experiment_iter(out: str | Path, *, preset: str = "cpu", seeds: tuple[int, .
         raise ConfigError(f"--lesion-mask-weight: must be between 0 and 100 (got {w!r})")
     if icnn_overrides:
         p = replace(p, icnn={**p.icnn, **icnn_overrides})
+    by = p.icnn.get("match_filters_by", "selectivity")
+    if by != "selectivity" and p.icnn.get("lesion_mask_weight") == 0:  # training would refuse it after the cohorts
+        given = "match_filters_by" in (icnn_overrides or {})
+        raise ConfigError(f"--match-filters-by {by} ({'given' if given else f'the preset {preset}'}) matches filters "
+                          "by where they peak in the lesion masks: it needs --lesion-mask-weight above 0, or "
+                          "--match-filters-by selectivity")
     seeds = tuple(seeds) if seeds else p.seeds
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
