@@ -29,6 +29,7 @@ __all__ = [
     "CATEGORIES",
     "Z_ESTIMATES",
     "LESION_MASK_TARGETS",
+    "LESION_MASK_INSTANCES",
     "FILTER_MATCHINGS",
     "FILTER_RANKINGS",
     "DECISION_FILTERS",
@@ -75,6 +76,7 @@ CACHE_MODES = ("memory", "disk", "none")
 CATEGORIES = ("auto", "lesion-types", "decision")
 Z_ESTIMATES = ("batch", "running")
 LESION_MASK_TARGETS = ("near", "centre")
+LESION_MASK_INSTANCES = ("any", "distinct")
 FILTER_MATCHINGS = ("epoch", "fixed")
 FILTER_RANKINGS = ("selectivity", "lesion-hits", "hits-and-selectivity")
 """What lesion-type filters are matched to their types by: how selectively they fire on eyes with the type, or how
@@ -219,6 +221,14 @@ class TrainConfig:
         "cell centre falls back to near) or near (a lesion pixel within half a cell of the centre, the earlier "
         "recipe); chosen on validation, docs/results.md",
         "--lesion-mask-target", label="Lesion-mask target",
+    )
+    lesion_mask_instances: str = _opt(
+        "any",
+        "which lesion each filter's peak is asked to land on by the lesion-mask loss: any (some lesion of its "
+        "type, the one-part-per-filter design) or distinct (the filters of a type, taken in order, each on a "
+        "lesion that no earlier filter of the type peaks on, while the eye has one left; several filters per type "
+        "then spread over an eye's many lesions instead of all landing on the most conspicuous one)",
+        "--lesion-mask-instances", label="Lesion-mask instances",
     )
     separation_weight: float = _opt(
         0.0,
@@ -370,6 +380,8 @@ class TrainConfig:
             raise bad("cache", f"must be one of {', '.join(CACHE_MODES)}")
         if self.lesion_mask_target not in LESION_MASK_TARGETS:
             raise bad("lesion_mask_target", f"must be one of {', '.join(LESION_MASK_TARGETS)}")
+        if self.lesion_mask_instances not in LESION_MASK_INSTANCES:
+            raise bad("lesion_mask_instances", f"must be one of {', '.join(LESION_MASK_INSTANCES)}")
         if not 0.0 <= self.separation_weight <= 100.0:
             raise bad("separation_weight", "must be between 0 and 100")
         if self.filter_matching not in FILTER_MATCHINGS:
@@ -736,7 +748,8 @@ def choices_of(name: str) -> tuple[str, ...] | None:
         return ("auto", *FORMATS)
     return {"task": TASKS, "categories": CATEGORIES, "decision_filters": DECISION_FILTERS, "arch": ARCHS,
             "device": DEVICES, "loss_mode": LOSS_MODES, "z_estimate": Z_ESTIMATES, "cache": CACHE_MODES,
-            "lesion_mask_target": LESION_MASK_TARGETS, "filter_matching": FILTER_MATCHINGS,
+            "lesion_mask_target": LESION_MASK_TARGETS, "lesion_mask_instances": LESION_MASK_INSTANCES,
+            "filter_matching": FILTER_MATCHINGS,
             "match_filters_by": FILTER_RANKINGS}.get(name)
 
 

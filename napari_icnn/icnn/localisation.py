@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["lesion_cells", "lesion_mask_loss", "peak_hits", "separation_loss", "silence_loss"]
+__all__ = ["distinct_lesion_cells", "lesion_cells", "lesion_mask_loss", "peak_hits", "separation_loss", "silence_loss"]
 
 
 def lesion_cells(masks: Tensor, n: int, stride: int, offset: float, target: str = "near") -> Tensor:
@@ -71,9 +71,39 @@ def peak_hits(pre_maps: Tensor, cells: Tensor, category_types: Tensor) -> tuple[
     return hit.transpose(1, 2), per_cat.any(dim=2)
 
 
-def lesion_mask_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor) -> Tensor:
+def _components_at(seed: Tensor, where: Tensor) -> Tensor:
+    """``(B, C, n, n)`` bool: the 8-connected components of ``where`` that hold a cell of ``seed``."""
+    comp = seed & where
+    while True:
+        grown = (F.max_pool2d(comp.float(), kernel_size=3, stride=1, padding=1) > 0) & where
+        if torch.equal(grown, comp):
+            return comp
+        comp = grown
+
+
+def distinct_lesion_cells(pre_maps: Tensor, where: Tensor, filter_types: Tensor) -> Tensor:
+    """``where`` (``(B, C, n, n)`` bool, each filter's lesion cells) without the lesions that an earlier filter of
+    the same type (lower index) peaks on, for each filter whose eye still has a lesion of its type left; the
+    filters of a type are so asked to land on distinct lesions. Peaks are read from ``pre_maps`` without gradient.
+    """
+    b, c, n, m = pre_maps.shape
+    peak = pre_maps.detach().flatten(2).argmax(dim=2)  # (B, C)
+    seed = torch.zeros(b, c, n * m, dtype=torch.bool, device=where.device)
+    seed.scatter_(2, peak[:, :, None], True)
+    taken_by = _components_at(seed.view(b, c, n, m), where)  # each filter's own lesion (empty on a miss)
+    taken = torch.zeros_like(where)
+    for t in filter_types.unique():
+        idx = (filter_types == t).nonzero().flatten()
+        mine = taken_by[:, idx].to(torch.int32)
+        taken[:, idx] = (mine.cumsum(dim=1) - mine) > 0  # taken by the type's earlier filters
+    left = where & ~taken
+    return torch.where(left.flatten(2).any(dim=2)[:, :, None, None], left, where)
+
+
+def lesion_mask_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor, distinct: bool = False) -> Tensor:
     """Mean over (image, filter) pairs whose filter has a type present in the image of
-    ``-log`` (the filter's softmax mass on that type's lesion cells); 0 when no pair has one.
+    ``-log`` (the filter's softmax mass on that type's lesion cells); 0 when no pair has one. ``distinct``: each
+    filter's cells leave out the lesions its type's earlier filters peak on (:func:`distinct_lesion_cells`).
 
     Parameters
     ----------
@@ -94,7 +124,10 @@ def lesion_mask_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor) -> T
         return pre_maps.sum() * 0.0
     with torch.autocast(device_type=pre_maps.device.type, enabled=False):
         logp = F.log_softmax(pre_maps[:, typed].float().flatten(2), dim=2)  # (B, C', N)
-        where = cells.flatten(2)[:, filter_types[typed]]  # (B, C', N)
+        where = cells[:, filter_types[typed]]  # (B, C', n, n)
+        if distinct:
+            where = distinct_lesion_cells(pre_maps[:, typed], where, filter_types[typed])
+        where = where.flatten(2)  # (B, C', N)
         present = where.any(dim=2)  # (B, C')
         if not bool(present.any()):
             return pre_maps.sum() * 0.0
