@@ -89,7 +89,7 @@ BAD = {
     "epochs": 0, "warmup_epochs": -1, "lam": -1.0, "batch": 1, "val_fraction": 1.5, "free_fraction": 2.0,
     "free_weight": -1.0, "n_filters": 0, "width": 0, "lr": 0.0, "weight_decay": -1.0, "dropout": 1.0, "beta": 0.0,
     "workers": -2, "max_train_images": 1, "lesion_mask_weight": -1.0, "silence_weight": -1.0,
-    "separation_weight": -1.0, "lesion_mask_target": "middle",
+    "separation_weight": -1.0, "lesion_mask_target": "middle", "lesion_mask_instances": "all",
     "separation_types": "MA,XX", "filter_matching": "sometimes", "match_filters_by": "where",
 }
 

@@ -11,7 +11,7 @@ from napari_icnn.config import TrainConfig
 from napari_icnn.data.synth import write_cohort
 from napari_icnn.engine.train import train
 from napari_icnn.errors import ConfigError
-from napari_icnn.icnn.localisation import lesion_cells, lesion_mask_loss
+from napari_icnn.icnn.localisation import distinct_lesion_cells, lesion_cells, lesion_mask_loss
 
 
 def test_a_lesion_cell_is_one_whose_centre_lies_within_half_a_cell_of_a_lesion_pixel():
@@ -105,6 +105,43 @@ def test_the_loss_moves_each_typed_filters_peak_onto_a_lesion_of_its_type_and_le
     # nothing to supervise: a zero that still backpropagates
     empty = lesion_mask_loss(maps, torch.zeros_like(cells), types)
     assert float(empty.detach()) == 0.0 and empty.requires_grad
+
+
+def test_distinct_cells_leave_out_the_lesions_earlier_filters_of_the_type_peak_on():
+    n = 8
+    where = torch.zeros(1, 4, n, n, dtype=torch.bool)
+    where[:, :3, 1:3, 1:3] = True  # type 0: lesion A (4 cells) and lesion B (2 cells)
+    where[:, :3, 6, 5:7] = True
+    where[:, 3, 1:3, 1:3] = True  # filter 3, type 1, sees lesion A only
+    maps = torch.zeros(1, 4, n, n)
+    maps[0, 0, 1, 1] = maps[0, 1, 6, 5] = maps[0, 2, 2, 2] = maps[0, 3, 2, 1] = 1.0  # filters 0, 1: A, B
+    out = distinct_lesion_cells(maps, where, torch.tensor([0, 0, 0, 1]))
+    assert torch.equal(out[0, 0], where[0, 0])  # the first filter of a type: every lesion
+    assert out[0, 1].nonzero().tolist() == [[6, 5], [6, 6]]  # filter 0 peaks in A: B is left
+    assert torch.equal(out[0, 2], where[0, 2])  # A and B both taken: back to every lesion, never none
+    assert torch.equal(out[0, 3], where[0, 3])  # another type's peaks take nothing from it
+
+
+def test_distinct_instances_spread_a_types_filters_over_an_eyes_lesions():
+    torch.manual_seed(0)
+    n = 8
+    cells = torch.zeros(1, 1, n, n, dtype=torch.bool)
+    cells[0, 0, 1, 1] = cells[0, 0, 6, 6] = True  # two lesions of the same type
+    types = torch.tensor([0, 0])
+    base = torch.randn(1, 1, n, n)
+    base[0, 0, 1, 1] = 4.0  # both filters start on lesion (1, 1)
+
+    def trained(distinct: bool) -> set[tuple[int, int]]:
+        maps = base.repeat(1, 2, 1, 1).clone().requires_grad_(True)
+        opt = torch.optim.SGD([maps], lr=1.0)
+        for _ in range(100):
+            opt.zero_grad()
+            lesion_mask_loss(maps, cells, types, distinct=distinct).backward()
+            opt.step()
+        return {divmod(int(maps[0, f].argmax()), n) for f in range(2)}
+
+    assert trained(False) == {(1, 1)}  # any lesion: both stay on the most conspicuous one
+    assert trained(True) == {(1, 1), (6, 6)}
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +246,18 @@ def test_training_with_the_centre_target_and_the_separation_loss_reports_both(co
         TrainConfig(separation_weight=-1.0)
     with pytest.raises(ConfigError, match="--lesion-mask-target"):
         TrainConfig(lesion_mask_target="middle")
+
+
+def test_training_with_distinct_lesion_instances_records_the_setting(cohorts, tmp_path):
+    cfg = TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "d"),
+                      categories="lesion-types", lesion_mask_instances="distinct", **{**SMALL, "size": 128})
+    train(cfg)
+    history = json.loads((tmp_path / "d" / "checkpoints" / "history.json").read_text())
+    assert all(h["mask_loss"] > 0 for h in history[1:])  # interpretable epochs
+    saved = json.loads((tmp_path / "d" / "checkpoints" / "config.json").read_text())
+    assert saved["lesion_mask_instances"] == "distinct"
+    with pytest.raises(ConfigError, match="--lesion-mask-instances"):
+        TrainConfig(lesion_mask_instances="all")
 
 
 def test_the_separation_loss_limited_to_microaneurysm_filters_trains(cohorts, tmp_path):
