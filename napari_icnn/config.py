@@ -230,6 +230,12 @@ class TrainConfig:
         "then spread over an eye's many lesions instead of all landing on the most conspicuous one)",
         "--lesion-mask-instances", label="Lesion-mask instances",
     )
+    distinct_types: str = _opt(
+        "",
+        "the lesion types whose filters --lesion-mask-instances distinct applies to, comma-separated keys "
+        f"({', '.join(MASK_LESION_KEYS)}); empty: every lesion type",
+        "--distinct-types", label="Distinct types", placeholder="every lesion type",
+    )
     separation_weight: float = _opt(
         0.0,
         "weight of a ranking loss that asks each category filter to respond more strongly on every training image "
@@ -388,6 +394,9 @@ class TrainConfig:
             raise bad("filter_matching", f"must be one of {', '.join(FILTER_MATCHINGS)}")
         if self.match_filters_by not in FILTER_RANKINGS:
             raise bad("match_filters_by", f"must be one of {', '.join(FILTER_RANKINGS)}")
+        unknown = [t for t in self.distinct_type_keys if t not in MASK_LESION_KEYS]
+        if unknown:
+            raise bad("distinct_types", f"{unknown[0]} is not a lesion type; use {', '.join(MASK_LESION_KEYS)}")
         unknown = [t for t in self.separation_type_keys if t not in MASK_LESION_KEYS]
         if unknown:
             raise bad("separation_types", f"{unknown[0]} is not a lesion type; use {', '.join(MASK_LESION_KEYS)}")
@@ -616,6 +625,11 @@ class TrainConfig:
     def separation_type_keys(self) -> tuple[str, ...]:
         """:attr:`separation_types` as lesion-type keys (empty: every category filter)."""
         return tuple(t.strip() for t in self.separation_types.split(",") if t.strip())
+
+    @property
+    def distinct_type_keys(self) -> tuple[str, ...]:
+        """:attr:`distinct_types` as lesion-type keys (empty: every lesion type)."""
+        return tuple(t.strip() for t in self.distinct_types.split(",") if t.strip())
 
     @property
     def separated_categories(self) -> tuple[bool, ...]:

@@ -131,7 +131,7 @@ def test_distinct_instances_spread_a_types_filters_over_an_eyes_lesions():
     base = torch.randn(1, 1, n, n)
     base[0, 0, 1, 1] = 4.0  # both filters start on lesion (1, 1)
 
-    def trained(distinct: bool) -> set[tuple[int, int]]:
+    def trained(distinct: bool | torch.Tensor) -> set[tuple[int, int]]:
         maps = base.repeat(1, 2, 1, 1).clone().requires_grad_(True)
         opt = torch.optim.SGD([maps], lr=1.0)
         for _ in range(100):
@@ -142,6 +142,10 @@ def test_distinct_instances_spread_a_types_filters_over_an_eyes_lesions():
 
     assert trained(False) == {(1, 1)}  # any lesion: both stay on the most conspicuous one
     assert trained(True) == {(1, 1), (6, 6)}
+    assert trained(torch.tensor([False, True])) == {(1, 1), (6, 6)}  # the second filter's cells alone
+    assert trained(torch.tensor([True, False])) == {(1, 1)}  # the first filter has no earlier one to avoid
+    with pytest.raises(ValueError, match="does not fit 2 filters"):
+        lesion_mask_loss(base.repeat(1, 2, 1, 1), cells, types, distinct=torch.tensor([True]))
 
 
 @pytest.fixture(scope="module")
@@ -250,12 +254,14 @@ def test_training_with_the_centre_target_and_the_separation_loss_reports_both(co
 
 def test_training_with_distinct_lesion_instances_records_the_setting(cohorts, tmp_path):
     cfg = TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "d"),
-                      categories="lesion-types", lesion_mask_instances="distinct", **{**SMALL, "size": 128})
+                      categories="lesion-types", lesion_mask_instances="distinct", distinct_types="EX, SE",
+                      **{**SMALL, "size": 128})
     train(cfg)
     history = json.loads((tmp_path / "d" / "checkpoints" / "history.json").read_text())
     assert all(h["mask_loss"] > 0 for h in history[1:])  # interpretable epochs
     saved = json.loads((tmp_path / "d" / "checkpoints" / "config.json").read_text())
-    assert saved["lesion_mask_instances"] == "distinct"
+    assert saved["lesion_mask_instances"] == "distinct" and saved["distinct_types"] == "EX, SE"
+    assert cfg.distinct_type_keys == ("EX", "SE")
     with pytest.raises(ConfigError, match="--lesion-mask-instances"):
         TrainConfig(lesion_mask_instances="all")
 

@@ -522,8 +522,11 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
 
         cats = assignment.categories.to(device)
         types = torch.where(cats >= 0, mask_types[cats.clamp(min=0)], torch.full_like(cats, -1))
-        mloss = lesion_mask_loss(out.pre_maps.float(), cells, types,
-                                 distinct=cfg.lesion_mask_instances == "distinct")
+        distinct: bool | torch.Tensor = cfg.lesion_mask_instances == "distinct"
+        if distinct and cfg.distinct_type_keys:
+            wanted = torch.tensor([MASK_LESION_KEYS.index(t) for t in cfg.distinct_type_keys], device=device)
+            distinct = torch.isin(types, wanted)
+        mloss = lesion_mask_loss(out.pre_maps.float(), cells, types, distinct=distinct)
         loss = loss + (cfg.lesion_mask_weight or 0.0) * mloss
         if extra is not None:
             extra["mask_loss"] = float(mloss.detach())

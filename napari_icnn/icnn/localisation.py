@@ -100,10 +100,12 @@ def distinct_lesion_cells(pre_maps: Tensor, where: Tensor, filter_types: Tensor)
     return torch.where(left.flatten(2).any(dim=2)[:, :, None, None], left, where)
 
 
-def lesion_mask_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor, distinct: bool = False) -> Tensor:
+def lesion_mask_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor,
+                     distinct: bool | Tensor = False) -> Tensor:
     """Mean over (image, filter) pairs whose filter has a type present in the image of
     ``-log`` (the filter's softmax mass on that type's lesion cells); 0 when no pair has one. ``distinct``: each
-    filter's cells leave out the lesions its type's earlier filters peak on (:func:`distinct_lesion_cells`).
+    filter's cells leave out the lesions its type's earlier filters peak on (:func:`distinct_lesion_cells`); a
+    ``(C,)`` bool tensor: for those filters only.
 
     Parameters
     ----------
@@ -125,7 +127,14 @@ def lesion_mask_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor, dist
     with torch.autocast(device_type=pre_maps.device.type, enabled=False):
         logp = F.log_softmax(pre_maps[:, typed].float().flatten(2), dim=2)  # (B, C', N)
         where = cells[:, filter_types[typed]]  # (B, C', n, n)
-        if distinct:
+        if isinstance(distinct, Tensor):
+            if distinct.shape != (c,):
+                raise ValueError(f"lesion mask loss: distinct {tuple(distinct.shape)} does not fit {c} filters")
+            chosen = distinct[typed]
+            if bool(chosen.any()):
+                spread = distinct_lesion_cells(pre_maps[:, typed], where, filter_types[typed])
+                where = torch.where(chosen[None, :, None, None], spread, where)
+        elif distinct:
             where = distinct_lesion_cells(pre_maps[:, typed], where, filter_types[typed])
         where = where.flatten(2)  # (B, C', N)
         present = where.any(dim=2)  # (B, C')
