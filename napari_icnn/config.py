@@ -394,12 +394,10 @@ class TrainConfig:
             raise bad("filter_matching", f"must be one of {', '.join(FILTER_MATCHINGS)}")
         if self.match_filters_by not in FILTER_RANKINGS:
             raise bad("match_filters_by", f"must be one of {', '.join(FILTER_RANKINGS)}")
-        unknown = [t for t in self.distinct_type_keys if t not in MASK_LESION_KEYS]
-        if unknown:
-            raise bad("distinct_types", f"{unknown[0]} is not a lesion type; use {', '.join(MASK_LESION_KEYS)}")
-        unknown = [t for t in self.separation_type_keys if t not in MASK_LESION_KEYS]
-        if unknown:
-            raise bad("separation_types", f"{unknown[0]} is not a lesion type; use {', '.join(MASK_LESION_KEYS)}")
+        for name in ("separation_types", "distinct_types"):
+            unknown = [t for t in _type_keys(getattr(self, name)) if t not in MASK_LESION_KEYS]
+            if unknown:
+                raise bad(name, f"{unknown[0]} is not a lesion type; use {', '.join(MASK_LESION_KEYS)}")
         if not 0.0 <= self.silence_weight <= 100.0:
             raise bad("silence_weight", "must be between 0 and 100")
         if self.lesion_mask_weight is not None and not 0.0 <= self.lesion_mask_weight <= 100.0:
@@ -624,12 +622,12 @@ class TrainConfig:
     @property
     def separation_type_keys(self) -> tuple[str, ...]:
         """:attr:`separation_types` as lesion-type keys (empty: every category filter)."""
-        return tuple(t.strip() for t in self.separation_types.split(",") if t.strip())
+        return _type_keys(self.separation_types)
 
     @property
     def distinct_type_keys(self) -> tuple[str, ...]:
         """:attr:`distinct_types` as lesion-type keys (empty: every lesion type)."""
-        return tuple(t.strip() for t in self.distinct_types.split(",") if t.strip())
+        return _type_keys(self.distinct_types)
 
     @property
     def separated_categories(self) -> tuple[bool, ...]:
@@ -753,6 +751,11 @@ def setting(name: str) -> Setting:
         if s.name == name:
             return s
     raise KeyError(name)
+
+
+def _type_keys(text: str) -> tuple[str, ...]:
+    """A comma-separated list of lesion-type keys as a tuple (blanks dropped)."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 def choices_of(name: str) -> tuple[str, ...] | None:
