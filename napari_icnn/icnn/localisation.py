@@ -6,7 +6,9 @@ its image-level label cannot tell a filter which pale spot is a cotton-wool spot
 layout), this loss adds that information: on every training eye that has a lesion of filter f's type,
 ``-log sum_{c in lesion cells} softmax(z_f)_c``, with ``z_f`` the filter's map before its ReLU. It asks for the
 filter's mass (and so its peak, the one template position the paper's loss fits) to lie on *some* lesion of its
-type, not on every one: a multiple-instance form that keeps the one-part-per-filter design.
+type, not on every one: a multiple-instance form that keeps the one-part-per-filter design. With ``distinct``
+(:func:`distinct_lesion_cells`) the filters of a type are asked for different lesions of the eye, so that several
+filters per type can cover a type that occurs dozens of times (an option, off: docs/results.md round 23).
 
 :func:`silence_loss` is the other half, and needs image-level labels only: on every training image without a
 filter's category, the softplus of the filter's highest response before its ReLU, so that the filter stays silent
