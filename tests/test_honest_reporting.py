@@ -258,3 +258,33 @@ def test_lesion_filters_that_never_find_their_lesion_do_not_pass_by_tying_grad_c
               "Grad-CAM of the type's logit (mean over seeds)"]
     assert ma.startswith("MISS") and "neither" in ma
     assert he == "PASS"
+
+
+def test_per_type_comparisons_carry_an_interval_pooled_over_the_seeds_images():
+    """Where the documents hold per-image figures, each hit-rate and coverage bar names the 95 % interval of the
+    mean difference (images resampled within each seed); older documents without them get no interval."""
+    from training.experiments.report import lesion_type_bars
+
+    def types(per_image: dict | None) -> dict:
+        t = {"n_filters": 2, "icnn_hit_rate": 0.5, "gradcam_hit_rate": 0.5, "coverage_icnn": 0.2,
+             "coverage_gradcam": 0.1, "silent_filters_share": 1.0, "silence_worst": 0.9}
+        if per_image:
+            t["per_image"] = per_image
+        return {"types": {k: t for k in ("MA", "HE", "EX", "SE")}, "top_filter": {"own_type_rate": 0.7}}
+
+    # ten eyes per seed: filters and Grad-CAM each right on five, in different eyes; coverage 2 of 10 vs 1 of 10
+    img = {"icnn_hit": [1.0] * 5 + [0.0] * 5, "gradcam_hit": [0.0] * 5 + [1.0] * 5, "instances": [1] * 10,
+           "covered_icnn": [1, 1] + [0] * 8, "covered_gradcam": [0, 0, 1] + [0] * 7}
+
+    def bars(per_image: dict | None) -> dict[str, str]:
+        doc = {"preset": "tiny", "seeds": [1, 2], "records": [
+            {"seed": s, "arch": "vgg", "task": "referable", "model": "icnn-types", "explainer": "lesion-types",
+             "role": "lesion-types", "metrics": types(per_image)} for s in (1, 2)]}
+        return {text: detail for text, _, detail in lesion_type_bars(doc)}
+
+    hit = ("vgg/referable lesion types: haemorrhages filters' hit rate (peak in a lesion of the type) ≥ Grad-CAM of "
+           "the type's logit (mean over seeds)")
+    with_images = bars(img)[hit]
+    low, high = (float(v) for v in with_images.split("interval [")[1].split("]")[0].split(", "))
+    assert "95 % interval" in with_images and low < 0.0 < high  # a tie decided by which eyes were drawn
+    assert "interval" not in bars(None)[hit]

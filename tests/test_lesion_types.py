@@ -289,7 +289,7 @@ def test_synthetic_cohorts_train_lesion_type_filters_and_the_decision_beside_the
 
 
 def test_lesion_type_figures_score_filters_and_grad_cam_on_the_same_images(lesion_bundle, lesion_cohorts):
-    from napari_icnn.engine.lesion_types import lesion_type_figures_iter
+    from napari_icnn.engine.lesion_types import PER_IMAGE_KEYS, lesion_type_figures_iter
     from napari_icnn.progress import drain
 
     doc = drain(lesion_type_figures_iter(str(lesion_bundle), str(lesion_cohorts / "val"),
@@ -316,6 +316,22 @@ def test_lesion_type_figures_score_filters_and_grad_cam_on_the_same_images(lesio
         # the network's own presence output of the type, scored the same way: what the filters are measured against
         assert (v["output_auc"] is None) == (not 0 < with_type < len(rows)), (t, v)
         assert v["output_auc"] is None or 0.0 <= v["output_auc"] <= 1.0
+        img = v["per_image"]
+        assert set(img) == set(PER_IMAGE_KEYS) and all(len(img[k]) == with_type for k in PER_IMAGE_KEYS)
+        if with_type:
+            # the per-image figures add up to the document's, and the intervals are of that same difference
+            assert np.mean(img["icnn_hit"]) == pytest.approx(v["icnn_hit_rate"])
+            assert np.mean(img["gradcam_hit"]) == pytest.approx(v["gradcam_hit_rate"])
+            assert sum(img["instances"]) == v["instances"] > 0
+            assert sum(img["covered_icnn"]) / v["instances"] == pytest.approx(v["coverage_icnn"])
+            assert sum(img["covered_gradcam"]) / v["instances"] == pytest.approx(v["coverage_gradcam"])
+            for key, ours, theirs in (("hit_rate_difference", "icnn_hit_rate", "gradcam_hit_rate"),
+                                      ("coverage_difference", "coverage_icnn", "coverage_gradcam")):
+                iv = v[key]
+                assert iv["difference"] == pytest.approx(v[ours] - v[theirs]), (t, key)
+                assert -1.0 <= iv["low"] <= iv["high"] <= 1.0 and iv["level"] == 0.95
+        else:
+            assert v["hit_rate_difference"] is None and v["coverage_difference"] is None
         if with_type:
             # the strongest filter hits where both filters do and only where one of them does
             a, b = v["icnn_hit_rate_per_filter"]

@@ -17,6 +17,9 @@ validation images, and with Grad-CAM of the same model on the same images as the
   the pixels lie inside the union of the type's filter regions (a filter's region: its map, upsampled, at
   or above the filter's firing threshold). Grad-CAM's map is thresholded to the same number of pixels on
   each image, so both cover the same area.
+- **intervals** (``hit_rate_difference``, ``coverage_difference``): the filters' figure minus Grad-CAM's with a
+  95 % paired bootstrap interval over the images (:func:`paired_intervals`); the per-image figures behind them
+  (``per_image``) let a study pool the seeds the same way.
 - **silence**: per filter, the share of the images *without* its type on which its peak stays below its
   firing threshold; reported per filter, as the mean, the worst filter and the share of filters at ≥ 0.8.
 - **peak AUC** (per filter, and the type's median): how well the filter's peak tells the images with its type
@@ -48,11 +51,28 @@ import numpy as np
 from napari_icnn.parts import ANATOMY_KEYS, FREE_CATEGORY, MASK_LESION_KEYS
 from napari_icnn.progress import Message, Progress
 
-__all__ = ["lesion_type_figures_iter", "firing_thresholds", "COVERED_FRACTION", "SILENCE_BAR"]
+__all__ = ["lesion_type_figures_iter", "firing_thresholds", "paired_intervals", "COVERED_FRACTION", "SILENCE_BAR",
+           "PER_IMAGE_KEYS"]
 
 COVERED_FRACTION = 0.5
 """An instance is covered when at least this share of its pixels lies inside the region."""
 SILENCE_BAR = 0.8
+PER_IMAGE_KEYS = ("icnn_hit", "gradcam_hit", "instances", "covered_icnn", "covered_gradcam")
+"""A type's figures per image that holds it, in image order: the share of its filters whose peak lies in a lesion
+of the type, whether Grad-CAM's does (0 or 1), its lesion instances, and how many of them each covers."""
+
+
+def paired_intervals(*per_image: dict[str, Any]) -> dict[str, Any]:
+    """Paired bootstrap intervals (:mod:`~napari_icnn.engine.intervals`) of the filters' hit rate and coverage minus
+    Grad-CAM's, from one ``per_image`` record per seed (images resampled within each seed); None where a seed
+    has no image with the type."""
+    from napari_icnn.engine.intervals import ratio_difference_interval
+
+    def groups(ours: str, theirs: str, weight: str | None) -> list[Any]:
+        return [(p[ours], p[theirs], p[weight] if weight else [1.0] * len(p[ours])) for p in per_image]
+
+    return {"hit_rate_difference": ratio_difference_interval(groups("icnn_hit", "gradcam_hit", None)),
+            "coverage_difference": ratio_difference_interval(groups("covered_icnn", "covered_gradcam", "instances"))}
 
 
 def filter_types(model: Any) -> list[str | None]:
@@ -208,9 +228,11 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
 
     per_type: dict[str, Any] = {}
     stats: dict[str, dict[str, Any]] = {t: {"hits": np.zeros(c), "with": 0, "silent": np.zeros(c), "without": 0, "inst": 0,
-                 "cov_icnn": 0, "cov_cam": 0, "cam_hits": 0, "strongest_hits": 0, "area": []} for t in parts}
+                 "cov_icnn": 0, "cov_cam": 0, "cam_hits": 0, "strongest_hits": 0, "area": [],
+                 "per_image": {k: [] for k in PER_IMAGE_KEYS}} for t in parts}
     # each filter's peak in units of its firing threshold (a filter without one, NaN, never counts as strongest)
     confidence = np.where(np.isfinite(thr) & (thr > 0), scores / np.where(thr > 0, thr, 1.0), -np.inf)
+    nan = float("nan")
     top_own = top_any = top_context = top_n = 0
     chance_own: list[float] = []
     cam_ref_any = 0
@@ -227,7 +249,10 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
                 st["silent"][fs] += scores[i, fs] < thr[fs]
                 continue
             st["with"] += 1
-            st["hits"][fs] += (scores[i, fs] > 0) & m[k, py[fs], px[fs]]
+            hits = (scores[i, fs] > 0) & m[k, py[fs], px[fs]]
+            st["hits"][fs] += hits
+            img = st["per_image"]
+            img["icnn_hit"].append(float(hits.mean()) if fs else nan)
             if fs:
                 best = fs[int(np.argmax(confidence[i, fs]))]
                 st["strongest_hits"] += bool(scores[i, best] > 0 and m[k, py[best], px[best]])
@@ -235,8 +260,10 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
             if cam is not None:
                 cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
                 st["cam_hits"] += int(m[k, cy, cx])
+            img["gradcam_hit"].append(float(m[k, cy, cx]) if cam is not None else nan)
             labels, n_inst = ndimage.label(m[k], structure=np.ones((3, 3), bool))
             st["inst"] += n_inst
+            img["instances"].append(n_inst)
             region = np.zeros((size, size), bool)
             if fs:
                 if up is None:
@@ -244,9 +271,12 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
                 region = np.asarray(((up[fs] >= thr[fs, None, None]) & (up[fs] > 0)).any(axis=0))
             area = int(region.sum())
             st["area"].append(area / max(1, int(test["fov"][i].sum())))
-            st["cov_icnn"] += _covered(labels, n_inst, region)
-            if cam is not None:
-                st["cov_cam"] += _covered(labels, n_inst, _top_area(cam, area))
+            covered = _covered(labels, n_inst, region)
+            st["cov_icnn"] += covered
+            img["covered_icnn"].append(covered)
+            covered_cam = _covered(labels, n_inst, _top_area(cam, area)) if cam is not None else nan
+            st["cov_cam"] += 0 if cam is None else covered_cam
+            img["covered_gradcam"].append(covered_cam)
         if referable[i] == 1:
             top_n += 1
             f = int(top[i])
@@ -262,7 +292,6 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
                 cam = test[f"cam{d}"][i]
                 cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
                 cam_ref_any += bool(any_lesion[cy, cx])
-    nan = float("nan")
     from napari_icnn.engine.metrics import roc_auc
 
     for k, t in enumerate(parts):
@@ -292,6 +321,9 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
             "peak_auc_median": float(np.median(sep)) if fs and st["with"] and st["without"] else nan,
             "output_auc": (roc_auc(test["logits"][:, lesion_outputs[t]], present[:, k].astype(float))
                            if t in lesion_outputs and st["with"] and st["without"] else nan),
+            **(paired_intervals(st["per_image"]) if fs and gradcam and st["with"] else
+               {"hit_rate_difference": None, "coverage_difference": None}),
+            "per_image": st["per_image"],
         }
 
     dec_auc = dec_acc = nan

@@ -244,6 +244,18 @@ def _lt_type(x: dict[str, Any], model: str, t: str, key: str) -> float:
     return _num(((_lt(x, model).get("types") or {}).get(t) or {}).get(key))
 
 
+def _pooled_interval(seeds: dict[int, dict[str, Any]], model: str, t: str, which: str) -> str:
+    """", 95 % interval [lo, hi]" of the mean difference over the seeds, from a paired bootstrap of every seed's
+    images (resampled within each seed); empty where a seed's document has no per-image figures (older ones)."""
+    from napari_icnn.engine.lesion_types import paired_intervals
+
+    records = [((_lt(x, model).get("types") or {}).get(t) or {}).get("per_image") for _, x in sorted(seeds.items())]
+    if not records or any(not r for r in records):
+        return ""
+    iv = paired_intervals(*records)[which]
+    return "" if iv is None else f", {iv['level'] * 100:.0f} % interval [{iv['low']:.3f}, {iv['high']:.3f}] (images resampled)"
+
+
 def lesion_type_bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
     """The lesion-type ICNN's bars: filters for every type, lesion part interpretability on every seed, per-type
     pointing and coverage against Grad-CAM of the same model, silence, the top filter, AUC."""
@@ -274,13 +286,15 @@ def lesion_type_bars(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
                 pairs = ", ".join(f"seed {s} {_v(_lt_type(x, m, t, ours), 3)} vs {_v(_lt_type(x, m, t, theirs), 3)}"
                                   for s, x in sorted(seeds.items()))
                 found = summary_over_seeds({s: _lt_type(x, m, t, ours) for s, x in seeds.items()})["mean"]
+                spread = _pooled_interval(seeds, m, t, "hit_rate_difference" if ours == "icnn_hit_rate"
+                                          else "coverage_difference")
                 # filters that never find their lesion fail the bar even where Grad-CAM does not find it either
                 verdict = ("MISS" if summ["worst_seed"] is None else
                            "MISS (neither finds the lesion: 0 vs 0)" if not found > 0 and not summ["mean"] < 0 else
                            "PASS" if summ["mean"] >= 0 else "MISS")
                 bars.append((f"{arch}/{task} lesion types: {PARTS[t].display} filters' {what} ≥ Grad-CAM of the "
                              "type's logit (mean over seeds)", verdict,
-                             f"ICNN vs Grad-CAM {pairs}; mean difference {_v(summ['mean'], 3)}"))
+                             f"ICNN vs Grad-CAM {pairs}; mean difference {_v(summ['mean'], 3)}{spread}"))
         share = {s: _num(np.nanmean([_lt_type(x, m, t, "silent_filters_share") for t in LESIONS]))
                  for s, x in seeds.items()}
         worst = {s: _num(np.nanmin([_lt_type(x, m, t, "silence_worst") for t in LESIONS])) for s, x in seeds.items()}
