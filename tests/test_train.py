@@ -79,6 +79,8 @@ def test_cpu_runs_are_reproducible_for_a_seed(cohorts, tmp_path):
     sa = load_bundle(a.bundle, device="cpu").net.state_dict()
     sb = load_bundle(b.bundle, device="cpu").net.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # what the same weights also need, on record: another thread count sums floats in another order
+    assert read_metadata(a.bundle)["icnn"]["compute"] == {"device": "cpu", "threads": torch.get_num_threads()}
 
 
 def test_existing_output_is_never_overwritten(cohorts, tmp_path):

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from napari_icnn.icnn.assignment import FilterAssignment
 
-__all__ = ["TrainResult", "train_iter", "train", "train_step", "class_names_for", "CHECKPOINT_DIR"]
+__all__ = ["TrainResult", "train_iter", "train", "train_step", "class_names_for", "compute_record", "CHECKPOINT_DIR"]
 
 
 @dataclass
@@ -861,6 +861,15 @@ def calibration_of(net, loader, device, source: str, columns: slice | None = Non
     return temperature_entry(z, y, source)
 
 
+def compute_record(device: torch.device) -> dict[str, Any]:
+    """What bit-identical weights depend on beyond the settings and data: the device and, on the CPU, the number
+    of threads (float sums are taken in another order with another thread count)."""
+    rec: dict[str, Any] = {"device": device.type, "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        rec["gpu"] = torch.cuda.get_device_name(device)
+    return rec
+
+
 def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_masks, val_recs,
               train_recs) -> None:
     best = torch.load(ckdir / BEST, map_location=device, weights_only=True)
@@ -900,6 +909,7 @@ def _finalise(cfg, net, assignment, ckdir, val_dl, device, names, history, has_m
         description=(f"{'Ordinary' if cfg.ordinary else 'Interpretable'} CNN ({cfg.arch}) for {cfg.task} on "
                      f"{cfg.size} px colour fundus photographs"),
         extra={"best_epoch": int(best["epoch"]), "history": history, "targets": cfg.target_set,
+               "compute": compute_record(device),
                **({"reference": reference} if reference is not None else {}),
                **({"experience": experience} if experience is not None else {}),
                **({"calibration": calibration} if calibration is not None else {})},

@@ -28,6 +28,11 @@ def _value(text: str) -> Any:
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
+def _interval(figures: dict[str, Any]) -> str:
+    iv = figures.get("coverage_difference")
+    return "" if not iv else f" (coverage minus Grad-CAM's {iv['difference']:+.3f}, 95 % [{iv['low']:+.3f}, {iv['high']:+.3f}])"
+
+
 def _halves(cohort: Path, out: Path) -> tuple[Path, Path]:
     """The cohort split into two folders of symlinks (even and odd rows): thresholds on one, figures on the other."""
     import csv
@@ -77,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{args.name}-seed{args.seed}.json").write_text(json.dumps(doc, indent=2))
     tf = doc["top_filter"]
     print(f"{args.name} seed {args.seed}: top filter own type {tf['own_type_rate']}, any lesion {tf['any_lesion_rate']}; "
-          + ", ".join(f"{t} hit {v['icnn_hit_rate']} vs Grad-CAM {v['gradcam_hit_rate']}" for t, v in doc["types"].items()))
+          + ", ".join(f"{t} hit {v['icnn_hit_rate']} vs Grad-CAM {v['gradcam_hit_rate']}{_interval(v)}"
+                      for t, v in doc["types"].items()))
     return 0
 
 
