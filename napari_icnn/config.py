@@ -298,6 +298,18 @@ class TrainConfig:
     n_filters: int = _opt(
         64, "interpretable filters in the top layer", "--filters", label="Interpretable filters", bounds=(1, 4096)
     )
+    template_peaks: int = _opt(
+        1,
+        "part locations per interpretable filter and image: 1 is the paper's one part at one place; more keep, "
+        "and fit to one template, further peaks that lie outside the earlier ones' template diamonds and reach "
+        "--peak-ratio of the map's maximum, so one filter can stand for several lesions of its type in an eye "
+        "(argmax peak location only; docs/results.md)",
+        "--template-peaks", label="Part locations per filter", bounds=(1, 16),
+    )
+    peak_ratio: float = _opt(
+        0.5, "with --template-peaks above 1: the share of a map's maximum a further part location must reach",
+        "--peak-ratio", label="Further-peak ratio", bounds=(0.05, 1.0), step=0.05,
+    )
     width: int = _opt(
         32, "base channel width of the backbone", "--width", label="Backbone width", bounds=(4, 1024), step=4
     )
@@ -388,6 +400,11 @@ class TrainConfig:
             raise bad("lesion_mask_target", f"must be one of {', '.join(LESION_MASK_TARGETS)}")
         if self.lesion_mask_instances not in LESION_MASK_INSTANCES:
             raise bad("lesion_mask_instances", f"must be one of {', '.join(LESION_MASK_INSTANCES)}")
+        if isinstance(self.template_peaks, bool) or not isinstance(self.template_peaks, int) \
+                or not 1 <= self.template_peaks <= 16:
+            raise bad("template_peaks", "must be an integer from 1 to 16")
+        if not 0.0 < self.peak_ratio <= 1.0:
+            raise bad("peak_ratio", "must be in (0, 1]")
         if not 0.0 <= self.separation_weight <= 100.0:
             raise bad("separation_weight", "must be between 0 and 100")
         if self.filter_matching not in FILTER_MATCHINGS:

@@ -16,6 +16,7 @@ from napari_icnn.icnn import (
     FilterAssignment,
     InterpretableMask,
     TemplateBank,
+    locate_peak_sets,
     locate_peaks,
     template_filter_loss,
     template_shapes,
@@ -157,6 +158,38 @@ def test_mask_keeps_the_diamond_at_the_peak():
             assert torch.all(masked[b, c][~inside] == 0)
             torch.testing.assert_close(masked[b, c][inside], (x[b, c] * m)[inside], rtol=0, atol=0)
             assert inside.sum() > 1 and (~inside).sum() > 0
+
+
+def test_further_part_locations_lie_outside_earlier_diamonds_and_reach_the_ratio():
+    from napari_icnn.icnn.masked import mask_shapes, peak_set_shapes
+
+    n, beta = 16, 4.0  # the positive part of a diamond: L1 distance below 4 cells
+    x = torch.zeros(2, 1, n, n, dtype=torch.float64)
+    x[0, 0, 2, 2], x[0, 0, 2, 4] = 5.0, 4.9  # the second lies in the first one's diamond: the same part
+    x[0, 0, 12, 12] = 3.0  # far away and 0.6 of the maximum: a part of its own
+    x[0, 0, 12, 2] = 2.0  # far away but 0.4 of the maximum
+    x[1, 0, 8, 8] = 1.0  # a map with one part
+    mu = locate_peaks(x)
+    sets = locate_peak_sets(x, mu, 3, n, beta, ratio=0.5)
+    assert sets[0, 0].tolist() == [2 * n + 2, 12 * n + 12, -1]
+    assert sets[1, 0].tolist() == [8 * n + 8, -1, -1]
+    assert locate_peak_sets(x, mu, 3, n, beta, ratio=0.3)[0, 0].tolist() == [2 * n + 2, 12 * n + 12, 12 * n + 2]
+    assert locate_peak_sets(x, mu, 1, n, beta).tolist() == mu[..., None].tolist()
+
+    masked, mu_several = InterpretableMask(n, beta, peaks=3)(x)
+    assert torch.equal(mu_several, mu)
+    assert masked[0, 0, 12, 12] == 3.0 and masked[0, 0, 12, 2] == 0 and masked[0, 0, 2, 4] > 0
+    single, _ = InterpretableMask(n, beta)(x)
+    assert single[0, 0, 12, 12] == 0  # the paper's mask keeps one part
+    torch.testing.assert_close(masked[1], single[1], rtol=0, atol=0)
+    # with one location the shape is the paper's template, bit for bit
+    one = torch.where(torch.arange(3) == 0, sets, -1)
+    torch.testing.assert_close(peak_set_shapes(one, n, n, n, beta, torch.float64),
+                               mask_shapes(mu, n, n, n, beta, torch.float64), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="part locations"):
+        InterpretableMask(n, peaks=0)
+    with pytest.raises(ConfigError, match="peak ratio"):
+        InterpretableMask(n, peaks=2, peak_ratio=0.0)
 
 
 def test_mask_gradient_is_grad_times_positive_part_of_a_constant_mask():

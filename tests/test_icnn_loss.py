@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_icnn.errors import ConfigError
-from napari_icnn.icnn import RunningLogZ, TemplateBank, template_filter_loss, template_shapes
+from napari_icnn.icnn import RunningLogZ, TemplateBank, template_filter_loss, template_scores, template_shapes
 
 
 def brute_force_loss(x, positive, n, beta, tau, mode, normalise, log_z):
@@ -193,6 +193,44 @@ def test_explicit_peak_index_selects_the_template():
     same = template_filter_loss(x, None, bank, mu=argmax)
     assert same == template_filter_loss(x, None, bank)
     assert template_filter_loss(x, None, bank, mu=(argmax + 5) % 16) != same
+
+
+@pytest.mark.parametrize("given_z", [False, True], ids=["batch-Z", "constant-Z"])
+def test_several_part_locations_are_fitted_to_one_template_on_all_of_them(given_z):
+    """Maps with two parts: the template on both rewards the second part more than the paper's one-part template
+    does, which (with Z a constant, as the running estimate is) penalises it; a set of one location is the
+    paper's loss."""
+    from napari_icnn.icnn.masked import locate_peak_sets
+
+    n, b = 12, 5
+    g = torch.Generator().manual_seed(3)
+    first = torch.randint(0, 4, (b, 2), generator=g)  # top-left corner
+    second = torch.randint(8, 12, (b, 2), generator=g)  # bottom-right corner: far outside the first diamond
+    cells = lambda rc: (rc[:, 0] * n + rc[:, 1]).tolist()  # noqa: E731
+    x = (_diamonds(n, cells(first), 3.0) + _diamonds(n, cells(second), 2.0))[:, None].requires_grad_(True)
+    bank = TemplateBank(n).double()
+    log_z = torch.logsumexp(template_scores(x.detach(), bank), dim=0) if given_z else None
+    mu = x.detach().flatten(2).argmax(-1)
+    sets = locate_peak_sets(x.detach(), mu, 3, n, bank.beta, ratio=0.5)
+    assert (sets[..., 1] >= 0).all() and (sets[..., 2] < 0).all()  # two parts found, no third
+
+    one = torch.where(torch.arange(3) == 0, sets, -1)
+    torch.testing.assert_close(template_filter_loss(x, None, bank, log_z=log_z, peaks=one),
+                               template_filter_loss(x, None, bank, log_z=log_z))
+    grads = {}
+    for name, peaks in (("paper", None), ("several", sets)):
+        x.grad = None
+        template_filter_loss(x, None, bank, log_z=log_z, peaks=peaks).backward()
+        grads[name] = x.grad[torch.arange(b), 0, second[:, 0], second[:, 1]].clone()
+    assert (grads["several"] < grads["paper"]).all()
+    if given_z:
+        assert (grads["paper"] > 0).all()  # more activation at the second part raises the paper's loss
+        assert (grads["several"] < 0).all()  # and lowers the loss that fits both parts
+    negative = torch.zeros(b, 1, dtype=torch.bool)  # images without the filter's category fit T⁻ either way
+    torch.testing.assert_close(template_filter_loss(x, negative, bank, log_z=log_z, peaks=sets),
+                               template_filter_loss(x, negative, bank, log_z=log_z))
+    with pytest.raises(ValueError, match="peaks"):
+        template_filter_loss(x, None, bank, peaks=sets[:2])
 
 
 def test_loss_is_float32_under_bf16_autocast():

@@ -145,12 +145,28 @@ def test_first_training_steps_under_bf16_autocast_and_channels_last():
         ({"dropout": 1.0}, "dropout"),
         ({"locate": "mode"}, "peak location"),
         ({"resnet_layers": (1, 1)}, "resnet_layers"),
+        ({"peaks": 0}, "part locations"),
+        ({"peaks": 2, "peak_ratio": 0.0}, "peak ratio"),
     ],
 )
 def test_bad_configurations_are_named(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         ICNN(**{"width": 4, **kwargs})
 
+
+
+def test_several_part_locations_per_filter_are_part_of_the_architecture():
+    torch.manual_seed(0)
+    paper = ICNN(width=4, image_size=64, n_filters=3)
+    assert "peaks" not in paper.config and paper(torch.rand(2, 3, 64, 64)).peaks is None  # bundles read as before
+    several = ICNN(width=4, image_size=64, n_filters=3, peaks=3, peak_ratio=0.4)
+    rebuilt = ICNN(**several.config)
+    assert (rebuilt.mask.peaks, rebuilt.mask.peak_ratio) == (3, 0.4)
+    out = several(torch.rand(2, 3, 64, 64))
+    assert out.peaks is not None and out.peaks.shape == (2, 3, 3) and torch.equal(out.peaks[..., 0], out.mu)
+    several.set_mask_enabled(False)  # warm-up: the maps pass unmasked, the locations are still known
+    out = several(torch.rand(2, 3, 64, 64))
+    assert torch.equal(out.masked, out.maps) and out.peaks is not None
 
 
 def test_a_vgg_top_map_twice_as_fine_shares_the_weights_and_knows_its_cells():

@@ -65,6 +65,18 @@ def test_icnn_training_writes_a_loadable_bundle_with_filter_metadata(cohorts, tm
     assert any(type(e).__name__ == "EpochEnd" for e in events)
 
 
+def test_training_with_several_part_locations_per_filter_records_them(cohorts, tmp_path):
+    result = train(_cfg(cohorts, tmp_path / "p", top_stride=8, template_peaks=3, peak_ratio=0.3))
+    assert result.history[1]["filter_loss"] != 0
+    m = load_bundle(result.bundle, device="cpu")
+    assert (m.net.mask.peaks, m.net.mask.peak_ratio) == (3, 0.3)
+    assert read_metadata(result.bundle)["icnn"]["network"]["peaks"] == 3
+    with pytest.raises(ConfigError, match="--template-peaks"):
+        _cfg(cohorts, tmp_path / "q", template_peaks=0)
+    with pytest.raises(ConfigError, match="--peak-ratio"):
+        _cfg(cohorts, tmp_path / "q", template_peaks=2, peak_ratio=1.5)
+
+
 def test_ordinary_training_has_no_mask_and_no_filter_loss(cohorts, tmp_path):
     result = train(_cfg(cohorts, tmp_path / "o", ordinary=True))
     assert all(h["filter_loss"] == 0 and h["lambda"] == 0 for h in result.history)

@@ -114,6 +114,8 @@ def _net_kwargs(cfg: TrainConfig, n_outputs: int) -> dict[str, Any]:
         beta=cfg.beta,
         interpretable=cfg.interpretable,
         top_stride=cfg.top_stride,
+        peaks=cfg.template_peaks,
+        peak_ratio=cfg.peak_ratio,
     )
 
 
@@ -503,6 +505,8 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
             # the mask's argmax is the loss's T̂ (same values; saves a second pass over the maps)
             mu = out.mu if net.mask.locate == "argmax" else None
             kw = {} if log_z is None else {"log_z": log_z}
+            if out.peaks is not None:  # several part locations per filter
+                kw["peaks"] = out.peaks
             per_filter = (filter_loss or template_filter_loss)(maps, positive, net.bank, mode=cfg.loss_mode,
                                                                normalise=cfg.normalise, reduction="none", mu=mu,
                                                                **kw)
@@ -641,7 +645,7 @@ def _calibrate_lambda(net, loader, device, assignment, cfg: TrainConfig, dist: r
         maps = out.maps.float()
         g_ce = torch.autograd.grad(classification_loss(out.logits.float(), y, cfg), maps, retain_graph=True)[0]
         fl = template_filter_loss(maps, assignment.positive_mask(y[:, list(cfg.category_columns)]), net.bank,
-                                  mode=cfg.loss_mode, normalise=cfg.normalise)
+                                  mode=cfg.loss_mode, normalise=cfg.normalise, peaks=out.peaks)
         g_f = torch.autograd.grad(fl, maps)[0]
         ratios.append(float(g_f.norm()) / max(float(g_ce.norm()), 1e-12))
     net.train(was_training)

@@ -11,6 +11,7 @@ __all__ = [
     "TemplateBank",
     "InterpretableMask",
     "locate_peaks",
+    "locate_peak_sets",
     "template_filter_loss",
     "template_scores",
     "RunningLogZ",
@@ -28,6 +29,7 @@ _WHERE = {
     "TemplateBank": "templates",
     "InterpretableMask": "masked",
     "locate_peaks": "masked",
+    "locate_peak_sets": "masked",
     "LOCATE_MODES": "masked",
     "template_filter_loss": "loss",
     "template_scores": "loss",
@@ -53,6 +55,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from napari_icnn.icnn.assignment import FilterAssignment
     from napari_icnn.icnn.loss import LOSS_MODES, RunningLogZ, template_filter_loss, template_scores
-    from napari_icnn.icnn.masked import LOCATE_MODES, InterpretableMask, locate_peaks
+    from napari_icnn.icnn.masked import LOCATE_MODES, InterpretableMask, locate_peak_sets, locate_peaks
     from napari_icnn.icnn.networks import ARCHS, ICNN, ICNNOutput
     from napari_icnn.icnn.templates import TemplateBank, template_shapes

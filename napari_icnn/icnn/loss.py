@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from napari_icnn.config import LOSS_MODES
 from napari_icnn.errors import ConfigError
-from napari_icnn.icnn.masked import locate_peaks
+from napari_icnn.icnn.masked import locate_peaks, peak_set_shapes
 from napari_icnn.icnn.templates import TemplateBank
 
 __all__ = ["template_filter_loss", "template_scores", "RunningLogZ", "LOSS_MODES"]
@@ -144,6 +144,12 @@ def template_scores(x: Tensor, bank: TemplateBank, normalise: bool = True) -> Te
     With ``normalise`` the maps are first divided by a detached per-filter scale
     ``max(1, batch-mean of per-image max)``.
     """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return bank.scores(_scored_maps(x, normalise))
+
+
+def _scored_maps(x: Tensor, normalise: bool) -> Tensor:
+    """The maps as the templates score them: float32 (float64 kept), divided by the detached scale if asked."""
     b, c, h, w = x.shape
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -153,7 +159,28 @@ def template_scores(x: Tensor, bank: TemplateBank, normalise: bool = True) -> Te
             # reward inflating activations instead of shaping them.
             scale = maps.detach().reshape(b, c, h * w).amax(dim=-1).mean(dim=0).clamp(min=1.0)
             maps = maps / scale[:, None, None]
-        return bank.scores(maps)
+        return maps
+
+
+def _with_peak_sets(s: Tensor, x: Tensor, bank: TemplateBank, normalise: bool, hat: Tensor,
+                    sets: Tensor) -> Tensor:
+    """``s`` with each positive score ``s[b, c, hat]`` replaced by the fit to the template built on all the map's
+    part locations (the element-wise maximum of their positive templates; :func:`peak_set_shapes`).
+
+    The multi-location template stands in for its first location's: it shares that template's prior and
+    partition function, so a map with one location scores exactly as before.
+    """
+    b, c, h, w = x.shape
+    several = (sets[..., 1:] >= 0).any(dim=-1) & (hat != bank.negative)  # (B, C)
+    if not bool(several.any()):
+        return s
+    maps = _scored_maps(x, normalise)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        shape = peak_set_shapes(sets.to(x.device), h, w, bank.n, bank.beta, maps.dtype, floor=-1.0)
+        fit = (maps * shape).sum(dim=(2, 3)) * bank.tau  # tr(x·T̂), (B, C)
+        idx = hat[..., None]
+        current = s.gather(-1, idx).squeeze(-1)
+        return s.scatter(-1, idx, torch.where(several, fit.to(s.dtype), current)[..., None])
 
 
 def template_filter_loss(
@@ -166,6 +193,7 @@ def template_filter_loss(
     log_z: Tensor | RunningLogZ | None = None,
     reduction: str = "mean",
     mu: Tensor | None = None,
+    peaks: Tensor | None = None,
 ) -> Tensor:
     """Template filter loss of the interpretable filters on one batch.
 
@@ -194,6 +222,10 @@ def template_filter_loss(
     mu
         ``(B, C)`` flat peak index defining T̂ (e.g. the mask's, when it locates by centroid);
         default: the argmax of each map.
+    peaks
+        ``(B, C, K)`` every part location of each map (:func:`~napari_icnn.icnn.masked.locate_peak_sets`,
+        column 0 the peak ``mu`` names); a positive map with several is fitted to the template built on all of
+        them. ``None``: one location per map, the paper's form. ``mode="paper"`` only.
 
     Returns
     -------
@@ -242,6 +274,10 @@ def template_filter_loss(
             hat = mu.to(device=s.device, dtype=torch.long)
             if positive is not None:
                 hat = torch.where(positive.to(device=s.device, dtype=torch.bool), hat, bank.negative)
+            if peaks is not None and peaks.shape[-1] > 1:
+                if tuple(peaks.shape[:2]) != (b, c):
+                    raise ValueError(f"filter loss: peaks must have shape {(b, c)} + (K,), got {tuple(peaks.shape)}")
+                s = _with_peak_sets(s, x, bank, normalise, hat, peaks.to(device=s.device, dtype=torch.long))
             per_filter = _PaperLoss.apply(s, None if batch_z else lz, log_prior, hat)
 
     if reduction == "mean":

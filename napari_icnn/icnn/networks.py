@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from napari_icnn.config import TOP_STRIDES
 from napari_icnn.errors import ConfigError
-from napari_icnn.icnn.masked import LOCATE_MODES, InterpretableMask, locate_peaks
+from napari_icnn.icnn.masked import LOCATE_MODES, InterpretableMask, check_peaks, locate_peaks
 from napari_icnn.icnn.templates import TemplateBank
 
 __all__ = ["ICNN", "ICNNOutput", "ARCHS"]
@@ -40,6 +40,9 @@ class ICNNOutput:
     pre_maps: Tensor | None = None
     """``(B, C, n, n)`` the interpretable filters' maps before their ReLU (the lesion-mask loss's input: a cell
     at 0 after the ReLU would get no gradient)."""
+    peaks: Tensor | None = None
+    """``(B, C, K)`` long flat indices of every part location of each map (``-1``: none), column 0 being ``mu``;
+    ``None`` for a network with one location per filter (the paper's)."""
 
     def __post_init__(self) -> None:
         if (
@@ -142,6 +145,13 @@ class ICNN(nn.Module):
         with layer4 unstrided. ``None``: the backbone's default.
     vgg_stride
         The name older bundles store a VGG ``top_stride`` under.
+    peaks
+        Part locations per interpretable filter and image (1: the paper's one part at one place). More let a
+        filter stand for several instances of a part that occurs many times in an image, as lesions do: the mask
+        keeps the diamond around each further peak that reaches ``peak_ratio`` of the map's maximum, and the
+        filter loss fits the positive template built on all of them.
+    peak_ratio
+        See ``peaks``.
 
     Attributes
     ----------
@@ -171,6 +181,8 @@ class ICNN(nn.Module):
         resnet_layers: tuple[int, ...] | list[int] = (1, 1, 1, 1),
         top_stride: int | None = None,
         vgg_stride: int | None = None,
+        peaks: int = 1,
+        peak_ratio: float = 0.5,
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -182,6 +194,7 @@ class ICNN(nn.Module):
             raise ConfigError(f"network dropout must be in [0, 1) (got {dropout!r})")
         if locate not in LOCATE_MODES:
             raise ConfigError(f"peak location must be one of {', '.join(LOCATE_MODES)} (got {locate!r})")
+        check_peaks(peaks, peak_ratio)
         resnet_layers = tuple(int(v) for v in resnet_layers)
         if len(resnet_layers) != 4 or min(resnet_layers) < 1:
             raise ConfigError(f"resnet_layers must be 4 positive block counts (got {resnet_layers!r})")
@@ -226,6 +239,8 @@ class ICNN(nn.Module):
             interpretable=bool(interpretable),
             resnet_layers=list(resnet_layers),
             **({"top_stride": top_stride} if top_stride != allowed[0] else {}),
+            # written only when not the paper's form, so bundles of one location per filter read as before
+            **({"peaks": int(peaks), "peak_ratio": float(peak_ratio)} if peaks != 1 else {}),
         )
         self.n_filters, self.n_outputs, self.image_size = n_filters, n_outputs, image_size
         self.interpretable = bool(interpretable)
@@ -237,7 +252,7 @@ class ICNN(nn.Module):
         # a module (not F.relu) so hooks can read the interpretable maps (Grad-CAM's target layer)
         self.act = nn.ReLU()
         self.bank = TemplateBank(self.n, beta)
-        self.mask = InterpretableMask(self.n, beta, locate)
+        self.mask = InterpretableMask(self.n, beta, locate, peaks=peaks, peak_ratio=peak_ratio)
         self.mask.enabled = self.interpretable
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(2 * n_filters, n_outputs)
@@ -256,8 +271,9 @@ class ICNN(nn.Module):
         features = self.backbone(x)
         pre_maps = self.conv(features)
         maps = self.act(pre_maps)
+        sets = None
         if self.interpretable:
-            masked, mu = self.mask(maps)
+            masked, mu, sets = self.mask.apply_with_peaks(maps)
         else:
             masked, mu = maps, locate_peaks(maps, self.mask.locate)
         to_head = masked
@@ -266,7 +282,7 @@ class ICNN(nn.Module):
             k = self.template_only
             to_head = torch.cat([masked[:, :k].detach(), masked[:, k:]], dim=1)
         return ICNNOutput(logits=self.head(to_head), maps=maps, masked=masked, mu=mu, features=features,
-                          pre_maps=pre_maps)
+                          pre_maps=pre_maps, peaks=sets)
 
     @staticmethod
     def pooled(masked: Tensor) -> Tensor:
