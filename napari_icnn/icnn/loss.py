@@ -171,9 +171,8 @@ def _with_peak_sets(s: Tensor, x: Tensor, bank: TemplateBank, normalise: bool, h
     partition function, so a map with one location scores exactly as before.
     """
     b, c, h, w = x.shape
+    # computed for every map (no early exit on "none has several": that test would make a GPU wait each step)
     several = (sets[..., 1:] >= 0).any(dim=-1) & (hat != bank.negative)  # (B, C)
-    if not bool(several.any()):
-        return s
     maps = _scored_maps(x, normalise)
     with torch.autocast(device_type=x.device.type, enabled=False):
         shape = peak_set_shapes(sets.to(x.device), h, w, bank.n, bank.beta, maps.dtype, floor=-1.0)
