@@ -162,20 +162,18 @@ def _scored_maps(x: Tensor, normalise: bool) -> Tensor:
         return maps
 
 
-def _with_peak_sets(s: Tensor, x: Tensor, bank: TemplateBank, normalise: bool, hat: Tensor,
-                    sets: Tensor) -> Tensor:
+def _with_peak_sets(s: Tensor, maps: Tensor, bank: TemplateBank, hat: Tensor, sets: Tensor) -> Tensor:
     """``s`` with each positive score ``s[b, c, hat]`` replaced by the fit to the template built on all the map's
     part locations (the element-wise maximum of their positive templates; :func:`peak_set_shapes`).
 
     The multi-location template stands in for its first location's: it shares that template's prior and
     partition function, so a map with one location scores exactly as before.
     """
-    b, c, h, w = x.shape
+    h, w = maps.shape[-2:]
     # computed for every map (no early exit on "none has several": that test would make a GPU wait each step)
     several = (sets[..., 1:] >= 0).any(dim=-1) & (hat != bank.negative)  # (B, C)
-    maps = _scored_maps(x, normalise)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        shape = peak_set_shapes(sets.to(x.device), h, w, bank.n, bank.beta, maps.dtype, floor=-1.0)
+    with torch.autocast(device_type=maps.device.type, enabled=False):
+        shape = peak_set_shapes(sets, h, w, bank.n, bank.beta, maps.dtype, floor=-1.0)
         fit = (maps * shape).sum(dim=(2, 3)) * bank.tau  # tr(x·T̂), (B, C)
         idx = hat[..., None]
         current = s.gather(-1, idx).squeeze(-1)
@@ -248,7 +246,9 @@ def template_filter_loss(
                 f"filter loss: {name} must have shape {(b, c)} like the maps, got {tuple(t.shape)}"
             )
 
-    s = template_scores(x, bank, normalise)  # (B, C, K)
+    maps = _scored_maps(x, normalise)  # also what a template on several locations is fitted to
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        s = bank.scores(maps)  # (B, C, K), as template_scores gives
     with torch.autocast(device_type=x.device.type, enabled=False):
         lz = None  # the batch's own Z, differentiated through
         if isinstance(log_z, RunningLogZ):
@@ -276,7 +276,7 @@ def template_filter_loss(
             if peaks is not None and peaks.shape[-1] > 1:
                 if tuple(peaks.shape[:2]) != (b, c):
                     raise ValueError(f"filter loss: peaks must have shape {(b, c)} + (K,), got {tuple(peaks.shape)}")
-                s = _with_peak_sets(s, x, bank, normalise, hat, peaks.to(device=s.device, dtype=torch.long))
+                s = _with_peak_sets(s, maps, bank, hat, peaks.to(device=s.device, dtype=torch.long))
             per_filter = _PaperLoss.apply(s, None if batch_z else lz, log_prior, hat)
 
     if reduction == "mean":
