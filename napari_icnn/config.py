@@ -30,6 +30,7 @@ __all__ = [
     "Z_ESTIMATES",
     "LESION_MASK_TARGETS",
     "LESION_MASK_INSTANCES",
+    "LESION_MASK_LOCATIONS",
     "FILTER_MATCHINGS",
     "FILTER_RANKINGS",
     "DECISION_FILTERS",
@@ -77,6 +78,7 @@ CATEGORIES = ("auto", "lesion-types", "decision")
 Z_ESTIMATES = ("batch", "running")
 LESION_MASK_TARGETS = ("near", "centre")
 LESION_MASK_INSTANCES = ("any", "distinct")
+LESION_MASK_LOCATIONS = ("first", "every")
 FILTER_MATCHINGS = ("epoch", "fixed")
 FILTER_RANKINGS = ("selectivity", "lesion-hits", "hits-and-selectivity")
 """What lesion-type filters are matched to their types by: how selectively they fire on eyes with the type, or how
@@ -310,6 +312,14 @@ class TrainConfig:
         0.5, "with --template-peaks above 1: the share of a map's maximum a further part location must reach",
         "--peak-ratio", label="Further-peak ratio", bounds=(0.05, 1.0), step=0.05,
     )
+    lesion_mask_locations: str = _opt(
+        "first",
+        "with --template-peaks above 1 and the lesion-mask loss: which part locations it supervises: first (the "
+        "filter's peak only; further locations go wherever the map reaches --peak-ratio of its maximum) or every "
+        "(each further location too, within its own template diamond: onto a lesion of the filter's type where "
+        "the diamond holds one, else below the ratio, so that it is dropped)",
+        "--lesion-mask-locations", label="Lesion-mask locations",
+    )
     width: int = _opt(
         32, "base channel width of the backbone", "--width", label="Backbone width", bounds=(4, 1024), step=4
     )
@@ -405,6 +415,10 @@ class TrainConfig:
             raise bad("template_peaks", "must be an integer from 1 to 16")
         if not 0.0 < self.peak_ratio <= 1.0:
             raise bad("peak_ratio", "must be in (0, 1]")
+        if self.lesion_mask_locations not in LESION_MASK_LOCATIONS:
+            raise bad("lesion_mask_locations", f"must be one of {', '.join(LESION_MASK_LOCATIONS)}")
+        if self.lesion_mask_locations == "every" and self.template_peaks == 1:
+            raise bad("lesion_mask_locations", f"every needs {flag_of('template_peaks')} above 1")
         if not 0.0 <= self.separation_weight <= 100.0:
             raise bad("separation_weight", "must be between 0 and 100")
         if self.filter_matching not in FILTER_MATCHINGS:
@@ -783,7 +797,7 @@ def choices_of(name: str) -> tuple[str, ...] | None:
     return {"task": TASKS, "categories": CATEGORIES, "decision_filters": DECISION_FILTERS, "arch": ARCHS,
             "device": DEVICES, "loss_mode": LOSS_MODES, "z_estimate": Z_ESTIMATES, "cache": CACHE_MODES,
             "lesion_mask_target": LESION_MASK_TARGETS, "lesion_mask_instances": LESION_MASK_INSTANCES,
-            "filter_matching": FILTER_MATCHINGS,
+            "lesion_mask_locations": LESION_MASK_LOCATIONS, "filter_matching": FILTER_MATCHINGS,
             "match_filters_by": FILTER_RANKINGS}.get(name)
 
 

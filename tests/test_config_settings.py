@@ -90,6 +90,7 @@ BAD = {
     "free_weight": -1.0, "n_filters": 0, "width": 0, "lr": 0.0, "weight_decay": -1.0, "dropout": 1.0, "beta": 0.0,
     "workers": -2, "max_train_images": 1, "lesion_mask_weight": -1.0, "silence_weight": -1.0,
     "separation_weight": -1.0, "lesion_mask_target": "middle", "lesion_mask_instances": "all",
+    "lesion_mask_locations": "all",
     "distinct_types": "EX,XX",
     "separation_types": "MA,XX", "filter_matching": "sometimes", "match_filters_by": "where",
 }

@@ -11,7 +11,13 @@ from napari_icnn.config import TrainConfig
 from napari_icnn.data.synth import write_cohort
 from napari_icnn.engine.train import train
 from napari_icnn.errors import ConfigError
-from napari_icnn.icnn.localisation import distinct_lesion_cells, lesion_cells, lesion_mask_loss
+from napari_icnn.icnn.localisation import (
+    distinct_lesion_cells,
+    further_location_loss,
+    lesion_cells,
+    lesion_mask_loss,
+)
+from napari_icnn.icnn.masked import locate_peak_sets
 
 
 def test_a_lesion_cell_is_one_whose_centre_lies_within_half_a_cell_of_a_lesion_pixel():
@@ -105,6 +111,56 @@ def test_the_loss_moves_each_typed_filters_peak_onto_a_lesion_of_its_type_and_le
     # nothing to supervise: a zero that still backpropagates
     empty = lesion_mask_loss(maps, torch.zeros_like(cells), types)
     assert float(empty.detach()) == 0.0 and empty.requires_grad
+
+
+def _further(maps, cells, types, n=16, beta=4.0, ratio=0.5, peaks=3):
+    mu = torch.relu(maps).detach().flatten(2).argmax(dim=2)
+    sets = locate_peak_sets(torch.relu(maps), mu, peaks, n, beta, ratio)
+    return further_location_loss(maps, cells, types, sets, n, beta, ratio), sets
+
+
+def test_each_further_location_moves_onto_a_lesion_in_its_diamond_or_drops_below_the_ratio():
+    n = 16  # beta 4: a location's diamond holds the cells within L1 distance 3
+    cells = torch.zeros(2, 1, n, n, dtype=torch.bool)
+    cells[:, 0, 2, 2] = cells[:, 0, 11, 12] = True  # both images: a lesion under the peak and one near (10, 10)
+    cells[1, 0, 11, 12] = False  # image 1: no lesion near its second location
+    maps = torch.full((2, 3, n, n), -1.0)
+    maps[:, :, 2, 2] = 4.0  # every filter's peak sits on the first lesion
+    maps[:, :, 10, 10] = 3.0  # a further location off the lesions, above half the peak
+    maps[:, :, 11, 12] = 1.0
+    types = torch.tensor([0, -1, 0])
+    maps.requires_grad_(True)
+    start, sets = _further(maps, cells, types)
+    assert sets[0, 0].tolist() == [2 * n + 2, 10 * n + 10, -1]
+    start.backward()
+    assert maps.grad[:, 1].abs().sum() == 0  # no lesion type: no pull
+    assert maps.grad[0, 0, 11, 12] < 0 < maps.grad[0, 0, 10, 10]  # toward the nearby lesion
+    assert maps.grad[1, 0, 10, 10] > 0 and maps.grad[1, 0, 11, 12] == 0  # nothing near: drop the location
+    assert maps.grad[:, 0, 2, 2].abs().sum() == 0  # the first location is lesion_mask_loss's
+    assert bool(torch.isfinite(maps.grad).all())
+    opt = torch.optim.SGD([maps], lr=1.0)
+    for _ in range(100):
+        opt.zero_grad()
+        _further(maps, cells, types)[0].backward()
+        opt.step()
+    loss, sets = _further(maps, cells, types)
+    kept = set(sets[0, 0].tolist())  # image 0: the further location moved onto the lesion (which may now lead)
+    assert 11 * n + 12 in kept and 10 * n + 10 not in kept
+    assert sets[1, 0].tolist() == [2 * n + 2, -1, -1]  # image 1: dropped, below half the peak
+    assert float(loss.detach()) < 0.1 * float(start.detach())
+
+
+def test_the_further_location_loss_is_zero_without_further_locations_and_checks_shapes():
+    maps = torch.randn(2, 3, 8, 8, requires_grad=True)
+    cells = torch.ones(2, 1, 8, 8, dtype=torch.bool)
+    types = torch.tensor([0, 0, -1])
+    one = torch.zeros(2, 3, 1, dtype=torch.long)
+    zero = further_location_loss(maps, cells, types, one, 8, 4.0, 0.5)
+    assert float(zero.detach()) == 0.0 and zero.requires_grad
+    none_kept = torch.tensor([[[0, -1]] * 3] * 2)
+    assert float(further_location_loss(maps, cells, types, none_kept, 8, 4.0, 0.5).detach()) == 0.0
+    with pytest.raises(ValueError, match="do not fit"):
+        further_location_loss(maps, cells, types, one[:1], 8, 4.0, 0.5)
 
 
 def test_distinct_cells_leave_out_the_lesions_earlier_filters_of_the_type_peak_on():
@@ -264,6 +320,25 @@ def test_training_with_distinct_lesion_instances_records_the_setting(cohorts, tm
     assert cfg.distinct_type_keys == ("EX", "SE")
     with pytest.raises(ConfigError, match="--lesion-mask-instances"):
         TrainConfig(lesion_mask_instances="all")
+
+
+def test_training_that_supervises_every_part_location_records_the_setting(cohorts, tmp_path):
+    cfg = TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "e"),
+                      categories="lesion-types", template_peaks=3, peak_ratio=0.3, lesion_mask_locations="every",
+                      **{**SMALL, "size": 128})
+    train(cfg)
+    history = json.loads((tmp_path / "e" / "checkpoints" / "history.json").read_text())
+    # interpretable epochs: further locations were kept and supervised, inside the lesion-mask loss
+    assert all(h["mask_loss"] > h["further_location_loss"] > 0 for h in history[1:])
+    saved = json.loads((tmp_path / "e" / "checkpoints" / "config.json").read_text())
+    assert saved["lesion_mask_locations"] == "every" and saved["template_peaks"] == 3
+    with pytest.raises(ConfigError, match="--lesion-mask-locations: every needs --template-peaks above 1"):
+        TrainConfig(lesion_mask_locations="every")
+    with pytest.raises(ConfigError, match="--lesion-mask-locations every .* --lesion-mask-weight above 0"):
+        train(TrainConfig(data=str(cohorts / "train"), val=str(cohorts / "val"), out=str(tmp_path / "f"),
+                          categories="lesion-types", template_peaks=2, lesion_mask_locations="every",
+                          lesion_mask_weight=0.0, **SMALL))
+    assert not (tmp_path / "f").exists()
 
 
 def test_the_separation_loss_limited_to_microaneurysm_filters_trains(cohorts, tmp_path):

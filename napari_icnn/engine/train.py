@@ -165,6 +165,10 @@ def _load_data(cfg: TrainConfig, world_size: int,
         raise ConfigError(f"{flag_of('match_filters_by')} {cfg.match_filters_by} matches lesion-type filters by where "
                           f"they peak in the training lesion masks: it needs {flag_of('categories')} lesion-types, "
                           f"lesion masks and {flag_of('lesion_mask_weight')} above 0", field="match_filters_by")
+    if cfg.lesion_mask_locations != "first" and (cfg.lesion_mask_weight == 0 or cfg.ordinary):
+        raise ConfigError(f"{flag_of('lesion_mask_locations')} {cfg.lesion_mask_locations} supervises further part "
+                          f"locations through the lesion-mask loss: it needs {flag_of('categories')} lesion-types, "
+                          f"lesion masks and {flag_of('lesion_mask_weight')} above 0", field="lesion_mask_locations")
     return cfg, train, val, has_masks, skipped
 
 
@@ -355,7 +359,8 @@ def train_iter(
                 running_z.train()
             sums = {"loss": 0.0, "cls_loss": 0.0, "filter_loss": 0.0, **({"mask_loss": 0.0} if supervise else {}),
                     **({"silence_loss": 0.0} if cfg.silence_weight > 0 else {}),
-                    **({"separation_loss": 0.0} if cfg.separation_weight > 0 else {})}
+                    **({"separation_loss": 0.0} if cfg.separation_weight > 0 else {}),
+                    **({"further_location_loss": 0.0} if supervise and cfg.lesion_mask_locations == "every" else {})}
             extra: dict[str, float] = {}
             seen = 0
             for i, batch in enumerate(train_dl):
@@ -374,7 +379,7 @@ def train_iter(
                 sums["loss"] += float(loss.detach()) * b
                 sums["cls_loss"] += float(cls.detach()) * b
                 sums["filter_loss"] += float(floss.detach()) * b
-                for key in ("mask_loss", "silence_loss", "separation_loss"):
+                for key in ("mask_loss", "silence_loss", "separation_loss", "further_location_loss"):
                     if key in sums:
                         sums[key] += extra.get(key, 0.0) * b
                 yield Progress(f"epoch {epoch}/{cfg.epochs}", i + 1, steps, f"loss {sums['loss'] / seen:.4f}",
@@ -483,8 +488,8 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
     ``log_z`` (a :class:`~napari_icnn.icnn.loss.RunningLogZ`) makes Z_T the paper's running constant.
     ``masks``: ``(B, T, H, W)`` lesion masks (:data:`~napari_icnn.parts.MASK_LESION_KEYS` order); ``mask_types``:
     ``(K,)`` each filter category's mask channel, -1 for none. ``separated``: ``(K,)`` bool, the categories whose
-    filters the separation loss applies to (``None``: every one). ``extra`` receives the lesion-mask, separation
-    and silence losses that are on.
+    filters the separation loss applies to (``None``: every one). ``extra`` receives the lesion-mask (with its
+    further-location part), separation and silence losses that are on.
     """
     from napari_icnn.icnn.loss import template_filter_loss
 
@@ -531,6 +536,14 @@ def train_step(model, net, x, y, opt, sched, assignment, cfg: TrainConfig, lam: 
             wanted = torch.tensor([MASK_LESION_KEYS.index(t) for t in cfg.distinct_type_keys], device=device)
             distinct = torch.isin(types, wanted)
         mloss = lesion_mask_loss(out.pre_maps.float(), cells, types, distinct=distinct)
+        if cfg.lesion_mask_locations == "every" and out.peaks is not None:
+            from napari_icnn.icnn.localisation import further_location_loss
+
+            further = further_location_loss(out.pre_maps.float(), cells, types, out.peaks, net.mask.n,
+                                            net.mask.beta, net.mask.peak_ratio)
+            mloss = mloss + further
+            if extra is not None:
+                extra["further_location_loss"] = float(further.detach())
         loss = loss + (cfg.lesion_mask_weight or 0.0) * mloss
         if extra is not None:
             extra["mask_loss"] = float(mloss.detach())

@@ -9,6 +9,8 @@ filter's mass (and so its peak, the one template position the paper's loss fits)
 type, not on every one: a multiple-instance form that keeps the one-part-per-filter design. With ``distinct``
 (:func:`distinct_lesion_cells`) the filters of a type are asked for different lesions of the eye, so that several
 filters per type can cover a type that occurs dozens of times (an option, off: docs/results.md round 23).
+With several part locations per filter (``--template-peaks``), :func:`further_location_loss` asks the same of each
+further location, within its own template diamond.
 
 :func:`silence_loss` is the other half, and needs image-level labels only: on every training image without a
 filter's category, the softplus of the filter's highest response before its ReLU, so that the filter stays silent
@@ -25,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["distinct_lesion_cells", "lesion_cells", "lesion_mask_loss", "peak_hits", "separation_loss", "silence_loss"]
+__all__ = ["distinct_lesion_cells", "further_location_loss", "lesion_cells", "lesion_mask_loss", "peak_hits",
+           "separation_loss", "silence_loss"]
 
 
 def lesion_cells(masks: Tensor, n: int, stride: int, offset: float, target: str = "near") -> Tensor:
@@ -144,6 +147,67 @@ def lesion_mask_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor,
             return pre_maps.sum() * 0.0
         inside = torch.logsumexp(logp.masked_fill(~where, float("-inf")), dim=2)  # (B, C'), -inf where absent
         return -inside[present].mean()
+
+
+def further_location_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor, peaks: Tensor, n: int,
+                          beta: float, ratio: float) -> Tensor:
+    """The lesion-mask loss for the further part locations of :func:`~napari_icnn.icnn.masked.locate_peak_sets`
+    (columns 1 on of ``peaks``), on images with a lesion of the filter's type; 0 when no such location is kept.
+
+    :func:`lesion_mask_loss` pulls a filter's mass, and so its first location, onto a lesion; a further location is
+    kept wherever the map reaches ``ratio`` of its maximum, lesion or not. Each kept further location is scored in
+    its own region, its template diamond less the earlier locations' diamonds: where that region holds lesion cells
+    of the filter's type, ``-log`` of the filter's softmax mass over the region on them (the location moves onto
+    the nearby lesion); where it holds none, ``softplus(10 (z_k - ratio * z_0) / z_0) / 10`` with ``z`` the map
+    before its ReLU at the two locations (``z_0`` without gradient), which pushes the location below the ratio,
+    where it is no longer kept. The mean over the kept further locations.
+
+    ``peaks``: ``(B, C, K)`` flat indices, -1 where a map has no further location; ``n``, ``beta``: the
+    templates' side and slope (the diamonds the mask keeps); the other arguments as :func:`lesion_mask_loss`.
+    """
+    from napari_icnn.icnn.masked import mask_shapes
+
+    b, c, h, w = pre_maps.shape
+    if peaks.ndim != 3 or peaks.shape[:2] != (b, c) or cells.shape[0] != b or cells.shape[-2:] != (h, w) \
+            or filter_types.shape != (c,):
+        raise ValueError(f"further location loss: maps {tuple(pre_maps.shape)}, cells {tuple(cells.shape)}, "
+                         f"locations {tuple(peaks.shape)}, filter types {tuple(filter_types.shape)} do not fit")
+    typed = filter_types >= 0
+    zero = pre_maps.sum() * 0.0
+    if peaks.shape[2] < 2 or not bool(typed.any()):
+        return zero
+    with torch.autocast(device_type=pre_maps.device.type, enabled=False):
+        z = pre_maps[:, typed].float().flatten(2)  # (B, C', N)
+        where = cells[:, filter_types[typed]].flatten(2)  # (B, C', N)
+        sets = peaks[:, typed]
+        present = where.any(dim=2)
+
+        def diamond(at: Tensor) -> Tensor:
+            return mask_shapes(at, h, w, n, beta, torch.float32, floor=0.0).flatten(2) > 0
+
+        z0 = torch.gather(z, 2, sets[..., :1]).squeeze(2).detach()
+        earlier = diamond(sets[..., 0])
+        total, count = zero, 0
+        for k in range(1, sets.shape[2]):
+            at = sets[..., k]
+            alive = (at >= 0) & present
+            if not bool(alive.any()):
+                break  # locations are kept in order: none further
+            here = diamond(at.clamp(min=0))
+            region = here & ~earlier
+            earlier = earlier | (here & alive[..., None])
+            lesion = region & where
+            near = lesion.any(dim=2)
+            log_in = torch.logsumexp(z.masked_fill(~lesion, float("-inf")), dim=2)
+            log_all = torch.logsumexp(z.masked_fill(~region, float("-inf")), dim=2)
+            pull = torch.where(near & alive, log_all - log_in, torch.zeros_like(log_in))
+            zk = torch.gather(z, 2, at.clamp(min=0)[..., None]).squeeze(2)
+            # a smooth hinge: still pushing at the ratio itself, where the location is kept (>=)
+            drop = F.softplus(10.0 * (zk - ratio * z0) / z0.clamp(min=1e-6)) / 10.0
+            term = torch.where(near, pull, drop)
+            total = total + term[alive].sum()
+            count += int(alive.sum())
+        return total / count if count else zero
 
 
 def separation_loss(pre_maps: Tensor, positive: Tensor, include: Tensor | None = None) -> Tensor:
