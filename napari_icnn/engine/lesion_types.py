@@ -227,9 +227,10 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
     top = test["contrib"].argmax(axis=1)
 
     per_type: dict[str, Any] = {}
-    stats: dict[str, dict[str, Any]] = {t: {"hits": np.zeros(c), "with": 0, "silent": np.zeros(c), "without": 0, "inst": 0,
-                 "cov_icnn": 0, "cov_cam": 0, "cam_hits": 0, "strongest_hits": 0, "area": [],
-                 "per_image": {k: [] for k in PER_IMAGE_KEYS}} for t in parts}
+    # per type: counters over filters, and the per-image figures the hit, coverage and interval figures add up
+    stats: dict[str, dict[str, Any]] = {t: {"hits": np.zeros(c), "with": 0, "silent": np.zeros(c), "without": 0,
+                                            "strongest_hits": 0, "area": [],
+                                            "per_image": {k: [] for k in PER_IMAGE_KEYS}} for t in parts}
     # each filter's peak in units of its firing threshold (a filter without one, NaN, never counts as strongest)
     confidence = np.where(np.isfinite(thr) & (thr > 0), scores / np.where(thr > 0, thr, 1.0), -np.inf)
     nan = float("nan")
@@ -259,10 +260,8 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
             cam = test[f"cam{lesion_outputs.get(t, d)}"][i] if gradcam else None
             if cam is not None:
                 cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
-                st["cam_hits"] += int(m[k, cy, cx])
             img["gradcam_hit"].append(float(m[k, cy, cx]) if cam is not None else nan)
             labels, n_inst = ndimage.label(m[k], structure=np.ones((3, 3), bool))
-            st["inst"] += n_inst
             img["instances"].append(n_inst)
             region = np.zeros((size, size), bool)
             if fs:
@@ -271,12 +270,8 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
                 region = np.asarray(((up[fs] >= thr[fs, None, None]) & (up[fs] > 0)).any(axis=0))
             area = int(region.sum())
             st["area"].append(area / max(1, int(test["fov"][i].sum())))
-            covered = _covered(labels, n_inst, region)
-            st["cov_icnn"] += covered
-            img["covered_icnn"].append(covered)
-            covered_cam = _covered(labels, n_inst, _top_area(cam, area)) if cam is not None else nan
-            st["cov_cam"] += 0 if cam is None else covered_cam
-            img["covered_gradcam"].append(covered_cam)
+            img["covered_icnn"].append(_covered(labels, n_inst, region))
+            img["covered_gradcam"].append(_covered(labels, n_inst, _top_area(cam, area)) if cam is not None else nan)
         if referable[i] == 1:
             top_n += 1
             f = int(top[i])
@@ -300,6 +295,8 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
         hit = st["hits"][fs] / st["with"] if st["with"] else np.full(len(fs), nan)
         sil = st["silent"][fs] / st["without"] if st["without"] else np.full(len(fs), nan)
         sep = np.array([roc_auc(scores[:, f], present[:, k]) for f in fs])
+        img = st["per_image"]
+        inst = int(sum(img["instances"]))
         per_type[t] = {
             "filters": fs,
             "n_filters": len(fs),
@@ -308,10 +305,10 @@ def lesion_type_figures_iter(model_path: str, data: str, select_on: str, *, devi
             "icnn_hit_rate": float(np.mean(hit)) if fs and st["with"] else nan,
             "icnn_hit_rate_per_filter": [float(v) for v in hit],
             "strongest_filter_hit_rate": st["strongest_hits"] / st["with"] if fs and st["with"] else nan,
-            "gradcam_hit_rate": st["cam_hits"] / st["with"] if st["with"] and gradcam else nan,
-            "instances": st["inst"],
-            "coverage_icnn": st["cov_icnn"] / st["inst"] if st["inst"] else nan,
-            "coverage_gradcam": st["cov_cam"] / st["inst"] if st["inst"] and gradcam else nan,
+            "gradcam_hit_rate": float(sum(img["gradcam_hit"])) / st["with"] if st["with"] and gradcam else nan,
+            "instances": inst,
+            "coverage_icnn": sum(img["covered_icnn"]) / inst if inst else nan,
+            "coverage_gradcam": sum(img["covered_gradcam"]) / inst if inst and gradcam else nan,
             "region_fraction_of_fov": float(np.mean(st["area"])) if st["area"] else nan,
             "silence_per_filter": [float(v) for v in sil],
             "silence_mean": float(np.mean(sil)) if fs and st["without"] else nan,
