@@ -187,12 +187,11 @@ def further_location_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor,
 
         z0 = torch.gather(z, 2, sets[..., :1]).squeeze(2).detach()
         earlier = diamond(sets[..., 0])
-        total, count = zero, 0
+        # sums kept on the device: no host-side test per location, which would make a GPU wait every step
+        total, count = zero, torch.zeros((), device=z.device)
         for k in range(1, sets.shape[2]):
             at = sets[..., k]
             alive = (at >= 0) & present
-            if not bool(alive.any()):
-                break  # locations are kept in order: none further
             here = diamond(at.clamp(min=0))
             region = here & ~earlier
             earlier = earlier | (here & alive[..., None])
@@ -204,10 +203,10 @@ def further_location_loss(pre_maps: Tensor, cells: Tensor, filter_types: Tensor,
             zk = torch.gather(z, 2, at.clamp(min=0)[..., None]).squeeze(2)
             # a smooth hinge: still pushing at the ratio itself, where the location is kept (>=)
             drop = F.softplus(10.0 * (zk - ratio * z0) / z0.clamp(min=1e-6)) / 10.0
-            term = torch.where(near, pull, drop)
-            total = total + term[alive].sum()
-            count += int(alive.sum())
-        return total / count if count else zero
+            term = torch.where(near & alive, pull, torch.where(alive, drop, torch.zeros_like(drop)))
+            total = total + term.sum()
+            count = count + alive.sum()
+        return total / count.clamp(min=1)
 
 
 def separation_loss(pre_maps: Tensor, positive: Tensor, include: Tensor | None = None) -> Tensor:
