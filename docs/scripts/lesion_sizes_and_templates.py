@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_icnn.data.datasets import make_dataset
     from napari_icnn.data.layouts import discover
     from napari_icnn.engine.lesion_types import COVERED_FRACTION
-    from napari_icnn.errors import IcnnError
+    from napari_icnn.errors import ConfigError, IcnnError
     from napari_icnn.parts import MASK_LESION_KEYS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parts = list(MASK_LESION_KEYS)
     kernels = {b: diamond(args.size / b) for b in args.beta}
     try:
-        recs = list(discover(str(args.data)).records)
+        spec = discover(str(args.data))
+        missing = [p for p in parts if p not in spec.mask_parts]
+        if missing:
+            raise ConfigError(f"{args.data}: lesion sizes need masks of {', '.join(missing)}")
+        recs = list(spec.records)
         ds = make_dataset(recs, size=args.size, task=None, augment=False, cache="none", with_masks=True,
                           mask_parts=parts)
         areas: dict[str, list[int]] = {t: [] for t in parts}

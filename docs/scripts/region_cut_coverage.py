@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             thr = lt.firing_thresholds(val["maps"].reshape(*val["maps"].shape[:2], -1).max(axis=2), present, types,
                                        np.array([f.act_scale for f in m.filters]))
             test = lt._forward(m, loader(args.score), sorted(outs.values()))
-            # per (type, alpha): instances, covered by the filters, covered by Grad-CAM, region areas
+            # per (type, cut step): instances, covered by the filters, covered by Grad-CAM, region areas
             res: dict = {(t, a): [0, 0, 0, []] for t in parts for a in steps}
             for i in range(len(test["maps"])):
                 up = lt._upsample(test["maps"][i], m.size)
